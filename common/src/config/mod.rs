@@ -1,0 +1,59 @@
+//! The TOML configuration: its types, defaults and validation.
+//!
+//! [`Config::from_toml`] is the only way in: it parses with unknown keys
+//! rejected and then validates, so a `Config` value is always usable. Every
+//! error names the key at fault and what to do about it.
+
+mod queues;
+mod rules;
+mod types;
+mod validate;
+
+#[cfg(test)]
+mod tests;
+
+pub use queues::QueueSelection;
+pub use rules::{Action, AnswerSpec, RuleConfig, RuleSpec};
+pub use types::{
+    Config, DataplaneSection, Listen, MetricsSection, XdpMode, XdpSection, XskBindMode, XskSection,
+};
+
+/// A configuration that cannot be used, with the key at fault.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    /// The file is not valid TOML, or has an unknown key or a value of the
+    /// wrong type. The message carries the line and column.
+    #[error("{0}")]
+    Syntax(String),
+    /// A value is well-formed but not acceptable.
+    #[error("{key}: {problem}")]
+    Invalid { key: String, problem: String },
+}
+
+impl ConfigError {
+    pub(crate) fn invalid(key: impl Into<String>, problem: impl Into<String>) -> Self {
+        ConfigError::Invalid {
+            key: key.into(),
+            problem: problem.into(),
+        }
+    }
+}
+
+impl Config {
+    /// Parses and validates a configuration file's text.
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Syntax(e.to_string()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Bytes of UMEM one dataplane registers.
+    pub fn umem_bytes_per_queue(&self) -> u64 {
+        u64::from(self.xsk.frames) * u64::from(self.xsk.frame_size)
+    }
+
+    /// The rule list the dataplanes evaluate, compiled to wire form.
+    pub fn answer_spec(&self) -> AnswerSpec {
+        rules::compile(&self.rule, self.dataplane.edns_udp_size)
+    }
+}

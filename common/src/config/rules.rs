@@ -1,0 +1,102 @@
+//! Local answer rules: `[[rule]]` in the file, [`AnswerSpec`] on the wire to
+//! the dataplanes.
+
+use serde::{Deserialize, Serialize};
+
+use crate::dns::{self, Rcode};
+
+/// What to do with a query.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    Refused,
+    NxDomain,
+    ServFail,
+    /// NOERROR without records (NODATA).
+    NoError,
+    NotImp,
+    /// Send nothing back.
+    Drop,
+}
+
+impl Action {
+    /// The response code this action answers with, `None` for [`Action::Drop`].
+    pub fn rcode(self) -> Option<Rcode> {
+        match self {
+            Action::Refused => Some(Rcode::Refused),
+            Action::NxDomain => Some(Rcode::NxDomain),
+            Action::ServFail => Some(Rcode::ServFail),
+            Action::NoError => Some(Rcode::NoError),
+            Action::NotImp => Some(Rcode::NotImp),
+            Action::Drop => None,
+        }
+    }
+}
+
+/// One `[[rule]]`: all given conditions must hold.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RuleConfig {
+    /// Matches this name and every name below it, case-insensitively.
+    #[serde(default)]
+    pub qname_suffix: Option<String>,
+    /// A record type: "AAAA", "TYPE65", ...
+    #[serde(default)]
+    pub qtype: Option<String>,
+    pub action: Action,
+}
+
+/// A compiled rule as the dataplane evaluates it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RuleSpec {
+    /// Lower-case wire-format suffix, e.g. `\x07example\x00`.
+    pub suffix: Option<Vec<u8>>,
+    pub qtype: Option<u16>,
+    pub action: Action,
+}
+
+/// Everything a dataplane needs to answer locally.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AnswerSpec {
+    pub rules: Vec<RuleSpec>,
+    /// The action when no rule matches.
+    pub default: Action,
+    /// UDP payload size advertised in our OPT records.
+    pub edns_udp_size: u16,
+}
+
+/// Checks one rule; `index` is its position for the error's key.
+pub(super) fn check(index: usize, rule: &RuleConfig) -> Result<(), super::ConfigError> {
+    let key = |field: &str| format!("rule[{index}].{field}");
+    if let Some(name) = &rule.qname_suffix {
+        dns::name_to_wire(name).map_err(|e| super::ConfigError::invalid(key("qname_suffix"), e))?;
+    }
+    if let Some(qtype) = &rule.qtype
+        && dns::qtype_from_name(qtype).is_none()
+    {
+        return Err(super::ConfigError::invalid(
+            key("qtype"),
+            format!("{qtype:?} is not a record type: write a mnemonic such as \"AAAA\" or \"TYPE65\""),
+        ));
+    }
+    Ok(())
+}
+
+/// Compiles validated rules. Call only on a validated configuration.
+pub(super) fn compile(rules: &[RuleConfig], edns_udp_size: u16) -> AnswerSpec {
+    AnswerSpec {
+        rules: rules
+            .iter()
+            .map(|r| RuleSpec {
+                suffix: r
+                    .qname_suffix
+                    .as_deref()
+                    .and_then(|n| dns::name_to_wire(n).ok()),
+                qtype: r.qtype.as_deref().and_then(dns::qtype_from_name),
+                action: r.action,
+            })
+            .collect(),
+        default: Action::Refused,
+        edns_udp_size,
+    }
+}

@@ -1,0 +1,194 @@
+use super::*;
+
+const MINIMAL: &str = r#"
+[xdp]
+interface = "eth0"
+[[listen]]
+address = "192.0.2.1:53"
+"#;
+
+fn with(extra_top: &str, sections: &str) -> String {
+    format!("{extra_top}\n[xdp]\ninterface = \"eth0\"\n{sections}\n[[listen]]\naddress = \"192.0.2.1:53\"\n")
+}
+
+fn err(text: &str) -> ConfigError {
+    Config::from_toml(text).expect_err("configuration should be rejected")
+}
+
+fn invalid_key(text: &str) -> String {
+    match err(text) {
+        ConfigError::Invalid { key, .. } => key,
+        other => panic!("expected a validation error, got {other}"),
+    }
+}
+
+#[test]
+fn minimal_config_gets_documented_defaults() {
+    let c = Config::from_toml(MINIMAL).unwrap();
+    assert_eq!(c.instance, "default");
+    assert_eq!(c.xdp.queues, QueueSelection::All);
+    assert_eq!(c.xdp.mode, XdpMode::Auto);
+    assert_eq!(c.xdp.pin_root, std::path::Path::new("/sys/fs/bpf/xdpdns"));
+    assert_eq!(c.xsk.frames, 4096);
+    assert_eq!(c.xsk.frame_size, 2048);
+    assert_eq!(c.dataplane.user, "nobody");
+    assert!(!c.dataplane.keep_ipc_lock);
+    assert_eq!(c.umem_bytes_per_queue(), 8 << 20);
+    assert_eq!(c.answer_spec().default, Action::Refused);
+}
+
+#[test]
+fn full_contract_parses() {
+    let text = r#"
+instance = "lab-1"
+[xdp]
+interface = "veth0"
+queues = [0, 1]
+mode = "generic"
+pin_root = "/sys/fs/bpf/x"
+[xsk]
+frames = 1024
+frame_size = 4096
+[dataplane]
+user = "nobody"
+keep_ipc_lock = true
+[[listen]]
+address = "192.0.2.1:53"
+[[listen]]
+address = "[2001:db8::1]:5353"
+[[rule]]
+qname_suffix = "Example.COM."
+qtype = "aaaa"
+action = "nxdomain"
+"#;
+    let c = Config::from_toml(text).unwrap();
+    assert_eq!(c.xdp.queues, QueueSelection::List(vec![0, 1]));
+    assert_eq!(c.xdp.mode, XdpMode::Generic);
+    assert_eq!(c.listen[1].address, "[2001:db8::1]:5353".parse().unwrap());
+    let spec = c.answer_spec();
+    assert_eq!(spec.rules[0].suffix.as_deref(), Some(&b"\x07example\x03com\0"[..]));
+    assert_eq!(spec.rules[0].qtype, Some(28));
+    assert_eq!(spec.rules[0].action, Action::NxDomain);
+}
+
+#[test]
+fn unknown_keys_are_errors_everywhere() {
+    for text in [
+        with("bogus = 1", ""),
+        with("", "typo_key = 1"),
+        with("", "[xsk]\nframez = 10"),
+        with("", "[dataplane]\nusr = \"x\""),
+        format!("{MINIMAL}\n[[rule]]\naction = \"drop\"\nqnmae = \"x\""),
+    ] {
+        let e = err(&text);
+        assert!(
+            matches!(&e, ConfigError::Syntax(m) if m.contains("unknown field")),
+            "{text}: {e}"
+        );
+    }
+}
+
+#[test]
+fn syntax_errors_carry_line_numbers() {
+    let e = err("[xdp]\ninterface = \n");
+    assert!(e.to_string().contains("line 2"), "{e}");
+}
+
+#[test]
+fn missing_interface_is_named() {
+    let e = err("[[listen]]\naddress = \"192.0.2.1:53\"\n[xdp]\n");
+    assert!(e.to_string().contains("interface"), "{e}");
+}
+
+#[test]
+fn queue_selection_forms() {
+    let e = err(&with("", "queues = \"some\""));
+    assert!(e.to_string().contains("\"all\""), "{e}");
+    assert_eq!(invalid_key(&with("", "queues = []")), "xdp.queues");
+    assert_eq!(invalid_key(&with("", "queues = [1, 1]")), "xdp.queues");
+    assert!(err(&with("", "queues = [-1]")).to_string().contains("line"));
+    assert_eq!(QueueSelection::All.resolve(3).unwrap(), vec![0, 1, 2]);
+    assert_eq!(QueueSelection::List(vec![1]).resolve(2).unwrap(), vec![1]);
+    let e = QueueSelection::List(vec![0, 2]).resolve(2).unwrap_err();
+    assert!(e.contains("queue 2 does not exist"), "{e}");
+}
+
+#[test]
+fn bad_enums_list_the_choices() {
+    let e = err(&with("", "mode = \"turbo\""));
+    assert!(e.to_string().contains("generic"), "{e}");
+    let e = err(&with("", "[xsk]\nbind_mode = \"fast\""));
+    assert!(e.to_string().contains("zero-copy"), "{e}");
+}
+
+#[test]
+fn umem_geometry_is_checked() {
+    assert_eq!(invalid_key(&with("", "[xsk]\nframes = 1000")), "xsk.frames");
+    assert_eq!(invalid_key(&with("", "[xsk]\nframes = 32")), "xsk.frames");
+    assert_eq!(invalid_key(&with("", "[xsk]\nframe_size = 3000")), "xsk.frame_size");
+    assert_eq!(
+        invalid_key(&with("", "[xsk]\nframes = 64\nbatch_size = 64")),
+        "xsk.batch_size"
+    );
+    assert_eq!(invalid_key(&with("", "[xsk]\nbatch_size = 0")), "xsk.batch_size");
+}
+
+#[test]
+fn listen_addresses_are_checked() {
+    let base = "[xdp]\ninterface = \"eth0\"\n";
+    assert_eq!(invalid_key(base), "listen");
+    let bad_syntax = format!("{base}[[listen]]\naddress = \"192.0.2.1\"");
+    assert!(err(&bad_syntax).to_string().contains("[2001:db8::1]:53"));
+    for (addr, key) in [
+        ("0.0.0.0:53", "listen[0].address"),
+        ("[::]:53", "listen[0].address"),
+        ("192.0.2.1:0", "listen[0].address"),
+        ("224.0.0.1:53", "listen[0].address"),
+    ] {
+        let text = format!("{base}[[listen]]\naddress = \"{addr}\"");
+        assert_eq!(invalid_key(&text), key, "{addr}");
+    }
+    let dup = format!("{MINIMAL}[[listen]]\naddress = \"192.0.2.1:53\"");
+    assert_eq!(invalid_key(&dup), "listen[1].address");
+}
+
+#[test]
+fn names_used_in_paths_are_checked() {
+    for name in ["", "a/b", "..", "-x", "with space", &"x".repeat(65)] {
+        assert_eq!(invalid_key(&with(&format!("instance = {name:?}"), "")), "instance");
+    }
+    let text = MINIMAL.replace("eth0", "an-interface-name-too-long");
+    assert_eq!(invalid_key(&text), "xdp.interface");
+    assert_eq!(invalid_key(&with("", "pin_root = \"rel/path\"")), "xdp.pin_root");
+    assert_eq!(invalid_key(&with("runtime_dir = \"run\"", "")), "runtime_dir");
+}
+
+#[test]
+fn dataplane_section_is_checked() {
+    assert_eq!(invalid_key(&with("", "[dataplane]\nuser = \"root\"")), "dataplane.user");
+    assert_eq!(invalid_key(&with("", "[dataplane]\nuser = \"\"")), "dataplane.user");
+    assert_eq!(
+        invalid_key(&with("", "[dataplane]\nbinary = \"xdpdns-dataplane\"")),
+        "dataplane.binary"
+    );
+    assert_eq!(
+        invalid_key(&with("", "[dataplane]\nstats_interval_ms = 5")),
+        "dataplane.stats_interval_ms"
+    );
+    assert_eq!(
+        invalid_key(&with("", "[dataplane]\nedns_udp_size = 100")),
+        "dataplane.edns_udp_size"
+    );
+}
+
+#[test]
+fn rules_are_checked() {
+    let rule = |body: &str| format!("{MINIMAL}\n[[rule]]\n{body}");
+    assert_eq!(invalid_key(&rule("qtype = \"BOGUS\"\naction = \"drop\"")), "rule[0].qtype");
+    assert_eq!(
+        invalid_key(&rule("qname_suffix = \"a..b\"\naction = \"drop\"")),
+        "rule[0].qname_suffix"
+    );
+    assert!(err(&rule("action = \"explode\"")).to_string().contains("refused"));
+    assert!(err(&rule("qtype = \"A\"")).to_string().contains("action"));
+}

@@ -1,0 +1,191 @@
+//! Configuration types and their defaults.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Deserializer, Serialize};
+
+use super::{QueueSelection, RuleConfig};
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Name of this instance: its pins live in `<pin_root>/<instance>/` and its
+    /// runtime files in `<runtime_dir>/<instance>/`. Instances never touch each
+    /// other's.
+    #[serde(default = "default_instance")]
+    pub instance: String,
+    /// Where the control socket and the instance lock live.
+    #[serde(default = "default_runtime_dir")]
+    pub runtime_dir: PathBuf,
+    pub xdp: XdpSection,
+    #[serde(default)]
+    pub xsk: XskSection,
+    #[serde(default)]
+    pub dataplane: DataplaneSection,
+    #[serde(default)]
+    pub metrics: Option<MetricsSection>,
+    /// Addresses served both from AF_XDP and from the kernel stack.
+    #[serde(default)]
+    pub listen: Vec<Listen>,
+    /// Local answers, first match wins; unmatched queries get REFUSED.
+    #[serde(default)]
+    pub rule: Vec<RuleConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct XdpSection {
+    /// The network interface whose queues are served.
+    pub interface: String,
+    /// `"all"` or a list of queue ids.
+    #[serde(default)]
+    pub queues: QueueSelection,
+    #[serde(default)]
+    pub mode: XdpMode,
+    /// A directory on a bpffs; the instance's pins go in a subdirectory.
+    #[serde(default = "default_pin_root")]
+    pub pin_root: PathBuf,
+}
+
+/// How the XDP program is attached.
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum XdpMode {
+    /// Native if the driver supports it, generic otherwise (the kernel decides).
+    #[default]
+    Auto,
+    /// Driver mode; fails if the driver has no XDP support.
+    Native,
+    /// SKB mode: works everywhere, slower.
+    Generic,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct XskSection {
+    /// UMEM frames per queue (a power of two). Each frame holds one packet.
+    #[serde(default = "default_frames")]
+    pub frames: u32,
+    /// Bytes per frame: 2048 or 4096.
+    #[serde(default = "default_frame_size")]
+    pub frame_size: u32,
+    /// Copy or zero-copy binding of the AF_XDP sockets.
+    #[serde(default)]
+    pub bind_mode: XskBindMode,
+    /// Descriptors handled per ring operation.
+    #[serde(default = "default_batch_size")]
+    pub batch_size: u32,
+}
+
+/// Zero-copy needs driver support; copy mode works on every XDP-capable device.
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum XskBindMode {
+    /// Zero-copy where the driver supports it, copy otherwise.
+    #[default]
+    Auto,
+    Copy,
+    ZeroCopy,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DataplaneSection {
+    /// Dataplanes run as this user (never root).
+    #[serde(default = "default_user")]
+    pub user: String,
+    /// Their group; the user's primary group when absent.
+    #[serde(default)]
+    pub group: Option<String>,
+    /// Keep CAP_IPC_LOCK so UMEM is not charged to RLIMIT_MEMLOCK.
+    #[serde(default)]
+    pub keep_ipc_lock: bool,
+    /// Path of `xdpdns-dataplane`; by default next to the `xdpdns` binary.
+    #[serde(default)]
+    pub binary: Option<PathBuf>,
+    /// How often each dataplane reports its counters to the loader.
+    #[serde(default = "default_stats_interval_ms")]
+    pub stats_interval_ms: u32,
+    /// UDP payload size advertised in our EDNS OPT records.
+    #[serde(default = "default_edns_udp_size")]
+    pub edns_udp_size: u16,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsSection {
+    /// Where the Prometheus endpoint listens, e.g. "127.0.0.1:9153".
+    #[serde(deserialize_with = "socket_addr")]
+    pub address: SocketAddr,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Listen {
+    /// `"a.b.c.d:port"` or `"[v6]:port"`.
+    #[serde(deserialize_with = "socket_addr")]
+    pub address: SocketAddr,
+}
+
+fn socket_addr<'de, D: Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
+    let text = String::deserialize(d)?;
+    text.parse().map_err(|_| {
+        serde::de::Error::custom(format!(
+            "{text:?} is not an address with a port: write \"192.0.2.1:53\" or \"[2001:db8::1]:53\""
+        ))
+    })
+}
+
+fn default_instance() -> String {
+    "default".into()
+}
+fn default_runtime_dir() -> PathBuf {
+    "/run/xdpdns".into()
+}
+fn default_pin_root() -> PathBuf {
+    "/sys/fs/bpf/xdpdns".into()
+}
+fn default_frames() -> u32 {
+    4096
+}
+fn default_frame_size() -> u32 {
+    2048
+}
+fn default_batch_size() -> u32 {
+    64
+}
+fn default_user() -> String {
+    "nobody".into()
+}
+fn default_stats_interval_ms() -> u32 {
+    1000
+}
+fn default_edns_udp_size() -> u16 {
+    1232
+}
+
+impl Default for XskSection {
+    fn default() -> Self {
+        XskSection {
+            frames: default_frames(),
+            frame_size: default_frame_size(),
+            bind_mode: XskBindMode::default(),
+            batch_size: default_batch_size(),
+        }
+    }
+}
+
+impl Default for DataplaneSection {
+    fn default() -> Self {
+        DataplaneSection {
+            user: default_user(),
+            group: None,
+            keep_ipc_lock: false,
+            binary: None,
+            stats_interval_ms: default_stats_interval_ms(),
+            edns_udp_size: default_edns_udp_size(),
+        }
+    }
+}

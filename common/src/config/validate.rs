@@ -1,0 +1,171 @@
+//! Checks that need more than types: ranges, relations, names used in paths.
+
+use std::collections::HashSet;
+
+use super::{Config, ConfigError, QueueSelection, rules};
+
+const MAX_FRAMES: u32 = 1 << 20;
+const MIN_FRAMES: u32 = 64;
+
+impl Config {
+    pub(super) fn validate(&self) -> Result<(), ConfigError> {
+        check_instance(&self.instance)?;
+        if !self.runtime_dir.is_absolute() {
+            return Err(ConfigError::invalid(
+                "runtime_dir",
+                format!("{:?} must be an absolute path", self.runtime_dir),
+            ));
+        }
+        check_interface(&self.xdp.interface)?;
+        if let QueueSelection::List(ids) = &self.xdp.queues {
+            if ids.is_empty() {
+                return Err(ConfigError::invalid(
+                    "xdp.queues",
+                    "the list is empty: name at least one queue, or write \"all\"",
+                ));
+            }
+            let mut seen = HashSet::new();
+            if let Some(dup) = ids.iter().find(|q| !seen.insert(**q)) {
+                return Err(ConfigError::invalid(
+                    "xdp.queues",
+                    format!("queue {dup} is listed twice"),
+                ));
+            }
+        }
+        if !self.xdp.pin_root.is_absolute() {
+            return Err(ConfigError::invalid(
+                "xdp.pin_root",
+                format!(
+                    "{:?} must be an absolute path on a bpffs, e.g. \"/sys/fs/bpf/xdpdns\"",
+                    self.xdp.pin_root
+                ),
+            ));
+        }
+        let frames = self.xsk.frames;
+        if !(MIN_FRAMES..=MAX_FRAMES).contains(&frames) || !frames.is_power_of_two() {
+            return Err(ConfigError::invalid(
+                "xsk.frames",
+                format!("{frames} must be a power of two from {MIN_FRAMES} to {MAX_FRAMES}"),
+            ));
+        }
+        if !matches!(self.xsk.frame_size, 2048 | 4096) {
+            return Err(ConfigError::invalid(
+                "xsk.frame_size",
+                format!("{} must be 2048 or 4096", self.xsk.frame_size),
+            ));
+        }
+        let batch = self.xsk.batch_size;
+        if batch == 0 || batch > 1024 || batch > frames / 4 {
+            return Err(ConfigError::invalid(
+                "xsk.batch_size",
+                format!(
+                    "{batch} must be between 1 and 1024 and at most a quarter of xsk.frames ({})",
+                    frames / 4
+                ),
+            ));
+        }
+        if self.dataplane.user.is_empty() {
+            return Err(ConfigError::invalid("dataplane.user", "must name a user"));
+        }
+        if self.dataplane.user == "root" {
+            return Err(ConfigError::invalid(
+                "dataplane.user",
+                "dataplanes never run as root: name an unprivileged user such as \"nobody\"",
+            ));
+        }
+        if let Some(binary) = &self.dataplane.binary
+            && !binary.is_absolute()
+        {
+            return Err(ConfigError::invalid(
+                "dataplane.binary",
+                format!("{binary:?} must be an absolute path"),
+            ));
+        }
+        if !(100..=60_000).contains(&self.dataplane.stats_interval_ms) {
+            return Err(ConfigError::invalid(
+                "dataplane.stats_interval_ms",
+                "must be between 100 and 60000",
+            ));
+        }
+        if self.dataplane.edns_udp_size < 512 {
+            return Err(ConfigError::invalid(
+                "dataplane.edns_udp_size",
+                "must be at least 512 (RFC 6891)",
+            ));
+        }
+        self.validate_listen()?;
+        for (i, rule) in self.rule.iter().enumerate() {
+            rules::check(i, rule)?;
+        }
+        Ok(())
+    }
+
+    fn validate_listen(&self) -> Result<(), ConfigError> {
+        if self.listen.is_empty() {
+            return Err(ConfigError::invalid(
+                "listen",
+                "no [[listen]] address: add one, e.g. [[listen]] address = \"192.0.2.1:53\"",
+            ));
+        }
+        let mut seen = HashSet::new();
+        for (i, l) in self.listen.iter().enumerate() {
+            let key = format!("listen[{i}].address");
+            let ip = l.address.ip();
+            if l.address.port() == 0 {
+                return Err(ConfigError::invalid(key, "port 0 cannot be served"));
+            }
+            if ip.is_unspecified() {
+                return Err(ConfigError::invalid(
+                    key,
+                    format!(
+                        "{ip} is a wildcard: AF_XDP matches exact destinations, name the interface's address"
+                    ),
+                ));
+            }
+            if ip.is_multicast() {
+                return Err(ConfigError::invalid(key, format!("{ip} is a multicast address")));
+            }
+            if !seen.insert(l.address) {
+                return Err(ConfigError::invalid(
+                    key,
+                    format!("{} is listed twice", l.address),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn check_instance(name: &str) -> Result<(), ConfigError> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        && !name.starts_with('-');
+    if ok {
+        Ok(())
+    } else {
+        Err(ConfigError::invalid(
+            "instance",
+            format!("{name:?} must be 1-64 characters of A-Z, a-z, 0-9, '-' or '_' (it names directories)"),
+        ))
+    }
+}
+
+fn check_interface(name: &str) -> Result<(), ConfigError> {
+    // IFNAMSIZ is 16 including the terminating NUL.
+    let ok = !name.is_empty()
+        && name.len() < 16
+        && !name.contains(['/', ' ', '\0'])
+        && name != "."
+        && name != "..";
+    if ok {
+        Ok(())
+    } else {
+        Err(ConfigError::invalid(
+            "xdp.interface",
+            format!("{name:?} is not a valid interface name (1-15 bytes, no '/' or spaces)"),
+        ))
+    }
+}

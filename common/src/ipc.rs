@@ -1,0 +1,160 @@
+//! Messages between the loader and a dataplane over their socketpair.
+//!
+//! The transport is a `SOCK_SEQPACKET` unix socketpair: one message per
+//! packet, encoded with MessagePack (rmp-serde). File descriptors travel
+//! beside a message as `SCM_RIGHTS`; which message carries which fds is part
+//! of each message's documentation. This module only encodes and decodes.
+
+use std::net::SocketAddr;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::config::{AnswerSpec, XskBindMode};
+use crate::stats::DataplaneCounters;
+
+/// Bumped whenever a message changes shape; both sides must agree.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// The dataplane finds its end of the socketpair at this descriptor.
+pub const CONTROL_FD: i32 = 3;
+
+/// Largest message either side sends or accepts.
+pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
+
+/// Most descriptors one message may carry.
+pub const MAX_FDS: usize = 64;
+
+/// What the loader tells a dataplane.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum ToDataplane {
+    /// First message. Carries one UDP socket per `kernel_sockets` entry, in
+    /// that order, bound by the loader for the kernel path.
+    Init(Box<DataplaneInit>),
+    /// Finish what is in flight and exit 0.
+    Shutdown,
+}
+
+/// Everything a dataplane needs to serve its queue.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DataplaneInit {
+    pub protocol: u32,
+    pub instance: String,
+    pub ifname: String,
+    pub ifindex: u32,
+    pub queue_id: u32,
+    pub frames: u32,
+    pub frame_size: u32,
+    pub bind_mode: XskBindMode,
+    pub batch_size: u32,
+    pub stats_interval_ms: u32,
+    pub answer: AnswerSpec,
+    /// The local address of each kernel-path socket passed with this message.
+    pub kernel_sockets: Vec<SocketAddr>,
+}
+
+/// What a dataplane tells the loader.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum FromDataplane {
+    /// The AF_XDP socket is bound and its fill ring stocked. Carries the
+    /// socket's descriptor, for the loader to put in the XSKMAP.
+    Ready(XskReady),
+    /// Periodic counters; also the dataplane's heartbeat.
+    Stats(Box<DataplaneCounters>),
+    /// Setup failed; the dataplane exits after sending this.
+    Failed(SetupFailure),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct XskReady {
+    pub protocol: u32,
+    pub zero_copy: bool,
+    pub umem_bytes: u64,
+    pub ring_size: u32,
+}
+
+/// Why a dataplane could not start, in words an operator can act on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SetupFailure {
+    /// What was being done: "umem registration", "bind", ...
+    pub stage: String,
+    pub error: String,
+    pub errno: Option<i32>,
+}
+
+/// Encoding or decoding a message failed.
+#[derive(Debug, thiserror::Error)]
+pub enum IpcError {
+    #[error("cannot encode message: {0}")]
+    Encode(#[from] rmp_serde::encode::Error),
+    #[error("cannot decode message: {0}")]
+    Decode(#[from] rmp_serde::decode::Error),
+    #[error("message of {0} bytes exceeds the {MAX_MESSAGE_BYTES}-byte limit")]
+    TooLarge(usize),
+}
+
+/// Encodes a message for one SEQPACKET send.
+pub fn encode<T: Serialize>(msg: &T) -> Result<Vec<u8>, IpcError> {
+    let bytes = rmp_serde::to_vec_named(msg)?;
+    if bytes.len() > MAX_MESSAGE_BYTES {
+        return Err(IpcError::TooLarge(bytes.len()));
+    }
+    Ok(bytes)
+}
+
+/// Decodes one received packet.
+pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, IpcError> {
+    if bytes.len() > MAX_MESSAGE_BYTES {
+        return Err(IpcError::TooLarge(bytes.len()));
+    }
+    Ok(rmp_serde::from_slice(bytes)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    fn init() -> DataplaneInit {
+        let cfg = Config::from_toml(
+            "[xdp]\ninterface = \"eth0\"\n[[listen]]\naddress = \"192.0.2.1:53\"\n[[rule]]\nqname_suffix = \"x.\"\naction = \"drop\"\n",
+        )
+        .unwrap();
+        DataplaneInit {
+            protocol: PROTOCOL_VERSION,
+            instance: cfg.instance.clone(),
+            ifname: "eth0".into(),
+            ifindex: 2,
+            queue_id: 1,
+            frames: 1024,
+            frame_size: 2048,
+            bind_mode: XskBindMode::Auto,
+            batch_size: 64,
+            stats_interval_ms: 1000,
+            answer: cfg.answer_spec(),
+            kernel_sockets: vec!["192.0.2.1:53".parse().unwrap()],
+        }
+    }
+
+    #[test]
+    fn messages_round_trip() {
+        let msg = ToDataplane::Init(Box::new(init()));
+        let back: ToDataplane = decode(&encode(&msg).unwrap()).unwrap();
+        assert_eq!(back, msg);
+        let mut c = DataplaneCounters::new();
+        c.xsk.received = 42;
+        let msg = FromDataplane::Stats(Box::new(c));
+        let back: FromDataplane = decode(&encode(&msg).unwrap()).unwrap();
+        assert_eq!(back, msg);
+    }
+
+    #[test]
+    fn garbage_is_an_error_not_a_panic() {
+        for bytes in [&b""[..], b"\xff\xff\xff", b"\x81\xa4Init\xc0", &[0x91; 200]] {
+            assert!(decode::<ToDataplane>(bytes).is_err());
+            assert!(decode::<FromDataplane>(bytes).is_err());
+        }
+        let huge = vec![0u8; MAX_MESSAGE_BYTES + 1];
+        assert!(matches!(decode::<ToDataplane>(&huge), Err(IpcError::TooLarge(_))));
+    }
+}

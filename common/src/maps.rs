@@ -1,0 +1,194 @@
+//! Layouts of the BPF maps, shared with `bpf/xdpdns.bpf.c` through
+//! `bpf/xdpdns_abi.h`. A test below parses that header and checks every value.
+
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+
+/// Name of the XSKMAP (queue id -> AF_XDP socket).
+pub const MAP_XSKS: &str = "xsks";
+/// Name of the IPv4 destination hash map.
+pub const MAP_DEST_V4: &str = "dest_v4";
+/// Name of the IPv6 destination hash map.
+pub const MAP_DEST_V6: &str = "dest_v6";
+/// Name of the per-CPU outcome counters.
+pub const MAP_STATS: &str = "stats";
+/// Name of the program in the object.
+pub const PROGRAM_NAME: &str = "xdpdns";
+/// Name of the read-only global holding the largest frame AF_XDP can take.
+pub const GLOBAL_MAX_FRAME_LEN: &str = "max_frame_len";
+
+/// Kernel constant `XDP_PACKET_HEADROOM`: copy-mode frames start this far into a chunk.
+pub const XDP_PACKET_HEADROOM: u32 = 256;
+/// Capacity of each destination map.
+pub const MAX_DESTINATIONS: u32 = 4096;
+/// Value stored for a listen address.
+pub const DEST_LISTEN: u32 = 1;
+
+/// Key of `dest_v4`: address and port in network byte order.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct DestV4Key {
+    pub addr: [u8; 4],
+    pub port: [u8; 2],
+    pub pad: u16,
+}
+
+/// Key of `dest_v6`: address and port in network byte order.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct DestV6Key {
+    pub addr: [u8; 16],
+    pub port: [u8; 2],
+    pub pad: u16,
+}
+
+/// A destination map key of either family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DestKey {
+    V4(DestV4Key),
+    V6(DestV6Key),
+}
+
+impl DestKey {
+    pub fn new(addr: SocketAddr) -> Self {
+        let port = addr.port().to_be_bytes();
+        match addr {
+            SocketAddr::V4(a) => DestKey::V4(DestV4Key {
+                addr: a.ip().octets(),
+                port,
+                pad: 0,
+            }),
+            SocketAddr::V6(a) => DestKey::V6(DestV6Key {
+                addr: a.ip().octets(),
+                port,
+                pad: 0,
+            }),
+        }
+    }
+
+    pub fn socket_addr(&self) -> SocketAddr {
+        match self {
+            DestKey::V4(k) => SocketAddr::from((Ipv4Addr::from(k.addr), u16::from_be_bytes(k.port))),
+            DestKey::V6(k) => SocketAddr::from((Ipv6Addr::from(k.addr), u16::from_be_bytes(k.port))),
+        }
+    }
+}
+
+#[cfg(feature = "aya")]
+// SAFETY: repr(C), only integer arrays, no padding (size asserted below), any bit pattern valid.
+unsafe impl aya::Pod for DestV4Key {}
+#[cfg(feature = "aya")]
+// SAFETY: as for DestV4Key.
+unsafe impl aya::Pod for DestV6Key {}
+
+const _: () = assert!(std::mem::size_of::<DestV4Key>() == 8);
+const _: () = assert!(std::mem::size_of::<DestV6Key>() == 20);
+
+/// Outcomes the XDP program counts, one slot each in `stats`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[repr(u32)]
+pub enum XdpOutcome {
+    Redirect = 0,
+    NoSocket = 1,
+    TooLarge = 2,
+    OtherDest = 3,
+    NotIp = 4,
+    NotUdp = 5,
+    Fragment = 6,
+    Ipv4Options = 7,
+    Ipv6Ext = 8,
+    Truncated = 9,
+}
+
+impl XdpOutcome {
+    pub const COUNT: usize = 10;
+    pub const ALL: [XdpOutcome; Self::COUNT] = [
+        XdpOutcome::Redirect,
+        XdpOutcome::NoSocket,
+        XdpOutcome::TooLarge,
+        XdpOutcome::OtherDest,
+        XdpOutcome::NotIp,
+        XdpOutcome::NotUdp,
+        XdpOutcome::Fragment,
+        XdpOutcome::Ipv4Options,
+        XdpOutcome::Ipv6Ext,
+        XdpOutcome::Truncated,
+    ];
+
+    /// Stable lower-case name, used in status output and metric labels.
+    pub const fn name(self) -> &'static str {
+        match self {
+            XdpOutcome::Redirect => "redirect",
+            XdpOutcome::NoSocket => "no_socket",
+            XdpOutcome::TooLarge => "too_large",
+            XdpOutcome::OtherDest => "other_dest",
+            XdpOutcome::NotIp => "not_ip",
+            XdpOutcome::NotUdp => "not_udp",
+            XdpOutcome::Fragment => "fragment",
+            XdpOutcome::Ipv4Options => "ipv4_options",
+            XdpOutcome::Ipv6Ext => "ipv6_ext",
+            XdpOutcome::Truncated => "truncated",
+        }
+    }
+
+    /// The verdict the program returns for this outcome.
+    pub const fn verdict(self) -> &'static str {
+        match self {
+            XdpOutcome::Redirect => "redirect",
+            _ => "pass",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HEADER: &str = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../bpf/xdpdns_abi.h"));
+
+    fn define(name: &str) -> String {
+        HEADER
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("#define "))
+            .find_map(|l| {
+                let mut parts = l.split_whitespace();
+                (parts.next() == Some(name)).then(|| parts.next().unwrap_or("").to_string())
+            })
+            .unwrap_or_else(|| panic!("{name} is not defined in xdpdns_abi.h"))
+    }
+
+    #[test]
+    fn header_and_rust_agree() {
+        assert_eq!(define("XDPDNS_MAP_XSKS"), MAP_XSKS);
+        assert_eq!(define("XDPDNS_MAP_DEST_V4"), MAP_DEST_V4);
+        assert_eq!(define("XDPDNS_MAP_DEST_V6"), MAP_DEST_V6);
+        assert_eq!(define("XDPDNS_MAP_STATS"), MAP_STATS);
+        assert_eq!(define("XDPDNS_XDP_PACKET_HEADROOM"), XDP_PACKET_HEADROOM.to_string());
+        assert_eq!(define("XDPDNS_MAX_DESTINATIONS"), MAX_DESTINATIONS.to_string());
+        assert_eq!(define("XDPDNS_DEST_LISTEN"), DEST_LISTEN.to_string());
+        assert_eq!(define("XDPDNS_STAT_COUNT"), XdpOutcome::COUNT.to_string());
+        for outcome in XdpOutcome::ALL {
+            let name = format!("XDPDNS_STAT_{}", outcome.name().to_ascii_uppercase());
+            assert_eq!(define(&name), (outcome as u32).to_string(), "{name}");
+        }
+    }
+
+    #[test]
+    fn outcome_table_is_dense() {
+        for (i, o) in XdpOutcome::ALL.iter().enumerate() {
+            assert_eq!(*o as usize, i);
+        }
+    }
+
+    #[test]
+    fn keys_round_trip_in_network_order() {
+        let a: SocketAddr = "192.0.2.1:53".parse().unwrap();
+        let DestKey::V4(k) = DestKey::new(a) else {
+            panic!()
+        };
+        assert_eq!(k.addr, [192, 0, 2, 1]);
+        assert_eq!(k.port, [0, 53]);
+        assert_eq!(DestKey::new(a).socket_addr(), a);
+        let b: SocketAddr = "[2001:db8::1]:5353".parse().unwrap();
+        assert_eq!(DestKey::new(b).socket_addr(), b);
+    }
+}

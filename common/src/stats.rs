@@ -1,0 +1,205 @@
+//! Counters a dataplane reports to the loader. The loader sums them across
+//! restarts so every figure it shows is monotonic.
+
+use serde::{Deserialize, Serialize};
+
+macro_rules! drop_reasons {
+    ($($variant:ident => $name:literal, $doc:literal;)*) => {
+        /// Why a dataplane dropped a frame or datagram instead of answering.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        #[repr(u8)]
+        pub enum DropReason {
+            $(#[doc = $doc] $variant,)*
+        }
+
+        impl DropReason {
+            pub const ALL: &'static [DropReason] = &[$(DropReason::$variant,)*];
+            pub const COUNT: usize = Self::ALL.len();
+
+            /// Stable name, used in status output and metric labels.
+            pub const fn name(self) -> &'static str {
+                match self {
+                    $(DropReason::$variant => $name,)*
+                }
+            }
+        }
+    };
+}
+
+drop_reasons! {
+    FrameTruncated => "frame_truncated", "Ethernet/IP/UDP headers cut short.";
+    NotUdp => "not_udp", "Not IPv4/IPv6 UDP (the XDP program should not redirect it).";
+    BadIpHeader => "bad_ip_header", "IP version, header length or total length inconsistent with the frame.";
+    IpOptions => "ip_options", "IPv4 options or IPv6 extension headers.";
+    Fragment => "fragment", "An IPv4 fragment.";
+    BadUdpLength => "bad_udp_length", "UDP length field inconsistent with the IP payload.";
+    BadChecksum => "bad_checksum", "UDP checksum wrong (or zero over IPv6).";
+    BadSource => "bad_source", "Source address or port that must not be answered (multicast, broadcast, port 0).";
+    DnsShort => "dns_short", "DNS message shorter than its 12-byte header.";
+    DnsResponse => "dns_response", "QR=1: a response, never answered (no loops).";
+    DnsQdcount => "dns_qdcount", "QDCOUNT other than 1.";
+    DnsBadQname => "dns_bad_qname", "Question name malformed: bad label, compression pointer, over 255 bytes.";
+    DnsTruncated => "dns_truncated", "The question or a record runs past the end of the message.";
+    DnsBadOpt => "dns_bad_opt", "OPT record malformed or not in the additional section's rules.";
+    AnswerTooLarge => "answer_too_large", "The answer would not fit the buffer.";
+    RuleDrop => "rule_drop", "A rule's action was drop.";
+}
+
+/// Counters of one path: AF_XDP frames, or kernel-stack datagrams.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PathCounters {
+    /// Frames (XSK) or datagrams (kernel sockets) received.
+    pub received: u64,
+    /// Answers sent.
+    pub answered: u64,
+    /// Drops by [`DropReason`], indexed by its discriminant.
+    pub dropped: Vec<u64>,
+}
+
+impl PathCounters {
+    pub fn new() -> Self {
+        PathCounters {
+            received: 0,
+            answered: 0,
+            dropped: vec![0; DropReason::COUNT],
+        }
+    }
+
+    #[inline]
+    pub fn drop(&mut self, reason: DropReason) {
+        self.dropped[reason as usize] += 1;
+    }
+
+    pub fn dropped_total(&self) -> u64 {
+        self.dropped.iter().sum()
+    }
+
+    pub fn dropped_for(&self, reason: DropReason) -> u64 {
+        self.dropped.get(reason as usize).copied().unwrap_or(0)
+    }
+
+    fn accumulate(&mut self, other: &PathCounters) {
+        self.received += other.received;
+        self.answered += other.answered;
+        if self.dropped.len() < other.dropped.len() {
+            self.dropped.resize(other.dropped.len(), 0);
+        }
+        for (a, b) in self.dropped.iter_mut().zip(&other.dropped) {
+            *a += *b;
+        }
+    }
+}
+
+/// The kernel's `XDP_STATISTICS` for one socket.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct XskKernelStats {
+    pub rx_dropped: u64,
+    pub rx_invalid_descs: u64,
+    pub tx_invalid_descs: u64,
+    pub rx_ring_full: u64,
+    pub rx_fill_ring_empty_descs: u64,
+    pub tx_ring_empty_descs: u64,
+}
+
+impl XskKernelStats {
+    fn accumulate(&mut self, o: &XskKernelStats) {
+        self.rx_dropped += o.rx_dropped;
+        self.rx_invalid_descs += o.rx_invalid_descs;
+        self.tx_invalid_descs += o.tx_invalid_descs;
+        self.rx_ring_full += o.rx_ring_full;
+        self.rx_fill_ring_empty_descs += o.rx_fill_ring_empty_descs;
+        self.tx_ring_empty_descs += o.tx_ring_empty_descs;
+    }
+}
+
+/// Ring occupancy at the moment of the report (gauges, not summed).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RingLevels {
+    /// Frames handed to the kernel for reception.
+    pub fill: u32,
+    /// Frames received, not yet processed.
+    pub rx: u32,
+    /// Frames queued for transmission, not yet sent.
+    pub tx: u32,
+    /// Frames sent, not yet reclaimed.
+    pub completion: u32,
+    /// Frames owned by the dataplane, free for use.
+    pub free: u32,
+    /// Answers waiting for room in the TX ring.
+    pub tx_backlog: u32,
+}
+
+/// Everything one dataplane counts.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DataplaneCounters {
+    pub xsk: PathCounters,
+    pub kernel: PathCounters,
+    /// Times the TX ring had less room than answers waiting.
+    pub tx_ring_short: u64,
+    /// Wake-up system calls (TX kicks and fill-ring wake-ups).
+    pub kicks: u64,
+    /// Kicks that failed with an error other than EAGAIN/EBUSY/ENOBUFS.
+    pub kick_errors: u64,
+    /// Kernel-socket sends that failed.
+    pub kernel_send_errors: u64,
+    pub xsk_kernel: XskKernelStats,
+    pub rings: RingLevels,
+}
+
+impl DataplaneCounters {
+    pub fn new() -> Self {
+        DataplaneCounters {
+            xsk: PathCounters::new(),
+            kernel: PathCounters::new(),
+            ..Default::default()
+        }
+    }
+
+    /// Adds `other`'s counters to ours; ring gauges take `other`'s values.
+    pub fn accumulate(&mut self, other: &DataplaneCounters) {
+        self.xsk.accumulate(&other.xsk);
+        self.kernel.accumulate(&other.kernel);
+        self.tx_ring_short += other.tx_ring_short;
+        self.kicks += other.kicks;
+        self.kick_errors += other.kick_errors;
+        self.kernel_send_errors += other.kernel_send_errors;
+        self.xsk_kernel.accumulate(&other.xsk_kernel);
+        self.rings = other.rings;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reasons_have_unique_names_and_dense_indices() {
+        let mut names: Vec<_> = DropReason::ALL.iter().map(|r| r.name()).collect();
+        for (i, r) in DropReason::ALL.iter().enumerate() {
+            assert_eq!(*r as usize, i);
+        }
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), DropReason::COUNT);
+    }
+
+    #[test]
+    fn accumulation_sums_counters_and_keeps_latest_gauges() {
+        let mut total = DataplaneCounters::new();
+        let mut a = DataplaneCounters::new();
+        a.xsk.received = 10;
+        a.xsk.drop(DropReason::DnsShort);
+        a.rings.fill = 7;
+        let mut b = DataplaneCounters::new();
+        b.xsk.received = 5;
+        b.kernel.answered = 2;
+        b.xsk.drop(DropReason::DnsShort);
+        b.rings.fill = 3;
+        total.accumulate(&a);
+        total.accumulate(&b);
+        assert_eq!(total.xsk.received, 15);
+        assert_eq!(total.kernel.answered, 2);
+        assert_eq!(total.xsk.dropped_for(DropReason::DnsShort), 2);
+        assert_eq!(total.rings.fill, 3);
+    }
+}

@@ -1,0 +1,55 @@
+//! The one answering path shared by AF_XDP frames and kernel-socket
+//! datagrams: parse, decide, write in place.
+
+use xdpdns_common::config::AnswerSpec;
+use xdpdns_common::dns::Rcode;
+use xdpdns_common::stats::DropReason;
+
+use crate::dns::{self, OPCODE_QUERY};
+use crate::frame;
+use crate::rules::Rules;
+
+/// Answers queries according to the configured rules.
+pub struct Answerer {
+    rules: Rules,
+    udp_size: u16,
+}
+
+impl Answerer {
+    pub fn new(spec: &AnswerSpec) -> Self {
+        Answerer {
+            rules: Rules::new(spec),
+            udp_size: spec.edns_udp_size,
+        }
+    }
+
+    /// Answers the DNS message `buf[..len]` in place. `buf` is the room the
+    /// answer may use. Returns the answer's length.
+    #[inline]
+    pub fn answer_message(&self, buf: &mut [u8], len: usize) -> Result<usize, DropReason> {
+        let msg = buf.get(..len).ok_or(DropReason::DnsTruncated)?;
+        let q = dns::parse_query(msg)?;
+        let rcode = if q.opcode != OPCODE_QUERY {
+            Rcode::NotImp
+        } else {
+            self.rules
+                .decide(msg, &q)
+                .rcode()
+                .ok_or(DropReason::RuleDrop)?
+        };
+        dns::write_answer(buf, &q, rcode, self.udp_size)
+    }
+
+    /// Answers the Ethernet frame `buf[..len]` in place, headers included.
+    /// `buf` runs to the end of the frame's buffer. Returns the reply's length.
+    #[inline]
+    pub fn answer_frame(&self, buf: &mut [u8], len: usize) -> Result<usize, DropReason> {
+        let p = frame::parse(buf.get(..len).ok_or(DropReason::FrameTruncated)?)?;
+        let payload = p.payload();
+        let n = self.answer_message(&mut buf[payload..], p.payload_len)?;
+        Ok(frame::write_reply(buf, &p, n))
+    }
+}
+
+#[cfg(test)]
+mod tests;

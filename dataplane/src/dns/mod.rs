@@ -1,0 +1,17 @@
+//! DNS messages: the query parser and the answer writer. Both work on the
+//! message bytes in place and never allocate.
+
+mod answer;
+mod query;
+
+#[cfg(test)]
+pub(crate) mod testing;
+
+pub use answer::write_answer;
+pub use query::{Edns, Query, parse_query};
+
+pub const HEADER_LEN: usize = 12;
+pub const TYPE_OPT: u16 = 41;
+pub const OPCODE_QUERY: u8 = 0;
+/// Extended RCODE BADVERS (16): upper 8 bits go in the OPT TTL.
+pub const BADVERS_EXT: u8 = 1;

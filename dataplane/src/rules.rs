@@ -1,0 +1,128 @@
+//! The local answer policy: an ordered rule list with a default action.
+//! Later stages (backends, pools) plug in as further actions.
+
+use xdpdns_common::config::{Action, AnswerSpec};
+
+use crate::dns::Query;
+
+struct Rule {
+    suffix: Option<Box<[u8]>>,
+    qtype: Option<u16>,
+    action: Action,
+}
+
+/// Compiled rules, evaluated first match wins.
+pub struct Rules {
+    rules: Vec<Rule>,
+    default: Action,
+}
+
+impl Rules {
+    pub fn new(spec: &AnswerSpec) -> Self {
+        Rules {
+            rules: spec
+                .rules
+                .iter()
+                .map(|r| Rule {
+                    suffix: r.suffix.clone().map(Vec::into_boxed_slice),
+                    qtype: r.qtype,
+                    action: r.action,
+                })
+                .collect(),
+            default: spec.default,
+        }
+    }
+
+    /// The action for query `q` of message `msg`.
+    #[inline]
+    pub fn decide(&self, msg: &[u8], q: &Query) -> Action {
+        let qname = q.qname(msg);
+        for rule in &self.rules {
+            if rule.qtype.is_some_and(|t| t != q.qtype) {
+                continue;
+            }
+            if rule
+                .suffix
+                .as_deref()
+                .is_some_and(|s| !name_has_suffix(qname, s))
+            {
+                continue;
+            }
+            return rule.action;
+        }
+        self.default
+    }
+}
+
+/// Whether wire-format `name` equals or lies below the lower-case wire-format
+/// `suffix`, comparing case-insensitively on label boundaries. `name` must be
+/// a validated, uncompressed name.
+fn name_has_suffix(name: &[u8], suffix: &[u8]) -> bool {
+    let Some(start) = name.len().checked_sub(suffix.len()) else {
+        return false;
+    };
+    let mut at = 0;
+    while at < start {
+        at += 1 + usize::from(name[at]);
+    }
+    // Length octets are at most 63 and ASCII-lowercasing leaves them unchanged.
+    at == start
+        && name[start..]
+            .iter()
+            .zip(suffix)
+            .all(|(a, b)| a.to_ascii_lowercase() == *b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dns::{parse_query, testing::query};
+    use xdpdns_common::config::RuleSpec;
+    use xdpdns_common::dns::name_to_wire;
+
+    fn rules(list: &[(Option<&str>, Option<u16>, Action)]) -> Rules {
+        Rules::new(&AnswerSpec {
+            rules: list
+                .iter()
+                .map(|(s, t, a)| RuleSpec {
+                    suffix: s.map(|s| name_to_wire(s).unwrap()),
+                    qtype: *t,
+                    action: *a,
+                })
+                .collect(),
+            default: Action::Refused,
+            edns_udp_size: 1232,
+        })
+    }
+
+    fn decide(r: &Rules, name: &str, qtype: u16) -> Action {
+        let msg = query(1, name, qtype, None);
+        let q = parse_query(&msg).unwrap();
+        r.decide(&msg, &q)
+    }
+
+    #[test]
+    fn suffix_matching_respects_label_boundaries_and_case() {
+        let w = |s| name_to_wire(s).unwrap();
+        assert!(name_has_suffix(&w("www.Example.com."), &w("example.com.")));
+        assert!(name_has_suffix(&w("EXAMPLE.com."), &w("example.com.")));
+        assert!(!name_has_suffix(&w("badexample.com."), &w("example.com.")));
+        assert!(!name_has_suffix(&w("com."), &w("example.com.")));
+        assert!(name_has_suffix(&w("anything."), &w(".")));
+        assert!(name_has_suffix(&w("."), &w(".")));
+    }
+
+    #[test]
+    fn first_match_wins_then_default() {
+        let r = rules(&[
+            (Some("blocked.test."), None, Action::NxDomain),
+            (None, Some(28), Action::NoError),
+            (Some("test."), Some(1), Action::Drop),
+        ]);
+        assert_eq!(decide(&r, "a.blocked.test.", 28), Action::NxDomain);
+        assert_eq!(decide(&r, "other.example.", 28), Action::NoError);
+        assert_eq!(decide(&r, "x.test.", 1), Action::Drop);
+        assert_eq!(decide(&r, "x.test.", 16), Action::Refused);
+        assert_eq!(decide(&rules(&[]), "x.", 1), Action::Refused);
+    }
+}
