@@ -67,6 +67,18 @@ struct {
 } XDPDNS_MAP_STATS SEC(".maps");
 
 /*
+ * Never read by the program: the loader stores a fingerprint of this object
+ * and its load parameters here, so a restarted loader can tell whether the
+ * pinned program is the one it would load (and adopt it) or must replace it.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} XDPDNS_MAP_META SEC(".maps");
+
+/*
  * Largest frame (from the Ethernet header on) that fits a UMEM chunk after the
  * kernel's headroom. Set by the loader from xsk.frame_size; 0 disables the check.
  */

@@ -13,6 +13,8 @@
 #define XDPDNS_MAP_DEST_V4  dest_v4
 #define XDPDNS_MAP_DEST_V6  dest_v6
 #define XDPDNS_MAP_STATS    stats
+/* One u64: the loader's fingerprint of the object and its load parameters. */
+#define XDPDNS_MAP_META     meta
 
 /* Default size of the XSKMAP; the loader resizes it to the device's queue count. */
 #define XDPDNS_MAX_QUEUES 64

@@ -8,5 +8,7 @@
 pub mod config;
 pub mod dns;
 pub mod ipc;
+#[cfg(feature = "logging")]
+pub mod logging;
 pub mod maps;
 pub mod stats;

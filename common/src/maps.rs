@@ -11,6 +11,8 @@ pub const MAP_DEST_V4: &str = "dest_v4";
 pub const MAP_DEST_V6: &str = "dest_v6";
 /// Name of the per-CPU outcome counters.
 pub const MAP_STATS: &str = "stats";
+/// Name of the one-entry array holding the loader's fingerprint.
+pub const MAP_META: &str = "meta";
 /// Name of the program in the object.
 pub const PROGRAM_NAME: &str = "xdpdns";
 /// Name of the read-only global holding the largest frame AF_XDP can take.
@@ -162,6 +164,7 @@ mod tests {
         assert_eq!(define("XDPDNS_MAP_DEST_V4"), MAP_DEST_V4);
         assert_eq!(define("XDPDNS_MAP_DEST_V6"), MAP_DEST_V6);
         assert_eq!(define("XDPDNS_MAP_STATS"), MAP_STATS);
+        assert_eq!(define("XDPDNS_MAP_META"), MAP_META);
         assert_eq!(define("XDPDNS_XDP_PACKET_HEADROOM"), XDP_PACKET_HEADROOM.to_string());
         assert_eq!(define("XDPDNS_MAX_DESTINATIONS"), MAX_DESTINATIONS.to_string());
         assert_eq!(define("XDPDNS_DEST_LISTEN"), DEST_LISTEN.to_string());

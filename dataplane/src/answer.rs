@@ -13,6 +13,7 @@ use crate::rules::Rules;
 pub struct Answerer {
     rules: Rules,
     udp_size: u16,
+    verify_checksums: bool,
 }
 
 impl Answerer {
@@ -20,6 +21,7 @@ impl Answerer {
         Answerer {
             rules: Rules::new(spec),
             udp_size: spec.edns_udp_size,
+            verify_checksums: spec.verify_checksums,
         }
     }
 
@@ -44,7 +46,7 @@ impl Answerer {
     /// `buf` runs to the end of the frame's buffer. Returns the reply's length.
     #[inline]
     pub fn answer_frame(&self, buf: &mut [u8], len: usize) -> Result<usize, DropReason> {
-        let p = frame::parse(buf.get(..len).ok_or(DropReason::FrameTruncated)?)?;
+        let p = frame::parse(buf.get(..len).ok_or(DropReason::FrameTruncated)?, self.verify_checksums)?;
         let payload = p.payload();
         let n = self.answer_message(&mut buf[payload..], p.payload_len)?;
         Ok(frame::write_reply(buf, &p, n))

@@ -8,3 +8,8 @@ pub mod answer;
 pub mod dns;
 pub mod frame;
 pub mod rules;
+pub mod xsk;
+pub mod control;
+pub mod kernel_path;
+pub mod privileges;
+pub mod worker;

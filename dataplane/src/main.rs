@@ -1,1 +1,131 @@
-fn main() {}
+//! `xdpdns-dataplane`: serves one NIC queue. Started by the `xdpdns` loader
+//! with CAP_NET_RAW only, as an unprivileged user, with no-new-privs; its
+//! control socket is fd 3.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use tracing::{error, info};
+use xdpdns_common::ipc::{PROTOCOL_VERSION, SetupFailure, XskReady};
+use xdpdns_dataplane::answer::Answerer;
+use xdpdns_dataplane::control::Control;
+use xdpdns_dataplane::kernel_path::KernelPath;
+use xdpdns_dataplane::privileges;
+use xdpdns_dataplane::worker::{Exit, Worker};
+use xdpdns_dataplane::xsk::{Xsk, XskConfig};
+
+/// Exit status when setup failed (the loader backs off before retrying).
+const EXIT_SETUP: u8 = 2;
+
+fn main() -> ExitCode {
+    if let Some(arg) = std::env::args().nth(1) {
+        match arg.as_str() {
+            "--version" | "-V" => {
+                println!("xdpdns-dataplane {}", env!("CARGO_PKG_VERSION"));
+                return ExitCode::SUCCESS;
+            }
+            _ => {
+                eprintln!(
+                    "xdpdns-dataplane serves one NIC queue for xdpdns. It is started by `xdpdns run`, \
+                     which passes its control socket as fd 3; it takes no arguments."
+                );
+                return ExitCode::from(EXIT_SETUP);
+            }
+        }
+    }
+    xdpdns_common::logging::init("info");
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            error!("{e:#}");
+            ExitCode::from(EXIT_SETUP)
+        }
+    }
+}
+
+fn run() -> anyhow::Result<()> {
+    privileges::check_and_trim().context("privileges")?;
+    let control = Control::from_inherited()?;
+    let (init, sockets) = control
+        .receive_init(Duration::from_secs(10))
+        .context("waiting for the loader's configuration")?;
+    let _span = tracing::info_span!("dataplane", queue = init.queue_id).entered();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(sig, stop.clone()).context("installing signal handlers")?;
+    }
+
+    let ring_size = (init.frames / 2).max(32);
+    let cfg = XskConfig {
+        ifname: init.ifname.clone(),
+        ifindex: init.ifindex,
+        queue_id: init.queue_id,
+        frames: init.frames,
+        frame_size: init.frame_size,
+        ring_size,
+        bind_mode: init.bind_mode,
+    };
+    let xsk = match Xsk::open(&cfg) {
+        Ok(x) => x,
+        Err(e) => {
+            control.send_failure(SetupFailure {
+                stage: e.stage().into(),
+                error: e.to_string(),
+                errno: e.errno(),
+            });
+            bail!(e);
+        }
+    };
+    let zero_copy = xsk.zero_copy();
+    let umem_bytes = xsk.umem.len() as u64;
+    let mut worker = Worker::new(
+        xsk,
+        Answerer::new(&init.answer),
+        KernelPath::new(sockets),
+        control,
+        init.batch_size,
+        Duration::from_millis(u64::from(init.stats_interval_ms)),
+        stop,
+    );
+    let stocked = worker.stock_fill_ring();
+    worker
+        .control()
+        .send_ready(
+            XskReady {
+                protocol: PROTOCOL_VERSION,
+                zero_copy,
+                umem_bytes,
+                ring_size,
+            },
+            std::os::fd::AsFd::as_fd(worker.xsk()),
+        )
+        .context("handing the AF_XDP socket to the loader")?;
+    info!(
+        ifname = %init.ifname,
+        zero_copy,
+        umem_bytes,
+        ring_size,
+        fill = stocked,
+        kernel_sockets = init.kernel_sockets.len(),
+        "serving"
+    );
+    let exit = worker.run()?;
+    let c = worker.counters();
+    info!(
+        ?exit,
+        xsk_received = c.xsk.received,
+        xsk_answered = c.xsk.answered,
+        xsk_dropped = c.xsk.dropped_total(),
+        kernel_received = c.kernel.received,
+        kernel_answered = c.kernel.answered,
+        "stopped"
+    );
+    if exit == Exit::LoaderGone {
+        bail!("the loader went away");
+    }
+    Ok(())
+}

@@ -1,1 +1,101 @@
-fn main() {}
+//! `xdpdns`: the privileged loader and the operator's command line.
+
+mod bpf;
+mod control;
+mod dataplane;
+mod instance;
+mod plan;
+mod run;
+mod sockets;
+mod state;
+mod status;
+mod system;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use xdpdns_common::config::Config;
+
+use crate::plan::Plan;
+
+/// xdpdns: a DNS frontend whose UDP fast path runs on AF_XDP.
+#[derive(Parser)]
+#[command(version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Load the XDP program, start one dataplane per queue, serve until SIGTERM.
+    Run {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Validate the configuration against this machine and print the plan;
+    /// touches no BPF state.
+    Check {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Show a running instance's queues, dataplanes and counters.
+    Status {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn load_config(path: &Path) -> anyhow::Result<Config> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    Config::from_toml(&text).with_context(|| format!("{} is not a valid configuration", path.display()))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    xdpdns_common::logging::init("info");
+    match dispatch(cli.command) {
+        Ok(code) => code,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    // One thread: dataplanes are forked from it, and their parent-death
+    // signal follows the thread that forked them.
+    Ok(tokio::runtime::Builder::new_current_thread().enable_all().build()?)
+}
+
+fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Run { config } => {
+            let plan = Plan::resolve(load_config(&config)?)?;
+            runtime()?.block_on(run::run(plan))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Check { config } => {
+            let plan = Plan::resolve(load_config(&config)?)?;
+            print!("{}", plan.describe());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Status { config, json } => {
+            let config = load_config(&config)?;
+            let path = instance::control_socket(&config.runtime_dir.join(&config.instance));
+            let response = runtime()?.block_on(control::request(&path, &control::Request::Status))?;
+            match response {
+                control::Response::Status(s) if json => println!("{}", serde_json::to_string_pretty(&s)?),
+                control::Response::Status(s) => print!("{}", s.render()),
+                control::Response::Error(e) => anyhow::bail!(e),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}

@@ -54,6 +54,6 @@ impl Config {
 
     /// The rule list the dataplanes evaluate, compiled to wire form.
     pub fn answer_spec(&self) -> AnswerSpec {
-        rules::compile(&self.rule, self.dataplane.edns_udp_size)
+        rules::compile(&self.rule, self.dataplane.edns_udp_size, self.xsk.verify_checksums)
     }
 }

@@ -63,6 +63,8 @@ pub struct AnswerSpec {
     pub default: Action,
     /// UDP payload size advertised in our OPT records.
     pub edns_udp_size: u16,
+    /// Drop AF_XDP frames with a wrong UDP checksum.
+    pub verify_checksums: bool,
 }
 
 /// Checks one rule; `index` is its position for the error's key.
@@ -83,7 +85,7 @@ pub(super) fn check(index: usize, rule: &RuleConfig) -> Result<(), super::Config
 }
 
 /// Compiles validated rules. Call only on a validated configuration.
-pub(super) fn compile(rules: &[RuleConfig], edns_udp_size: u16) -> AnswerSpec {
+pub(super) fn compile(rules: &[RuleConfig], edns_udp_size: u16, verify_checksums: bool) -> AnswerSpec {
     AnswerSpec {
         rules: rules
             .iter()
@@ -98,5 +100,6 @@ pub(super) fn compile(rules: &[RuleConfig], edns_udp_size: u16) -> AnswerSpec {
             .collect(),
         default: Action::Refused,
         edns_udp_size,
+        verify_checksums,
     }
 }

@@ -77,6 +77,11 @@ pub struct XskSection {
     /// Descriptors handled per ring operation.
     #[serde(default = "default_batch_size")]
     pub batch_size: u32,
+    /// Drop frames whose UDP checksum is wrong. Frames from the wire always
+    /// carry full checksums; only a local veth peer with TX checksum offload
+    /// hands XDP partial ones (disable it there with `ethtool -K PEER tx off`).
+    #[serde(default = "default_true")]
+    pub verify_checksums: bool,
 }
 
 /// Zero-copy needs driver support; copy mode works on every XDP-capable device.
@@ -156,6 +161,9 @@ fn default_frame_size() -> u32 {
 fn default_batch_size() -> u32 {
     64
 }
+fn default_true() -> bool {
+    true
+}
 fn default_user() -> String {
     "nobody".into()
 }
@@ -173,6 +181,7 @@ impl Default for XskSection {
             frame_size: default_frame_size(),
             bind_mode: XskBindMode::default(),
             batch_size: default_batch_size(),
+            verify_checksums: true,
         }
     }
 }

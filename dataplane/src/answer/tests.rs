@@ -12,6 +12,7 @@ fn answerer() -> Answerer {
         }],
         default: Action::Refused,
         edns_udp_size: 1232,
+            verify_checksums: true,
     })
 }
 
@@ -351,4 +352,24 @@ fn random_corruption_never_panics() {
         let mlen = m.len().min(len.saturating_sub(42));
         let _ = a.answer_message(&mut m, mlen);
     }
+}
+
+#[test]
+fn checksum_verification_can_be_turned_off_but_headers_are_still_checked() {
+    let lax = Answerer::new(&AnswerSpec {
+        rules: vec![],
+        default: Action::Refused,
+        edns_udp_size: 1232,
+        verify_checksums: false,
+    });
+    let mut f = build(&FrameSpec::v4(), &query(1, "example.", 1, None));
+    f[40] ^= 0x55; // UDP checksum, as a veth peer's partial checksum would look
+    let n = lax.answer_frame(&mut f.clone(), f.len()).expect("answered");
+    let mut buf = f.clone();
+    let n2 = lax.answer_frame(&mut buf, f.len()).unwrap();
+    assert_eq!(n, n2);
+    buf.truncate(n2);
+    assert_eq!(rcode(&receive(&buf).payload), 5, "the reply's own checksum is computed");
+    f[24] ^= 0xff;
+    assert_eq!(lax.answer_frame(&mut f.clone(), f.len()), Err(DropReason::BadIpHeader));
 }

@@ -1,0 +1,164 @@
+//! The kernel-stack path: UDP sockets the loader bound (SO_REUSEPORT, one per
+//! dataplane per listen address), served in batches with recvmmsg/sendmmsg by
+//! the same [`Answerer`] as AF_XDP frames. Queries reach these sockets when a
+//! queue has no AF_XDP socket, or for frames the XDP program passes on.
+
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+
+use xdpdns_common::stats::{DataplaneCounters, DropReason};
+
+use crate::answer::Answerer;
+
+/// Datagrams per system call.
+pub const BATCH: usize = 32;
+/// Largest query accepted; longer datagrams are dropped as truncated.
+const BUF_LEN: usize = 4096;
+
+/// Buffers and headers for one recvmmsg/sendmmsg round, allocated once.
+struct Batch {
+    bufs: Box<[[u8; BUF_LEN]]>,
+    names: Box<[libc::sockaddr_storage]>,
+    iovs: Box<[libc::iovec]>,
+    hdrs: Box<[libc::mmsghdr]>,
+    out_iovs: Box<[libc::iovec]>,
+    out_hdrs: Box<[libc::mmsghdr]>,
+}
+
+impl Batch {
+    fn new() -> Self {
+        Batch {
+            bufs: vec![[0u8; BUF_LEN]; BATCH].into_boxed_slice(),
+            names: zeroed_slice(),
+            iovs: zeroed_slice(),
+            hdrs: zeroed_slice(),
+            out_iovs: zeroed_slice(),
+            out_hdrs: zeroed_slice(),
+        }
+    }
+
+    /// Points every receive header at its buffer and address slot.
+    fn arm_receive(&mut self) {
+        for i in 0..BATCH {
+            self.iovs[i] = libc::iovec {
+                iov_base: self.bufs[i].as_mut_ptr().cast(),
+                iov_len: BUF_LEN,
+            };
+            let h = &mut self.hdrs[i].msg_hdr;
+            h.msg_name = (&mut self.names[i] as *mut libc::sockaddr_storage).cast();
+            h.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+            h.msg_iov = &mut self.iovs[i];
+            h.msg_iovlen = 1;
+            h.msg_control = std::ptr::null_mut();
+            h.msg_controllen = 0;
+            h.msg_flags = 0;
+            self.hdrs[i].msg_len = 0;
+        }
+    }
+}
+
+/// `BATCH` zeroed C structs.
+fn zeroed_slice<T>() -> Box<[T]> {
+    // SAFETY: only used for sockaddr_storage, iovec and mmsghdr: plain C
+    // structs for which all-zero bytes are a valid (empty) value.
+    (0..BATCH).map(|_| unsafe { std::mem::zeroed() }).collect()
+}
+
+/// The dataplane's kernel-path sockets.
+pub struct KernelPath {
+    sockets: Vec<OwnedFd>,
+    batch: Batch,
+}
+
+impl KernelPath {
+    pub fn new(sockets: Vec<OwnedFd>) -> Self {
+        KernelPath {
+            sockets,
+            batch: Batch::new(),
+        }
+    }
+
+    pub fn fds(&self) -> impl Iterator<Item = BorrowedFd<'_>> {
+        self.sockets.iter().map(|s| s.as_fd())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.sockets.is_empty()
+    }
+
+    /// Answers what is waiting on every socket, at most `rounds` batches each.
+    /// Returns the number of datagrams received.
+    pub fn serve(&mut self, answerer: &Answerer, counters: &mut DataplaneCounters, rounds: usize) -> usize {
+        let mut total = 0;
+        for i in 0..self.sockets.len() {
+            for _ in 0..rounds {
+                let fd = self.sockets[i].as_raw_fd();
+                let n = serve_once(fd, &mut self.batch, answerer, counters);
+                total += n;
+                if n < BATCH {
+                    break;
+                }
+            }
+        }
+        total
+    }
+}
+
+fn serve_once(fd: libc::c_int, b: &mut Batch, answerer: &Answerer, counters: &mut DataplaneCounters) -> usize {
+    b.arm_receive();
+    // SAFETY: every header points at live buffers/address slots owned by `b`
+    // with their true sizes; the kernel writes within them.
+    let n = unsafe {
+        libc::recvmmsg(fd, b.hdrs.as_mut_ptr(), BATCH as libc::c_uint, libc::MSG_DONTWAIT, std::ptr::null_mut())
+    };
+    if n <= 0 {
+        return 0;
+    }
+    let n = n as usize;
+    counters.kernel.received += n as u64;
+    let mut out = 0;
+    for i in 0..n {
+        let len = b.hdrs[i].msg_len as usize;
+        if b.hdrs[i].msg_hdr.msg_flags & libc::MSG_TRUNC != 0 {
+            counters.kernel.drop(DropReason::DnsTruncated);
+            continue;
+        }
+        match answerer.answer_message(&mut b.bufs[i], len) {
+            Ok(alen) => {
+                b.out_iovs[out] = libc::iovec {
+                    iov_base: b.bufs[i].as_mut_ptr().cast(),
+                    iov_len: alen,
+                };
+                let h = &mut b.out_hdrs[out].msg_hdr;
+                h.msg_name = (&mut b.names[i] as *mut libc::sockaddr_storage).cast();
+                h.msg_namelen = b.hdrs[i].msg_hdr.msg_namelen;
+                h.msg_iov = &mut b.out_iovs[out];
+                h.msg_iovlen = 1;
+                h.msg_control = std::ptr::null_mut();
+                h.msg_controllen = 0;
+                h.msg_flags = 0;
+                out += 1;
+            }
+            Err(reason) => counters.kernel.drop(reason),
+        }
+    }
+    let mut sent = 0;
+    while sent < out {
+        // SAFETY: headers [sent, out) point at live buffers and addresses in `b`.
+        let r = unsafe {
+            libc::sendmmsg(fd, b.out_hdrs[sent..].as_mut_ptr(), (out - sent) as libc::c_uint, libc::MSG_DONTWAIT)
+        };
+        if r <= 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            // The rest of the batch is lost: count it, never block the loop.
+            counters.kernel_send_errors += (out - sent) as u64;
+            break;
+        }
+        sent += r as usize;
+    }
+    counters.kernel.answered += sent as u64;
+    n
+}

@@ -1,0 +1,32 @@
+//! What the dataplane checks about its own privileges at start.
+
+use caps::{CapSet, Capability};
+
+#[derive(Debug, thiserror::Error)]
+pub enum PrivilegeError {
+    #[error("refusing to run as root: the loader starts dataplanes as dataplane.user")]
+    Root,
+    #[error("capabilities: {0}")]
+    Caps(#[from] caps::errors::CapsError),
+    #[error("unexpected capabilities {0:?}: the loader grants CAP_NET_RAW (and CAP_IPC_LOCK if configured) only")]
+    TooMany(Vec<Capability>),
+}
+
+/// Refuses root, refuses any capability beyond CAP_NET_RAW and CAP_IPC_LOCK,
+/// and clears the ambient and inheritable sets so nothing is passed on.
+pub fn check_and_trim() -> Result<(), PrivilegeError> {
+    if nix::unistd::getuid().is_root() || nix::unistd::geteuid().is_root() {
+        return Err(PrivilegeError::Root);
+    }
+    let permitted = caps::read(None, CapSet::Permitted)?;
+    let extra: Vec<_> = permitted
+        .into_iter()
+        .filter(|c| !matches!(c, Capability::CAP_NET_RAW | Capability::CAP_IPC_LOCK))
+        .collect();
+    if !extra.is_empty() {
+        return Err(PrivilegeError::TooMany(extra));
+    }
+    caps::clear(None, CapSet::Ambient)?;
+    caps::clear(None, CapSet::Inheritable)?;
+    Ok(())
+}

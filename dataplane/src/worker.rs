@@ -1,0 +1,302 @@
+//! The per-queue loop: completion → fill → RX → answer → TX, then the kernel
+//! sockets, then counters; sleeps in poll() only when there is nothing to do.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use xdpdns_common::ipc::ToDataplane;
+use xdpdns_common::stats::{DataplaneCounters, DropReason, RingLevels};
+
+use crate::answer::Answerer;
+use crate::control::{Control, ControlError};
+use crate::kernel_path::KernelPath;
+use crate::xsk::{XdpDesc, Xsk};
+
+/// Empty loop iterations before sleeping in poll().
+const SPINS_BEFORE_SLEEP: u32 = 32;
+/// While busy, the kernel sockets are also checked every this many iterations.
+const KERNEL_CHECK_EVERY: u32 = 16;
+/// How long a shutdown waits for queued answers to leave.
+const DRAIN: Duration = Duration::from_millis(200);
+
+/// Why the loop ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Exit {
+    /// SIGTERM/SIGINT or a Shutdown message.
+    Shutdown,
+    /// The loader went away.
+    LoaderGone,
+}
+
+pub struct Worker {
+    xsk: Xsk,
+    /// Chunks owned by us and unused, as UMEM offsets of their start.
+    free: Vec<u64>,
+    /// Answers waiting for room in the TX ring (partial reservations).
+    backlog: VecDeque<XdpDesc>,
+    answerer: Answerer,
+    kernel: KernelPath,
+    control: Control,
+    counters: DataplaneCounters,
+    batch: u32,
+    stats_interval: Duration,
+    stop: Arc<AtomicBool>,
+}
+
+impl Worker {
+    pub fn new(
+        xsk: Xsk,
+        answerer: Answerer,
+        kernel: KernelPath,
+        control: Control,
+        batch: u32,
+        stats_interval: Duration,
+        stop: Arc<AtomicBool>,
+    ) -> Self {
+        let frames = xsk.umem.frames() as usize;
+        let mut free = Vec::with_capacity(frames);
+        free.extend(xsk.umem.chunks());
+        Worker {
+            xsk,
+            free,
+            backlog: VecDeque::with_capacity(frames),
+            answerer,
+            kernel,
+            control,
+            counters: DataplaneCounters::new(),
+            batch,
+            stats_interval,
+            stop,
+        }
+    }
+
+    pub fn xsk(&self) -> &Xsk {
+        &self.xsk
+    }
+
+    pub fn control(&self) -> &Control {
+        &self.control
+    }
+
+    /// Gives the kernel all the frames the fill ring takes.
+    pub fn stock_fill_ring(&mut self) -> u32 {
+        self.refill()
+    }
+
+    pub fn run(&mut self) -> Result<Exit, ControlError> {
+        let mut next_report = Instant::now() + self.stats_interval;
+        let mut idle = 0u32;
+        let mut iteration = 0u32;
+        let mut kernel_ready = true;
+        loop {
+            if self.stop.load(Ordering::Relaxed) {
+                return Ok(self.finish(Exit::Shutdown));
+            }
+            iteration = iteration.wrapping_add(1);
+            let mut work = self.reclaim() + self.refill() + self.receive() + self.transmit();
+            if kernel_ready || iteration.is_multiple_of(KERNEL_CHECK_EVERY) {
+                work += self.kernel.serve(&self.answerer, &mut self.counters, 4) as u32;
+                kernel_ready = false;
+            }
+            let now = Instant::now();
+            if now >= next_report {
+                next_report = now + self.stats_interval;
+                if let Some(exit) = self.report_and_listen()? {
+                    return Ok(self.finish(exit));
+                }
+            }
+            let tx_pending = !self.backlog.is_empty() || self.xsk.tx.outstanding() > 0;
+            if work > 0 || tx_pending {
+                idle = 0;
+                continue;
+            }
+            idle += 1;
+            if idle < SPINS_BEFORE_SLEEP {
+                continue;
+            }
+            idle = 0;
+            let timeout = next_report.saturating_duration_since(now);
+            let (kernel, control) = self.sleep(timeout);
+            kernel_ready = kernel;
+            if control && let Some(exit) = self.listen()? {
+                return Ok(self.finish(exit));
+            }
+        }
+    }
+
+    /// Completed transmissions: their chunks are ours again.
+    fn reclaim(&mut self) -> u32 {
+        let limit = self.xsk.umem.len() as u64;
+        let mut done = self.xsk.completion.peek(self.batch * 2);
+        let n = done.len();
+        for addr in done.by_ref() {
+            if addr < limit {
+                self.free.push(self.xsk.umem.chunk_of(addr));
+            }
+        }
+        done.release();
+        n
+    }
+
+    /// Hands free chunks to the kernel for reception.
+    fn refill(&mut self) -> u32 {
+        if self.free.is_empty() {
+            return 0;
+        }
+        let mut w = self.xsk.fill.reserve(self.free.len() as u32);
+        let mut n = 0;
+        while let Some(addr) = self.free.pop() {
+            if let Err(addr) = w.push(addr) {
+                self.free.push(addr);
+                break;
+            }
+            n += 1;
+        }
+        w.commit();
+        n
+    }
+
+    /// Answers received frames in place; answers join the TX backlog.
+    fn receive(&mut self) -> u32 {
+        let Xsk { rx, umem, .. } = &mut self.xsk;
+        let mut frames = rx.peek(self.batch);
+        let n = frames.len();
+        for desc in frames.by_ref() {
+            self.counters.xsk.received += 1;
+            let Some(buf) = umem.frame_mut(desc.addr) else {
+                // An address outside the UMEM: the chunk cannot be recycled.
+                self.counters.xsk.drop(DropReason::FrameTruncated);
+                continue;
+            };
+            match self.answerer.answer_frame(buf, desc.len as usize) {
+                Ok(len) => self.backlog.push_back(XdpDesc {
+                    addr: desc.addr,
+                    len: len as u32,
+                    options: 0,
+                }),
+                Err(reason) => {
+                    self.counters.xsk.drop(reason);
+                    self.free.push(umem.chunk_of(desc.addr));
+                }
+            }
+        }
+        frames.release();
+        n
+    }
+
+    /// Moves the backlog into the TX ring (keeping what does not fit) and
+    /// kicks the kernel when transmissions are outstanding.
+    fn transmit(&mut self) -> u32 {
+        let mut queued = 0;
+        if !self.backlog.is_empty() {
+            let mut w = self.xsk.tx.reserve(self.backlog.len() as u32);
+            while let Some(desc) = self.backlog.pop_front() {
+                if let Err(desc) = w.push(desc) {
+                    self.backlog.push_front(desc);
+                    break;
+                }
+                queued += 1;
+            }
+            w.commit();
+            self.counters.xsk.answered += u64::from(queued);
+            if !self.backlog.is_empty() {
+                self.counters.tx_ring_short += 1;
+            }
+        }
+        let outstanding = self.xsk.tx.outstanding();
+        if outstanding > 0 && (self.xsk.tx.needs_wakeup() || !self.xsk.zero_copy()) {
+            self.counters.kicks += 1;
+            if let Err(e) = self.xsk.kick_tx() {
+                match e.raw_os_error() {
+                    Some(libc::EAGAIN) | Some(libc::EBUSY) | Some(libc::ENOBUFS) | Some(libc::EINTR) => {}
+                    _ => self.counters.kick_errors += 1,
+                }
+            }
+        }
+        queued
+    }
+
+    /// Sleeps until a socket is readable or `timeout`; returns whether the
+    /// kernel sockets and the control socket are readable.
+    fn sleep(&mut self, timeout: Duration) -> (bool, bool) {
+        let mut fds: Vec<PollFd<'_>> = Vec::with_capacity(2 + self.kernel_fd_count());
+        fds.push(PollFd::new(self.xsk_fd(), PollFlags::POLLIN));
+        fds.push(PollFd::new(self.control.fd(), PollFlags::POLLIN));
+        fds.extend(self.kernel.fds().map(|fd| PollFd::new(fd, PollFlags::POLLIN)));
+        let ms = PollTimeout::try_from(timeout.as_millis().min(60_000) as u32).unwrap_or(PollTimeout::MAX);
+        if poll(&mut fds, ms).is_err() {
+            return (true, true);
+        }
+        let ready = |fd: &PollFd<'_>| fd.revents().is_some_and(|r| !r.is_empty());
+        let control = ready(&fds[1]);
+        let kernel = fds[2..].iter().any(ready);
+        (kernel, control)
+    }
+
+    fn kernel_fd_count(&self) -> usize {
+        self.kernel.fds().count()
+    }
+
+    fn xsk_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        std::os::fd::AsFd::as_fd(&self.xsk)
+    }
+
+    /// Sends counters and handles pending control messages.
+    fn report_and_listen(&mut self) -> Result<Option<Exit>, ControlError> {
+        self.refresh_gauges();
+        match self.control.send_stats(&self.counters) {
+            Err(ControlError::Closed) => return Ok(Some(Exit::LoaderGone)),
+            Err(e) => return Err(e),
+            Ok(()) => {}
+        }
+        self.listen()
+    }
+
+    fn listen(&mut self) -> Result<Option<Exit>, ControlError> {
+        loop {
+            match self.control.try_receive() {
+                Ok(None) => return Ok(None),
+                Ok(Some(ToDataplane::Shutdown)) => return Ok(Some(Exit::Shutdown)),
+                Ok(Some(ToDataplane::Init(_))) => return Err(ControlError::Unexpected("second Init")),
+                Err(ControlError::Closed) => return Ok(Some(Exit::LoaderGone)),
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    fn refresh_gauges(&mut self) {
+        if let Ok(s) = self.xsk.kernel_stats() {
+            self.counters.xsk_kernel = s;
+        }
+        self.counters.rings = RingLevels {
+            fill: self.xsk.fill.outstanding(),
+            rx: self.xsk.rx.available(u32::MAX),
+            tx: self.xsk.tx.outstanding(),
+            completion: self.xsk.completion.available(u32::MAX),
+            free: self.free.len() as u32,
+            tx_backlog: self.backlog.len() as u32,
+        };
+    }
+
+    /// Lets queued answers leave, then sends the final counters.
+    fn finish(&mut self, exit: Exit) -> Exit {
+        let deadline = Instant::now() + DRAIN;
+        while (!self.backlog.is_empty() || self.xsk.tx.outstanding() > 0) && Instant::now() < deadline {
+            self.reclaim();
+            self.transmit();
+            std::thread::yield_now();
+        }
+        self.refresh_gauges();
+        if exit != Exit::LoaderGone {
+            let _ = self.control.send_stats(&self.counters);
+        }
+        exit
+    }
+
+    pub fn counters(&self) -> &DataplaneCounters {
+        &self.counters
+    }
+}

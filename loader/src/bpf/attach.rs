@@ -1,0 +1,419 @@
+//! Bringing the XDP program onto the interface: adopt this instance's pinned
+//! program if it is exactly the one we would load, replace it atomically
+//! through its pinned link if not, attach fresh if there is none — and refuse
+//! if a program this instance does not own holds the interface.
+
+use std::borrow::BorrowMut;
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, BorrowedFd};
+
+use aya::maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray, XskMap};
+use aya::programs::links::{FdLink, LinkError, PinnedLink};
+use aya::programs::xdp::XdpLink;
+use aya::programs::{ProgramError, Xdp, XdpMode};
+use aya::{Ebpf, EbpfError, EbpfLoader};
+use tracing::{info, warn};
+use xdpdns_common::config::XdpMode as ConfigMode;
+use xdpdns_common::maps::{
+    DEST_LISTEN, DestKey, DestV4Key, DestV6Key, GLOBAL_MAX_FRAME_LEN, MAP_DEST_V4, MAP_DEST_V6, MAP_META, MAP_STATS,
+    MAP_XSKS, PROGRAM_NAME,
+};
+
+use super::maps::XdpCounters;
+use super::pins::{self, Pins};
+use super::OBJECT;
+use crate::plan::Plan;
+use crate::system::netlink::{self, XdpAttachMode};
+
+const MAP_NAMES: [&str; 5] = [MAP_XSKS, MAP_DEST_V4, MAP_DEST_V6, MAP_STATS, MAP_META];
+
+#[derive(Debug, thiserror::Error)]
+pub enum BpfError {
+    #[error("cannot prepare the pin directory {path}: {source}")]
+    PinDir { path: String, source: std::io::Error },
+    #[error("cannot load the XDP object: {0}")]
+    Load(#[from] EbpfError),
+    #[error("the XDP object has no {0}")]
+    Missing(&'static str),
+    #[error("XDP program: {0}")]
+    Program(#[from] ProgramError),
+    #[error("XDP link: {0}")]
+    Link(#[from] LinkError),
+    #[error("map {name}: {source}")]
+    Map { name: &'static str, source: MapError },
+    #[error("cannot pin {what} at {path}: {reason}")]
+    Pin { what: &'static str, path: String, reason: String },
+    #[error(
+        "{ifname} already has XDP program id {id} ({mode}) that instance {instance:?} does not own: \
+         detach it (`ip link set dev {ifname} xdp off`) or stop whatever attached it"
+    )]
+    Busy { ifname: String, id: u32, mode: &'static str, instance: String },
+    #[error("xdp.mode = \"{mode}\": the kernel refused to attach to {ifname}: {source}{hint}")]
+    Attach { ifname: String, mode: &'static str, source: ProgramError, hint: &'static str },
+    #[error("cannot query {ifname}: {source}")]
+    Netlink { ifname: String, source: netlink::NetlinkError },
+}
+
+fn map_err(name: &'static str) -> impl FnOnce(MapError) -> BpfError {
+    move |source| BpfError::Map { name, source }
+}
+
+/// How the program came to be on the interface.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// Attached now; the interface had none.
+    Fresh,
+    /// Swapped in atomically for this instance's previous program.
+    Replaced,
+    /// This instance's previous program, identical, kept running.
+    Adopted,
+}
+
+/// The attached program, its link and maps, all pinned under [`Pins`].
+pub struct Attached {
+    pins: Pins,
+    link: FdLink,
+    xsks: XskMap<MapData>,
+    dest_v4: HashMap<MapData, DestV4Key, u32>,
+    dest_v6: HashMap<MapData, DestV6Key, u32>,
+    stats: PerCpuArray<MapData, u64>,
+    pub origin: Origin,
+    pub prog_id: u32,
+    pub mode: Option<XdpAttachMode>,
+    /// Keeps a freshly loaded program's handles alive (the pins do too).
+    _ebpf: Option<Ebpf>,
+}
+
+/// FNV-1a over the object and the parameters it is loaded with: equal
+/// fingerprints mean an identical program and maps.
+pub fn fingerprint(plan: &Plan) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut eat = |bytes: &[u8]| {
+        for b in bytes {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    };
+    eat(OBJECT);
+    eat(&plan.max_frame_len.to_le_bytes());
+    eat(&xsk_entries(plan).to_le_bytes());
+    eat(&plan.interface.ifindex.to_le_bytes());
+    eat(format!("{:?}", plan.config.xdp.mode).as_bytes());
+    h
+}
+
+fn xsk_entries(plan: &Plan) -> u32 {
+    plan.interface.queues.max(1)
+}
+
+fn aya_mode(mode: ConfigMode) -> XdpMode {
+    match mode {
+        ConfigMode::Auto => XdpMode::Default,
+        ConfigMode::Native => XdpMode::Driver,
+        ConfigMode::Generic => XdpMode::Skb,
+    }
+}
+
+/// Puts the program on the interface with `listen` as its destinations.
+pub fn attach(plan: &Plan, listen: &[SocketAddr]) -> Result<Attached, BpfError> {
+    let pins = Pins::new(&plan.pin_dir);
+    pins.create().map_err(|source| BpfError::PinDir {
+        path: plan.pin_dir.display().to_string(),
+        source,
+    })?;
+    let ifname = plan.interface.name.clone();
+    let on_iface = current_program(plan)?;
+
+    let previous = if pins.exists(pins::LINK) {
+        match PinnedLink::from_pin(pins.path(pins::LINK)) {
+            Ok(p) => Some(FdLink::from(p)),
+            Err(e) => {
+                warn!(error = %e, "unusable pinned link from an earlier run; removing it");
+                None
+            }
+        }
+    } else {
+        None
+    };
+    // The pinned link is ours to reuse only if it is what runs on the interface.
+    let previous = previous.filter(|link| {
+        let on_this_iface = link
+            .info()
+            .is_ok_and(|i| on_iface.is_some_and(|(_, id)| id == i.program_id()));
+        if !on_this_iface {
+            warn!("the pinned link of an earlier run is not attached to {ifname}; discarding it");
+        }
+        on_this_iface
+    });
+    if previous.is_none() {
+        pins.remove(pins::LINK).map_err(|e| pin_err("link", &pins, pins::LINK, e))?;
+        if let Some((mode, id)) = on_iface {
+            return Err(BpfError::Busy {
+                ifname,
+                id,
+                mode: mode.name(),
+                instance: plan.config.instance.clone(),
+            });
+        }
+    }
+
+    if let Some(link) = previous {
+        if let Some(adopted) = try_adopt(plan, &pins, link)? {
+            return finish(adopted, plan, listen);
+        }
+        // try_adopt declined and gave the link back through the pin: reload it.
+        let link = FdLink::from(PinnedLink::from_pin(pins.path(pins::LINK))?);
+        let attached = load_and_attach(plan, &pins, Some(link), listen)?;
+        return finish(attached, plan, listen);
+    }
+    let attached = load_and_attach(plan, &pins, None, listen)?;
+    finish(attached, plan, listen)
+}
+
+fn current_program(plan: &Plan) -> Result<Option<(XdpAttachMode, u32)>, BpfError> {
+    netlink::link(plan.interface.ifindex)
+        .map(|l| l.xdp)
+        .map_err(|source| BpfError::Netlink {
+            ifname: plan.interface.name.clone(),
+            source,
+        })
+}
+
+/// Adopts the pinned program and maps if their fingerprint matches ours.
+fn try_adopt(plan: &Plan, pins: &Pins, link: FdLink) -> Result<Option<Attached>, BpfError> {
+    if !MAP_NAMES.iter().all(|m| pins.exists(m)) {
+        return Ok(None);
+    }
+    let open = |name: &'static str| -> Result<Map, BpfError> {
+        let data = MapData::from_pin(pins.path(name)).map_err(map_err(name))?;
+        Map::from_map_data(data).map_err(map_err(name))
+    };
+    let meta: Array<MapData, u64> = Array::try_from(open(MAP_META)?).map_err(map_err(MAP_META))?;
+    if meta.get(&0, 0).ok() != Some(fingerprint(plan)) {
+        info!("the pinned program differs from this build or configuration; replacing it atomically");
+        return Ok(None);
+    }
+    let prog_id = link.info()?.program_id();
+    Ok(Some(Attached {
+        pins: pins.clone(),
+        link,
+        xsks: XskMap::try_from(open(MAP_XSKS)?).map_err(map_err(MAP_XSKS))?,
+        dest_v4: HashMap::try_from(open(MAP_DEST_V4)?).map_err(map_err(MAP_DEST_V4))?,
+        dest_v6: HashMap::try_from(open(MAP_DEST_V6)?).map_err(map_err(MAP_DEST_V6))?,
+        stats: PerCpuArray::try_from(open(MAP_STATS)?).map_err(map_err(MAP_STATS))?,
+        origin: Origin::Adopted,
+        prog_id,
+        mode: None,
+        _ebpf: None,
+    }))
+}
+
+/// Loads the embedded object and attaches it: through `previous` (an atomic
+/// program swap) if given, directly to the interface otherwise.
+fn load_and_attach(
+    plan: &Plan,
+    pins: &Pins,
+    previous: Option<FdLink>,
+    listen: &[SocketAddr],
+) -> Result<Attached, BpfError> {
+    let mut ebpf = EbpfLoader::new()
+        .override_global(GLOBAL_MAX_FRAME_LEN, &plan.max_frame_len, true)
+        .map_max_entries(MAP_XSKS, xsk_entries(plan))
+        .load(OBJECT)?;
+
+    let mut maps: Vec<(&'static str, Map)> = Vec::with_capacity(MAP_NAMES.len());
+    for name in MAP_NAMES {
+        maps.push((name, ebpf.take_map(name).ok_or(BpfError::Missing(name))?));
+    }
+    let slot = |maps: &[(&'static str, Map)], name: &str| {
+        maps.iter()
+            .position(|(n, _)| *n == name)
+            .expect("every map was taken above")
+    };
+    {
+        let i = slot(&maps, MAP_META);
+        let mut meta: Array<&mut MapData, u64> = Array::try_from(&mut maps[i].1).map_err(map_err(MAP_META))?;
+        meta.set(0, fingerprint(plan), 0).map_err(map_err(MAP_META))?;
+    }
+    {
+        // Destinations first, so the program matches from its first packet.
+        let (i4, i6) = (slot(&maps, MAP_DEST_V4), slot(&maps, MAP_DEST_V6));
+        let (lo, hi) = maps.split_at_mut(i4.max(i6));
+        let (m4, m6) = if i4 < i6 { (&mut lo[i4].1, &mut hi[0].1) } else { (&mut hi[0].1, &mut lo[i6].1) };
+        let mut v4: HashMap<&mut MapData, DestV4Key, u32> = HashMap::try_from(m4).map_err(map_err(MAP_DEST_V4))?;
+        let mut v6: HashMap<&mut MapData, DestV6Key, u32> = HashMap::try_from(m6).map_err(map_err(MAP_DEST_V6))?;
+        sync_destinations(&mut v4, &mut v6, listen)?;
+    }
+
+    let prog: &mut Xdp = ebpf
+        .program_mut(PROGRAM_NAME)
+        .ok_or(BpfError::Missing("xdpdns program"))?
+        .try_into()?;
+    prog.load()?;
+    let replaced = previous.is_some();
+    let link_id = match previous {
+        Some(link) => prog.attach_to_link(XdpLink::try_from(link)?)?,
+        None => prog
+            .attach_to_if_index(plan.interface.ifindex, aya_mode(plan.config.xdp.mode))
+            .map_err(|source| attach_error(plan, source))?,
+    };
+    let link = FdLink::try_from(prog.take_link(link_id)?)?;
+
+    // Swap the pins: the previous program and maps go away with their last pin.
+    for name in MAP_NAMES.iter().chain([&pins::PROG]) {
+        pins.remove(name).map_err(|e| pin_err("stale pin", pins, name, e))?;
+    }
+    prog.pin(pins.path(pins::PROG))
+        .map_err(|e| pin_err("program", pins, pins::PROG, e))?;
+    for (name, map) in &maps {
+        map.pin(pins.path(name)).map_err(|e| pin_err("map", pins, name, e))?;
+    }
+    let link = if replaced {
+        link
+    } else {
+        let pinned = link
+            .pin(pins.path(pins::LINK))
+            .map_err(|e| pin_err("link", pins, pins::LINK, e))?;
+        FdLink::from(pinned)
+    };
+    let mut take = |name: &'static str| maps.swap_remove(slot(&maps, name)).1;
+    let xsks = XskMap::try_from(take(MAP_XSKS)).map_err(map_err(MAP_XSKS))?;
+    let dest_v4 = HashMap::try_from(take(MAP_DEST_V4)).map_err(map_err(MAP_DEST_V4))?;
+    let dest_v6 = HashMap::try_from(take(MAP_DEST_V6)).map_err(map_err(MAP_DEST_V6))?;
+    let stats = PerCpuArray::try_from(take(MAP_STATS)).map_err(map_err(MAP_STATS))?;
+    let prog_id = prog.info()?.id();
+    Ok(Attached {
+        pins: pins.clone(),
+        link,
+        xsks,
+        dest_v4,
+        dest_v6,
+        stats,
+        origin: if replaced { Origin::Replaced } else { Origin::Fresh },
+        prog_id,
+        mode: None,
+        _ebpf: Some(ebpf),
+    })
+}
+
+fn finish(mut a: Attached, plan: &Plan, listen: &[SocketAddr]) -> Result<Attached, BpfError> {
+    a.set_destinations(listen)?;
+    if let Some((mode, id)) = current_program(plan)? {
+        a.mode = Some(mode);
+        a.prog_id = id;
+    }
+    Ok(a)
+}
+
+fn attach_error(plan: &Plan, source: ProgramError) -> BpfError {
+    let errno = match &source {
+        ProgramError::SyscallError(s) => s.io_error.raw_os_error(),
+        _ => None,
+    };
+    let hint = match (errno, plan.config.xdp.mode) {
+        (Some(libc::EOPNOTSUPP), ConfigMode::Native) => {
+            " (the driver has no native XDP: use xdp.mode = \"auto\" or \"generic\")"
+        }
+        (Some(libc::EBUSY) | Some(libc::EEXIST), _) => " (another XDP program is attached)",
+        _ => "",
+    };
+    BpfError::Attach {
+        ifname: plan.interface.name.clone(),
+        mode: match plan.config.xdp.mode {
+            ConfigMode::Auto => "auto",
+            ConfigMode::Native => "native",
+            ConfigMode::Generic => "generic",
+        },
+        source,
+        hint,
+    }
+}
+
+fn pin_err(what: &'static str, pins: &Pins, name: &str, e: impl std::fmt::Display) -> BpfError {
+    BpfError::Pin {
+        what,
+        path: pins.path(name).display().to_string(),
+        reason: e.to_string(),
+    }
+}
+
+/// Makes the destination maps hold exactly `listen`: new entries are added
+/// before stale ones go, so an address kept across a change is never missing.
+fn sync_destinations<A: BorrowMut<MapData>, B: BorrowMut<MapData>>(
+    v4: &mut HashMap<A, DestV4Key, u32>,
+    v6: &mut HashMap<B, DestV6Key, u32>,
+    listen: &[SocketAddr],
+) -> Result<(), BpfError> {
+    let wanted: Vec<DestKey> = listen.iter().map(|a| DestKey::new(*a)).collect();
+    for key in &wanted {
+        match key {
+            DestKey::V4(k) => v4.insert(k, DEST_LISTEN, 0).map_err(map_err(MAP_DEST_V4))?,
+            DestKey::V6(k) => v6.insert(k, DEST_LISTEN, 0).map_err(map_err(MAP_DEST_V6))?,
+        }
+    }
+    let stale4: Vec<DestV4Key> = v4
+        .keys()
+        .filter_map(Result::ok)
+        .filter(|k| !wanted.contains(&DestKey::V4(*k)))
+        .collect();
+    for k in stale4 {
+        v4.remove(&k).map_err(map_err(MAP_DEST_V4))?;
+    }
+    let stale6: Vec<DestV6Key> = v6
+        .keys()
+        .filter_map(Result::ok)
+        .filter(|k| !wanted.contains(&DestKey::V6(*k)))
+        .collect();
+    for k in stale6 {
+        v6.remove(&k).map_err(map_err(MAP_DEST_V6))?;
+    }
+    Ok(())
+}
+
+impl Attached {
+    /// Makes the destination maps hold exactly `listen`.
+    pub fn set_destinations(&mut self, listen: &[SocketAddr]) -> Result<(), BpfError> {
+        sync_destinations(&mut self.dest_v4, &mut self.dest_v6, listen)
+    }
+
+    /// The destinations currently in the maps.
+    pub fn destinations(&self) -> Vec<SocketAddr> {
+        let v4 = self.dest_v4.keys().filter_map(Result::ok).map(|k| DestKey::V4(k).socket_addr());
+        let v6 = self.dest_v6.keys().filter_map(Result::ok).map(|k| DestKey::V6(k).socket_addr());
+        v4.chain(v6).collect()
+    }
+
+    /// Puts a dataplane's AF_XDP socket in the XSKMAP slot of its queue.
+    pub fn register(&mut self, queue: u32, socket: BorrowedFd<'_>) -> Result<(), BpfError> {
+        self.xsks
+            .set(queue, socket.as_raw_fd(), 0)
+            .map_err(map_err(MAP_XSKS))
+    }
+
+    /// Empties a queue's slot (its traffic then takes the kernel path).
+    pub fn unregister(&mut self, queue: u32) {
+        let _ = self.xsks.unset(queue);
+    }
+
+    /// The program's per-outcome counters, summed over CPUs.
+    pub fn counters(&self) -> XdpCounters {
+        XdpCounters::read(&self.stats)
+    }
+
+    pub fn pin_dir(&self) -> &std::path::Path {
+        self.pins.dir()
+    }
+
+    /// Detaches the program and removes every pin of the instance.
+    pub fn detach(self) -> std::io::Result<()> {
+        let Attached { pins, link, .. } = self;
+        let removed = pins.remove_all();
+        // With its pin gone, dropping our descriptor detaches the link.
+        drop(link);
+        // The pin root is shared by instances: remove it only if now empty.
+        if let Some(root) = pins.dir().parent() {
+            let _ = std::fs::remove_dir(root);
+        }
+        removed
+    }
+}

@@ -1,0 +1,124 @@
+//! The loader's end of a dataplane's control socketpair (SOCK_SEQPACKET):
+//! messages encoded by `xdpdns_common::ipc`, descriptors as SCM_RIGHTS, and
+//! the sender's credentials as SCM_CREDENTIALS (SO_PASSCRED), which is how a
+//! received AF_XDP socket is known to come from our own child.
+
+use std::io::{IoSlice, IoSliceMut};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+
+use nix::sys::socket::{
+    self, AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType, UnixCredentials, sockopt,
+};
+use tokio::io::Interest;
+use tokio::io::unix::AsyncFd;
+use xdpdns_common::ipc::{self, FromDataplane, IpcError, MAX_FDS, MAX_MESSAGE_BYTES, ToDataplane};
+
+use super::privdrop::dup_high;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ChannelError {
+    #[error("control socket: {0}")]
+    Sys(#[from] nix::Error),
+    #[error("control socket: {0}")]
+    Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Ipc(#[from] IpcError),
+    #[error("dataplane sent a truncated message")]
+    Truncated,
+}
+
+/// A message from a dataplane with what came beside it.
+pub struct Incoming {
+    pub msg: FromDataplane,
+    pub fds: Vec<OwnedFd>,
+    /// Sender's (pid, uid, gid), as the kernel vouches for them.
+    pub creds: Option<(i32, u32, u32)>,
+}
+
+pub struct Channel {
+    fd: AsyncFd<OwnedFd>,
+}
+
+impl Channel {
+    /// A connected pair: our non-blocking end, and the child's blocking end
+    /// (moved above fd 10 so the child can dup2 it to fd 3 safely).
+    pub fn pair() -> Result<(Channel, OwnedFd), ChannelError> {
+        let (ours, theirs) = socket::socketpair(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            None,
+            SockFlag::SOCK_CLOEXEC,
+        )?;
+        socket::setsockopt(&ours, sockopt::PassCred, &true)?;
+        let flags = nix::fcntl::fcntl(&ours, nix::fcntl::FcntlArg::F_GETFL)?;
+        nix::fcntl::fcntl(
+            &ours,
+            nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::from_bits_truncate(flags) | nix::fcntl::OFlag::O_NONBLOCK),
+        )?;
+        // SAFETY: `ours` is an open socket owned by the AsyncFd for its whole
+        // life; OwnedFd always reports the same descriptor.
+        let fd = unsafe { AsyncFd::register(ours) }.map_err(|e| ChannelError::Io(e.into()))?;
+        Ok((Channel { fd }, dup_high(theirs)?))
+    }
+
+    pub async fn send(&self, msg: &ToDataplane, fds: &[BorrowedFd<'_>]) -> Result<(), ChannelError> {
+        let bytes = ipc::encode(msg)?;
+        let raw: Vec<RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
+        self.fd
+            .async_io(Interest::WRITABLE, |fd| {
+                let iov = [IoSlice::new(&bytes)];
+                let cmsg = [ControlMessage::ScmRights(&raw)];
+                let cmsgs: &[ControlMessage] = if raw.is_empty() { &[] } else { &cmsg };
+                socket::sendmsg::<()>(fd.as_raw_fd(), &iov, cmsgs, MsgFlags::MSG_NOSIGNAL, None)
+                    .map_err(std::io::Error::from)
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// The next message, or `None` when the dataplane closed its end.
+    pub async fn recv(&self) -> Result<Option<Incoming>, ChannelError> {
+        let mut buf = vec![0u8; MAX_MESSAGE_BYTES];
+        let (len, fds, creds, truncated) = self
+            .fd
+            .async_io(Interest::READABLE, |fd| {
+                let mut cmsg = nix::cmsg_space!(UnixCredentials, [RawFd; MAX_FDS]);
+                let mut iov = [IoSliceMut::new(&mut buf)];
+                let msg = socket::recvmsg::<()>(fd.as_raw_fd(), &mut iov, Some(&mut cmsg), MsgFlags::MSG_CMSG_CLOEXEC)
+                    .map_err(std::io::Error::from)?;
+                let mut fds = Vec::new();
+                let mut creds = None;
+                for c in msg.cmsgs().map_err(std::io::Error::from)? {
+                    match c {
+                        ControlMessageOwned::ScmRights(raw) => {
+                            for fd in raw {
+                                // SAFETY: the kernel just installed this
+                                // descriptor in our table; nothing else owns it.
+                                fds.push(unsafe { OwnedFd::from_raw_fd(fd) });
+                            }
+                        }
+                        ControlMessageOwned::ScmCredentials(c) => creds = Some((c.pid(), c.uid(), c.gid())),
+                        _ => {}
+                    }
+                }
+                let truncated = msg.flags.intersects(MsgFlags::MSG_TRUNC | MsgFlags::MSG_CTRUNC);
+                Ok((msg.bytes, fds, creds, truncated))
+            })
+            .await?;
+        if len == 0 && fds.is_empty() {
+            return Ok(None);
+        }
+        if truncated {
+            return Err(ChannelError::Truncated);
+        }
+        Ok(Some(Incoming {
+            msg: ipc::decode(&buf[..len])?,
+            fds,
+            creds,
+        }))
+    }
+
+    pub fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.get_ref().as_fd()
+    }
+}

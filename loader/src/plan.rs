@@ -1,0 +1,279 @@
+//! The plan: a validated configuration resolved against this machine
+//! (interface, queues, user, memory budget, paths). `check` prints it; `run`
+//! carries it out. Resolving reads system facts and changes nothing.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use xdpdns_common::config::Config;
+use xdpdns_common::maps::XDP_PACKET_HEADROOM;
+
+use crate::system::capabilities;
+use crate::system::interface::{self, Interface};
+use crate::system::memlock::{self, MemlockLimit};
+use crate::system::users::{self, Account};
+use crate::system::{bpffs, memlock::human};
+
+/// Everything `run` needs to know before it starts.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub config: Config,
+    pub interface: Interface,
+    pub queues: Vec<u32>,
+    pub account: Account,
+    pub umem_per_queue: u64,
+    pub umem_total: u64,
+    pub memlock: MemlockLimit,
+    pub pin_dir: PathBuf,
+    pub runtime_dir: PathBuf,
+    pub dataplane_binary: PathBuf,
+    /// Largest frame AF_XDP takes (frame size minus the kernel's headroom).
+    pub max_frame_len: u32,
+    /// Whether a listen port needs CAP_NET_BIND_SERVICE.
+    pub low_ports: bool,
+    pub bpffs_mounted: bool,
+    /// Things that work but deserve the operator's attention.
+    pub warnings: Vec<String>,
+}
+
+/// Every reason the configuration cannot run here, one per line.
+#[derive(Debug)]
+pub struct Problems(pub Vec<String>);
+
+impl fmt::Display for Problems {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, p) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{p}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for Problems {}
+
+impl Plan {
+    /// Resolves `config`, collecting every problem rather than stopping at the first.
+    pub fn resolve(config: Config) -> Result<Plan, Problems> {
+        let mut problems = Vec::new();
+        let mut warnings = Vec::new();
+
+        let iface = match interface::inspect(&config.xdp.interface) {
+            Ok(i) => Some(i),
+            Err(e) => {
+                problems.push(e.to_string());
+                None
+            }
+        };
+        let queues = match &iface {
+            Some(i) => match config.xdp.queues.resolve(i.queues) {
+                Ok(q) => q,
+                Err(e) => {
+                    problems.push(format!("xdp.queues: {e} (counted by {})", i.queues_source));
+                    Vec::new()
+                }
+            },
+            None => Vec::new(),
+        };
+        if let Some(i) = &iface {
+            if i.queues > xdpdns_common::maps::MAX_DESTINATIONS {
+                problems.push(format!("{} has {} queues; xdpdns supports at most 4096", i.name, i.queues));
+            }
+            if !i.link.up {
+                warnings.push(format!("{} is down: nothing will arrive until it is up", i.name));
+            }
+            if let Some((mode, id)) = i.link.xdp {
+                warnings.push(format!(
+                    "{} already has an XDP program (id {id}, {}): `run` replaces it only if it is this instance's",
+                    i.name,
+                    mode.name()
+                ));
+            }
+        }
+
+        let account = match users::resolve(&config.dataplane.user, config.dataplane.group.as_deref()) {
+            Ok(a) => Some(a),
+            Err(e) => {
+                problems.push(e.to_string());
+                None
+            }
+        };
+
+        let umem_per_queue = config.umem_bytes_per_queue();
+        let umem_total = umem_per_queue * queues.len() as u64;
+        let memlock = memlock::current().unwrap_or(MemlockLimit {
+            soft: Some(0),
+            hard: Some(0),
+        });
+        if !config.dataplane.keep_ipc_lock
+            && let Some(m) = memlock::shortfall(umem_total, queues.len(), memlock.hard, &config.dataplane.user)
+        {
+            problems.push(m);
+        }
+
+        let max_frame_len = config.xsk.frame_size - XDP_PACKET_HEADROOM;
+        if let Some(i) = &iface {
+            let largest = i.link.mtu + 14 + 4;
+            if largest > max_frame_len {
+                warnings.push(format!(
+                    "frames up to {largest} bytes (MTU {} + Ethernet + VLAN) exceed the {max_frame_len} an \
+                     xsk.frame_size of {} holds after the kernel's {XDP_PACKET_HEADROOM}-byte headroom; \
+                     larger frames take the kernel path",
+                    i.link.mtu, config.xsk.frame_size
+                ));
+            }
+        }
+
+        let bpffs_mounted = bpffs::is_bpffs(&config.xdp.pin_root);
+        if !bpffs_mounted && !config.xdp.pin_root.starts_with(bpffs::DEFAULT_MOUNT) {
+            problems.push(format!(
+                "xdp.pin_root {:?} is not on a BPF filesystem: mount one there (`mount -t bpf bpf DIR`) \
+                 or use a directory under {}",
+                config.xdp.pin_root,
+                bpffs::DEFAULT_MOUNT
+            ));
+        }
+
+        let dataplane_binary = match dataplane_binary(&config) {
+            Ok(p) => p,
+            Err(e) => {
+                problems.push(e);
+                PathBuf::new()
+            }
+        };
+
+        let port_start = capabilities::unprivileged_port_start();
+        let low_ports = config.listen.iter().any(|l| l.address.port() < port_start);
+        let pin_dir = config.xdp.pin_root.join(&config.instance);
+        let runtime_dir = config.runtime_dir.join(&config.instance);
+
+        match (iface, account, problems.is_empty()) {
+            (Some(interface), Some(account), true) => Ok(Plan {
+                config,
+                interface,
+                queues,
+                account,
+                umem_per_queue,
+                umem_total,
+                memlock,
+                pin_dir,
+                runtime_dir,
+                dataplane_binary,
+                max_frame_len,
+                low_ports,
+                bpffs_mounted,
+                warnings,
+            }),
+            _ => Err(Problems(problems)),
+        }
+    }
+
+    /// The plan as `xdpdns check` prints it.
+    pub fn describe(&self) -> String {
+        let c = &self.config;
+        let i = &self.interface;
+        let mut out = String::new();
+        let mut line = |k: &str, v: String| out.push_str(&format!("{k:<14}{v}\n"));
+        line("instance", c.instance.clone());
+        line(
+            "interface",
+            format!(
+                "{} (ifindex {}, {} queue(s) by {}, MTU {}, {})",
+                i.name,
+                i.ifindex,
+                i.queues,
+                i.queues_source,
+                i.link.mtu,
+                if i.link.up { "up" } else { "DOWN" }
+            ),
+        );
+        line(
+            "queues",
+            self.queues.iter().map(u32::to_string).collect::<Vec<_>>().join(", "),
+        );
+        line("xdp mode", format!("{:?}", c.xdp.mode).to_lowercase());
+        for l in &c.listen {
+            line("listen", format!("{} (UDP: AF_XDP and kernel sockets)", l.address));
+        }
+        line(
+            "umem",
+            format!(
+                "{} per queue ({} frames x {} B), {} for {} queue(s)",
+                human(self.umem_per_queue),
+                c.xsk.frames,
+                c.xsk.frame_size,
+                human(self.umem_total),
+                self.queues.len()
+            ),
+        );
+        let lim = |v: Option<u64>| v.map(human).unwrap_or_else(|| "unlimited".into());
+        line(
+            "memlock",
+            if c.dataplane.keep_ipc_lock {
+                "not charged (dataplanes keep CAP_IPC_LOCK)".into()
+            } else {
+                format!(
+                    "RLIMIT_MEMLOCK soft {}, hard {}: {} needed by user {}",
+                    lim(self.memlock.soft),
+                    lim(self.memlock.hard),
+                    human(self.umem_total),
+                    self.account.name
+                )
+            },
+        );
+        line(
+            "pin dir",
+            format!(
+                "{} ({})",
+                self.pin_dir.display(),
+                if self.bpffs_mounted {
+                    "bpffs mounted"
+                } else {
+                    "bpffs not mounted: run mounts it"
+                }
+            ),
+        );
+        line("runtime dir", self.runtime_dir.display().to_string());
+        line(
+            "dataplanes",
+            format!(
+                "{} as {} (uid {}, gid {}), CAP_NET_RAW{} only",
+                self.dataplane_binary.display(),
+                self.account.name,
+                self.account.uid,
+                self.account.gid,
+                if c.dataplane.keep_ipc_lock { " + CAP_IPC_LOCK" } else { "" }
+            ),
+        );
+        line("frames", format!("up to {} B go to AF_XDP", self.max_frame_len));
+        for w in &self.warnings {
+            line("warning", w.clone());
+        }
+        out
+    }
+}
+
+/// Where `xdpdns-dataplane` is: configured, or next to this binary.
+fn dataplane_binary(config: &Config) -> Result<PathBuf, String> {
+    let path = match &config.dataplane.binary {
+        Some(p) => p.clone(),
+        None => std::env::current_exe()
+            .map_err(|e| format!("cannot locate this executable: {e}"))?
+            .with_file_name("xdpdns-dataplane"),
+    };
+    check_executable(&path)?;
+    Ok(path)
+}
+
+fn check_executable(path: &Path) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::metadata(path).map_err(|e| {
+        format!("dataplane.binary: {}: {e} (install xdpdns-dataplane next to xdpdns or set dataplane.binary)", path.display())
+    })?;
+    if !meta.is_file() || meta.permissions().mode() & 0o111 == 0 {
+        return Err(format!("dataplane.binary: {} is not an executable file", path.display()));
+    }
+    Ok(())
+}

@@ -1,0 +1,217 @@
+//! The instance's status: built from the shared state, sent as JSON over the
+//! control socket, printed as a table by `xdpdns status`.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+
+use serde::{Deserialize, Serialize};
+use xdpdns_common::stats::{DataplaneCounters, DropReason, PathCounters, RingLevels, XskKernelStats};
+
+use crate::state::{Phase, Shared};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Status {
+    pub instance: String,
+    pub interface: String,
+    pub ifindex: u32,
+    /// native / generic, as the kernel reports it.
+    pub xdp_mode: Option<String>,
+    pub program_id: u32,
+    pub pin_dir: String,
+    pub uptime_secs: u64,
+    /// Every queue has a registered dataplane.
+    pub ready: bool,
+    pub listen: Vec<String>,
+    pub queues: Vec<QueueStatus>,
+    /// The XDP program's frames per outcome.
+    pub xdp: BTreeMap<String, u64>,
+    pub totals: Counters,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct QueueStatus {
+    pub queue: u32,
+    pub phase: Phase,
+    pub pid: Option<u32>,
+    pub uptime_secs: Option<u64>,
+    pub restarts: u32,
+    /// copy / zero-copy.
+    pub xsk_mode: Option<String>,
+    pub registered: bool,
+    pub last_exit: Option<String>,
+    pub counters: Counters,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PathStatus {
+    pub received: u64,
+    pub answered: u64,
+    pub dropped_total: u64,
+    pub dropped: BTreeMap<String, u64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Counters {
+    pub xsk: PathStatus,
+    pub kernel: PathStatus,
+    pub tx_ring_short: u64,
+    pub kicks: u64,
+    pub kick_errors: u64,
+    pub kernel_send_errors: u64,
+    pub xsk_kernel: XskKernelStats,
+    pub rings: RingLevels,
+}
+
+impl From<&PathCounters> for PathStatus {
+    fn from(p: &PathCounters) -> Self {
+        PathStatus {
+            received: p.received,
+            answered: p.answered,
+            dropped_total: p.dropped_total(),
+            dropped: DropReason::ALL
+                .iter()
+                .map(|r| (r.name().to_string(), p.dropped_for(*r)))
+                .filter(|(_, n)| *n > 0)
+                .collect(),
+        }
+    }
+}
+
+impl From<&DataplaneCounters> for Counters {
+    fn from(c: &DataplaneCounters) -> Self {
+        Counters {
+            xsk: (&c.xsk).into(),
+            kernel: (&c.kernel).into(),
+            tx_ring_short: c.tx_ring_short,
+            kicks: c.kicks,
+            kick_errors: c.kick_errors,
+            kernel_send_errors: c.kernel_send_errors,
+            xsk_kernel: c.xsk_kernel.clone(),
+            rings: c.rings,
+        }
+    }
+}
+
+impl Status {
+    pub fn collect(shared: &Shared) -> Status {
+        let queues: Vec<QueueStatus> = shared
+            .queues()
+            .into_iter()
+            .map(|(queue, q)| QueueStatus {
+                queue,
+                phase: q.phase,
+                pid: q.pid,
+                uptime_secs: q.started_at.filter(|_| q.pid.is_some()).map(|t| t.elapsed().as_secs()),
+                restarts: q.restarts,
+                xsk_mode: q.zero_copy.map(|z| if z { "zero-copy" } else { "copy" }.to_string()),
+                registered: q.registered_at.is_some(),
+                last_exit: q.last_exit.clone(),
+                counters: (&q.totals()).into(),
+            })
+            .collect();
+        let (program_id, mode, pin_dir) = shared.program_info().unwrap_or((0, None, String::new()));
+        Status {
+            instance: shared.plan.config.instance.clone(),
+            interface: shared.plan.interface.name.clone(),
+            ifindex: shared.plan.interface.ifindex,
+            xdp_mode: mode.map(str::to_string),
+            program_id,
+            pin_dir,
+            uptime_secs: shared.started_at.elapsed().as_secs(),
+            ready: queues.iter().all(|q| q.registered),
+            listen: shared.listen().iter().map(|a| a.to_string()).collect(),
+            queues,
+            xdp: shared
+                .xdp_counters()
+                .by_outcome
+                .iter()
+                .map(|(o, n)| (o.name().to_string(), *n))
+                .collect(),
+            totals: (&shared.totals()).into(),
+        }
+    }
+
+    /// The human-readable table.
+    pub fn render(&self) -> String {
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "instance {}  interface {} (ifindex {})  XDP {} (program {})  up {}s  {}",
+            self.instance,
+            self.interface,
+            self.ifindex,
+            self.xdp_mode.as_deref().unwrap_or("?"),
+            self.program_id,
+            self.uptime_secs,
+            if self.ready { "ready" } else { "NOT READY" }
+        );
+        let _ = writeln!(s, "listen   {}", self.listen.join(", "));
+        let _ = writeln!(s, "pins     {}", self.pin_dir);
+        let _ = writeln!(
+            s,
+            "\n{:>5} {:<12} {:>8} {:>7} {:>8} {:<9} {:>11} {:>11} {:>9} {:>9} {:>9} {:>6} {:>6} {:>6}",
+            "queue", "state", "pid", "uptime", "restarts", "xsk", "xsk in", "xsk out", "xsk drop", "kern in", "kern out",
+            "fill", "rx", "tx"
+        );
+        for q in &self.queues {
+            let c = &q.counters;
+            let _ = writeln!(
+                s,
+                "{:>5} {:<12} {:>8} {:>7} {:>8} {:<9} {:>11} {:>11} {:>9} {:>9} {:>9} {:>6} {:>6} {:>6}",
+                q.queue,
+                format!("{:?}", q.phase).to_lowercase(),
+                q.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
+                q.uptime_secs.map(|u| format!("{u}s")).unwrap_or_else(|| "-".into()),
+                q.restarts,
+                q.xsk_mode.as_deref().unwrap_or("-"),
+                c.xsk.received,
+                c.xsk.answered,
+                c.xsk.dropped_total,
+                c.kernel.received,
+                c.kernel.answered,
+                c.rings.fill,
+                c.rings.rx,
+                c.rings.tx,
+            );
+        }
+        let t = &self.totals;
+        let mut drops: BTreeMap<&str, u64> = BTreeMap::new();
+        for (k, v) in t.xsk.dropped.iter().chain(&t.kernel.dropped) {
+            *drops.entry(k).or_default() += v;
+        }
+        let _ = writeln!(
+            s,
+            "\ndrops    {}",
+            if drops.is_empty() {
+                "none".to_string()
+            } else {
+                drops.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" ")
+            }
+        );
+        let k = &t.xsk_kernel;
+        let _ = writeln!(
+            s,
+            "kernel   rx_dropped={} rx_invalid={} tx_invalid={} rx_ring_full={} fill_empty={} tx_empty={}",
+            k.rx_dropped,
+            k.rx_invalid_descs,
+            k.tx_invalid_descs,
+            k.rx_ring_full,
+            k.rx_fill_ring_empty_descs,
+            k.tx_ring_empty_descs
+        );
+        let _ = writeln!(
+            s,
+            "xdp      {}",
+            self.xdp.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" ")
+        );
+        let exits: Vec<String> = self
+            .queues
+            .iter()
+            .filter_map(|q| q.last_exit.as_ref().map(|e| format!("queue {}: {e}", q.queue)))
+            .collect();
+        for e in exits {
+            let _ = writeln!(s, "last exit {e}");
+        }
+        s
+    }
+}

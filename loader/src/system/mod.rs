@@ -1,0 +1,9 @@
+//! Facts about the machine the loader reads before touching anything:
+//! the interface, locked-memory limits, capabilities, bpffs, users.
+
+pub mod bpffs;
+pub mod capabilities;
+pub mod interface;
+pub mod memlock;
+pub mod netlink;
+pub mod users;
