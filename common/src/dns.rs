@@ -115,7 +115,10 @@ mod tests {
     fn names_to_wire() {
         assert_eq!(name_to_wire(".").unwrap(), b"\0");
         assert_eq!(name_to_wire("").unwrap(), b"\0");
-        assert_eq!(name_to_wire("Example.COM.").unwrap(), b"\x07example\x03com\0");
+        assert_eq!(
+            name_to_wire("Example.COM.").unwrap(),
+            b"\x07example\x03com\0"
+        );
         assert_eq!(name_to_wire("a.b").unwrap(), b"\x01a\x01b\0");
         assert!(name_to_wire("a..b").is_err());
         assert!(name_to_wire(&"x".repeat(64)).is_err());

@@ -155,6 +155,9 @@ mod tests {
             assert!(decode::<FromDataplane>(bytes).is_err());
         }
         let huge = vec![0u8; MAX_MESSAGE_BYTES + 1];
-        assert!(matches!(decode::<ToDataplane>(&huge), Err(IpcError::TooLarge(_))));
+        assert!(matches!(
+            decode::<ToDataplane>(&huge),
+            Err(IpcError::TooLarge(_))
+        ));
     }
 }

@@ -69,8 +69,12 @@ impl DestKey {
 
     pub fn socket_addr(&self) -> SocketAddr {
         match self {
-            DestKey::V4(k) => SocketAddr::from((Ipv4Addr::from(k.addr), u16::from_be_bytes(k.port))),
-            DestKey::V6(k) => SocketAddr::from((Ipv6Addr::from(k.addr), u16::from_be_bytes(k.port))),
+            DestKey::V4(k) => {
+                SocketAddr::from((Ipv4Addr::from(k.addr), u16::from_be_bytes(k.port)))
+            }
+            DestKey::V6(k) => {
+                SocketAddr::from((Ipv6Addr::from(k.addr), u16::from_be_bytes(k.port)))
+            }
         }
     }
 }
@@ -165,8 +169,14 @@ mod tests {
         assert_eq!(define("XDPDNS_MAP_DEST_V6"), MAP_DEST_V6);
         assert_eq!(define("XDPDNS_MAP_STATS"), MAP_STATS);
         assert_eq!(define("XDPDNS_MAP_META"), MAP_META);
-        assert_eq!(define("XDPDNS_XDP_PACKET_HEADROOM"), XDP_PACKET_HEADROOM.to_string());
-        assert_eq!(define("XDPDNS_MAX_DESTINATIONS"), MAX_DESTINATIONS.to_string());
+        assert_eq!(
+            define("XDPDNS_XDP_PACKET_HEADROOM"),
+            XDP_PACKET_HEADROOM.to_string()
+        );
+        assert_eq!(
+            define("XDPDNS_MAX_DESTINATIONS"),
+            MAX_DESTINATIONS.to_string()
+        );
         assert_eq!(define("XDPDNS_DEST_LISTEN"), DEST_LISTEN.to_string());
         assert_eq!(define("XDPDNS_STAT_COUNT"), XdpOutcome::COUNT.to_string());
         for outcome in XdpOutcome::ALL {

@@ -46,7 +46,10 @@ impl Answerer {
     /// `buf` runs to the end of the frame's buffer. Returns the reply's length.
     #[inline]
     pub fn answer_frame(&self, buf: &mut [u8], len: usize) -> Result<usize, DropReason> {
-        let p = frame::parse(buf.get(..len).ok_or(DropReason::FrameTruncated)?, self.verify_checksums)?;
+        let p = frame::parse(
+            buf.get(..len).ok_or(DropReason::FrameTruncated)?,
+            self.verify_checksums,
+        )?;
         let payload = p.payload();
         let n = self.answer_message(&mut buf[payload..], p.payload_len)?;
         Ok(frame::write_reply(buf, &p, n))

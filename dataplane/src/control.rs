@@ -6,12 +6,10 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::time::Duration;
 
 use nix::errno::Errno;
-use nix::sys::socket::{
-    self, ControlMessage, ControlMessageOwned, MsgFlags, SockType, sockopt,
-};
+use nix::sys::socket::{self, ControlMessage, ControlMessageOwned, MsgFlags, SockType, sockopt};
 use xdpdns_common::ipc::{
-    self, CONTROL_FD, DataplaneInit, FromDataplane, IpcError, MAX_FDS, MAX_MESSAGE_BYTES, PROTOCOL_VERSION,
-    SetupFailure, ToDataplane, XskReady,
+    self, CONTROL_FD, DataplaneInit, FromDataplane, IpcError, MAX_FDS, MAX_MESSAGE_BYTES,
+    PROTOCOL_VERSION, SetupFailure, ToDataplane, XskReady,
 };
 use xdpdns_common::stats::DataplaneCounters;
 
@@ -27,7 +25,9 @@ pub enum ControlError {
     Ipc(#[from] IpcError),
     #[error("the loader closed the control channel")]
     Closed,
-    #[error("protocol mismatch: loader speaks version {theirs}, this dataplane {PROTOCOL_VERSION}; install matching binaries")]
+    #[error(
+        "protocol mismatch: loader speaks version {theirs}, this dataplane {PROTOCOL_VERSION}; install matching binaries"
+    )]
     Version { theirs: u32 },
     #[error("unexpected message from the loader: {0}")]
     Unexpected(&'static str),
@@ -52,7 +52,10 @@ impl Control {
             Ok(SockType::SeqPacket) => {}
             _ => return Err(ControlError::Missing),
         }
-        nix::fcntl::fcntl(&fd, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC))?;
+        nix::fcntl::fcntl(
+            &fd,
+            nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+        )?;
         Ok(Control { fd })
     }
 
@@ -61,17 +64,27 @@ impl Control {
     }
 
     /// Waits (up to `timeout`) for the loader's Init and its sockets.
-    pub fn receive_init(&self, timeout: Duration) -> Result<(DataplaneInit, Vec<OwnedFd>), ControlError> {
-        let tv = nix::sys::time::TimeVal::new(timeout.as_secs() as i64, timeout.subsec_micros() as i64);
+    pub fn receive_init(
+        &self,
+        timeout: Duration,
+    ) -> Result<(DataplaneInit, Vec<OwnedFd>), ControlError> {
+        let tv =
+            nix::sys::time::TimeVal::new(timeout.as_secs() as i64, timeout.subsec_micros() as i64);
         socket::setsockopt(&self.fd, sockopt::ReceiveTimeout, &tv)?;
-        let (msg, fds) = self.receive(MsgFlags::empty())?.ok_or(ControlError::Closed)?;
+        let (msg, fds) = self
+            .receive(MsgFlags::empty())?
+            .ok_or(ControlError::Closed)?;
         match msg {
             ToDataplane::Init(init) => {
                 if init.protocol != PROTOCOL_VERSION {
-                    return Err(ControlError::Version { theirs: init.protocol });
+                    return Err(ControlError::Version {
+                        theirs: init.protocol,
+                    });
                 }
                 if fds.len() != init.kernel_sockets.len() {
-                    return Err(ControlError::Unexpected("Init with a wrong number of sockets"));
+                    return Err(ControlError::Unexpected(
+                        "Init with a wrong number of sockets",
+                    ));
                 }
                 Ok((*init, fds))
             }
@@ -89,7 +102,10 @@ impl Control {
         }
     }
 
-    fn receive(&self, flags: MsgFlags) -> Result<Option<(ToDataplane, Vec<OwnedFd>)>, ControlError> {
+    fn receive(
+        &self,
+        flags: MsgFlags,
+    ) -> Result<Option<(ToDataplane, Vec<OwnedFd>)>, ControlError> {
         let mut buf = vec![0u8; MAX_MESSAGE_BYTES];
         let mut cmsg = nix::cmsg_space!([RawFd; MAX_FDS]);
         let (len, fds, truncated) = {
@@ -110,7 +126,9 @@ impl Control {
                     }
                 }
             }
-            let truncated = msg.flags.intersects(MsgFlags::MSG_TRUNC | MsgFlags::MSG_CTRUNC);
+            let truncated = msg
+                .flags
+                .intersects(MsgFlags::MSG_TRUNC | MsgFlags::MSG_CTRUNC);
             (msg.bytes, fds, truncated)
         };
         if len == 0 {
@@ -122,7 +140,12 @@ impl Control {
         Ok(Some((ipc::decode(&buf[..len])?, fds)))
     }
 
-    fn send(&self, msg: &FromDataplane, fd: Option<BorrowedFd<'_>>, flags: MsgFlags) -> Result<(), ControlError> {
+    fn send(
+        &self,
+        msg: &FromDataplane,
+        fd: Option<BorrowedFd<'_>>,
+        flags: MsgFlags,
+    ) -> Result<(), ControlError> {
         let bytes = ipc::encode(msg)?;
         let iov = [IoSlice::new(&bytes)];
         let raw;
@@ -133,7 +156,13 @@ impl Control {
             }
             None => &[],
         };
-        socket::sendmsg::<()>(self.fd.as_raw_fd(), &iov, cmsgs, flags | MsgFlags::MSG_NOSIGNAL, None)?;
+        socket::sendmsg::<()>(
+            self.fd.as_raw_fd(),
+            &iov,
+            cmsgs,
+            flags | MsgFlags::MSG_NOSIGNAL,
+            None,
+        )?;
         Ok(())
     }
 
@@ -159,6 +188,10 @@ impl Control {
 
     /// Tells the loader why setup failed (best effort: we are exiting anyway).
     pub fn send_failure(&self, failure: SetupFailure) {
-        let _ = self.send(&FromDataplane::Failed(failure), None, MsgFlags::MSG_DONTWAIT);
+        let _ = self.send(
+            &FromDataplane::Failed(failure),
+            None,
+            MsgFlags::MSG_DONTWAIT,
+        );
     }
 }

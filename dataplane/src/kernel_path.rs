@@ -88,7 +88,12 @@ impl KernelPath {
 
     /// Answers what is waiting on every socket, at most `rounds` batches each.
     /// Returns the number of datagrams received.
-    pub fn serve(&mut self, answerer: &Answerer, counters: &mut DataplaneCounters, rounds: usize) -> usize {
+    pub fn serve(
+        &mut self,
+        answerer: &Answerer,
+        counters: &mut DataplaneCounters,
+        rounds: usize,
+    ) -> usize {
         let mut total = 0;
         for i in 0..self.sockets.len() {
             for _ in 0..rounds {
@@ -104,12 +109,23 @@ impl KernelPath {
     }
 }
 
-fn serve_once(fd: libc::c_int, b: &mut Batch, answerer: &Answerer, counters: &mut DataplaneCounters) -> usize {
+fn serve_once(
+    fd: libc::c_int,
+    b: &mut Batch,
+    answerer: &Answerer,
+    counters: &mut DataplaneCounters,
+) -> usize {
     b.arm_receive();
     // SAFETY: every header points at live buffers/address slots owned by `b`
     // with their true sizes; the kernel writes within them.
     let n = unsafe {
-        libc::recvmmsg(fd, b.hdrs.as_mut_ptr(), BATCH as libc::c_uint, libc::MSG_DONTWAIT, std::ptr::null_mut())
+        libc::recvmmsg(
+            fd,
+            b.hdrs.as_mut_ptr(),
+            BATCH as libc::c_uint,
+            libc::MSG_DONTWAIT,
+            std::ptr::null_mut(),
+        )
     };
     if n <= 0 {
         return 0;
@@ -146,7 +162,12 @@ fn serve_once(fd: libc::c_int, b: &mut Batch, answerer: &Answerer, counters: &mu
     while sent < out {
         // SAFETY: headers [sent, out) point at live buffers and addresses in `b`.
         let r = unsafe {
-            libc::sendmmsg(fd, b.out_hdrs[sent..].as_mut_ptr(), (out - sent) as libc::c_uint, libc::MSG_DONTWAIT)
+            libc::sendmmsg(
+                fd,
+                b.out_hdrs[sent..].as_mut_ptr(),
+                (out - sent) as libc::c_uint,
+                libc::MSG_DONTWAIT,
+            )
         };
         if r <= 0 {
             let e = io::Error::last_os_error();

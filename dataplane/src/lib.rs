@@ -5,11 +5,11 @@
 //! reports counters to the loader ([`control`]). It never calls bpf().
 
 pub mod answer;
+pub mod control;
 pub mod dns;
 pub mod frame;
-pub mod rules;
-pub mod xsk;
-pub mod control;
 pub mod kernel_path;
 pub mod privileges;
+pub mod rules;
 pub mod worker;
+pub mod xsk;

@@ -8,7 +8,9 @@ pub enum PrivilegeError {
     Root,
     #[error("capabilities: {0}")]
     Caps(#[from] caps::errors::CapsError),
-    #[error("unexpected capabilities {0:?}: the loader grants CAP_NET_RAW (and CAP_IPC_LOCK if configured) only")]
+    #[error(
+        "unexpected capabilities {0:?}: the loader grants CAP_NET_RAW (and CAP_IPC_LOCK if configured) only"
+    )]
     TooMany(Vec<Capability>),
 }
 

@@ -211,7 +211,8 @@ impl Worker {
             self.counters.kicks += 1;
             if let Err(e) = self.xsk.kick_tx() {
                 match e.raw_os_error() {
-                    Some(libc::EAGAIN) | Some(libc::EBUSY) | Some(libc::ENOBUFS) | Some(libc::EINTR) => {}
+                    Some(libc::EAGAIN) | Some(libc::EBUSY) | Some(libc::ENOBUFS)
+                    | Some(libc::EINTR) => {}
                     _ => self.counters.kick_errors += 1,
                 }
             }
@@ -225,8 +226,13 @@ impl Worker {
         let mut fds: Vec<PollFd<'_>> = Vec::with_capacity(2 + self.kernel_fd_count());
         fds.push(PollFd::new(self.xsk_fd(), PollFlags::POLLIN));
         fds.push(PollFd::new(self.control.fd(), PollFlags::POLLIN));
-        fds.extend(self.kernel.fds().map(|fd| PollFd::new(fd, PollFlags::POLLIN)));
-        let ms = PollTimeout::try_from(timeout.as_millis().min(60_000) as u32).unwrap_or(PollTimeout::MAX);
+        fds.extend(
+            self.kernel
+                .fds()
+                .map(|fd| PollFd::new(fd, PollFlags::POLLIN)),
+        );
+        let ms = PollTimeout::try_from(timeout.as_millis().min(60_000) as u32)
+            .unwrap_or(PollTimeout::MAX);
         if poll(&mut fds, ms).is_err() {
             return (true, true);
         }
@@ -260,7 +266,9 @@ impl Worker {
             match self.control.try_receive() {
                 Ok(None) => return Ok(None),
                 Ok(Some(ToDataplane::Shutdown)) => return Ok(Some(Exit::Shutdown)),
-                Ok(Some(ToDataplane::Init(_))) => return Err(ControlError::Unexpected("second Init")),
+                Ok(Some(ToDataplane::Init(_))) => {
+                    return Err(ControlError::Unexpected("second Init"));
+                }
                 Err(ControlError::Closed) => return Ok(Some(Exit::LoaderGone)),
                 Err(e) => return Err(e),
             }
@@ -284,7 +292,9 @@ impl Worker {
     /// Lets queued answers leave, then sends the final counters.
     fn finish(&mut self, exit: Exit) -> Exit {
         let deadline = Instant::now() + DRAIN;
-        while (!self.backlog.is_empty() || self.xsk.tx.outstanding() > 0) && Instant::now() < deadline {
+        while (!self.backlog.is_empty() || self.xsk.tx.outstanding() > 0)
+            && Instant::now() < deadline
+        {
             self.reclaim();
             self.transmit();
             std::thread::yield_now();

@@ -67,9 +67,12 @@ async fn answer(stream: UnixStream, shared: &Shared) -> std::io::Result<()> {
 /// The client side: one request, one response.
 pub async fn request(path: &Path, req: &Request) -> anyhow::Result<Response> {
     use anyhow::Context;
-    let stream = UnixStream::connect(path)
-        .await
-        .with_context(|| format!("cannot reach the instance at {} (is `xdpdns run` running?)", path.display()))?;
+    let stream = UnixStream::connect(path).await.with_context(|| {
+        format!(
+            "cannot reach the instance at {} (is `xdpdns run` running?)",
+            path.display()
+        )
+    })?;
     let (read, mut write) = stream.into_split();
     let mut line = serde_json::to_vec(req)?;
     line.push(b'\n');

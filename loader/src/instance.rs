@@ -12,11 +12,19 @@ use nix::fcntl::{Flock, FlockArg};
 #[derive(Debug, thiserror::Error)]
 pub enum InstanceError {
     #[error("cannot create the runtime directory {path}: {source}")]
-    Dir { path: String, source: std::io::Error },
-    #[error("instance {instance:?} is already running (pid {pid}); stop it first or choose another `instance`")]
+    Dir {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error(
+        "instance {instance:?} is already running (pid {pid}); stop it first or choose another `instance`"
+    )]
     Running { instance: String, pid: String },
     #[error("cannot lock {path}: {source}")]
-    Lock { path: String, source: std::io::Error },
+    Lock {
+        path: String,
+        source: std::io::Error,
+    },
 }
 
 pub const CONTROL_SOCKET: &str = "control.sock";
@@ -39,7 +47,11 @@ impl Instance {
             path: dir.display().to_string(),
             source,
         };
-        fs::DirBuilder::new().recursive(true).mode(0o750).create(dir).map_err(dir_err)?;
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o750)
+            .create(dir)
+            .map_err(dir_err)?;
         fs::set_permissions(dir, fs::Permissions::from_mode(0o750)).map_err(dir_err)?;
         let path = dir.join(LOCK_FILE);
         let lock_err = |source| InstanceError::Lock {

@@ -52,8 +52,10 @@ enum Command {
 }
 
 fn load_config(path: &Path) -> anyhow::Result<Config> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    Config::from_toml(&text).with_context(|| format!("{} is not a valid configuration", path.display()))
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    Config::from_toml(&text)
+        .with_context(|| format!("{} is not a valid configuration", path.display()))
 }
 
 fn main() -> ExitCode {
@@ -71,7 +73,9 @@ fn main() -> ExitCode {
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     // One thread: dataplanes are forked from it, and their parent-death
     // signal follows the thread that forked them.
-    Ok(tokio::runtime::Builder::new_current_thread().enable_all().build()?)
+    Ok(tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?)
 }
 
 fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
@@ -89,9 +93,12 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Status { config, json } => {
             let config = load_config(&config)?;
             let path = instance::control_socket(&config.runtime_dir.join(&config.instance));
-            let response = runtime()?.block_on(control::request(&path, &control::Request::Status))?;
+            let response =
+                runtime()?.block_on(control::request(&path, &control::Request::Status))?;
             match response {
-                control::Response::Status(s) if json => println!("{}", serde_json::to_string_pretty(&s)?),
+                control::Response::Status(s) if json => {
+                    println!("{}", serde_json::to_string_pretty(&s)?)
+                }
                 control::Response::Status(s) => print!("{}", s.render()),
                 control::Response::Error(e) => anyhow::bail!(e),
             }

@@ -79,10 +79,16 @@ impl Plan {
         };
         if let Some(i) = &iface {
             if i.queues > xdpdns_common::maps::MAX_DESTINATIONS {
-                problems.push(format!("{} has {} queues; xdpdns supports at most 4096", i.name, i.queues));
+                problems.push(format!(
+                    "{} has {} queues; xdpdns supports at most 4096",
+                    i.name, i.queues
+                ));
             }
             if !i.link.up {
-                warnings.push(format!("{} is down: nothing will arrive until it is up", i.name));
+                warnings.push(format!(
+                    "{} is down: nothing will arrive until it is up",
+                    i.name
+                ));
             }
             if let Some((mode, id)) = i.link.xdp {
                 warnings.push(format!(
@@ -93,13 +99,14 @@ impl Plan {
             }
         }
 
-        let account = match users::resolve(&config.dataplane.user, config.dataplane.group.as_deref()) {
-            Ok(a) => Some(a),
-            Err(e) => {
-                problems.push(e.to_string());
-                None
-            }
-        };
+        let account =
+            match users::resolve(&config.dataplane.user, config.dataplane.group.as_deref()) {
+                Ok(a) => Some(a),
+                Err(e) => {
+                    problems.push(e.to_string());
+                    None
+                }
+            };
 
         let umem_per_queue = config.umem_bytes_per_queue();
         let umem_total = umem_per_queue * queues.len() as u64;
@@ -108,7 +115,12 @@ impl Plan {
             hard: Some(0),
         });
         if !config.dataplane.keep_ipc_lock
-            && let Some(m) = memlock::shortfall(umem_total, queues.len(), memlock.hard, &config.dataplane.user)
+            && let Some(m) = memlock::shortfall(
+                umem_total,
+                queues.len(),
+                memlock.hard,
+                &config.dataplane.user,
+            )
         {
             problems.push(m);
         }
@@ -191,11 +203,18 @@ impl Plan {
         );
         line(
             "queues",
-            self.queues.iter().map(u32::to_string).collect::<Vec<_>>().join(", "),
+            self.queues
+                .iter()
+                .map(u32::to_string)
+                .collect::<Vec<_>>()
+                .join(", "),
         );
         line("xdp mode", format!("{:?}", c.xdp.mode).to_lowercase());
         for l in &c.listen {
-            line("listen", format!("{} (UDP: AF_XDP and kernel sockets)", l.address));
+            line(
+                "listen",
+                format!("{} (UDP: AF_XDP and kernel sockets)", l.address),
+            );
         }
         line(
             "umem",
@@ -244,10 +263,17 @@ impl Plan {
                 self.account.name,
                 self.account.uid,
                 self.account.gid,
-                if c.dataplane.keep_ipc_lock { " + CAP_IPC_LOCK" } else { "" }
+                if c.dataplane.keep_ipc_lock {
+                    " + CAP_IPC_LOCK"
+                } else {
+                    ""
+                }
             ),
         );
-        line("frames", format!("up to {} B go to AF_XDP", self.max_frame_len));
+        line(
+            "frames",
+            format!("up to {} B go to AF_XDP", self.max_frame_len),
+        );
         for w in &self.warnings {
             line("warning", w.clone());
         }
@@ -273,7 +299,10 @@ fn check_executable(path: &Path) -> Result<(), String> {
         format!("dataplane.binary: {}: {e} (install xdpdns-dataplane next to xdpdns or set dataplane.binary)", path.display())
     })?;
     if !meta.is_file() || meta.permissions().mode() & 0o111 == 0 {
-        return Err(format!("dataplane.binary: {} is not an executable file", path.display()));
+        return Err(format!(
+            "dataplane.binary: {} is not an executable file",
+            path.display()
+        ));
     }
     Ok(())
 }

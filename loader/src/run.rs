@@ -53,7 +53,9 @@ pub async fn run(plan: Plan) -> anyhow::Result<()> {
     let queues = plan.queues.clone();
     let shared = Rc::new(Shared::new(plan, template, attached, events_tx));
     let local = tokio::task::LocalSet::new();
-    let result = local.run_until(serve(shared.clone(), &instance, &queues, &mut events)).await;
+    let result = local
+        .run_until(serve(shared.clone(), &instance, &queues, &mut events))
+        .await;
     // Let supervisors finish stopping their dataplanes.
     let _ = tokio::time::timeout(SHUTDOWN_GRACE, local).await;
 
@@ -72,14 +74,22 @@ pub async fn run(plan: Plan) -> anyhow::Result<()> {
 
 fn preflight(plan: &Plan) -> anyhow::Result<()> {
     let c = &plan.config;
-    let missing = capabilities::missing(&capabilities::needed(plan.low_ports, c.dataplane.keep_ipc_lock))
-        .context("reading this process's capabilities")?;
+    let missing = capabilities::missing(&capabilities::needed(
+        plan.low_ports,
+        c.dataplane.keep_ipc_lock,
+    ))
+    .context("reading this process's capabilities")?;
     if !missing.is_empty() {
         bail!(capabilities::describe_missing(&missing));
     }
     if !c.dataplane.keep_ipc_lock {
         let limit = memlock::raise_soft_to_hard().context("raising RLIMIT_MEMLOCK")?;
-        if let Some(m) = memlock::shortfall(plan.umem_total, plan.queues.len(), limit.soft, &c.dataplane.user) {
+        if let Some(m) = memlock::shortfall(
+            plan.umem_total,
+            plan.queues.len(),
+            limit.soft,
+            &c.dataplane.user,
+        ) {
             bail!(m);
         }
     }

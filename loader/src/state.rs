@@ -109,8 +109,17 @@ pub struct Shared {
 }
 
 impl Shared {
-    pub fn new(plan: Plan, template: Template, program: Attached, events: mpsc::UnboundedSender<Event>) -> Self {
-        let queues = plan.queues.iter().map(|q| (*q, QueueState::new())).collect();
+    pub fn new(
+        plan: Plan,
+        template: Template,
+        program: Attached,
+        events: mpsc::UnboundedSender<Event>,
+    ) -> Self {
+        let queues = plan
+            .queues
+            .iter()
+            .map(|q| (*q, QueueState::new()))
+            .collect();
         let listen = plan.config.listen.iter().map(|l| l.address).collect();
         let answer = plan.config.answer_spec();
         Shared {

@@ -5,7 +5,9 @@ use std::collections::BTreeMap;
 use std::fmt::Write;
 
 use serde::{Deserialize, Serialize};
-use xdpdns_common::stats::{DataplaneCounters, DropReason, PathCounters, RingLevels, XskKernelStats};
+use xdpdns_common::stats::{
+    DataplaneCounters, DropReason, PathCounters, RingLevels, XskKernelStats,
+};
 
 use crate::state::{Phase, Shared};
 
@@ -101,9 +103,14 @@ impl Status {
                 queue,
                 phase: q.phase,
                 pid: q.pid,
-                uptime_secs: q.started_at.filter(|_| q.pid.is_some()).map(|t| t.elapsed().as_secs()),
+                uptime_secs: q
+                    .started_at
+                    .filter(|_| q.pid.is_some())
+                    .map(|t| t.elapsed().as_secs()),
                 restarts: q.restarts,
-                xsk_mode: q.zero_copy.map(|z| if z { "zero-copy" } else { "copy" }.to_string()),
+                xsk_mode: q
+                    .zero_copy
+                    .map(|z| if z { "zero-copy" } else { "copy" }.to_string()),
                 registered: q.registered_at.is_some(),
                 last_exit: q.last_exit.clone(),
                 counters: (&q.totals()).into(),
@@ -150,8 +157,20 @@ impl Status {
         let _ = writeln!(
             s,
             "\n{:>5} {:<12} {:>8} {:>7} {:>8} {:<9} {:>11} {:>11} {:>9} {:>9} {:>9} {:>6} {:>6} {:>6}",
-            "queue", "state", "pid", "uptime", "restarts", "xsk", "xsk in", "xsk out", "xsk drop", "kern in", "kern out",
-            "fill", "rx", "tx"
+            "queue",
+            "state",
+            "pid",
+            "uptime",
+            "restarts",
+            "xsk",
+            "xsk in",
+            "xsk out",
+            "xsk drop",
+            "kern in",
+            "kern out",
+            "fill",
+            "rx",
+            "tx"
         );
         for q in &self.queues {
             let c = &q.counters;
@@ -161,7 +180,9 @@ impl Status {
                 q.queue,
                 format!("{:?}", q.phase).to_lowercase(),
                 q.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
-                q.uptime_secs.map(|u| format!("{u}s")).unwrap_or_else(|| "-".into()),
+                q.uptime_secs
+                    .map(|u| format!("{u}s"))
+                    .unwrap_or_else(|| "-".into()),
                 q.restarts,
                 q.xsk_mode.as_deref().unwrap_or("-"),
                 c.xsk.received,
@@ -185,7 +206,11 @@ impl Status {
             if drops.is_empty() {
                 "none".to_string()
             } else {
-                drops.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" ")
+                drops
+                    .iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect::<Vec<_>>()
+                    .join(" ")
             }
         );
         let k = &t.xsk_kernel;
@@ -202,12 +227,20 @@ impl Status {
         let _ = writeln!(
             s,
             "xdp      {}",
-            self.xdp.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" ")
+            self.xdp
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(" ")
         );
         let exits: Vec<String> = self
             .queues
             .iter()
-            .filter_map(|q| q.last_exit.as_ref().map(|e| format!("queue {}: {e}", q.queue)))
+            .filter_map(|q| {
+                q.last_exit
+                    .as_ref()
+                    .map(|e| format!("queue {}: {e}", q.queue))
+            })
             .collect();
         for e in exits {
             let _ = writeln!(s, "last exit {e}");

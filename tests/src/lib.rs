@@ -1,1 +1,598 @@
+//! Harness for xdpdns end-to-end tests: network namespaces joined by a veth
+//! pair, the real loader and dataplanes, real DNS clients. Needs root.
+//!
+//! Every lab has uniquely named namespaces, instance and pin directory, and
+//! removes all of them on drop — also when the test fails.
 
+pub mod frames;
+
+use std::fs;
+use std::io::Read;
+use std::os::fd::AsFd;
+use std::os::unix::net::UnixDatagram;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use serde_json::Value;
+
+pub const SERVER_V4: &str = "192.0.2.1";
+pub const CLIENT_V4: &str = "192.0.2.2";
+pub const SERVER_V6: &str = "2001:db8::1";
+pub const CLIENT_V6: &str = "2001:db8::2";
+pub const SERVER_IF: &str = "srv0";
+pub const CLIENT_IF: &str = "cli0";
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+/// Directory holding `xdpdns` and `xdpdns-dataplane`: $XDPDNS_BIN_DIR, or
+/// the cargo target directory these tests were built into.
+pub fn bin_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("XDPDNS_BIN_DIR") {
+        return d.into();
+    }
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test> -> target/<profile>
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("target dir")
+        .to_path_buf()
+}
+
+pub fn bin(name: &str) -> PathBuf {
+    let p = bin_dir().join(name);
+    assert!(
+        p.exists(),
+        "{} is missing: build the binaries first (`cargo build --bins`; `make test` does)",
+        p.display()
+    );
+    p
+}
+
+/// Runs a command, failing with its output if it fails.
+pub fn sh(cmd: &mut Command) -> anyhow::Result<Output> {
+    let out = cmd.output().with_context(|| format!("spawning {cmd:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "{cmd:?} failed ({}): {}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(out)
+}
+
+pub fn ip(args: &[&str]) -> anyhow::Result<Output> {
+    sh(Command::new("ip").args(args))
+}
+
+/// Polls `f` until it returns `Some`, or fails after `timeout`.
+pub fn wait_for<T>(
+    timeout: Duration,
+    what: &str,
+    mut f: impl FnMut() -> Option<T>,
+) -> anyhow::Result<T> {
+    let end = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return Ok(v);
+        }
+        if Instant::now() > end {
+            bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Two namespaces, `srv0` <-> `cli0` with two queues each, addresses set.
+pub struct Lab {
+    pub name: String,
+    pub server_ns: String,
+    pub client_ns: String,
+    pub dir: PathBuf,
+    pub pin_root: PathBuf,
+    pub runtime_dir: PathBuf,
+}
+
+impl Lab {
+    pub fn new(test: &str) -> anyhow::Result<Lab> {
+        let name = format!(
+            "xdt-{test}-{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        );
+        let dir = std::env::temp_dir().join(&name);
+        fs::create_dir_all(&dir)?;
+        let lab = Lab {
+            server_ns: format!("{name}-s"),
+            client_ns: format!("{name}-c"),
+            pin_root: PathBuf::from("/sys/fs/bpf").join(&name),
+            runtime_dir: dir.join("run"),
+            dir,
+            name,
+        };
+        // From here on, Drop cleans up whatever was made.
+        lab.build().context("building the veth lab")?;
+        Ok(lab)
+    }
+
+    fn build(&self) -> anyhow::Result<()> {
+        let (s, c) = (self.server_ns.as_str(), self.client_ns.as_str());
+        ip(&["netns", "add", s])?;
+        ip(&["netns", "add", c])?;
+        ip(&[
+            "-n",
+            s,
+            "link",
+            "add",
+            SERVER_IF,
+            "numtxqueues",
+            "2",
+            "numrxqueues",
+            "2",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            CLIENT_IF,
+            "netns",
+            c,
+            "numtxqueues",
+            "2",
+            "numrxqueues",
+            "2",
+        ])?;
+        for (ns, ifname, v4, v6) in [
+            (s, SERVER_IF, SERVER_V4, SERVER_V6),
+            (c, CLIENT_IF, CLIENT_V4, CLIENT_V6),
+        ] {
+            ip(&["-n", ns, "addr", "add", &format!("{v4}/24"), "dev", ifname])?;
+            ip(&[
+                "-n",
+                ns,
+                "addr",
+                "add",
+                &format!("{v6}/64"),
+                "dev",
+                ifname,
+                "nodad",
+            ])?;
+            ip(&["-n", ns, "link", "set", ifname, "up"])?;
+            ip(&["-n", ns, "link", "set", "lo", "up"])?;
+        }
+        // Locally generated UDP on a veth carries partial checksums; a real
+        // wire never does. Make the client's frames look like the wire's.
+        sh(Command::new("ip").args(["netns", "exec", c, "ethtool", "-K", CLIENT_IF, "tx", "off"]))?;
+        Ok(())
+    }
+
+    /// A second veth pair (`srv1` <-> `cli1`, 192.0.2.129/.130) in the same namespaces.
+    pub fn add_second_pair(&self) -> anyhow::Result<()> {
+        let (s, c) = (self.server_ns.as_str(), self.client_ns.as_str());
+        ip(&[
+            "-n",
+            s,
+            "link",
+            "add",
+            "srv1",
+            "numtxqueues",
+            "2",
+            "numrxqueues",
+            "2",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "cli1",
+            "netns",
+            c,
+            "numtxqueues",
+            "2",
+            "numrxqueues",
+            "2",
+        ])?;
+        ip(&["-n", s, "addr", "add", "192.0.2.129/25", "dev", "srv1"])?;
+        ip(&["-n", c, "addr", "add", "192.0.2.130/25", "dev", "cli1"])?;
+        ip(&["-n", s, "link", "set", "srv1", "up"])?;
+        ip(&["-n", c, "link", "set", "cli1", "up"])?;
+        sh(Command::new("ip").args(["netns", "exec", c, "ethtool", "-K", "cli1", "tx", "off"]))?;
+        Ok(())
+    }
+
+    /// Runs a command in the client namespace.
+    pub fn client(&self, program: &str, args: &[&str]) -> Output {
+        Command::new("ip")
+            .args(["netns", "exec", &self.client_ns, program])
+            .args(args)
+            .output()
+            .expect("ip netns exec")
+    }
+
+    /// One kdig query from the client; returns the status word (e.g. "REFUSED") or the failure text.
+    pub fn kdig(&self, args: &[&str]) -> String {
+        let mut all = vec!["+retry=0", "+timeout=2"];
+        all.extend_from_slice(args);
+        let out = self.client("kdig", &all);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        match text.split("status: ").nth(1) {
+            Some(rest) => rest
+                .split([';', ' ', '\n'])
+                .next()
+                .unwrap_or("")
+                .to_string(),
+            None => format!(
+                "no answer: {}{}",
+                text.trim(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
+        }
+    }
+
+    /// A configuration for this lab; `extra` is appended verbatim.
+    pub fn config(&self, instance: &str, extra: &str) -> String {
+        self.config_full(instance, "", "", extra)
+    }
+
+    /// A configuration with extra lines in [xdp] and [xsk] too.
+    pub fn config_full(
+        &self,
+        instance: &str,
+        xdp_extra: &str,
+        xsk_extra: &str,
+        extra: &str,
+    ) -> String {
+        format!(
+            r#"instance = "{instance}"
+runtime_dir = "{run}"
+[xdp]
+interface = "{SERVER_IF}"
+pin_root = "{pins}"
+{xdp_extra}
+[xsk]
+frames = 512
+{xsk_extra}
+[dataplane]
+user = "nobody"
+stats_interval_ms = 200
+[[listen]]
+address = "{SERVER_V4}:53"
+[[listen]]
+address = "[{SERVER_V6}]:53"
+{extra}"#,
+            run = self.runtime_dir.display(),
+            pins = self.pin_root.display(),
+        )
+    }
+
+    pub fn write_config(&self, instance: &str, text: &str) -> anyhow::Result<PathBuf> {
+        let path = self.dir.join(format!("{instance}.toml"));
+        fs::write(&path, text)?;
+        Ok(path)
+    }
+
+    /// Runs an `xdpdns` subcommand inside the server namespace.
+    pub fn xdpdns(&self, args: &[&str]) -> Output {
+        Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", self.server_ns))
+            .arg(bin("xdpdns"))
+            .args(args)
+            .env("NO_COLOR", "1")
+            .output()
+            .expect("nsenter xdpdns")
+    }
+
+    /// Starts `xdpdns run` in the server namespace and waits for READY=1.
+    pub fn start(&self, instance: &str, config: &str) -> anyhow::Result<Server> {
+        let path = self.write_config(instance, config)?;
+        let notify_path = self.dir.join(format!("{instance}.notify"));
+        let _ = fs::remove_file(&notify_path);
+        let notify = UnixDatagram::bind(&notify_path)?;
+        notify.set_read_timeout(Some(Duration::from_millis(200)))?;
+        let log_path = self.dir.join(format!("{instance}.log"));
+        let log = fs::File::create(&log_path)?;
+        let child = Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", self.server_ns))
+            .arg(bin("xdpdns"))
+            .args(["run", "--config"])
+            .arg(&path)
+            .env("NOTIFY_SOCKET", &notify_path)
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()?;
+        let mut server = Server {
+            child: Some(child),
+            config: path,
+            log: log_path,
+        };
+        let end = Instant::now() + Duration::from_secs(20);
+        let mut buf = [0u8; 4096];
+        loop {
+            if let Ok(n) = notify.recv(&mut buf)
+                && String::from_utf8_lossy(&buf[..n])
+                    .lines()
+                    .any(|l| l == "READY=1")
+            {
+                return Ok(server);
+            }
+            if let Some(status) = server
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                bail!(
+                    "xdpdns exited before READY ({status}):\n{}",
+                    server.log_text()
+                );
+            }
+            if Instant::now() > end {
+                bail!("xdpdns not READY within 20 s:\n{}", server.log_text());
+            }
+        }
+    }
+
+    /// Opens a socket inside the client or server namespace.
+    pub fn in_ns<T: Send>(
+        &self,
+        server: bool,
+        f: impl FnOnce() -> anyhow::Result<T> + Send,
+    ) -> anyhow::Result<T> {
+        let ns = if server {
+            &self.server_ns
+        } else {
+            &self.client_ns
+        };
+        let file = fs::File::open(format!("/run/netns/{ns}"))?;
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                nix::sched::setns(file.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)?;
+                f()
+            })
+            .join()
+            .expect("namespace thread panicked")
+        })
+    }
+
+    /// A `/proc/net/snmp` counter in the client namespace, e.g. ("Udp", "InCsumErrors").
+    pub fn client_snmp(&self, table: &str, field: &str) -> u64 {
+        let out = self.client("cat", &["/proc/net/snmp"]);
+        let text = String::from_utf8_lossy(&out.stdout);
+        let rows: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with(&format!("{table}:")))
+            .collect();
+        let (Some(head), Some(vals)) = (rows.first(), rows.get(1)) else {
+            return 0;
+        };
+        head.split_whitespace()
+            .zip(vals.split_whitespace())
+            .find(|(h, _)| *h == field)
+            .and_then(|(_, v)| v.parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// Whether `ifname` in the server namespace has an XDP program attached.
+    pub fn server_has_xdp(&self, ifname: &str) -> bool {
+        let out = Command::new("ip")
+            .args(["-n", &self.server_ns, "link", "show", ifname])
+            .output()
+            .expect("ip link");
+        String::from_utf8_lossy(&out.stdout).contains(" xdp")
+    }
+
+    /// The id of the XDP program on `ifname`, if any.
+    pub fn server_xdp_prog_id(&self, ifname: &str) -> Option<u32> {
+        let out = Command::new("ip")
+            .args(["-d", "-n", &self.server_ns, "link", "show", ifname])
+            .output()
+            .ok()?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let at = text.find("prog/xdp id ")?;
+        text[at + 12..].split_whitespace().next()?.parse().ok()
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        // Namespaces first: that detaches every XDP program in them.
+        for ns in [&self.server_ns, &self.client_ns] {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+        if let Ok(entries) = fs::read_dir(&self.pin_root) {
+            for instance in entries.flatten() {
+                if let Ok(pins) = fs::read_dir(instance.path()) {
+                    for p in pins.flatten() {
+                        let _ = fs::remove_file(p.path());
+                    }
+                }
+                let _ = fs::remove_dir(instance.path());
+            }
+        }
+        let _ = fs::remove_dir(&self.pin_root);
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A running `xdpdns run`; SIGKILLed (with its dataplanes) on drop if still running.
+pub struct Server {
+    child: Option<Child>,
+    pub config: PathBuf,
+    pub log: PathBuf,
+}
+
+impl Server {
+    pub fn log_text(&self) -> String {
+        let mut s = String::new();
+        if let Ok(mut f) = fs::File::open(&self.log) {
+            let _ = f.read_to_string(&mut s);
+        }
+        s
+    }
+
+    /// `nsenter`'s pid is the loader's: nsenter execs it.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
+    /// `xdpdns status --json`.
+    pub fn status(&self) -> anyhow::Result<Value> {
+        let out = Command::new(bin("xdpdns"))
+            .args(["status", "--json", "--config"])
+            .arg(&self.config)
+            .env("NO_COLOR", "1")
+            .output()?;
+        if !out.status.success() {
+            bail!("status failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(serde_json::from_slice(&out.stdout)?)
+    }
+
+    /// Waits until `pred` holds on the status JSON.
+    pub fn wait_status(&self, what: &str, pred: impl Fn(&Value) -> bool) -> anyhow::Result<Value> {
+        let mut last = Value::Null;
+        wait_for(Duration::from_secs(10), what, || {
+            let s = self.status().ok()?;
+            let ok = pred(&s);
+            last = s.clone();
+            ok.then_some(s)
+        })
+        .with_context(|| format!("last status: {last:#}"))
+    }
+
+    /// Dataplane pids from the status.
+    pub fn dataplane_pids(&self) -> anyhow::Result<Vec<u32>> {
+        let s = self.status()?;
+        Ok(s["queues"]
+            .as_array()
+            .context("queues")?
+            .iter()
+            .filter_map(|q| q["pid"].as_u64().map(|p| p as u32))
+            .collect())
+    }
+
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        if let Some(c) = &self.child {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(c.id() as i32), sig);
+        }
+    }
+
+    /// SIGTERM, then waits for the exit status.
+    pub fn stop(&mut self) -> anyhow::Result<ExitStatus> {
+        self.signal(nix::sys::signal::Signal::SIGTERM);
+        let mut child = self.child.take().context("already stopped")?;
+        let end = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(st) = child.try_wait()? {
+                return Ok(st);
+            }
+            if Instant::now() > end {
+                let _ = child.kill();
+                bail!(
+                    "xdpdns did not exit within 15 s of SIGTERM:\n{}",
+                    self.log_text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGKILL the loader (its dataplanes die by parent-death signal).
+    pub fn kill(&mut self) -> anyhow::Result<()> {
+        let mut child = self.child.take().context("already stopped")?;
+        child.kill()?;
+        child.wait()?;
+        Ok(())
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Whether process `pid` exists.
+pub fn alive(pid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// A field of /proc/PID/status, e.g. "CapEff".
+pub fn proc_status(pid: u32, field: &str) -> Option<String> {
+    let text = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    text.lines().find_map(|l| {
+        l.strip_prefix(&format!("{field}:"))
+            .map(|v| v.trim().to_string())
+    })
+}
+
+/// MAC address of an interface in a namespace.
+pub fn mac_of(ns: &str, ifname: &str) -> anyhow::Result<[u8; 6]> {
+    let out = ip(&["-n", ns, "-j", "link", "show", ifname])?;
+    let v: Value = serde_json::from_slice(&out.stdout)?;
+    frames::mac(v[0]["address"].as_str().context("no address")?)
+}
+
+/// Interface index of an interface in a namespace.
+pub fn ifindex_of(ns: &str, ifname: &str) -> anyhow::Result<u32> {
+    let out = ip(&["-n", ns, "-j", "link", "show", ifname])?;
+    let v: Value = serde_json::from_slice(&out.stdout)?;
+    Ok(v[0]["ifindex"].as_u64().context("no ifindex")? as u32)
+}
+
+/// Sum of a counter over all queues of a status, e.g. ("xsk", "answered").
+pub fn total(status: &Value, path: &str, field: &str) -> u64 {
+    status["totals"][path][field].as_u64().unwrap_or(0)
+}
+
+/// A drop counter by reason over all queues of a status.
+pub fn dropped(status: &Value, path: &str, reason: &str) -> u64 {
+    status["totals"][path]["dropped"][reason]
+        .as_u64()
+        .unwrap_or(0)
+}
+
+/// An XDP program outcome counter of a status.
+pub fn xdp(status: &Value, outcome: &str) -> u64 {
+    status["xdp"][outcome].as_u64().unwrap_or(0)
+}
+
+impl Lab {
+    /// A counter from the client's `/proc/net/snmp6`, e.g. "Udp6InCsumErrors".
+    pub fn client_snmp6(&self, field: &str) -> u64 {
+        let out = self.client("cat", &["/proc/net/snmp6"]);
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .find_map(|l| {
+                let mut it = l.split_whitespace();
+                (it.next() == Some(field)).then(|| it.next().and_then(|v| v.parse().ok()))?
+            })
+            .unwrap_or(0)
+    }
+
+    /// Makes the client send everything on its tx queue `queue` (XPS), so it
+    /// lands on the server's rx queue of the same number.
+    pub fn steer_client_to_queue(&self, queue: u32) -> anyhow::Result<()> {
+        // SAFETY: sysconf has no memory arguments.
+        let cpus = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) }.clamp(1, 63) as u32;
+        let all = format!("{:x}", (1u64 << cpus) - 1);
+        for q in 0..2 {
+            let mask = if q == queue { all.as_str() } else { "0" };
+            sh(Command::new("ip").args([
+                "netns",
+                "exec",
+                &self.client_ns,
+                "sh",
+                "-c",
+                &format!("echo {mask} > /sys/class/net/{CLIENT_IF}/queues/tx-{q}/xps_cpus"),
+            ]))?;
+        }
+        Ok(())
+    }
+}

@@ -42,7 +42,8 @@ impl ConfigError {
 impl Config {
     /// Parses and validates a configuration file's text.
     pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
-        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Syntax(e.to_string()))?;
+        let config: Config =
+            toml::from_str(text).map_err(|e| ConfigError::Syntax(e.to_string()))?;
         config.validate()?;
         Ok(config)
     }
@@ -54,6 +55,10 @@ impl Config {
 
     /// The rule list the dataplanes evaluate, compiled to wire form.
     pub fn answer_spec(&self) -> AnswerSpec {
-        rules::compile(&self.rule, self.dataplane.edns_udp_size, self.xsk.verify_checksums)
+        rules::compile(
+            &self.rule,
+            self.dataplane.edns_udp_size,
+            self.xsk.verify_checksums,
+        )
     }
 }

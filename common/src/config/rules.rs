@@ -78,14 +78,20 @@ pub(super) fn check(index: usize, rule: &RuleConfig) -> Result<(), super::Config
     {
         return Err(super::ConfigError::invalid(
             key("qtype"),
-            format!("{qtype:?} is not a record type: write a mnemonic such as \"AAAA\" or \"TYPE65\""),
+            format!(
+                "{qtype:?} is not a record type: write a mnemonic such as \"AAAA\" or \"TYPE65\""
+            ),
         ));
     }
     Ok(())
 }
 
 /// Compiles validated rules. Call only on a validated configuration.
-pub(super) fn compile(rules: &[RuleConfig], edns_udp_size: u16, verify_checksums: bool) -> AnswerSpec {
+pub(super) fn compile(
+    rules: &[RuleConfig],
+    edns_udp_size: u16,
+    verify_checksums: bool,
+) -> AnswerSpec {
     AnswerSpec {
         rules: rules
             .iter()

@@ -8,7 +8,9 @@ address = "192.0.2.1:53"
 "#;
 
 fn with(extra_top: &str, sections: &str) -> String {
-    format!("{extra_top}\n[xdp]\ninterface = \"eth0\"\n{sections}\n[[listen]]\naddress = \"192.0.2.1:53\"\n")
+    format!(
+        "{extra_top}\n[xdp]\ninterface = \"eth0\"\n{sections}\n[[listen]]\naddress = \"192.0.2.1:53\"\n"
+    )
 }
 
 fn err(text: &str) -> ConfigError {
@@ -66,7 +68,10 @@ action = "nxdomain"
     assert_eq!(c.xdp.mode, XdpMode::Generic);
     assert_eq!(c.listen[1].address, "[2001:db8::1]:5353".parse().unwrap());
     let spec = c.answer_spec();
-    assert_eq!(spec.rules[0].suffix.as_deref(), Some(&b"\x07example\x03com\0"[..]));
+    assert_eq!(
+        spec.rules[0].suffix.as_deref(),
+        Some(&b"\x07example\x03com\0"[..])
+    );
     assert_eq!(spec.rules[0].qtype, Some(28));
     assert_eq!(spec.rules[0].action, Action::NxDomain);
 }
@@ -125,12 +130,18 @@ fn bad_enums_list_the_choices() {
 fn umem_geometry_is_checked() {
     assert_eq!(invalid_key(&with("", "[xsk]\nframes = 1000")), "xsk.frames");
     assert_eq!(invalid_key(&with("", "[xsk]\nframes = 32")), "xsk.frames");
-    assert_eq!(invalid_key(&with("", "[xsk]\nframe_size = 3000")), "xsk.frame_size");
+    assert_eq!(
+        invalid_key(&with("", "[xsk]\nframe_size = 3000")),
+        "xsk.frame_size"
+    );
     assert_eq!(
         invalid_key(&with("", "[xsk]\nframes = 64\nbatch_size = 64")),
         "xsk.batch_size"
     );
-    assert_eq!(invalid_key(&with("", "[xsk]\nbatch_size = 0")), "xsk.batch_size");
+    assert_eq!(
+        invalid_key(&with("", "[xsk]\nbatch_size = 0")),
+        "xsk.batch_size"
+    );
 }
 
 #[test]
@@ -155,18 +166,33 @@ fn listen_addresses_are_checked() {
 #[test]
 fn names_used_in_paths_are_checked() {
     for name in ["", "a/b", "..", "-x", "with space", &"x".repeat(65)] {
-        assert_eq!(invalid_key(&with(&format!("instance = {name:?}"), "")), "instance");
+        assert_eq!(
+            invalid_key(&with(&format!("instance = {name:?}"), "")),
+            "instance"
+        );
     }
     let text = MINIMAL.replace("eth0", "an-interface-name-too-long");
     assert_eq!(invalid_key(&text), "xdp.interface");
-    assert_eq!(invalid_key(&with("", "pin_root = \"rel/path\"")), "xdp.pin_root");
-    assert_eq!(invalid_key(&with("runtime_dir = \"run\"", "")), "runtime_dir");
+    assert_eq!(
+        invalid_key(&with("", "pin_root = \"rel/path\"")),
+        "xdp.pin_root"
+    );
+    assert_eq!(
+        invalid_key(&with("runtime_dir = \"run\"", "")),
+        "runtime_dir"
+    );
 }
 
 #[test]
 fn dataplane_section_is_checked() {
-    assert_eq!(invalid_key(&with("", "[dataplane]\nuser = \"root\"")), "dataplane.user");
-    assert_eq!(invalid_key(&with("", "[dataplane]\nuser = \"\"")), "dataplane.user");
+    assert_eq!(
+        invalid_key(&with("", "[dataplane]\nuser = \"root\"")),
+        "dataplane.user"
+    );
+    assert_eq!(
+        invalid_key(&with("", "[dataplane]\nuser = \"\"")),
+        "dataplane.user"
+    );
     assert_eq!(
         invalid_key(&with("", "[dataplane]\nbinary = \"xdpdns-dataplane\"")),
         "dataplane.binary"
@@ -184,11 +210,18 @@ fn dataplane_section_is_checked() {
 #[test]
 fn rules_are_checked() {
     let rule = |body: &str| format!("{MINIMAL}\n[[rule]]\n{body}");
-    assert_eq!(invalid_key(&rule("qtype = \"BOGUS\"\naction = \"drop\"")), "rule[0].qtype");
+    assert_eq!(
+        invalid_key(&rule("qtype = \"BOGUS\"\naction = \"drop\"")),
+        "rule[0].qtype"
+    );
     assert_eq!(
         invalid_key(&rule("qname_suffix = \"a..b\"\naction = \"drop\"")),
         "rule[0].qname_suffix"
     );
-    assert!(err(&rule("action = \"explode\"")).to_string().contains("refused"));
+    assert!(
+        err(&rule("action = \"explode\""))
+            .to_string()
+            .contains("refused")
+    );
     assert!(err(&rule("qtype = \"A\"")).to_string().contains("action"));
 }

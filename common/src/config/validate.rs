@@ -123,7 +123,10 @@ impl Config {
                 ));
             }
             if ip.is_multicast() {
-                return Err(ConfigError::invalid(key, format!("{ip} is a multicast address")));
+                return Err(ConfigError::invalid(
+                    key,
+                    format!("{ip} is a multicast address"),
+                ));
             }
             if !seen.insert(l.address) {
                 return Err(ConfigError::invalid(
@@ -148,7 +151,9 @@ fn check_instance(name: &str) -> Result<(), ConfigError> {
     } else {
         Err(ConfigError::invalid(
             "instance",
-            format!("{name:?} must be 1-64 characters of A-Z, a-z, 0-9, '-' or '_' (it names directories)"),
+            format!(
+                "{name:?} must be 1-64 characters of A-Z, a-z, 0-9, '-' or '_' (it names directories)"
+            ),
         ))
     }
 }

@@ -12,7 +12,7 @@ fn answerer() -> Answerer {
         }],
         default: Action::Refused,
         edns_udp_size: 1232,
-            verify_checksums: true,
+        verify_checksums: true,
     })
 }
 
@@ -115,7 +115,10 @@ fn other_opcodes_get_notimp() {
 #[test]
 fn rule_drop_sends_nothing() {
     let q = query(3, "x.dropme.test.", 1, None);
-    assert_eq!(run(&build(&FrameSpec::v4(), &q), 0), Err(DropReason::RuleDrop));
+    assert_eq!(
+        run(&build(&FrameSpec::v4(), &q), 0),
+        Err(DropReason::RuleDrop)
+    );
 }
 
 #[test]
@@ -135,7 +138,10 @@ fn answers_that_do_not_fit_are_dropped_not_written_past_the_buffer() {
     let mut m = q.clone();
     m[11] = 1;
     m.extend_from_slice(&[0, 0, 41, 4, 0, 0, 0, 0, 0]); // 9 bytes: rdlen missing
-    assert_eq!(answerer().answer_message(&mut m.clone(), m.len()), Err(DropReason::DnsTruncated));
+    assert_eq!(
+        answerer().answer_message(&mut m.clone(), m.len()),
+        Err(DropReason::DnsTruncated)
+    );
     m.extend_from_slice(&[0, 0]);
     let len = m.len();
     let mut short = m.clone();
@@ -216,7 +222,10 @@ fn hostile_frames_are_counted_drops() {
 
     let mut spec = FrameSpec::v4();
     spec.src.set_port(0);
-    expect_drop(&build(&spec, &query(1, "a.", 1, None)), DropReason::BadSource);
+    expect_drop(
+        &build(&spec, &query(1, "a.", 1, None)),
+        DropReason::BadSource,
+    );
 
     let mut f = good.clone();
     f[12..14].copy_from_slice(&[0x08, 0x06]); // ARP
@@ -224,7 +233,10 @@ fn hostile_frames_are_counted_drops() {
 
     let mut spec6 = FrameSpec::v6();
     spec6.zero_udp_checksum = true;
-    expect_drop(&build(&spec6, &query(1, "a.", 1, None)), DropReason::BadChecksum);
+    expect_drop(
+        &build(&spec6, &query(1, "a.", 1, None)),
+        DropReason::BadChecksum,
+    );
 
     let mut f = build(&FrameSpec::v6(), &query(1, "a.", 1, None));
     f[20] = 0; // hop-by-hop options
@@ -290,7 +302,10 @@ fn hostile_dns_is_counted_drops() {
     let here = m.len() as u16;
     m.extend_from_slice(&(0xc000 | here).to_be_bytes());
     m.extend_from_slice(&[0, 16, 0, 1, 0, 0, 0, 0, 0, 0]);
-    assert!(run(&build(&FrameSpec::v4(), &m), 0).is_ok(), "TXT in additional is ignored");
+    assert!(
+        run(&build(&FrameSpec::v4(), &m), 0).is_ok(),
+        "TXT in additional is ignored"
+    );
 
     // OPT with a non-root owner; two OPTs.
     let mut m = q.clone();
@@ -328,7 +343,10 @@ fn every_truncation_of_valid_frames_is_rejected_without_panic() {
 #[test]
 fn random_corruption_never_panics() {
     let base = [
-        build(&FrameSpec::v4(), &query(1, "www.example.", 1, Some((1232, 0, false)))),
+        build(
+            &FrameSpec::v4(),
+            &query(1, "www.example.", 1, Some((1232, 0, false))),
+        ),
         build(&FrameSpec::v6(), &query(2, "a.b.c.", 28, None)),
     ];
     let mut seed = 0x9e37_79b9u32;
@@ -369,7 +387,14 @@ fn checksum_verification_can_be_turned_off_but_headers_are_still_checked() {
     let n2 = lax.answer_frame(&mut buf, f.len()).unwrap();
     assert_eq!(n, n2);
     buf.truncate(n2);
-    assert_eq!(rcode(&receive(&buf).payload), 5, "the reply's own checksum is computed");
+    assert_eq!(
+        rcode(&receive(&buf).payload),
+        5,
+        "the reply's own checksum is computed"
+    );
     f[24] ^= 0xff;
-    assert_eq!(lax.answer_frame(&mut f.clone(), f.len()), Err(DropReason::BadIpHeader));
+    assert_eq!(
+        lax.answer_frame(&mut f.clone(), f.len()),
+        Err(DropReason::BadIpHeader)
+    );
 }

@@ -12,7 +12,12 @@ const OPT_LEN: usize = 11;
 /// it (RFC 6891: payload size `udp_size`, version 0, DO copied; BADVERS for a
 /// version above 0). Returns the answer's length. `buf` may be longer than the
 /// query: it is the room available.
-pub fn write_answer(buf: &mut [u8], q: &Query, rcode: Rcode, udp_size: u16) -> Result<usize, DropReason> {
+pub fn write_answer(
+    buf: &mut [u8],
+    q: &Query,
+    rcode: Rcode,
+    udp_size: u16,
+) -> Result<usize, DropReason> {
     let end = q.question_end + if q.edns.is_some() { OPT_LEN } else { 0 };
     if end > buf.len() || q.question_end < HEADER_LEN {
         return Err(DropReason::AnswerTooLarge);

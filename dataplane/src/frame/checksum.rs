@@ -115,7 +115,9 @@ mod tests {
     fn udp_checksums_verify_to_zero_with_reference() {
         let src = [192, 0, 2, 2];
         let dst = [192, 0, 2, 1];
-        let mut udp = vec![0x30, 0x39, 0x00, 0x35, 0x00, 0x0d, 0x00, 0x00, 1, 2, 3, 4, 5];
+        let mut udp = vec![
+            0x30, 0x39, 0x00, 0x35, 0x00, 0x0d, 0x00, 0x00, 1, 2, 3, 4, 5,
+        ];
         let c = udp_v4(&src, &dst, &udp);
         udp[6..8].copy_from_slice(&c.to_be_bytes());
         let mut pseudo = Vec::new();

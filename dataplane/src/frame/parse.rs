@@ -63,7 +63,9 @@ pub fn parse(frame: &[u8], verify: bool) -> Result<Parsed, DropReason> {
 }
 
 fn parse_v4(frame: &[u8], l3: usize, verify: bool) -> Result<Parsed, DropReason> {
-    let ip = frame.get(l3..l3 + IPV4_HLEN).ok_or(DropReason::FrameTruncated)?;
+    let ip = frame
+        .get(l3..l3 + IPV4_HLEN)
+        .ok_or(DropReason::FrameTruncated)?;
     if ip[0] >> 4 != 4 || ip[0] & 0x0f < 5 {
         return Err(DropReason::BadIpHeader);
     }
@@ -110,7 +112,9 @@ fn parse_v4(frame: &[u8], l3: usize, verify: bool) -> Result<Parsed, DropReason>
 }
 
 fn parse_v6(frame: &[u8], l3: usize, verify: bool) -> Result<Parsed, DropReason> {
-    let ip = frame.get(l3..l3 + IPV6_HLEN).ok_or(DropReason::FrameTruncated)?;
+    let ip = frame
+        .get(l3..l3 + IPV6_HLEN)
+        .ok_or(DropReason::FrameTruncated)?;
     if ip[0] >> 4 != 6 {
         return Err(DropReason::BadIpHeader);
     }
@@ -124,7 +128,9 @@ fn parse_v6(frame: &[u8], l3: usize, verify: bool) -> Result<Parsed, DropReason>
         return Err(DropReason::BadIpHeader);
     }
     // Unspecified (::) or multicast (ff00::/8) sources are never answered.
-    let src: &[u8; 16] = ip[8..24].try_into().map_err(|_| DropReason::FrameTruncated)?;
+    let src: &[u8; 16] = ip[8..24]
+        .try_into()
+        .map_err(|_| DropReason::FrameTruncated)?;
     if src[0] == 0xff || src.iter().all(|&b| b == 0) {
         return Err(DropReason::BadSource);
     }

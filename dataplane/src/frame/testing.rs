@@ -153,10 +153,18 @@ pub fn receive(frame: &[u8]) -> Received {
         }
         other => panic!("ethertype {other:#x}"),
     };
-    assert_eq!(usize::from(u16::from_be_bytes([udp[4], udp[5]])), udp.len(), "UDP length");
+    assert_eq!(
+        usize::from(u16::from_be_bytes([udp[4], udp[5]])),
+        udp.len(),
+        "UDP length"
+    );
     let csum = u16::from_be_bytes([udp[6], udp[7]]);
     assert_ne!(csum, 0, "UDP checksum must be present");
-    assert_eq!(reference_checksum(&pseudo(src_ip, dst_ip, udp)), 0, "UDP checksum");
+    assert_eq!(
+        reference_checksum(&pseudo(src_ip, dst_ip, udp)),
+        0,
+        "UDP checksum"
+    );
     Received {
         src: SocketAddr::new(src_ip, u16::from_be_bytes([udp[0], udp[1]])),
         dst: SocketAddr::new(dst_ip, u16::from_be_bytes([udp[2], udp[3]])),

@@ -46,7 +46,10 @@ impl<T: Copy> RingMem<T> {
         size: u32,
         mapping: Option<super::sys::Mapping>,
     ) -> Self {
-        assert!(size.is_power_of_two(), "ring size {size} is not a power of two");
+        assert!(
+            size.is_power_of_two(),
+            "ring size {size} is not a power of two"
+        );
         RingMem {
             producer,
             consumer,

@@ -44,7 +44,10 @@ pub enum XskError {
     #[error("cannot read the ring layout: {0}")]
     Offsets(#[source] io::Error),
     #[error("cannot map the {ring} ring: {source}")]
-    Map { ring: &'static str, source: io::Error },
+    Map {
+        ring: &'static str,
+        source: io::Error,
+    },
     #[error("cannot bind to {ifname} queue {queue}: {source}{hint}", hint = bind_hint(source))]
     Bind {
         ifname: String,
@@ -95,7 +98,9 @@ fn umem_hint(e: &io::Error) -> &'static str {
 
 fn bind_hint(e: &io::Error) -> &'static str {
     match e.raw_os_error() {
-        Some(libc::EBUSY) => ": another AF_XDP socket is bound to this queue (another xdpdns instance?)",
+        Some(libc::EBUSY) => {
+            ": another AF_XDP socket is bound to this queue (another xdpdns instance?)"
+        }
         Some(libc::EINVAL) => ": the queue does not exist on this device",
         Some(libc::EOPNOTSUPP) => {
             ": the driver cannot do zero-copy here; set xsk.bind_mode = \"copy\" or \"auto\""
@@ -133,31 +138,60 @@ impl Xsk {
             ("rx", sys::XDP_RX_RING),
             ("tx", sys::XDP_TX_RING),
         ] {
-            sys::set_ring_size(fd.as_fd(), opt, cfg.ring_size).map_err(|source| XskError::RingSize {
-                ring,
-                entries: cfg.ring_size,
-                source,
+            sys::set_ring_size(fd.as_fd(), opt, cfg.ring_size).map_err(|source| {
+                XskError::RingSize {
+                    ring,
+                    entries: cfg.ring_size,
+                    source,
+                }
             })?;
         }
         let off = sys::mmap_offsets(fd.as_fd()).map_err(XskError::Offsets)?;
         let n = cfg.ring_size;
-        let fill = Producer::new(map_ring::<u64>(fd.as_fd(), "fill", &off.fr, n, sys::PGOFF_FILL_RING)?);
-        let completion =
-            Consumer::new(map_ring::<u64>(fd.as_fd(), "completion", &off.cr, n, sys::PGOFF_COMPLETION_RING)?);
-        let rx = Consumer::new(map_ring::<XdpDesc>(fd.as_fd(), "rx", &off.rx, n, sys::PGOFF_RX_RING)?);
-        let tx = Producer::new(map_ring::<XdpDesc>(fd.as_fd(), "tx", &off.tx, n, sys::PGOFF_TX_RING)?);
+        let fill = Producer::new(map_ring::<u64>(
+            fd.as_fd(),
+            "fill",
+            &off.fr,
+            n,
+            sys::PGOFF_FILL_RING,
+        )?);
+        let completion = Consumer::new(map_ring::<u64>(
+            fd.as_fd(),
+            "completion",
+            &off.cr,
+            n,
+            sys::PGOFF_COMPLETION_RING,
+        )?);
+        let rx = Consumer::new(map_ring::<XdpDesc>(
+            fd.as_fd(),
+            "rx",
+            &off.rx,
+            n,
+            sys::PGOFF_RX_RING,
+        )?);
+        let tx = Producer::new(map_ring::<XdpDesc>(
+            fd.as_fd(),
+            "tx",
+            &off.tx,
+            n,
+            sys::PGOFF_TX_RING,
+        )?);
 
         let mode = match cfg.bind_mode {
             XskBindMode::Auto => 0,
             XskBindMode::Copy => sys::XDP_COPY,
             XskBindMode::ZeroCopy => sys::XDP_ZEROCOPY,
         };
-        sys::bind(fd.as_fd(), cfg.ifindex, cfg.queue_id, mode | sys::XDP_USE_NEED_WAKEUP).map_err(|source| {
-            XskError::Bind {
-                ifname: cfg.ifname.clone(),
-                queue: cfg.queue_id,
-                source,
-            }
+        sys::bind(
+            fd.as_fd(),
+            cfg.ifindex,
+            cfg.queue_id,
+            mode | sys::XDP_USE_NEED_WAKEUP,
+        )
+        .map_err(|source| XskError::Bind {
+            ifname: cfg.ifname.clone(),
+            queue: cfg.queue_id,
+            source,
         })?;
         let zero_copy = sys::is_zero_copy(fd.as_fd()).map_err(XskError::Options)?;
         Ok(Xsk {
@@ -212,11 +246,15 @@ fn map_ring<T: Copy>(
     let len = off.desc as usize + entries as usize * std::mem::size_of::<T>();
     for o in [off.producer, off.consumer, off.flags] {
         if o as usize + 4 > len || o % 4 != 0 {
-            return Err(map_err(io::Error::other("kernel ring offsets out of range")));
+            return Err(map_err(io::Error::other(
+                "kernel ring offsets out of range",
+            )));
         }
     }
     if off.desc as usize % std::mem::align_of::<T>() != 0 {
-        return Err(map_err(io::Error::other("kernel descriptor offset misaligned")));
+        return Err(map_err(io::Error::other(
+            "kernel descriptor offset misaligned",
+        )));
     }
     let mapping = Mapping::ring(fd, len, pgoff).map_err(map_err)?;
     let base = mapping.ptr();
@@ -229,5 +267,14 @@ fn map_ring<T: Copy>(
     // SAFETY: pointers are inside `mapping`, which the ring takes ownership of,
     // so they stay valid for the ring's life; `entries` is a power of two
     // (the kernel accepted it as a ring size).
-    Ok(unsafe { RingMem::new(at(off.producer), at(off.consumer), at(off.flags), descs, entries, Some(mapping)) })
+    Ok(unsafe {
+        RingMem::new(
+            at(off.producer),
+            at(off.consumer),
+            at(off.flags),
+            descs,
+            entries,
+            Some(mapping),
+        )
+    })
 }

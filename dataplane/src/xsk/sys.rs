@@ -28,7 +28,11 @@ pub const PGOFF_FILL_RING: libc::off_t = 0x1_0000_0000;
 pub const PGOFF_COMPLETION_RING: libc::off_t = 0x1_8000_0000;
 
 fn check(ret: libc::c_int) -> io::Result<libc::c_int> {
-    if ret < 0 { Err(io::Error::last_os_error()) } else { Ok(ret) }
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret)
+    }
 }
 
 /// `socket(AF_XDP, SOCK_RAW)`: needs CAP_NET_RAW.
@@ -59,14 +63,25 @@ fn getsockopt<T: Default>(fd: BorrowedFd<'_>, name: libc::c_int) -> io::Result<(
     // SAFETY: `value` is a live, writable T and `len` its size; the kernel
     // writes at most `len` bytes and reports how many.
     check(unsafe {
-        libc::getsockopt(fd.as_raw_fd(), SOL_XDP, name, (&mut value as *mut T).cast(), &mut len)
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            SOL_XDP,
+            name,
+            (&mut value as *mut T).cast(),
+            &mut len,
+        )
     })?;
     Ok((value, len as usize))
 }
 
 /// Registers `len` bytes at `area` as the socket's UMEM. Charged to the
 /// user's RLIMIT_MEMLOCK unless the process has CAP_IPC_LOCK.
-pub fn register_umem(fd: BorrowedFd<'_>, area: NonNull<u8>, len: usize, chunk_size: u32) -> io::Result<()> {
+pub fn register_umem(
+    fd: BorrowedFd<'_>,
+    area: NonNull<u8>,
+    len: usize,
+    chunk_size: u32,
+) -> io::Result<()> {
     let reg = XdpUmemReg {
         addr: area.as_ptr() as u64,
         len: len as u64,
@@ -131,9 +146,20 @@ pub fn kick_tx(fd: BorrowedFd<'_>) -> io::Result<()> {
     // SAFETY: a zero-length send with null buffer and address is the
     // documented AF_XDP wake-up; nothing is read from the pointers.
     let ret = unsafe {
-        libc::sendto(fd.as_raw_fd(), std::ptr::null(), 0, libc::MSG_DONTWAIT, std::ptr::null(), 0)
+        libc::sendto(
+            fd.as_raw_fd(),
+            std::ptr::null(),
+            0,
+            libc::MSG_DONTWAIT,
+            std::ptr::null(),
+            0,
+        )
     };
-    if ret < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
 }
 
 /// An `mmap` region unmapped on drop.
@@ -149,18 +175,40 @@ unsafe impl Send for Mapping {}
 impl Mapping {
     /// Anonymous, private, populated memory (the UMEM).
     pub fn anonymous(len: usize) -> io::Result<Mapping> {
-        Self::map(len, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_POPULATE, -1, 0)
+        Self::map(
+            len,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_POPULATE,
+            -1,
+            0,
+        )
     }
 
     /// One of the socket's rings at page offset `pgoff`.
     pub fn ring(fd: BorrowedFd<'_>, len: usize, pgoff: libc::off_t) -> io::Result<Mapping> {
-        Self::map(len, libc::MAP_SHARED | libc::MAP_POPULATE, fd.as_raw_fd(), pgoff)
+        Self::map(
+            len,
+            libc::MAP_SHARED | libc::MAP_POPULATE,
+            fd.as_raw_fd(),
+            pgoff,
+        )
     }
 
-    fn map(len: usize, flags: libc::c_int, fd: libc::c_int, off: libc::off_t) -> io::Result<Mapping> {
+    fn map(
+        len: usize,
+        flags: libc::c_int,
+        fd: libc::c_int,
+        off: libc::off_t,
+    ) -> io::Result<Mapping> {
         // SAFETY: a fresh mapping chosen by the kernel; no existing memory is affected.
         let ptr = unsafe {
-            libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ | libc::PROT_WRITE, flags, fd, off)
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                flags,
+                fd,
+                off,
+            )
         };
         if ptr == libc::MAP_FAILED {
             return Err(io::Error::last_os_error());

@@ -15,7 +15,10 @@ pub struct Umem {
 
 impl Umem {
     pub fn new(frames: u32, frame_size: u32) -> io::Result<Umem> {
-        assert!(frame_size.is_power_of_two(), "frame size must be a power of two");
+        assert!(
+            frame_size.is_power_of_two(),
+            "frame size must be a power of two"
+        );
         let len = usize::try_from(u64::from(frames) * u64::from(frame_size))
             .map_err(|_| io::Error::from(io::ErrorKind::OutOfMemory))?;
         Ok(Umem {
@@ -64,7 +67,9 @@ impl Umem {
     /// not yet given back to the fill or TX ring); the frame pool upholds that.
     #[inline]
     pub fn frame_mut(&mut self, addr: u64) -> Option<&mut [u8]> {
-        let chunk_end = self.chunk_of(addr).checked_add(u64::from(self.frame_size))?;
+        let chunk_end = self
+            .chunk_of(addr)
+            .checked_add(u64::from(self.frame_size))?;
         if chunk_end > self.area.len() as u64 {
             return None;
         }

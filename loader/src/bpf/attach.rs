@@ -15,13 +15,13 @@ use aya::{Ebpf, EbpfError, EbpfLoader};
 use tracing::{info, warn};
 use xdpdns_common::config::XdpMode as ConfigMode;
 use xdpdns_common::maps::{
-    DEST_LISTEN, DestKey, DestV4Key, DestV6Key, GLOBAL_MAX_FRAME_LEN, MAP_DEST_V4, MAP_DEST_V6, MAP_META, MAP_STATS,
-    MAP_XSKS, PROGRAM_NAME,
+    DEST_LISTEN, DestKey, DestV4Key, DestV6Key, GLOBAL_MAX_FRAME_LEN, MAP_DEST_V4, MAP_DEST_V6,
+    MAP_META, MAP_STATS, MAP_XSKS, PROGRAM_NAME,
 };
 
+use super::OBJECT;
 use super::maps::XdpCounters;
 use super::pins::{self, Pins};
-use super::OBJECT;
 use crate::plan::Plan;
 use crate::system::netlink::{self, XdpAttachMode};
 
@@ -30,7 +30,10 @@ const MAP_NAMES: [&str; 5] = [MAP_XSKS, MAP_DEST_V4, MAP_DEST_V6, MAP_STATS, MAP
 #[derive(Debug, thiserror::Error)]
 pub enum BpfError {
     #[error("cannot prepare the pin directory {path}: {source}")]
-    PinDir { path: String, source: std::io::Error },
+    PinDir {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("cannot load the XDP object: {0}")]
     Load(#[from] EbpfError),
     #[error("the XDP object has no {0}")]
@@ -40,18 +43,38 @@ pub enum BpfError {
     #[error("XDP link: {0}")]
     Link(#[from] LinkError),
     #[error("map {name}: {source}")]
-    Map { name: &'static str, source: MapError },
+    Map {
+        name: &'static str,
+        source: MapError,
+    },
     #[error("cannot pin {what} at {path}: {reason}")]
-    Pin { what: &'static str, path: String, reason: String },
+    Pin {
+        what: &'static str,
+        path: String,
+        reason: String,
+    },
     #[error(
         "{ifname} already has XDP program id {id} ({mode}) that instance {instance:?} does not own: \
          detach it (`ip link set dev {ifname} xdp off`) or stop whatever attached it"
     )]
-    Busy { ifname: String, id: u32, mode: &'static str, instance: String },
+    Busy {
+        ifname: String,
+        id: u32,
+        mode: &'static str,
+        instance: String,
+    },
     #[error("xdp.mode = \"{mode}\": the kernel refused to attach to {ifname}: {source}{hint}")]
-    Attach { ifname: String, mode: &'static str, source: ProgramError, hint: &'static str },
+    Attach {
+        ifname: String,
+        mode: &'static str,
+        source: ProgramError,
+        hint: &'static str,
+    },
     #[error("cannot query {ifname}: {source}")]
-    Netlink { ifname: String, source: netlink::NetlinkError },
+    Netlink {
+        ifname: String,
+        source: netlink::NetlinkError,
+    },
 }
 
 fn map_err(name: &'static str) -> impl FnOnce(MapError) -> BpfError {
@@ -146,7 +169,8 @@ pub fn attach(plan: &Plan, listen: &[SocketAddr]) -> Result<Attached, BpfError> 
         on_this_iface
     });
     if previous.is_none() {
-        pins.remove(pins::LINK).map_err(|e| pin_err("link", &pins, pins::LINK, e))?;
+        pins.remove(pins::LINK)
+            .map_err(|e| pin_err("link", &pins, pins::LINK, e))?;
         if let Some((mode, id)) = on_iface {
             return Err(BpfError::Busy {
                 ifname,
@@ -190,7 +214,9 @@ fn try_adopt(plan: &Plan, pins: &Pins, link: FdLink) -> Result<Option<Attached>,
     };
     let meta: Array<MapData, u64> = Array::try_from(open(MAP_META)?).map_err(map_err(MAP_META))?;
     if meta.get(&0, 0).ok() != Some(fingerprint(plan)) {
-        info!("the pinned program differs from this build or configuration; replacing it atomically");
+        info!(
+            "the pinned program differs from this build or configuration; replacing it atomically"
+        );
         return Ok(None);
     }
     let prog_id = link.info()?.program_id();
@@ -232,16 +258,24 @@ fn load_and_attach(
     };
     {
         let i = slot(&maps, MAP_META);
-        let mut meta: Array<&mut MapData, u64> = Array::try_from(&mut maps[i].1).map_err(map_err(MAP_META))?;
-        meta.set(0, fingerprint(plan), 0).map_err(map_err(MAP_META))?;
+        let mut meta: Array<&mut MapData, u64> =
+            Array::try_from(&mut maps[i].1).map_err(map_err(MAP_META))?;
+        meta.set(0, fingerprint(plan), 0)
+            .map_err(map_err(MAP_META))?;
     }
     {
         // Destinations first, so the program matches from its first packet.
         let (i4, i6) = (slot(&maps, MAP_DEST_V4), slot(&maps, MAP_DEST_V6));
         let (lo, hi) = maps.split_at_mut(i4.max(i6));
-        let (m4, m6) = if i4 < i6 { (&mut lo[i4].1, &mut hi[0].1) } else { (&mut hi[0].1, &mut lo[i6].1) };
-        let mut v4: HashMap<&mut MapData, DestV4Key, u32> = HashMap::try_from(m4).map_err(map_err(MAP_DEST_V4))?;
-        let mut v6: HashMap<&mut MapData, DestV6Key, u32> = HashMap::try_from(m6).map_err(map_err(MAP_DEST_V6))?;
+        let (m4, m6) = if i4 < i6 {
+            (&mut lo[i4].1, &mut hi[0].1)
+        } else {
+            (&mut hi[0].1, &mut lo[i6].1)
+        };
+        let mut v4: HashMap<&mut MapData, DestV4Key, u32> =
+            HashMap::try_from(m4).map_err(map_err(MAP_DEST_V4))?;
+        let mut v6: HashMap<&mut MapData, DestV6Key, u32> =
+            HashMap::try_from(m6).map_err(map_err(MAP_DEST_V6))?;
         sync_destinations(&mut v4, &mut v6, listen)?;
     }
 
@@ -261,12 +295,14 @@ fn load_and_attach(
 
     // Swap the pins: the previous program and maps go away with their last pin.
     for name in MAP_NAMES.iter().chain([&pins::PROG]) {
-        pins.remove(name).map_err(|e| pin_err("stale pin", pins, name, e))?;
+        pins.remove(name)
+            .map_err(|e| pin_err("stale pin", pins, name, e))?;
     }
     prog.pin(pins.path(pins::PROG))
         .map_err(|e| pin_err("program", pins, pins::PROG, e))?;
     for (name, map) in &maps {
-        map.pin(pins.path(name)).map_err(|e| pin_err("map", pins, name, e))?;
+        map.pin(pins.path(name))
+            .map_err(|e| pin_err("map", pins, name, e))?;
     }
     let link = if replaced {
         link
@@ -289,7 +325,11 @@ fn load_and_attach(
         dest_v4,
         dest_v6,
         stats,
-        origin: if replaced { Origin::Replaced } else { Origin::Fresh },
+        origin: if replaced {
+            Origin::Replaced
+        } else {
+            Origin::Fresh
+        },
         prog_id,
         mode: None,
         _ebpf: Some(ebpf),
@@ -378,8 +418,16 @@ impl Attached {
 
     /// The destinations currently in the maps.
     pub fn destinations(&self) -> Vec<SocketAddr> {
-        let v4 = self.dest_v4.keys().filter_map(Result::ok).map(|k| DestKey::V4(k).socket_addr());
-        let v6 = self.dest_v6.keys().filter_map(Result::ok).map(|k| DestKey::V6(k).socket_addr());
+        let v4 = self
+            .dest_v4
+            .keys()
+            .filter_map(Result::ok)
+            .map(|k| DestKey::V4(k).socket_addr());
+        let v6 = self
+            .dest_v6
+            .keys()
+            .filter_map(Result::ok)
+            .map(|k| DestKey::V6(k).socket_addr());
         v4.chain(v6).collect()
     }
 

@@ -40,7 +40,10 @@ mod tests {
         let mut b = Backoff::new(ms(50), ms(10_000), Duration::from_secs(60));
         let quick = ms(10);
         let seq: Vec<u128> = (0..10).map(|_| b.next(quick).as_millis()).collect();
-        assert_eq!(seq, vec![50, 100, 200, 400, 800, 1600, 3200, 6400, 10_000, 10_000]);
+        assert_eq!(
+            seq,
+            vec![50, 100, 200, 400, 800, 1600, 3200, 6400, 10_000, 10_000]
+        );
         assert_eq!(b.next(Duration::from_secs(61)), ms(50));
         assert_eq!(b.next(quick), ms(100));
     }

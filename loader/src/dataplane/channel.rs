@@ -7,7 +7,8 @@ use std::io::{IoSlice, IoSliceMut};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
 use nix::sys::socket::{
-    self, AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType, UnixCredentials, sockopt,
+    self, AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType,
+    UnixCredentials, sockopt,
 };
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
@@ -53,7 +54,9 @@ impl Channel {
         let flags = nix::fcntl::fcntl(&ours, nix::fcntl::FcntlArg::F_GETFL)?;
         nix::fcntl::fcntl(
             &ours,
-            nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::from_bits_truncate(flags) | nix::fcntl::OFlag::O_NONBLOCK),
+            nix::fcntl::FcntlArg::F_SETFL(
+                nix::fcntl::OFlag::from_bits_truncate(flags) | nix::fcntl::OFlag::O_NONBLOCK,
+            ),
         )?;
         // SAFETY: `ours` is an open socket owned by the AsyncFd for its whole
         // life; OwnedFd always reports the same descriptor.
@@ -61,7 +64,11 @@ impl Channel {
         Ok((Channel { fd }, dup_high(theirs)?))
     }
 
-    pub async fn send(&self, msg: &ToDataplane, fds: &[BorrowedFd<'_>]) -> Result<(), ChannelError> {
+    pub async fn send(
+        &self,
+        msg: &ToDataplane,
+        fds: &[BorrowedFd<'_>],
+    ) -> Result<(), ChannelError> {
         let bytes = ipc::encode(msg)?;
         let raw: Vec<RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
         self.fd
@@ -84,8 +91,13 @@ impl Channel {
             .async_io(Interest::READABLE, |fd| {
                 let mut cmsg = nix::cmsg_space!(UnixCredentials, [RawFd; MAX_FDS]);
                 let mut iov = [IoSliceMut::new(&mut buf)];
-                let msg = socket::recvmsg::<()>(fd.as_raw_fd(), &mut iov, Some(&mut cmsg), MsgFlags::MSG_CMSG_CLOEXEC)
-                    .map_err(std::io::Error::from)?;
+                let msg = socket::recvmsg::<()>(
+                    fd.as_raw_fd(),
+                    &mut iov,
+                    Some(&mut cmsg),
+                    MsgFlags::MSG_CMSG_CLOEXEC,
+                )
+                .map_err(std::io::Error::from)?;
                 let mut fds = Vec::new();
                 let mut creds = None;
                 for c in msg.cmsgs().map_err(std::io::Error::from)? {
@@ -97,11 +109,15 @@ impl Channel {
                                 fds.push(unsafe { OwnedFd::from_raw_fd(fd) });
                             }
                         }
-                        ControlMessageOwned::ScmCredentials(c) => creds = Some((c.pid(), c.uid(), c.gid())),
+                        ControlMessageOwned::ScmCredentials(c) => {
+                            creds = Some((c.pid(), c.uid(), c.gid()))
+                        }
                         _ => {}
                     }
                 }
-                let truncated = msg.flags.intersects(MsgFlags::MSG_TRUNC | MsgFlags::MSG_CTRUNC);
+                let truncated = msg
+                    .flags
+                    .intersects(MsgFlags::MSG_TRUNC | MsgFlags::MSG_CTRUNC);
                 Ok((msg.bytes, fds, creds, truncated))
             })
             .await?;

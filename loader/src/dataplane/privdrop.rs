@@ -116,7 +116,11 @@ pub struct ChildSetup<'a> {
 }
 
 fn check(ret: libc::c_int) -> io::Result<()> {
-    if ret < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
 }
 
 fn prctl(op: libc::c_int, a: libc::c_ulong, b: libc::c_ulong) -> io::Result<()> {
@@ -133,7 +137,14 @@ pub fn become_dataplane(s: &ChildSetup<'_>) -> io::Result<()> {
     // SAFETY: dup2 of a descriptor we own onto fd 3 (clearing its CLOEXEC).
     check(unsafe { libc::dup2(s.control.as_raw_fd(), CONTROL_FD) })?;
     // SAFETY: marks descriptors >= 4 close-on-exec; no memory is touched.
-    let r = unsafe { libc::syscall(libc::SYS_close_range, 4 as libc::c_uint, libc::c_uint::MAX, CLOSE_RANGE_CLOEXEC) };
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            4 as libc::c_uint,
+            libc::c_uint::MAX,
+            CLOSE_RANGE_CLOEXEC,
+        )
+    };
     if r < 0 && io::Error::last_os_error().raw_os_error() != Some(libc::ENOSYS) {
         return Err(io::Error::last_os_error());
     }
@@ -179,7 +190,13 @@ pub fn become_dataplane(s: &ChildSetup<'_>) -> io::Result<()> {
         },
     ];
     // SAFETY: capset reads one header and two data structs, both live locals.
-    let r = unsafe { libc::syscall(libc::SYS_capset, &mut header as *mut CapHeader, data.as_ptr()) };
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_capset,
+            &mut header as *mut CapHeader,
+            data.as_ptr(),
+        )
+    };
     if r < 0 {
         return Err(io::Error::last_os_error());
     }

@@ -14,7 +14,10 @@ use crate::plan::Plan;
 #[derive(Debug, thiserror::Error)]
 pub enum SpawnError {
     #[error("cannot open the dataplane binary {path}: {source}")]
-    Binary { path: String, source: std::io::Error },
+    Binary {
+        path: String,
+        source: std::io::Error,
+    },
     #[error(transparent)]
     Channel(#[from] ChannelError),
     #[error("cannot start the dataplane: {0}")]
@@ -38,12 +41,12 @@ impl Template {
             .iter()
             .filter_map(|k| std::env::var(k).ok().map(|v| (k.to_string(), v)))
             .collect();
-        let image = ExecImage::new(&plan.dataplane_binary, &["xdpdns-dataplane"], &env).map_err(|source| {
-            SpawnError::Binary {
+        let image = ExecImage::new(&plan.dataplane_binary, &["xdpdns-dataplane"], &env).map_err(
+            |source| SpawnError::Binary {
                 path: plan.dataplane_binary.display().to_string(),
                 source,
-            }
-        })?;
+            },
+        )?;
         Ok(Template {
             identity: Identity {
                 uid: plan.account.uid,
@@ -89,5 +92,9 @@ pub fn spawn(t: &Template, binary: &Path) -> Result<Spawned, SpawnError> {
     }
     let child = cmd.spawn().map_err(SpawnError::Start)?;
     let pid = child.id().unwrap_or(0);
-    Ok(Spawned { child, channel, pid })
+    Ok(Spawned {
+        child,
+        channel,
+        pid,
+    })
 }

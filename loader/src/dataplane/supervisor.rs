@@ -30,7 +30,11 @@ enum Outcome {
 }
 
 pub async fn supervise(queue: u32, shared: Rc<Shared>, mut stop: watch::Receiver<bool>) {
-    let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(10), Duration::from_secs(60));
+    let mut backoff = Backoff::new(
+        Duration::from_millis(50),
+        Duration::from_secs(10),
+        Duration::from_secs(60),
+    );
     loop {
         if *stop.borrow() {
             break;
@@ -136,7 +140,13 @@ async fn run_once(queue: u32, shared: &Shared, stop: &mut watch::Receiver<bool>)
 }
 
 /// Acts on one message; an error means the dataplane misbehaved.
-fn handle(queue: u32, shared: &Shared, pid: u32, incoming: Incoming, registered: &mut bool) -> Result<(), String> {
+fn handle(
+    queue: u32,
+    shared: &Shared,
+    pid: u32,
+    incoming: Incoming,
+    registered: &mut bool,
+) -> Result<(), String> {
     match incoming.msg {
         FromDataplane::Ready(ready) => {
             let (peer_pid, peer_uid, _) = incoming.creds.ok_or("Ready without credentials")?;
@@ -147,9 +157,13 @@ fn handle(queue: u32, shared: &Shared, pid: u32, incoming: Incoming, registered:
                 ));
             }
             if ready.protocol != PROTOCOL_VERSION {
-                return Err(format!("dataplane speaks protocol {}, we {PROTOCOL_VERSION}", ready.protocol));
+                return Err(format!(
+                    "dataplane speaks protocol {}, we {PROTOCOL_VERSION}",
+                    ready.protocol
+                ));
             }
-            let [fd] = <[_; 1]>::try_from(incoming.fds).map_err(|_| "Ready must carry exactly one descriptor")?;
+            let [fd] = <[_; 1]>::try_from(incoming.fds)
+                .map_err(|_| "Ready must carry exactly one descriptor")?;
             if !is_xdp_socket(fd.as_fd()) {
                 return Err("Ready carried something other than an AF_XDP socket".into());
             }
@@ -160,7 +174,13 @@ fn handle(queue: u32, shared: &Shared, pid: u32, incoming: Incoming, registered:
             // slot empties by itself when the dataplane dies.
             *registered = true;
             shared.with_queue(queue, |q| q.ready(ready.zero_copy));
-            info!(queue, pid, zero_copy = ready.zero_copy, umem_bytes = ready.umem_bytes, "dataplane registered");
+            info!(
+                queue,
+                pid,
+                zero_copy = ready.zero_copy,
+                umem_bytes = ready.umem_bytes,
+                "dataplane registered"
+            );
             shared.notify(Event::Registered(queue));
             Ok(())
         }
@@ -198,7 +218,10 @@ fn is_xdp_socket(fd: BorrowedFd<'_>) -> bool {
 
 async fn stop_child(child: &mut tokio::process::Child, channel: &Channel) {
     let _ = channel.send(&ToDataplane::Shutdown, &[]).await;
-    if tokio::time::timeout(STOP_TIMEOUT, child.wait()).await.is_err() {
+    if tokio::time::timeout(STOP_TIMEOUT, child.wait())
+        .await
+        .is_err()
+    {
         warn!("dataplane did not stop in time; killing it");
         let _ = child.start_kill();
         let _ = child.wait().await;

@@ -20,7 +20,9 @@ pub enum BpffsError {
 
 /// The nearest existing ancestor of `path` (itself included).
 fn existing_ancestor(path: &Path) -> &Path {
-    path.ancestors().find(|p| p.exists()).unwrap_or(Path::new("/"))
+    path.ancestors()
+        .find(|p| p.exists())
+        .unwrap_or(Path::new("/"))
 }
 
 /// Whether `path` (or, if it does not exist yet, where it would be created)
@@ -40,7 +42,14 @@ pub fn ensure(pin_root: &Path) -> Result<bool, BpffsError> {
     if !pin_root.starts_with(default) {
         return Err(BpffsError::NotBpffs(pin_root.into()));
     }
-    mount(Some("bpf"), default, Some("bpf"), MsFlags::empty(), Some("mode=0700")).map_err(BpffsError::Mount)?;
+    mount(
+        Some("bpf"),
+        default,
+        Some("bpf"),
+        MsFlags::empty(),
+        Some("mode=0700"),
+    )
+    .map_err(BpffsError::Mount)?;
     if is_bpffs(pin_root) {
         Ok(true)
     } else {

@@ -56,12 +56,19 @@ pub fn needed(low_ports: bool, keep_ipc_lock: bool) -> Vec<Need> {
 /// The needs this process's effective set lacks.
 pub fn missing(needs: &[Need]) -> Result<Vec<Need>, caps::errors::CapsError> {
     let effective = caps::read(None, CapSet::Effective)?;
-    Ok(needs.iter().filter(|n| !effective.contains(&n.cap)).cloned().collect())
+    Ok(needs
+        .iter()
+        .filter(|n| !effective.contains(&n.cap))
+        .cloned()
+        .collect())
 }
 
 /// One message listing every missing capability and its purpose.
 pub fn describe_missing(missing: &[Need]) -> String {
-    let list: Vec<String> = missing.iter().map(|n| format!("{} ({})", n.cap, n.why)).collect();
+    let list: Vec<String> = missing
+        .iter()
+        .map(|n| format!("{} ({})", n.cap, n.why))
+        .collect();
     format!(
         "the loader lacks {}: run it as root or grant these capabilities \
          (systemd: AmbientCapabilities=/CapabilityBoundingSet=)",
@@ -84,9 +91,21 @@ mod tests {
     #[test]
     fn needs_follow_the_configuration() {
         let base = needed(false, false);
-        assert!(!base.iter().any(|n| n.cap == Capability::CAP_NET_BIND_SERVICE));
-        assert!(needed(true, false).iter().any(|n| n.cap == Capability::CAP_NET_BIND_SERVICE));
-        assert!(needed(false, true).iter().any(|n| n.cap == Capability::CAP_IPC_LOCK));
+        assert!(
+            !base
+                .iter()
+                .any(|n| n.cap == Capability::CAP_NET_BIND_SERVICE)
+        );
+        assert!(
+            needed(true, false)
+                .iter()
+                .any(|n| n.cap == Capability::CAP_NET_BIND_SERVICE)
+        );
+        assert!(
+            needed(false, true)
+                .iter()
+                .any(|n| n.cap == Capability::CAP_IPC_LOCK)
+        );
         let msg = describe_missing(&base[..2]);
         assert!(msg.contains("CAP_SYS_ADMIN (load the XDP program"), "{msg}");
         assert!(msg.contains("CAP_NET_ADMIN"), "{msg}");

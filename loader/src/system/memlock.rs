@@ -73,8 +73,15 @@ mod tests {
         assert_eq!(shortfall(4 << 20, 2, Some(8 << 20), "nobody"), None);
         assert_eq!(shortfall(u64::MAX, 2, None, "nobody"), None);
         let m = shortfall(32 << 20, 2, Some(8 << 20), "nobody").unwrap();
-        assert!(m.starts_with("UMEM needs 32 MiB for 2 queue(s) but RLIMIT_MEMLOCK is 8 MiB"), "{m}");
-        for fix in ["LimitMEMLOCK=infinity", "xsk.frames", "dataplane.keep_ipc_lock"] {
+        assert!(
+            m.starts_with("UMEM needs 32 MiB for 2 queue(s) but RLIMIT_MEMLOCK is 8 MiB"),
+            "{m}"
+        );
+        for fix in [
+            "LimitMEMLOCK=infinity",
+            "xsk.frames",
+            "dataplane.keep_ipc_lock",
+        ] {
             assert!(m.contains(fix), "{m}");
         }
     }

@@ -81,7 +81,10 @@ pub fn link(ifindex: u32) -> Result<LinkInfo, NetlinkError> {
 
 fn parse(link: &LinkMessage) -> LinkInfo {
     let mut info = LinkInfo {
-        up: link.header.flags.contains(netlink_packet_route::link::LinkFlags::Up),
+        up: link
+            .header
+            .flags
+            .contains(netlink_packet_route::link::LinkFlags::Up),
         ..Default::default()
     };
     for attr in &link.attributes {
@@ -99,10 +102,18 @@ fn parse(link: &LinkMessage) -> LinkInfo {
                 let mut id = 0;
                 for x in xdp {
                     match x {
-                        LinkXdp::Attached(XdpAttached::Driver) => mode = Some(XdpAttachMode::Native),
-                        LinkXdp::Attached(XdpAttached::SocketBuffer) => mode = Some(XdpAttachMode::Generic),
-                        LinkXdp::Attached(XdpAttached::Hardware) => mode = Some(XdpAttachMode::Offload),
-                        LinkXdp::Attached(XdpAttached::Multiple) => mode = Some(XdpAttachMode::Multiple),
+                        LinkXdp::Attached(XdpAttached::Driver) => {
+                            mode = Some(XdpAttachMode::Native)
+                        }
+                        LinkXdp::Attached(XdpAttached::SocketBuffer) => {
+                            mode = Some(XdpAttachMode::Generic)
+                        }
+                        LinkXdp::Attached(XdpAttached::Hardware) => {
+                            mode = Some(XdpAttachMode::Offload)
+                        }
+                        LinkXdp::Attached(XdpAttached::Multiple) => {
+                            mode = Some(XdpAttachMode::Multiple)
+                        }
                         LinkXdp::ProgId(p) => id = *p,
                         _ => {}
                     }

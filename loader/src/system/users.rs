@@ -11,7 +11,9 @@ pub struct Account {
 
 #[derive(Debug, thiserror::Error)]
 pub enum UserError {
-    #[error("dataplane.user: no user {0:?} on this system: create it (e.g. `useradd --system {0}`) or name another")]
+    #[error(
+        "dataplane.user: no user {0:?} on this system: create it (e.g. `useradd --system {0}`) or name another"
+    )]
     NoUser(String),
     #[error("dataplane.group: no group {0:?} on this system")]
     NoGroup(String),
@@ -27,7 +29,11 @@ pub fn resolve(user: &str, group: Option<&str>) -> Result<Account, UserError> {
         return Err(UserError::Root(user.into()));
     }
     let gid = match group {
-        Some(g) => Group::from_name(g)?.ok_or_else(|| UserError::NoGroup(g.into()))?.gid,
+        Some(g) => {
+            Group::from_name(g)?
+                .ok_or_else(|| UserError::NoGroup(g.into()))?
+                .gid
+        }
         None => u.gid,
     };
     if gid.as_raw() == 0 {

@@ -14,7 +14,11 @@ struct Shared {
 impl Shared {
     fn new(size: u32, start: u32) -> Self {
         Shared {
-            words: Box::new([AtomicU32::new(start), AtomicU32::new(start), AtomicU32::new(0)]),
+            words: Box::new([
+                AtomicU32::new(start),
+                AtomicU32::new(start),
+                AtomicU32::new(0),
+            ]),
             descs: (0..size).map(|_| UnsafeCell::new(0)).collect(),
         }
     }
@@ -45,7 +49,9 @@ impl Shared {
         let cons = self.words[1].load(Ordering::Relaxed);
         let take = prod.wrapping_sub(cons).min(n);
         // SAFETY: single-threaded test; the slots were published.
-        let out = (0..take).map(|i| unsafe { *self.at(cons.wrapping_add(i)).get() }).collect();
+        let out = (0..take)
+            .map(|i| unsafe { *self.at(cons.wrapping_add(i)).get() })
+            .collect();
         self.words[1].store(cons.wrapping_add(take), Ordering::Release);
         out
     }
@@ -75,7 +81,10 @@ fn producer_publishes_only_on_commit() {
         w.push(v).unwrap();
     }
     assert_eq!(w.push(13), Err(13), "reservation is full");
-    assert!(shm.kernel_consume(8).is_empty(), "nothing visible before commit");
+    assert!(
+        shm.kernel_consume(8).is_empty(),
+        "nothing visible before commit"
+    );
     w.commit();
     assert_eq!(shm.kernel_consume(8), vec![10, 11, 12]);
 }
@@ -112,7 +121,11 @@ fn producer_reservation_is_limited_by_kernel_progress() {
         w.push(v).unwrap();
     }
     w.commit();
-    assert_eq!(ring.reserve(1).capacity(), 0, "full until the kernel consumes");
+    assert_eq!(
+        ring.reserve(1).capacity(),
+        0,
+        "full until the kernel consumes"
+    );
     assert_eq!(ring.outstanding(), 4);
     shm.kernel_consume(3);
     assert_eq!(ring.outstanding(), 1);
@@ -142,7 +155,11 @@ fn consumer_releases_only_what_was_read() {
         v
     };
     assert_eq!(all, vec![3, 4, 5]);
-    assert_eq!(shm.kernel_produce(&[0; 8]), 8, "all slots returned to the kernel");
+    assert_eq!(
+        shm.kernel_produce(&[0; 8]),
+        8,
+        "all slots returned to the kernel"
+    );
 }
 
 #[test]
@@ -183,7 +200,11 @@ fn corrupt_kernel_indices_cannot_overrun() {
     w.commit();
     // The kernel claims to have consumed entries we never produced.
     shm.words[1].store(500, Ordering::Release);
-    assert_eq!(prod.reserve(8).capacity(), 0, "no room rather than a wrapped huge count");
+    assert_eq!(
+        prod.reserve(8).capacity(),
+        0,
+        "no room rather than a wrapped huge count"
+    );
     assert!(prod.outstanding() <= 8);
 
     let shm = Shared::new(8, 100);
