@@ -261,17 +261,14 @@ impl Worker {
         self.listen()
     }
 
+    /// Handles a waiting control message, if any.
     fn listen(&mut self) -> Result<Option<Exit>, ControlError> {
-        loop {
-            match self.control.try_receive() {
-                Ok(None) => return Ok(None),
-                Ok(Some(ToDataplane::Shutdown)) => return Ok(Some(Exit::Shutdown)),
-                Ok(Some(ToDataplane::Init(_))) => {
-                    return Err(ControlError::Unexpected("second Init"));
-                }
-                Err(ControlError::Closed) => return Ok(Some(Exit::LoaderGone)),
-                Err(e) => return Err(e),
-            }
+        match self.control.try_receive() {
+            Ok(None) => Ok(None),
+            Ok(Some(ToDataplane::Shutdown)) => Ok(Some(Exit::Shutdown)),
+            Ok(Some(ToDataplane::Init(_))) => Err(ControlError::Unexpected("second Init")),
+            Err(ControlError::Closed) => Ok(Some(Exit::LoaderGone)),
+            Err(e) => Err(e),
         }
     }
 

@@ -141,7 +141,7 @@ async fn serve(
                     break Err(anyhow::anyhow!("queue {q}: dataplane {reason}"));
                 }
                 Some(Event::SetupFailed(q, reason)) => warn!(queue = q, %reason, "dataplane setup failed"),
-                Some(Event::Exited(q, _)) => {
+                Some(Event::Exited(q)) => {
                     registered.remove(&q);
                 }
                 None => break Ok(()),

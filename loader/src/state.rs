@@ -94,7 +94,7 @@ impl QueueState {
 pub enum Event {
     Registered(u32),
     SetupFailed(u32, String),
-    Exited(u32, String),
+    Exited(u32),
 }
 
 pub struct Shared {

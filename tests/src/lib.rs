@@ -377,11 +377,7 @@ address = "[{SERVER_V6}]:53"
 
     /// Whether `ifname` in the server namespace has an XDP program attached.
     pub fn server_has_xdp(&self, ifname: &str) -> bool {
-        let out = Command::new("ip")
-            .args(["-n", &self.server_ns, "link", "show", ifname])
-            .output()
-            .expect("ip link");
-        String::from_utf8_lossy(&out.stdout).contains(" xdp")
+        self.server_xdp_prog_id(ifname).is_some()
     }
 
     /// The id of the XDP program on `ifname`, if any.

@@ -225,3 +225,14 @@ fn rules_are_checked() {
     );
     assert!(err(&rule("qtype = \"A\"")).to_string().contains("action"));
 }
+
+#[test]
+fn shipped_example_configuration_is_valid() {
+    let text = include_str!(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../packaging/xdpdns.toml"
+    ));
+    let c = Config::from_toml(text).expect("packaging/xdpdns.toml must stay valid");
+    assert_eq!(c.instance, "default");
+    assert_eq!(c.listen.len(), 2);
+}

@@ -245,13 +245,13 @@ fn map_ring<T: Copy>(
     let map_err = |source| XskError::Map { ring: name, source };
     let len = off.desc as usize + entries as usize * std::mem::size_of::<T>();
     for o in [off.producer, off.consumer, off.flags] {
-        if o as usize + 4 > len || o % 4 != 0 {
+        if o as usize + 4 > len || !o.is_multiple_of(4) {
             return Err(map_err(io::Error::other(
                 "kernel ring offsets out of range",
             )));
         }
     }
-    if off.desc as usize % std::mem::align_of::<T>() != 0 {
+    if !(off.desc as usize).is_multiple_of(std::mem::align_of::<T>()) {
         return Err(map_err(io::Error::other(
             "kernel descriptor offset misaligned",
         )));

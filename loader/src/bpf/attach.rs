@@ -35,17 +35,17 @@ pub enum BpfError {
         source: std::io::Error,
     },
     #[error("cannot load the XDP object: {0}")]
-    Load(#[from] EbpfError),
+    Load(Box<EbpfError>),
     #[error("the XDP object has no {0}")]
     Missing(&'static str),
     #[error("XDP program: {0}")]
-    Program(#[from] ProgramError),
+    Program(Box<ProgramError>),
     #[error("XDP link: {0}")]
-    Link(#[from] LinkError),
+    Link(Box<LinkError>),
     #[error("map {name}: {source}")]
     Map {
         name: &'static str,
-        source: MapError,
+        source: Box<MapError>,
     },
     #[error("cannot pin {what} at {path}: {reason}")]
     Pin {
@@ -67,7 +67,7 @@ pub enum BpfError {
     Attach {
         ifname: String,
         mode: &'static str,
-        source: ProgramError,
+        source: Box<ProgramError>,
         hint: &'static str,
     },
     #[error("cannot query {ifname}: {source}")]
@@ -77,8 +77,29 @@ pub enum BpfError {
     },
 }
 
+impl From<EbpfError> for BpfError {
+    fn from(e: EbpfError) -> Self {
+        BpfError::Load(Box::new(e))
+    }
+}
+
+impl From<ProgramError> for BpfError {
+    fn from(e: ProgramError) -> Self {
+        BpfError::Program(Box::new(e))
+    }
+}
+
+impl From<LinkError> for BpfError {
+    fn from(e: LinkError) -> Self {
+        BpfError::Link(Box::new(e))
+    }
+}
+
 fn map_err(name: &'static str) -> impl FnOnce(MapError) -> BpfError {
-    move |source| BpfError::Map { name, source }
+    move |source| BpfError::Map {
+        name,
+        source: Box::new(source),
+    }
 }
 
 /// How the program came to be on the interface.
@@ -364,7 +385,7 @@ fn attach_error(plan: &Plan, source: ProgramError) -> BpfError {
             ConfigMode::Native => "native",
             ConfigMode::Generic => "generic",
         },
-        source,
+        source: Box::new(source),
         hint,
     }
 }
@@ -416,31 +437,11 @@ impl Attached {
         sync_destinations(&mut self.dest_v4, &mut self.dest_v6, listen)
     }
 
-    /// The destinations currently in the maps.
-    pub fn destinations(&self) -> Vec<SocketAddr> {
-        let v4 = self
-            .dest_v4
-            .keys()
-            .filter_map(Result::ok)
-            .map(|k| DestKey::V4(k).socket_addr());
-        let v6 = self
-            .dest_v6
-            .keys()
-            .filter_map(Result::ok)
-            .map(|k| DestKey::V6(k).socket_addr());
-        v4.chain(v6).collect()
-    }
-
     /// Puts a dataplane's AF_XDP socket in the XSKMAP slot of its queue.
     pub fn register(&mut self, queue: u32, socket: BorrowedFd<'_>) -> Result<(), BpfError> {
         self.xsks
             .set(queue, socket.as_raw_fd(), 0)
             .map_err(map_err(MAP_XSKS))
-    }
-
-    /// Empties a queue's slot (its traffic then takes the kernel path).
-    pub fn unregister(&mut self, queue: u32) {
-        let _ = self.xsks.unset(queue);
     }
 
     /// The program's per-outcome counters, summed over CPUs.

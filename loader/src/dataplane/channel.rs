@@ -4,7 +4,7 @@
 //! received AF_XDP socket is known to come from our own child.
 
 use std::io::{IoSlice, IoSliceMut};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
 use nix::sys::socket::{
     self, AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType,
@@ -132,9 +132,5 @@ impl Channel {
             fds,
             creds,
         }))
-    }
-
-    pub fn as_fd(&self) -> BorrowedFd<'_> {
-        self.fd.get_ref().as_fd()
     }
 }

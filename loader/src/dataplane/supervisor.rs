@@ -52,7 +52,7 @@ pub async fn supervise(queue: u32, shared: Rc<Shared>, mut stop: watch::Receiver
                     q.restarts += 1;
                     q.last_exit = Some(reason.clone());
                 });
-                shared.notify(Event::Exited(queue, reason));
+                shared.notify(Event::Exited(queue));
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}
                     _ = stop.changed() => break,

@@ -1,0 +1,52 @@
+# xdpdns — see README.md. `make demo` and `make test` set up everything they
+# need on a fresh Debian machine (as root).
+
+CARGO       ?= cargo
+JOBS        ?= 2
+CARGO_FLAGS ?= -j$(JOBS)
+
+# Build: clang + headers for the XDP program. Tests and demo: DNS clients,
+# iproute2/ethtool for the veth lab, nsenter (util-linux), bpftool.
+DEPS = clang llvm libbpf-dev linux-libc-dev iproute2 ethtool util-linux procps \
+       knot-dnsutils bind9-dnsutils bpftool
+
+.PHONY: all deps build release test unit-test netns-test lint demo clean help
+
+all: build
+
+help:
+	@echo "make demo   - build, run xdpdns on a veth lab, query it, show counters, clean up (root)"
+	@echo "make test   - formatting, clippy, unit tests, and the netns end-to-end tests (root)"
+	@echo "make build  - debug binaries in target/debug"
+	@echo "make release- release binaries in target/release"
+
+deps:
+	@scripts/install-deps.sh $(DEPS)
+
+build: deps
+	$(CARGO) build $(CARGO_FLAGS) --workspace --bins
+
+release: deps
+	$(CARGO) build $(CARGO_FLAGS) --release --workspace --bins
+
+lint: deps
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy $(CARGO_FLAGS) --workspace --all-targets -- -D warnings
+
+# Unit tests: the workspace's default members, no privileges needed.
+unit-test: deps
+	$(CARGO) test $(CARGO_FLAGS)
+
+# End to end: real kernel, real XDP, real kdig, in namespaces (root).
+netns-test: build
+	@[ "$$(id -u)" -eq 0 ] || { echo "netns tests need root (network namespaces, XDP, bpffs)"; exit 1; }
+	XDPDNS_BIN_DIR=$(CURDIR)/target/debug $(CARGO) test $(CARGO_FLAGS) -p xdpdns-netns-tests -- --test-threads=1
+
+test: lint unit-test netns-test
+
+demo: deps
+	$(CARGO) build $(CARGO_FLAGS) --release --workspace --bins
+	scripts/demo.sh target/release
+
+clean:
+	$(CARGO) clean
