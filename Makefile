@@ -40,7 +40,7 @@ unit-test: deps
 # End to end: real kernel, real XDP, real kdig, in namespaces (root).
 netns-test: build
 	@[ "$$(id -u)" -eq 0 ] || { echo "netns tests need root (network namespaces, XDP, bpffs)"; exit 1; }
-	XDPDNS_BIN_DIR=$(CURDIR)/target/debug $(CARGO) test $(CARGO_FLAGS) -p xdpdns-netns-tests -- --test-threads=1
+	$(CARGO) test $(CARGO_FLAGS) -p xdpdns-netns-tests -- --test-threads=1
 
 test: lint unit-test netns-test
 
