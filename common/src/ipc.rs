@@ -14,7 +14,7 @@ use crate::config::{AnswerSpec, XskBindMode};
 use crate::stats::DataplaneCounters;
 
 /// Bumped whenever a message changes shape; both sides must agree.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// The dataplane finds its end of the socketpair at this descriptor.
 pub const CONTROL_FD: i32 = 3;
@@ -31,8 +31,17 @@ pub enum ToDataplane {
     /// First message. Carries one UDP socket per `kernel_sockets` entry, in
     /// that order, bound by the loader for the kernel path.
     Init(Box<DataplaneInit>),
+    /// New answer rules and kernel-path sockets (a reload). Carries one UDP
+    /// socket per `kernel_sockets` entry, replacing the previous ones.
+    Reconfigure(Box<Reconfigure>),
     /// Finish what is in flight and exit 0.
     Shutdown,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Reconfigure {
+    pub answer: AnswerSpec,
+    pub kernel_sockets: Vec<SocketAddr>,
 }
 
 /// Everything a dataplane needs to serve its queue.

@@ -144,6 +144,10 @@ pub struct DataplaneCounters {
     pub kernel_send_errors: u64,
     pub xsk_kernel: XskKernelStats,
     pub rings: RingLevels,
+    /// Queries answered or dropped per rule, in rule order; the last entry is
+    /// the default action.
+    #[serde(default)]
+    pub rule_hits: Vec<u64>,
 }
 
 impl DataplaneCounters {
@@ -165,6 +169,12 @@ impl DataplaneCounters {
         self.kernel_send_errors += other.kernel_send_errors;
         self.xsk_kernel.accumulate(&other.xsk_kernel);
         self.rings = other.rings;
+        if self.rule_hits.len() < other.rule_hits.len() {
+            self.rule_hits.resize(other.rule_hits.len(), 0);
+        }
+        for (a, b) in self.rule_hits.iter_mut().zip(&other.rule_hits) {
+            *a += *b;
+        }
     }
 }
 

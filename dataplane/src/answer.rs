@@ -14,12 +14,16 @@ pub struct Answerer {
     rules: Rules,
     udp_size: u16,
     verify_checksums: bool,
+    /// Queries per rule (the last slot is the default action).
+    hits: Box<[u64]>,
 }
 
 impl Answerer {
     pub fn new(spec: &AnswerSpec) -> Self {
+        let rules = Rules::new(spec);
         Answerer {
-            rules: Rules::new(spec),
+            hits: vec![0; rules.slots()].into_boxed_slice(),
+            rules,
             udp_size: spec.edns_udp_size,
             verify_checksums: spec.verify_checksums,
         }
@@ -28,16 +32,15 @@ impl Answerer {
     /// Answers the DNS message `buf[..len]` in place. `buf` is the room the
     /// answer may use. Returns the answer's length.
     #[inline]
-    pub fn answer_message(&self, buf: &mut [u8], len: usize) -> Result<usize, DropReason> {
+    pub fn answer_message(&mut self, buf: &mut [u8], len: usize) -> Result<usize, DropReason> {
         let msg = buf.get(..len).ok_or(DropReason::DnsTruncated)?;
         let q = dns::parse_query(msg)?;
         let rcode = if q.opcode != OPCODE_QUERY {
             Rcode::NotImp
         } else {
-            self.rules
-                .decide(msg, &q)
-                .rcode()
-                .ok_or(DropReason::RuleDrop)?
+            let (rule, action) = self.rules.decide(msg, &q);
+            self.hits[rule] += 1;
+            action.rcode().ok_or(DropReason::RuleDrop)?
         };
         dns::write_answer(buf, &q, rcode, self.udp_size)
     }
@@ -45,7 +48,7 @@ impl Answerer {
     /// Answers the Ethernet frame `buf[..len]` in place, headers included.
     /// `buf` runs to the end of the frame's buffer. Returns the reply's length.
     #[inline]
-    pub fn answer_frame(&self, buf: &mut [u8], len: usize) -> Result<usize, DropReason> {
+    pub fn answer_frame(&mut self, buf: &mut [u8], len: usize) -> Result<usize, DropReason> {
         let p = frame::parse(
             buf.get(..len).ok_or(DropReason::FrameTruncated)?,
             self.verify_checksums,
@@ -53,6 +56,11 @@ impl Answerer {
         let payload = p.payload();
         let n = self.answer_message(&mut buf[payload..], p.payload_len)?;
         Ok(frame::write_reply(buf, &p, n))
+    }
+
+    /// Queries per rule since this answerer was built; the last slot is the default.
+    pub fn rule_hits(&self) -> &[u64] {
+        &self.hits
     }
 }
 

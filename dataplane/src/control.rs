@@ -89,13 +89,14 @@ impl Control {
                 Ok((*init, fds))
             }
             ToDataplane::Shutdown => Err(ControlError::Closed),
+            ToDataplane::Reconfigure(_) => Err(ControlError::Unexpected("Reconfigure before Init")),
         }
     }
 
-    /// A message if one is waiting; `Ok(None)` if none is.
-    pub fn try_receive(&self) -> Result<Option<ToDataplane>, ControlError> {
+    /// A message (with its descriptors) if one is waiting; `Ok(None)` if none is.
+    pub fn try_receive(&self) -> Result<Option<(ToDataplane, Vec<OwnedFd>)>, ControlError> {
         match self.receive(MsgFlags::MSG_DONTWAIT) {
-            Ok(Some((msg, _fds))) => Ok(Some(msg)),
+            Ok(Some(received)) => Ok(Some(received)),
             Ok(None) => Err(ControlError::Closed),
             Err(ControlError::Sys(Errno::EAGAIN)) => Ok(None),
             Err(e) => Err(e),

@@ -70,8 +70,30 @@ pub struct KernelPath {
     batch: Batch,
 }
 
+/// Kernel-path sockets are moved to descriptors at or above this.
+///
+/// When a dataplane dies, the kernel closes its descriptors in ascending order
+/// but runs the deferred releases last-in first-out, so the highest descriptor
+/// is released first. Releasing the AF_XDP socket empties its XSKMAP slot and
+/// then waits out an RCU grace period; queries that take the kernel path in
+/// that window would be hashed onto this process's reuseport sockets if they
+/// were still open, and lost with them. Above the AF_XDP socket's descriptor,
+/// they leave the reuseport group first.
+const HIGH_FD: libc::c_int = 64;
+
 impl KernelPath {
+    /// Takes the sockets, moving each to a descriptor above every AF_XDP one.
     pub fn new(sockets: Vec<OwnedFd>) -> Self {
+        let sockets = sockets
+            .into_iter()
+            .map(
+                |s| match nix::fcntl::fcntl(&s, nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(HIGH_FD)) {
+                    // SAFETY: F_DUPFD_CLOEXEC returned a new descriptor nobody else owns.
+                    Ok(high) => unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(high) },
+                    Err(_) => s,
+                },
+            )
+            .collect();
         KernelPath {
             sockets,
             batch: Batch::new(),
@@ -90,7 +112,7 @@ impl KernelPath {
     /// Returns the number of datagrams received.
     pub fn serve(
         &mut self,
-        answerer: &Answerer,
+        answerer: &mut Answerer,
         counters: &mut DataplaneCounters,
         rounds: usize,
     ) -> usize {
@@ -112,7 +134,7 @@ impl KernelPath {
 fn serve_once(
     fd: libc::c_int,
     b: &mut Batch,
-    answerer: &Answerer,
+    answerer: &mut Answerer,
     counters: &mut DataplaneCounters,
 ) -> usize {
     b.arm_receive();

@@ -33,11 +33,16 @@ impl Rules {
         }
     }
 
-    /// The action for query `q` of message `msg`.
+    /// Number of rules plus one for the default.
+    pub fn slots(&self) -> usize {
+        self.rules.len() + 1
+    }
+
+    /// The matching rule's index (`rules.len()` for the default) and its action.
     #[inline]
-    pub fn decide(&self, msg: &[u8], q: &Query) -> Action {
+    pub fn decide(&self, msg: &[u8], q: &Query) -> (usize, Action) {
         let qname = q.qname(msg);
-        for rule in &self.rules {
+        for (i, rule) in self.rules.iter().enumerate() {
             if rule.qtype.is_some_and(|t| t != q.qtype) {
                 continue;
             }
@@ -48,9 +53,9 @@ impl Rules {
             {
                 continue;
             }
-            return rule.action;
+            return (i, rule.action);
         }
-        self.default
+        (self.rules.len(), self.default)
     }
 }
 
@@ -99,7 +104,7 @@ mod tests {
     fn decide(r: &Rules, name: &str, qtype: u16) -> Action {
         let msg = query(1, name, qtype, None);
         let q = parse_query(&msg).unwrap();
-        r.decide(&msg, &q)
+        r.decide(&msg, &q).1
     }
 
     #[test]
@@ -125,5 +130,11 @@ mod tests {
         assert_eq!(decide(&r, "x.test.", 1), Action::Drop);
         assert_eq!(decide(&r, "x.test.", 16), Action::Refused);
         assert_eq!(decide(&rules(&[]), "x.", 1), Action::Refused);
+        let msg = query(1, "x.test.", 16, None);
+        assert_eq!(
+            r.decide(&msg, &parse_query(&msg).unwrap()).0,
+            3,
+            "default is the last slot"
+        );
     }
 }

@@ -98,7 +98,7 @@ impl Worker {
             iteration = iteration.wrapping_add(1);
             let mut work = self.reclaim() + self.refill() + self.receive() + self.transmit();
             if kernel_ready || iteration.is_multiple_of(KERNEL_CHECK_EVERY) {
-                work += self.kernel.serve(&self.answerer, &mut self.counters, 4) as u32;
+                work += self.kernel.serve(&mut self.answerer, &mut self.counters, 4) as u32;
                 kernel_ready = false;
             }
             let now = Instant::now();
@@ -261,18 +261,58 @@ impl Worker {
         self.listen()
     }
 
-    /// Handles a waiting control message, if any.
+    /// Handles waiting control messages.
     fn listen(&mut self) -> Result<Option<Exit>, ControlError> {
-        match self.control.try_receive() {
-            Ok(None) => Ok(None),
-            Ok(Some(ToDataplane::Shutdown)) => Ok(Some(Exit::Shutdown)),
-            Ok(Some(ToDataplane::Init(_))) => Err(ControlError::Unexpected("second Init")),
-            Err(ControlError::Closed) => Ok(Some(Exit::LoaderGone)),
-            Err(e) => Err(e),
+        loop {
+            match self.control.try_receive() {
+                Ok(None) => return Ok(None),
+                Ok(Some((ToDataplane::Shutdown, _))) => return Ok(Some(Exit::Shutdown)),
+                Ok(Some((ToDataplane::Reconfigure(r), sockets))) => {
+                    if sockets.len() != r.kernel_sockets.len() {
+                        return Err(ControlError::Unexpected(
+                            "Reconfigure with a wrong number of sockets",
+                        ));
+                    }
+                    self.reconfigure(&r.answer, sockets);
+                }
+                Ok(Some((ToDataplane::Init(_), _))) => {
+                    return Err(ControlError::Unexpected("second Init"));
+                }
+                Err(ControlError::Closed) => return Ok(Some(Exit::LoaderGone)),
+                Err(e) => return Err(e),
+            }
         }
     }
 
+    /// Swaps in new rules and kernel-path sockets; what waits on the old
+    /// sockets is answered first.
+    fn reconfigure(
+        &mut self,
+        answer: &xdpdns_common::config::AnswerSpec,
+        sockets: Vec<std::os::fd::OwnedFd>,
+    ) {
+        self.kernel
+            .serve(&mut self.answerer, &mut self.counters, 64);
+        // A new rule list counts from zero (the loader resets its totals too).
+        self.answerer = Answerer::new(answer);
+        self.kernel = KernelPath::new(sockets);
+        tracing::info!(
+            rules = answer.rules.len(),
+            kernel_sockets = self.kernel.fds().count(),
+            "reconfigured"
+        );
+    }
+
+    /// Copies the answerer's hits into the counters.
+    fn bank_rule_hits(&mut self) {
+        self.counters.rule_hits.clear();
+        self.counters
+            .rule_hits
+            .extend_from_slice(self.answerer.rule_hits());
+    }
+
     fn refresh_gauges(&mut self) {
+        self.bank_rule_hits();
         if let Ok(s) = self.xsk.kernel_stats() {
             self.counters.xsk_kernel = s;
         }

@@ -2,7 +2,7 @@
 //! Spoken by the `xdpdns` CLI (`status`), found from the configuration.
 
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
 use serde::{Deserialize, Serialize};
@@ -10,7 +10,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tracing::debug;
 
-use crate::state::Shared;
+use crate::state::{QueueCommand, Shared};
 use crate::status::Status;
 
 /// Longest request line accepted.
@@ -20,18 +20,35 @@ const MAX_REQUEST: usize = 64 * 1024;
 #[serde(tag = "command", rename_all = "kebab-case")]
 pub enum Request {
     Status,
+    /// Re-read the configuration (from `path`, or the file the instance runs from).
+    Reload {
+        path: Option<PathBuf>,
+    },
+    /// Replace one queue's dataplane.
+    RestartQueue {
+        queue: u32,
+    },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Response {
     Status(Box<Status>),
+    /// The request was carried out; what changed.
+    Done(Vec<String>),
     Error(String),
 }
 
-pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
+/// Binds the control socket, mode 0660, group `group` (root's if `None`).
+pub fn bind(path: &Path, group: Option<&str>) -> anyhow::Result<UnixListener> {
+    use anyhow::Context;
     let _ = std::fs::remove_file(path);
     let listener = UnixListener::bind(path)?;
+    if let Some(name) = group {
+        let g = nix::unistd::Group::from_name(name)?
+            .with_context(|| format!("control.group: no group {name:?} on this system"))?;
+        nix::unistd::chown(path, None, Some(g.gid))?;
+    }
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
     Ok(listener)
 }
@@ -50,13 +67,32 @@ pub async fn serve(listener: UnixListener, shared: Rc<Shared>) {
     }
 }
 
-async fn answer(stream: UnixStream, shared: &Shared) -> std::io::Result<()> {
+async fn answer(stream: UnixStream, shared: &Rc<Shared>) -> std::io::Result<()> {
     let (read, mut write) = stream.into_split();
     let mut reader = BufReader::new(tokio::io::AsyncReadExt::take(read, MAX_REQUEST as u64));
     let mut line = String::new();
     reader.read_line(&mut line).await?;
     let response = match serde_json::from_str::<Request>(line.trim()) {
         Ok(Request::Status) => Response::Status(Box::new(Status::collect(shared))),
+        Ok(Request::Reload { path }) => {
+            let path = path.unwrap_or_else(|| shared.config_path());
+            match crate::reload::reload(shared, &path) {
+                Ok(lines) => Response::Done(lines),
+                Err(e) => {
+                    tracing::error!(path = %path.display(), error = %e, "reload refused; the running configuration is unchanged");
+                    Response::Error(e)
+                }
+            }
+        }
+        Ok(Request::RestartQueue { queue }) => {
+            if shared.command(queue, QueueCommand::Restart) {
+                Response::Done(vec![format!("queue {queue}: dataplane being replaced")])
+            } else {
+                Response::Error(format!(
+                    "queue {queue} has no supervisor (not in xdp.queues)"
+                ))
+            }
+        }
         Err(e) => Response::Error(format!("bad request: {e}")),
     };
     let mut out = serde_json::to_vec(&response).map_err(std::io::Error::other)?;

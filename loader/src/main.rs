@@ -4,7 +4,9 @@ mod bpf;
 mod control;
 mod dataplane;
 mod instance;
+mod metrics;
 mod plan;
+mod reload;
 mod run;
 mod sockets;
 mod state;
@@ -49,6 +51,20 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Make a running instance re-read FILE and apply what can change live
+    /// (also done on SIGHUP, from the file it runs from). An invalid file
+    /// changes nothing.
+    Reload {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Replace the dataplane of one queue, leaving the others alone.
+    RestartQueue {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The queue id.
+        queue: u32,
+    },
 }
 
 fn load_config(path: &Path) -> anyhow::Result<Config> {
@@ -70,6 +86,26 @@ fn main() -> ExitCode {
     }
 }
 
+/// Sends one request to the instance `config` names.
+fn ask(config: &Path, request: control::Request) -> anyhow::Result<control::Response> {
+    let config = load_config(config)?;
+    let path = instance::control_socket(&config.runtime_dir.join(&config.instance));
+    runtime()?.block_on(control::request(&path, &request))
+}
+
+fn done(response: control::Response) -> anyhow::Result<ExitCode> {
+    match response {
+        control::Response::Done(lines) => {
+            for l in lines {
+                println!("{l}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        control::Response::Error(e) => anyhow::bail!(e),
+        control::Response::Status(_) => anyhow::bail!("unexpected answer"),
+    }
+}
+
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     // One thread: dataplanes are forked from it, and their parent-death
     // signal follows the thread that forked them.
@@ -82,7 +118,8 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Run { config } => {
             let plan = Plan::resolve(load_config(&config)?)?;
-            runtime()?.block_on(run::run(plan))?;
+            let path = std::fs::canonicalize(&config)?;
+            runtime()?.block_on(run::run(plan, path))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Check { config } => {
@@ -90,19 +127,24 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             print!("{}", plan.describe());
             Ok(ExitCode::SUCCESS)
         }
-        Command::Status { config, json } => {
-            let config = load_config(&config)?;
-            let path = instance::control_socket(&config.runtime_dir.join(&config.instance));
-            let response =
-                runtime()?.block_on(control::request(&path, &control::Request::Status))?;
-            match response {
-                control::Response::Status(s) if json => {
-                    println!("{}", serde_json::to_string_pretty(&s)?)
-                }
-                control::Response::Status(s) => print!("{}", s.render()),
-                control::Response::Error(e) => anyhow::bail!(e),
+        Command::Status { config, json } => match ask(&config, control::Request::Status)? {
+            control::Response::Status(s) if json => {
+                println!("{}", serde_json::to_string_pretty(&s)?);
+                Ok(ExitCode::SUCCESS)
             }
-            Ok(ExitCode::SUCCESS)
+            control::Response::Status(s) => {
+                print!("{}", s.render());
+                Ok(ExitCode::SUCCESS)
+            }
+            other => done(other),
+        },
+        Command::Reload { config } => {
+            let path = std::fs::canonicalize(&config)
+                .with_context(|| format!("cannot read {}", config.display()))?;
+            done(ask(&config, control::Request::Reload { path: Some(path) })?)
+        }
+        Command::RestartQueue { config, queue } => {
+            done(ask(&config, control::Request::RestartQueue { queue })?)
         }
     }
 }

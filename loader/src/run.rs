@@ -2,6 +2,7 @@
 //! stop, then leave nothing behind.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -16,14 +17,18 @@ use crate::control;
 use crate::dataplane::spawn::Template;
 use crate::dataplane::supervisor;
 use crate::instance::{self, Instance};
+use crate::metrics;
 use crate::plan::Plan;
+use crate::reload;
 use crate::state::{Event, Shared};
 use crate::system::{bpffs, capabilities, memlock};
 
 /// How long shutdown waits for supervisors to stop their dataplanes.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// How often systemd's STATUS= line is refreshed.
+const STATUS_EVERY: Duration = Duration::from_secs(5);
 
-pub async fn run(plan: Plan) -> anyhow::Result<()> {
+pub async fn run(plan: Plan, config_path: PathBuf) -> anyhow::Result<()> {
     for w in &plan.warnings {
         warn!("{w}");
     }
@@ -50,13 +55,20 @@ pub async fn run(plan: Plan) -> anyhow::Result<()> {
         }
     };
     let (events_tx, mut events) = mpsc::unbounded_channel();
-    let queues = plan.queues.clone();
-    let shared = Rc::new(Shared::new(plan, template, attached, events_tx));
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let shared = Rc::new(Shared::new(
+        plan,
+        config_path,
+        template,
+        attached,
+        events_tx,
+        stop_rx,
+    ));
     let local = tokio::task::LocalSet::new();
     let result = local
-        .run_until(serve(shared.clone(), &instance, &queues, &mut events))
+        .run_until(serve(shared.clone(), &instance, &mut events, stop_tx))
         .await;
-    // Let supervisors finish stopping their dataplanes.
+    // Let the remaining tasks (control connections) wind down.
     let _ = tokio::time::timeout(SHUTDOWN_GRACE, local).await;
 
     log_summary(&shared);
@@ -68,7 +80,6 @@ pub async fn run(plan: Plan) -> anyhow::Result<()> {
         }
     }
     drop(instance);
-    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
     result
 }
 
@@ -102,25 +113,41 @@ fn preflight(plan: &Plan) -> anyhow::Result<()> {
 async fn serve(
     shared: Rc<Shared>,
     instance: &Instance,
-    queues: &[u32],
     events: &mut mpsc::UnboundedReceiver<Event>,
+    stop: watch::Sender<bool>,
 ) -> anyhow::Result<()> {
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let mut supervisors = Vec::new();
-    for q in queues {
-        supervisors.push(tokio::task::spawn_local(supervisor::supervise(
-            *q,
-            shared.clone(),
-            stop_rx.clone(),
-        )));
-    }
     let socket_path = instance::control_socket(instance.dir());
-    let listener = control::bind(&socket_path)
+    let listener = control::bind(&socket_path, shared.plan.config.control.group.as_deref())
         .with_context(|| format!("binding the control socket {}", socket_path.display()))?;
     let control_task = tokio::task::spawn_local(control::serve(listener, shared.clone()));
+    let metrics_task = match &shared.plan.config.metrics {
+        Some(m) => {
+            let listener = metrics::bind(m.address)
+                .await
+                .with_context(|| format!("metrics.address: cannot listen on {}", m.address))?;
+            info!(address = %m.address, "Prometheus metrics at /metrics");
+            Some(tokio::task::spawn_local(metrics::serve(
+                listener,
+                shared.clone(),
+            )))
+        }
+        None => None,
+    };
+    for q in shared.plan.queues.clone() {
+        supervisor::start(q, &shared);
+    }
 
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    let mut watchdog_usec = 0u64;
+    let watchdog = sd_notify::watchdog_enabled(false, &mut watchdog_usec);
+    let mut watchdog_tick = tokio::time::interval(if watchdog {
+        Duration::from_micros(watchdog_usec / 2)
+    } else {
+        Duration::from_secs(3600)
+    });
+    let mut status_tick = tokio::time::interval(STATUS_EVERY);
     let mut registered = std::collections::BTreeSet::new();
     let mut ready = false;
     let outcome = loop {
@@ -128,13 +155,12 @@ async fn serve(
             ev = events.recv() => match ev {
                 Some(Event::Registered(q)) => {
                     registered.insert(q);
-                    if !ready && registered.len() == queues.len() {
+                    let wanted = shared.supervised_queues();
+                    if !ready && wanted.iter().all(|q| registered.contains(q)) {
                         ready = true;
-                        info!(queues = queues.len(), control = %socket_path.display(), "ready: every queue is served over AF_XDP");
-                        let _ = sd_notify::notify(false, &[
-                            sd_notify::NotifyState::Ready,
-                            sd_notify::NotifyState::Status(&format!("serving {} queue(s)", queues.len())),
-                        ]);
+                        info!(queues = wanted.len(), control = %socket_path.display(), "ready: every queue is served over AF_XDP");
+                        let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
+                        notify_status(&shared, &registered);
                     }
                 }
                 Some(Event::SetupFailed(q, reason)) if !ready => {
@@ -148,15 +174,42 @@ async fn serve(
             },
             _ = term.recv() => { info!("SIGTERM: stopping"); break Ok(()) }
             _ = int.recv() => { info!("SIGINT: stopping"); break Ok(()) }
+            _ = hup.recv() => {
+                let path = shared.config_path();
+                info!(path = %path.display(), "SIGHUP: reloading");
+                if let Err(e) = reload::reload(&shared, &path) {
+                    error!(error = %e, "reload refused; the running configuration is unchanged");
+                }
+            }
+            _ = watchdog_tick.tick(), if watchdog => {
+                let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Watchdog]);
+            }
+            _ = status_tick.tick() => notify_status(&shared, &registered),
         }
     };
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
-    let _ = stop_tx.send(true);
-    for s in supervisors {
-        let _ = s.await;
+    let _ = stop.send(true);
+    for s in shared.take_supervisors() {
+        let _ = s.task.await;
     }
     control_task.abort();
+    if let Some(t) = metrics_task {
+        t.abort();
+    }
     outcome
+}
+
+/// systemd's one-line STATUS=.
+fn notify_status(shared: &Shared, registered: &std::collections::BTreeSet<u32>) {
+    let t = shared.totals();
+    let line = format!(
+        "{}/{} queues on AF_XDP; {} answers over AF_XDP, {} over the kernel path",
+        registered.len(),
+        shared.supervised_queues().len(),
+        t.xsk.answered,
+        t.kernel.answered
+    );
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Status(&line)]);
 }
 
 fn log_summary(shared: &Shared) {

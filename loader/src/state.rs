@@ -8,8 +8,9 @@ use std::net::SocketAddr;
 use std::os::fd::BorrowedFd;
 use std::time::Instant;
 
-use tokio::sync::mpsc;
-use xdpdns_common::config::AnswerSpec;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use xdpdns_common::config::{AnswerSpec, Config};
 use xdpdns_common::stats::DataplaneCounters;
 
 use crate::bpf::{Attached, BpfError, XdpCounters};
@@ -23,6 +24,8 @@ pub enum Phase {
     Starting,
     Running,
     BackingOff,
+    /// Past its restart budget: served by the kernel path until `restart-queue`.
+    KernelOnly,
     Stopped,
 }
 
@@ -89,6 +92,17 @@ impl QueueState {
     }
 }
 
+/// What the loader can ask a queue's supervisor to do.
+#[derive(Debug)]
+pub enum QueueCommand {
+    /// Replace the dataplane now (graceful stop, immediate start; resets the budget).
+    Restart,
+    /// Push the current rules and listen addresses to the dataplane.
+    Reconfigure,
+    /// Stop the dataplane and end supervision (the queue was removed).
+    Stop,
+}
+
 /// Things supervisors tell the main task.
 #[derive(Debug)]
 pub enum Event {
@@ -97,12 +111,26 @@ pub enum Event {
     Exited(u32),
 }
 
+/// A running supervisor task and its command channel.
+pub struct SupervisorHandle {
+    pub commands: mpsc::UnboundedSender<QueueCommand>,
+    pub task: JoinHandle<()>,
+}
+
 pub struct Shared {
+    /// The plan the instance started with: its fixed parts (interface,
+    /// pins, UMEM geometry, user) never change while it runs.
     pub plan: Plan,
     pub template: Template,
     pub started_at: Instant,
+    /// Set to true once, at shutdown.
+    pub stop: watch::Receiver<bool>,
+    /// The configuration in force (changes with reloads) and where it came from.
+    config: RefCell<Config>,
+    config_path: RefCell<std::path::PathBuf>,
     program: RefCell<Option<Attached>>,
     queues: RefCell<BTreeMap<u32, QueueState>>,
+    supervisors: RefCell<BTreeMap<u32, SupervisorHandle>>,
     listen: RefCell<Vec<SocketAddr>>,
     answer: RefCell<AnswerSpec>,
     events: mpsc::UnboundedSender<Event>,
@@ -111,9 +139,11 @@ pub struct Shared {
 impl Shared {
     pub fn new(
         plan: Plan,
+        config_path: std::path::PathBuf,
         template: Template,
         program: Attached,
         events: mpsc::UnboundedSender<Event>,
+        stop: watch::Receiver<bool>,
     ) -> Self {
         let queues = plan
             .queues
@@ -123,14 +153,79 @@ impl Shared {
         let listen = plan.config.listen.iter().map(|l| l.address).collect();
         let answer = plan.config.answer_spec();
         Shared {
+            config: RefCell::new(plan.config.clone()),
+            config_path: RefCell::new(config_path),
             plan,
             template,
             started_at: Instant::now(),
+            stop,
             program: RefCell::new(Some(program)),
             queues: RefCell::new(queues),
+            supervisors: RefCell::new(BTreeMap::new()),
             listen: RefCell::new(listen),
             answer: RefCell::new(answer),
             events,
+        }
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> Config {
+        self.config.borrow().clone()
+    }
+
+    pub fn config_path(&self) -> std::path::PathBuf {
+        self.config_path.borrow().clone()
+    }
+
+    /// Installs a reloaded configuration (already applied to maps and queues).
+    pub fn set_config(&self, config: Config, path: std::path::PathBuf) {
+        *self.listen.borrow_mut() = config.listen.iter().map(|l| l.address).collect();
+        *self.answer.borrow_mut() = config.answer_spec();
+        *self.config.borrow_mut() = config;
+        *self.config_path.borrow_mut() = path;
+    }
+
+    pub fn set_destinations(&self, listen: &[SocketAddr]) -> Result<(), BpfError> {
+        match self.program.borrow_mut().as_mut() {
+            Some(p) => p.set_destinations(listen),
+            None => Ok(()),
+        }
+    }
+
+    pub fn add_supervisor(&self, queue: u32, handle: SupervisorHandle) {
+        self.supervisors.borrow_mut().insert(queue, handle);
+    }
+
+    /// Sends a command to a queue's supervisor; false if there is none.
+    pub fn command(&self, queue: u32, cmd: QueueCommand) -> bool {
+        self.supervisors
+            .borrow()
+            .get(&queue)
+            .is_some_and(|h| h.commands.send(cmd).is_ok())
+    }
+
+    pub fn supervised_queues(&self) -> Vec<u32> {
+        self.supervisors.borrow().keys().copied().collect()
+    }
+
+    /// Removes and returns every supervisor (for shutdown).
+    pub fn take_supervisors(&self) -> Vec<SupervisorHandle> {
+        std::mem::take(&mut *self.supervisors.borrow_mut())
+            .into_values()
+            .collect()
+    }
+
+    /// Removes one queue's supervisor handle and state (queue removed by a reload).
+    pub fn forget_queue(&self, queue: u32) -> Option<SupervisorHandle> {
+        self.queues.borrow_mut().remove(&queue);
+        self.supervisors.borrow_mut().remove(&queue)
+    }
+
+    /// Rule hits restart from zero when the rule list changes.
+    pub fn reset_rule_hits(&self) {
+        for q in self.queues.borrow_mut().values_mut() {
+            q.base.rule_hits.clear();
+            q.live.rule_hits.clear();
         }
     }
 

@@ -24,10 +24,20 @@ pub struct Status {
     /// Every queue has a registered dataplane.
     pub ready: bool,
     pub listen: Vec<String>,
+    /// The file the running configuration came from.
+    pub config_path: String,
     pub queues: Vec<QueueStatus>,
+    /// Queries per rule, in order; the last is the default action.
+    pub rules: Vec<RuleStatus>,
     /// The XDP program's frames per outcome.
     pub xdp: BTreeMap<String, u64>,
     pub totals: Counters,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RuleStatus {
+    pub label: String,
+    pub hits: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -40,6 +50,8 @@ pub struct QueueStatus {
     /// copy / zero-copy.
     pub xsk_mode: Option<String>,
     pub registered: bool,
+    /// Milliseconds since the current dataplane's socket entered the XSKMAP.
+    pub registered_ms_ago: Option<u64>,
     pub last_exit: Option<String>,
     pub counters: Counters,
 }
@@ -112,11 +124,25 @@ impl Status {
                     .zero_copy
                     .map(|z| if z { "zero-copy" } else { "copy" }.to_string()),
                 registered: q.registered_at.is_some(),
+                registered_ms_ago: q.registered_at.map(|t| t.elapsed().as_millis() as u64),
                 last_exit: q.last_exit.clone(),
                 counters: (&q.totals()).into(),
             })
             .collect();
         let (program_id, mode, pin_dir) = shared.program_info().unwrap_or((0, None, String::new()));
+        let totals = shared.totals();
+        let config = shared.config();
+        let answer = config.answer_spec();
+        let mut labels: Vec<String> = config.rule.iter().map(|r| r.label()).collect();
+        labels.push(format!("default,action={}", answer.default.name()));
+        let rules = labels
+            .into_iter()
+            .enumerate()
+            .map(|(i, label)| RuleStatus {
+                label,
+                hits: totals.rule_hits.get(i).copied().unwrap_or(0),
+            })
+            .collect();
         Status {
             instance: shared.plan.config.instance.clone(),
             interface: shared.plan.interface.name.clone(),
@@ -127,14 +153,16 @@ impl Status {
             uptime_secs: shared.started_at.elapsed().as_secs(),
             ready: queues.iter().all(|q| q.registered),
             listen: shared.listen().iter().map(|a| a.to_string()).collect(),
+            config_path: shared.config_path().display().to_string(),
             queues,
+            rules,
             xdp: shared
                 .xdp_counters()
                 .by_outcome
                 .iter()
                 .map(|(o, n)| (o.name().to_string(), *n))
                 .collect(),
-            totals: (&shared.totals()).into(),
+            totals: (&totals).into(),
         }
     }
 
@@ -230,6 +258,15 @@ impl Status {
             self.xdp
                 .iter()
                 .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        );
+        let _ = writeln!(
+            s,
+            "rules    {}",
+            self.rules
+                .iter()
+                .map(|r| format!("[{}]={}", r.label, r.hits))
                 .collect::<Vec<_>>()
                 .join(" ")
         );

@@ -575,6 +575,16 @@ impl Lab {
     /// Makes the client send everything on its tx queue `queue` (XPS), so it
     /// lands on the server's rx queue of the same number.
     pub fn steer_client_to_queue(&self, queue: u32) -> anyhow::Result<()> {
+        self.steer(&self.client_ns, CLIENT_IF, queue)
+    }
+
+    /// Makes the server's kernel stack send on tx queue `queue`: kxdpgun only
+    /// listens on the client's queue 0, so kernel-path answers must land there.
+    pub fn steer_server_to_queue(&self, queue: u32) -> anyhow::Result<()> {
+        self.steer(&self.server_ns, SERVER_IF, queue)
+    }
+
+    fn steer(&self, ns: &str, ifname: &str, queue: u32) -> anyhow::Result<()> {
         // SAFETY: sysconf has no memory arguments.
         let cpus = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) }.clamp(1, 63) as u32;
         let all = format!("{:x}", (1u64 << cpus) - 1);
@@ -583,12 +593,99 @@ impl Lab {
             sh(Command::new("ip").args([
                 "netns",
                 "exec",
-                &self.client_ns,
+                ns,
                 "sh",
                 "-c",
-                &format!("echo {mask} > /sys/class/net/{CLIENT_IF}/queues/tx-{q}/xps_cpus"),
+                &format!("echo {mask} > /sys/class/net/{ifname}/queues/tx-{q}/xps_cpus"),
             ]))?;
         }
         Ok(())
+    }
+}
+
+/// Result of a `kxdpgun` run: queries sent and answers received.
+#[derive(Debug, Clone, Copy)]
+pub struct Load {
+    pub sent: u64,
+    pub received: u64,
+}
+
+impl Lab {
+    /// Writes `n` random query names for kxdpgun and returns the file.
+    pub fn query_file(&self, n: usize) -> anyhow::Result<PathBuf> {
+        let path = self.dir.join("queries.txt");
+        let mut seed = 0x1234_5678u64;
+        let mut text = String::new();
+        for _ in 0..n {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            text.push_str(&format!("q{:x}.example.com A\n", seed >> 24));
+        }
+        fs::write(&path, text)?;
+        Ok(path)
+    }
+
+    /// Starts `kxdpgun` from the client at `qps` for `secs` seconds.
+    pub fn kxdpgun(&self, qps: u64, secs: u64, target: &str) -> anyhow::Result<Child> {
+        let file = self.query_file(10_000)?;
+        Ok(Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &self.client_ns,
+                "kxdpgun",
+                "-t",
+                &secs.to_string(),
+            ])
+            .args(["-Q", &qps.to_string(), "-I", CLIENT_IF, "-i"])
+            .arg(&file)
+            .arg(target)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?)
+    }
+
+    /// Waits for kxdpgun and parses its totals.
+    pub fn kxdpgun_result(child: Child) -> anyhow::Result<Load> {
+        let out = child.wait_with_output()?;
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let grab = |key: &str| -> anyhow::Result<u64> {
+            text.lines()
+                .find_map(|l| l.trim().strip_prefix(key))
+                .and_then(|rest| rest.split_whitespace().next())
+                .and_then(|n| n.parse().ok())
+                .with_context(|| format!("no {key:?} in kxdpgun output:\n{text}"))
+        };
+        Ok(Load {
+            sent: grab("total queries:")?,
+            received: grab("total replies:")?,
+        })
+    }
+}
+
+impl Server {
+    /// A queue's field from the status.
+    pub fn queue(&self, queue: u32) -> anyhow::Result<Value> {
+        let s = self.status()?;
+        s["queues"]
+            .as_array()
+            .and_then(|qs| qs.iter().find(|q| q["queue"] == queue).cloned())
+            .with_context(|| format!("queue {queue} not in status: {s:#}"))
+    }
+
+    /// Runs an `xdpdns` subcommand against this server's configuration.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(bin("xdpdns"))
+            .args(args)
+            .arg("--config")
+            .arg(&self.config)
+            .env("NO_COLOR", "1")
+            .output()
+            .expect("xdpdns")
     }
 }

@@ -15,7 +15,8 @@ mod tests;
 pub use queues::QueueSelection;
 pub use rules::{Action, AnswerSpec, RuleConfig, RuleSpec};
 pub use types::{
-    Config, DataplaneSection, Listen, MetricsSection, XdpMode, XdpSection, XskBindMode, XskSection,
+    Config, ControlSection, DataplaneSection, Listen, MetricsSection, SupervisorSection, XdpMode,
+    XdpSection, XskBindMode, XskSection,
 };
 
 /// A configuration that cannot be used, with the key at fault.

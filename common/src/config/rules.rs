@@ -67,6 +67,34 @@ pub struct AnswerSpec {
     pub verify_checksums: bool,
 }
 
+impl RuleConfig {
+    /// A stable label for metrics and status: what the rule matches and does.
+    pub fn label(&self) -> String {
+        let mut parts = Vec::new();
+        if let Some(s) = &self.qname_suffix {
+            parts.push(format!("suffix={}", s.to_ascii_lowercase()));
+        }
+        if let Some(t) = &self.qtype {
+            parts.push(format!("qtype={}", t.to_ascii_uppercase()));
+        }
+        parts.push(format!("action={}", self.action.name()));
+        parts.join(",")
+    }
+}
+
+impl Action {
+    pub fn name(self) -> &'static str {
+        match self {
+            Action::Refused => "refused",
+            Action::NxDomain => "nxdomain",
+            Action::ServFail => "servfail",
+            Action::NoError => "noerror",
+            Action::NotImp => "notimp",
+            Action::Drop => "drop",
+        }
+    }
+}
+
 /// Checks one rule; `index` is its position for the error's key.
 pub(super) fn check(index: usize, rule: &RuleConfig) -> Result<(), super::ConfigError> {
     let key = |field: &str| format!("rule[{index}].{field}");

@@ -25,6 +25,10 @@ pub struct Config {
     #[serde(default)]
     pub dataplane: DataplaneSection,
     #[serde(default)]
+    pub supervisor: SupervisorSection,
+    #[serde(default)]
+    pub control: ControlSection,
+    #[serde(default)]
     pub metrics: Option<MetricsSection>,
     /// Addresses served both from AF_XDP and from the kernel stack.
     #[serde(default)]
@@ -118,6 +122,30 @@ pub struct DataplaneSection {
     pub edns_udp_size: u16,
 }
 
+/// How the loader watches its dataplanes.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SupervisorSection {
+    /// A dataplane silent this long (no counters, no heartbeat) is killed and restarted.
+    #[serde(default = "default_heartbeat_timeout_ms")]
+    pub heartbeat_timeout_ms: u32,
+    /// Restarts of one queue allowed within `restart_window_s`; past that the
+    /// queue stays on the kernel path until `xdpdns restart-queue`.
+    #[serde(default = "default_max_restarts")]
+    pub max_restarts: u32,
+    #[serde(default = "default_restart_window_s")]
+    pub restart_window_s: u32,
+}
+
+/// The control socket (`xdpdns status`, `reload`, `restart-queue`).
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ControlSection {
+    /// Group that may use the control socket (mode 0660); root's group when absent.
+    #[serde(default)]
+    pub group: Option<String>,
+}
+
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct MetricsSection {
@@ -161,6 +189,15 @@ fn default_frame_size() -> u32 {
 fn default_batch_size() -> u32 {
     64
 }
+fn default_heartbeat_timeout_ms() -> u32 {
+    3000
+}
+fn default_max_restarts() -> u32 {
+    20
+}
+fn default_restart_window_s() -> u32 {
+    600
+}
 fn default_true() -> bool {
     true
 }
@@ -195,6 +232,16 @@ impl Default for DataplaneSection {
             binary: None,
             stats_interval_ms: default_stats_interval_ms(),
             edns_udp_size: default_edns_udp_size(),
+        }
+    }
+}
+
+impl Default for SupervisorSection {
+    fn default() -> Self {
+        SupervisorSection {
+            heartbeat_timeout_ms: default_heartbeat_timeout_ms(),
+            max_restarts: default_max_restarts(),
+            restart_window_s: default_restart_window_s(),
         }
     }
 }

@@ -93,6 +93,32 @@ impl Config {
                 "must be at least 512 (RFC 6891)",
             ));
         }
+        let sup = &self.supervisor;
+        if sup.heartbeat_timeout_ms < 2 * self.dataplane.stats_interval_ms
+            || sup.heartbeat_timeout_ms > 600_000
+        {
+            return Err(ConfigError::invalid(
+                "supervisor.heartbeat_timeout_ms",
+                format!(
+                    "{} must be at least twice dataplane.stats_interval_ms ({}) and at most 600000",
+                    sup.heartbeat_timeout_ms, self.dataplane.stats_interval_ms
+                ),
+            ));
+        }
+        if sup.restart_window_s == 0 {
+            return Err(ConfigError::invalid(
+                "supervisor.restart_window_s",
+                "must be at least 1",
+            ));
+        }
+        if let Some(m) = &self.metrics
+            && m.address.port() == 0
+        {
+            return Err(ConfigError::invalid(
+                "metrics.address",
+                "needs a port, e.g. \"127.0.0.1:9153\"",
+            ));
+        }
         self.validate_listen()?;
         for (i, rule) in self.rule.iter().enumerate() {
             rules::check(i, rule)?;

@@ -356,7 +356,7 @@ fn random_corruption_never_panics() {
         seed ^= seed << 5;
         seed
     };
-    let a = answerer();
+    let mut a = answerer();
     for i in 0..50_000 {
         let mut f = base[i % 2].clone();
         for _ in 0..(1 + next() % 4) {
@@ -374,7 +374,7 @@ fn random_corruption_never_panics() {
 
 #[test]
 fn checksum_verification_can_be_turned_off_but_headers_are_still_checked() {
-    let lax = Answerer::new(&AnswerSpec {
+    let mut lax = Answerer::new(&AnswerSpec {
         rules: vec![],
         default: Action::Refused,
         edns_udp_size: 1232,

@@ -182,16 +182,12 @@ impl Xsk {
             XskBindMode::Copy => sys::XDP_COPY,
             XskBindMode::ZeroCopy => sys::XDP_ZEROCOPY,
         };
-        sys::bind(
-            fd.as_fd(),
-            cfg.ifindex,
-            cfg.queue_id,
-            mode | sys::XDP_USE_NEED_WAKEUP,
-        )
-        .map_err(|source| XskError::Bind {
-            ifname: cfg.ifname.clone(),
-            queue: cfg.queue_id,
-            source,
+        bind_when_free(fd.as_fd(), cfg, mode | sys::XDP_USE_NEED_WAKEUP).map_err(|source| {
+            XskError::Bind {
+                ifname: cfg.ifname.clone(),
+                queue: cfg.queue_id,
+                source,
+            }
         })?;
         let zero_copy = sys::is_zero_copy(fd.as_fd()).map_err(XskError::Options)?;
         Ok(Xsk {
@@ -231,6 +227,27 @@ impl Xsk {
 impl AsFd for Xsk {
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.fd.as_fd()
+    }
+}
+
+/// How long a bind waits for a queue still held by a socket being released.
+const BIND_BUSY_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Binds, waiting out EBUSY for a moment: the kernel frees a closed socket's
+/// claim on the queue from a workqueue, shortly after its owner has exited,
+/// so a dataplane replacing a dead one can find the queue still taken.
+fn bind_when_free(fd: BorrowedFd<'_>, cfg: &XskConfig, flags: u16) -> io::Result<()> {
+    let deadline = std::time::Instant::now() + BIND_BUSY_WAIT;
+    loop {
+        match sys::bind(fd, cfg.ifindex, cfg.queue_id, flags) {
+            Err(e)
+                if e.raw_os_error() == Some(libc::EBUSY)
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(2));
+            }
+            other => return other,
+        }
     }
 }
 

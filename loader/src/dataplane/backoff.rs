@@ -1,4 +1,6 @@
-//! Exponential restart back-off, reset after a stable run.
+//! Exponential restart back-off, reset after a stable run. The first restart
+//! after a stable run is immediate (a one-off crash costs no extra kernel-path
+//! time); repeated failures wait `min`, then twice as long each time, up to `max`.
 
 use std::time::Duration;
 
@@ -7,6 +9,7 @@ pub struct Backoff {
     max: Duration,
     reset_after: Duration,
     next: Duration,
+    fresh: bool,
 }
 
 impl Backoff {
@@ -16,6 +19,7 @@ impl Backoff {
             max,
             reset_after,
             next: min,
+            fresh: true,
         }
     }
 
@@ -23,6 +27,10 @@ impl Backoff {
     pub fn next(&mut self, ran_for: Duration) -> Duration {
         if ran_for >= self.reset_after {
             self.next = self.min;
+            self.fresh = true;
+        }
+        if std::mem::take(&mut self.fresh) {
+            return Duration::ZERO;
         }
         let delay = self.next;
         self.next = (self.next * 2).min(self.max);
@@ -39,12 +47,17 @@ mod tests {
         let ms = Duration::from_millis;
         let mut b = Backoff::new(ms(50), ms(10_000), Duration::from_secs(60));
         let quick = ms(10);
-        let seq: Vec<u128> = (0..10).map(|_| b.next(quick).as_millis()).collect();
+        let seq: Vec<u128> = (0..11).map(|_| b.next(quick).as_millis()).collect();
         assert_eq!(
             seq,
-            vec![50, 100, 200, 400, 800, 1600, 3200, 6400, 10_000, 10_000]
+            vec![0, 50, 100, 200, 400, 800, 1600, 3200, 6400, 10_000, 10_000]
         );
-        assert_eq!(b.next(Duration::from_secs(61)), ms(50));
+        assert_eq!(
+            b.next(Duration::from_secs(61)),
+            ms(0),
+            "stable run: immediate"
+        );
+        assert_eq!(b.next(quick), ms(50));
         assert_eq!(b.next(quick), ms(100));
     }
 }

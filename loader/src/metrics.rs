@@ -1,0 +1,255 @@
+//! The Prometheus endpoint (`[metrics] address`): a minimal HTTP/1.1 server
+//! for `GET /metrics`, with the exposition format from prometheus-client.
+//! Every figure comes from the same snapshot `xdpdns status` shows, so
+//! counters are monotonic across dataplane restarts.
+
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::Duration;
+
+use prometheus_client::encoding::prometheus_text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tracing::debug;
+
+use crate::state::Shared;
+use crate::status::{Counters, Status};
+
+type Labels = Vec<(String, String)>;
+const MAX_REQUEST: usize = 8 * 1024;
+
+pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr).await
+}
+
+pub async fn serve(listener: TcpListener, shared: Rc<Shared>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let shared = shared.clone();
+        tokio::task::spawn_local(async move {
+            if let Err(e) =
+                tokio::time::timeout(Duration::from_secs(5), respond(stream, &shared)).await
+            {
+                debug!(error = %e, "metrics connection timed out");
+            }
+        });
+    }
+}
+
+async fn respond(mut stream: TcpStream, shared: &Shared) -> std::io::Result<()> {
+    let mut buf = vec![0u8; MAX_REQUEST];
+    let mut len = 0;
+    while !buf[..len].windows(4).any(|w| w == b"\r\n\r\n") {
+        if len == buf.len() {
+            return stream.write_all(b"HTTP/1.1 431 Request Header Fields Too Large\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").await;
+        }
+        let n = stream.read(&mut buf[len..]).await?;
+        if n == 0 {
+            return Ok(());
+        }
+        len += n;
+    }
+    let head = String::from_utf8_lossy(&buf[..len]);
+    let mut words = head.split_whitespace();
+    let (method, target) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
+    let (status, content_type, body) = match (method, target) {
+        ("GET", "/metrics") => (
+            "200 OK",
+            "text/plain; version=0.0.4; charset=utf-8",
+            render(&Status::collect(shared)),
+        ),
+        ("GET", _) => ("404 Not Found", "text/plain", "try /metrics\n".to_string()),
+        _ => ("405 Method Not Allowed", "text/plain", String::new()),
+    };
+    let header = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(header.as_bytes()).await?;
+    stream.write_all(body.as_bytes()).await?;
+    stream.shutdown().await
+}
+
+fn labels(pairs: &[(&str, &str)]) -> Labels {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+/// Counters in a family, set from absolute values of the snapshot.
+struct CounterFamily(Family<Labels, Counter>);
+
+impl CounterFamily {
+    fn new(reg: &mut Registry, name: &str, help: &str) -> Self {
+        let f = Family::<Labels, Counter>::default();
+        reg.register(name, help, f.clone());
+        CounterFamily(f)
+    }
+    fn set(&self, l: Labels, v: u64) {
+        self.0.get_or_create(&l).inc_by(v);
+    }
+}
+
+struct GaugeFamily(Family<Labels, Gauge>);
+
+impl GaugeFamily {
+    fn new(reg: &mut Registry, name: &str, help: &str) -> Self {
+        let f = Family::<Labels, Gauge>::default();
+        reg.register(name, help, f.clone());
+        GaugeFamily(f)
+    }
+    fn set(&self, l: Labels, v: i64) {
+        self.0.get_or_create(&l).set(v);
+    }
+}
+
+/// The Prometheus text exposition of a status snapshot.
+pub fn render(s: &Status) -> String {
+    let mut reg = Registry::with_prefix("xdpdns");
+    let xdp = CounterFamily::new(
+        &mut reg,
+        "xdp_frames",
+        "Frames seen by the XDP program, by outcome",
+    );
+    let received = CounterFamily::new(
+        &mut reg,
+        "received",
+        "Queries received, by queue and path (xsk, kernel)",
+    );
+    let answered = CounterFamily::new(&mut reg, "answered", "Answers sent, by queue and path");
+    let dropped = CounterFamily::new(
+        &mut reg,
+        "dropped",
+        "Queries dropped, by queue, path and reason",
+    );
+    let xsk_kernel = CounterFamily::new(
+        &mut reg,
+        "xsk_kernel_events",
+        "The kernel's XDP_STATISTICS, by queue",
+    );
+    let tx_short = CounterFamily::new(
+        &mut reg,
+        "tx_ring_short",
+        "Times answers waited for TX ring space",
+    );
+    let kicks = CounterFamily::new(&mut reg, "kicks", "TX wake-up system calls");
+    let restarts = CounterFamily::new(
+        &mut reg,
+        "dataplane_restarts",
+        "Dataplane restarts, by queue",
+    );
+    let rules = CounterFamily::new(
+        &mut reg,
+        "rule_hits",
+        "Queries per rule (since the rule list last changed)",
+    );
+    let up = GaugeFamily::new(
+        &mut reg,
+        "dataplane_up",
+        "1 if the queue's AF_XDP socket is registered",
+    );
+    let kernel_only = GaugeFamily::new(
+        &mut reg,
+        "queue_kernel_only",
+        "1 if the queue exhausted its restart budget and is served by the kernel path",
+    );
+    let rings = GaugeFamily::new(
+        &mut reg,
+        "ring_entries",
+        "Ring occupancy, by queue and ring",
+    );
+    let ready = GaugeFamily::new(
+        &mut reg,
+        "ready",
+        "1 when every queue is served over AF_XDP",
+    );
+    let uptime = GaugeFamily::new(
+        &mut reg,
+        "uptime_seconds",
+        "Seconds since the loader started",
+    );
+
+    for (outcome, n) in &s.xdp {
+        let verdict = if outcome == "redirect" {
+            "redirect"
+        } else {
+            "pass"
+        };
+        xdp.set(labels(&[("outcome", outcome), ("verdict", verdict)]), *n);
+    }
+    for q in &s.queues {
+        let queue = q.queue.to_string();
+        per_queue(
+            &queue,
+            &q.counters,
+            &received,
+            &answered,
+            &dropped,
+            &xsk_kernel,
+        );
+        tx_short.set(labels(&[("queue", &queue)]), q.counters.tx_ring_short);
+        kicks.set(labels(&[("queue", &queue)]), q.counters.kicks);
+        restarts.set(labels(&[("queue", &queue)]), u64::from(q.restarts));
+        up.set(labels(&[("queue", &queue)]), i64::from(q.registered));
+        let is_kernel_only = matches!(q.phase, crate::state::Phase::KernelOnly);
+        kernel_only.set(labels(&[("queue", &queue)]), i64::from(is_kernel_only));
+        let r = &q.counters.rings;
+        for (ring, v) in [
+            ("fill", r.fill),
+            ("rx", r.rx),
+            ("tx", r.tx),
+            ("completion", r.completion),
+            ("free", r.free),
+            ("tx_backlog", r.tx_backlog),
+        ] {
+            rings.set(labels(&[("queue", &queue), ("ring", ring)]), i64::from(v));
+        }
+    }
+    for r in &s.rules {
+        rules.set(labels(&[("rule", &r.label)]), r.hits);
+    }
+    ready.set(Vec::new(), i64::from(s.ready));
+    uptime.set(Vec::new(), s.uptime_secs as i64);
+
+    let mut out = String::new();
+    let _ = encode(&mut out, &reg);
+    out
+}
+
+fn per_queue(
+    queue: &str,
+    c: &Counters,
+    received: &CounterFamily,
+    answered: &CounterFamily,
+    dropped: &CounterFamily,
+    xsk_kernel: &CounterFamily,
+) {
+    for (path, p) in [("xsk", &c.xsk), ("kernel", &c.kernel)] {
+        received.set(labels(&[("queue", queue), ("path", path)]), p.received);
+        answered.set(labels(&[("queue", queue), ("path", path)]), p.answered);
+        for (reason, n) in &p.dropped {
+            dropped.set(
+                labels(&[("queue", queue), ("path", path), ("reason", reason)]),
+                *n,
+            );
+        }
+    }
+    let k = &c.xsk_kernel;
+    for (event, n) in [
+        ("rx_dropped", k.rx_dropped),
+        ("rx_invalid_descs", k.rx_invalid_descs),
+        ("tx_invalid_descs", k.tx_invalid_descs),
+        ("rx_ring_full", k.rx_ring_full),
+        ("rx_fill_ring_empty_descs", k.rx_fill_ring_empty_descs),
+        ("tx_ring_empty_descs", k.tx_ring_empty_descs),
+    ] {
+        xsk_kernel.set(labels(&[("queue", queue), ("event", event)]), n);
+    }
+}

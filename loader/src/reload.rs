@@ -1,0 +1,263 @@
+//! Reloading the configuration while running (SIGHUP, `xdpdns reload`):
+//! [`diff`] decides what can change live and refuses what needs a restart;
+//! [`apply`] carries it out. An invalid or unappliable file changes nothing.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::rc::Rc;
+
+use tracing::info;
+use xdpdns_common::config::Config;
+
+use crate::dataplane::supervisor;
+use crate::state::{QueueCommand, Shared};
+use crate::system::memlock;
+
+/// What a reload changes.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Changes {
+    pub listen: Option<Vec<SocketAddr>>,
+    pub rules: bool,
+    pub answer: bool,
+    pub queues_added: Vec<u32>,
+    pub queues_removed: Vec<u32>,
+    /// Settings that take effect as dataplanes (re)start.
+    pub on_next_start: Vec<&'static str>,
+    pub supervisor: bool,
+}
+
+impl Changes {
+    pub fn is_empty(&self) -> bool {
+        *self == Changes::default()
+    }
+
+    /// One line per change, for the log and the CLI.
+    pub fn describe(&self) -> Vec<String> {
+        if self.is_empty() {
+            return vec!["no change".into()];
+        }
+        let mut out = Vec::new();
+        if let Some(l) = &self.listen {
+            let list: Vec<String> = l.iter().map(|a| a.to_string()).collect();
+            out.push(format!("listen addresses now {}", list.join(", ")));
+        }
+        if self.rules {
+            out.push("rules replaced (rule counters restart from zero)".into());
+        } else if self.answer {
+            out.push("answer settings updated".into());
+        }
+        if !self.queues_added.is_empty() {
+            out.push(format!("queues started: {:?}", self.queues_added));
+        }
+        if !self.queues_removed.is_empty() {
+            out.push(format!(
+                "queues stopped (kernel path): {:?}",
+                self.queues_removed
+            ));
+        }
+        if self.supervisor {
+            out.push("supervisor settings updated".into());
+        }
+        for s in &self.on_next_start {
+            out.push(format!("{s} applies to dataplanes started from now on (`xdpdns restart-queue` applies it now)"));
+        }
+        out
+    }
+}
+
+/// Compares the running configuration with a new one. Changes that need a
+/// restart are refused with a message that says so.
+pub fn diff(old: &Config, new: &Config, device_queues: u32) -> Result<Changes, String> {
+    let mut fixed = Vec::new();
+    if old.instance != new.instance {
+        fixed.push("instance");
+    }
+    if old.runtime_dir != new.runtime_dir {
+        fixed.push("runtime_dir");
+    }
+    if old.xdp.interface != new.xdp.interface {
+        fixed.push("xdp.interface");
+    }
+    if old.xdp.mode != new.xdp.mode {
+        fixed.push("xdp.mode");
+    }
+    if old.xdp.pin_root != new.xdp.pin_root {
+        fixed.push("xdp.pin_root");
+    }
+    if old.xsk.frames != new.xsk.frames {
+        fixed.push("xsk.frames");
+    }
+    if old.xsk.frame_size != new.xsk.frame_size {
+        fixed.push("xsk.frame_size");
+    }
+    if old.xsk.bind_mode != new.xsk.bind_mode {
+        fixed.push("xsk.bind_mode");
+    }
+    if old.dataplane.user != new.dataplane.user || old.dataplane.group != new.dataplane.group {
+        fixed.push("dataplane.user/group");
+    }
+    if old.dataplane.binary != new.dataplane.binary {
+        fixed.push("dataplane.binary");
+    }
+    if old.dataplane.keep_ipc_lock != new.dataplane.keep_ipc_lock {
+        fixed.push("dataplane.keep_ipc_lock");
+    }
+    if old.control != new.control {
+        fixed.push("control");
+    }
+    if old.metrics != new.metrics {
+        fixed.push("metrics");
+    }
+    if !fixed.is_empty() {
+        return Err(format!(
+            "{} cannot change while running: restart xdpdns to apply (the running configuration is unchanged)",
+            fixed.join(", ")
+        ));
+    }
+
+    let mut c = Changes::default();
+    let addrs = |cfg: &Config| cfg.listen.iter().map(|l| l.address).collect::<Vec<_>>();
+    if addrs(old) != addrs(new) {
+        c.listen = Some(addrs(new));
+    }
+    c.rules = old.rule != new.rule;
+    c.answer = c.rules || old.answer_spec() != new.answer_spec();
+    let old_q = old.xdp.queues.resolve(device_queues)?;
+    let new_q = new
+        .xdp
+        .queues
+        .resolve(device_queues)
+        .map_err(|e| format!("xdp.queues: {e}"))?;
+    c.queues_added = new_q
+        .iter()
+        .filter(|q| !old_q.contains(q))
+        .copied()
+        .collect();
+    c.queues_removed = old_q
+        .iter()
+        .filter(|q| !new_q.contains(q))
+        .copied()
+        .collect();
+    if old.xsk.batch_size != new.xsk.batch_size {
+        c.on_next_start.push("xsk.batch_size");
+    }
+    if old.dataplane.stats_interval_ms != new.dataplane.stats_interval_ms {
+        c.on_next_start.push("dataplane.stats_interval_ms");
+    }
+    c.supervisor = old.supervisor != new.supervisor;
+    Ok(c)
+}
+
+/// Reads, validates and applies `path`. On error nothing has changed.
+pub fn reload(shared: &Rc<Shared>, path: &Path) -> Result<Vec<String>, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let new =
+        Config::from_toml(&text).map_err(|e| format!("{} is not valid: {e}", path.display()))?;
+    let old = shared.config();
+    let changes = diff(&old, &new, shared.plan.interface.queues)?;
+
+    if !new.dataplane.keep_ipc_lock && !changes.queues_added.is_empty() {
+        let queues = shared.supervised_queues().len() + changes.queues_added.len()
+            - changes.queues_removed.len();
+        let need = new.umem_bytes_per_queue() * queues as u64;
+        let limit = memlock::current().map_err(|e| e.to_string())?.soft;
+        if let Some(m) = memlock::shortfall(need, queues, limit, &new.dataplane.user) {
+            return Err(m);
+        }
+    }
+
+    // Destinations first: new addresses are added before old ones go, so an
+    // address kept across the change is never missing.
+    if let Some(listen) = &changes.listen {
+        shared.set_destinations(listen).map_err(|e| e.to_string())?;
+    }
+    shared.set_config(new, path.to_path_buf());
+    if changes.rules {
+        shared.reset_rule_hits();
+    }
+    if changes.listen.is_some() || changes.answer {
+        for q in shared.supervised_queues() {
+            shared.command(q, QueueCommand::Reconfigure);
+        }
+    }
+    for q in &changes.queues_removed {
+        if let Some(handle) = shared.forget_queue(*q) {
+            let _ = handle.commands.send(QueueCommand::Stop);
+        }
+    }
+    for q in &changes.queues_added {
+        shared.with_queue(*q, |_| ());
+        supervisor::start(*q, shared);
+    }
+    let lines = changes.describe();
+    info!(path = %path.display(), changes = ?lines, "configuration reloaded");
+    Ok(lines)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(extra_xdp: &str, body: &str) -> Config {
+        Config::from_toml(&format!(
+            "[xdp]\ninterface = \"eth0\"\n{extra_xdp}\n[[listen]]\naddress = \"192.0.2.1:53\"\n{body}"
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn identical_configurations_change_nothing() {
+        let a = cfg("", "");
+        let c = diff(&a, &a.clone(), 2).unwrap();
+        assert!(c.is_empty());
+        assert_eq!(c.describe(), ["no change"]);
+    }
+
+    #[test]
+    fn listen_rules_and_queues_apply_live() {
+        let a = cfg("queues = [0]", "");
+        let b = cfg(
+            "queues = [1]",
+            "[[listen]]\naddress = \"[2001:db8::1]:53\"\n[[rule]]\nqtype = \"A\"\naction = \"drop\"\n",
+        );
+        let c = diff(&a, &b, 2).unwrap();
+        assert_eq!(c.listen.as_ref().unwrap().len(), 2);
+        assert!(c.rules && c.answer);
+        assert_eq!(c.queues_added, [1]);
+        assert_eq!(c.queues_removed, [0]);
+    }
+
+    #[test]
+    fn fixed_settings_are_refused_with_restart_advice() {
+        let a = cfg("", "");
+        for (xdp, body, key) in [
+            ("mode = \"generic\"", "", "xdp.mode"),
+            ("pin_root = \"/sys/fs/bpf/other\"", "", "xdp.pin_root"),
+            ("", "[xsk]\nframe_size = 4096", "xsk.frame_size"),
+            ("", "[dataplane]\nuser = \"daemon\"", "dataplane.user"),
+        ] {
+            let e = diff(&a, &cfg(xdp, body), 2).unwrap_err();
+            assert!(e.contains(key) && e.contains("restart"), "{e}");
+        }
+        let mut other = a.clone();
+        other.xdp.interface = "eth1".into();
+        assert!(diff(&a, &other, 2).unwrap_err().contains("xdp.interface"));
+    }
+
+    #[test]
+    fn queue_ids_beyond_the_device_are_refused() {
+        let a = cfg("", "");
+        let e = diff(&a, &cfg("queues = [5]", ""), 2).unwrap_err();
+        assert!(e.contains("queue 5 does not exist"), "{e}");
+    }
+
+    #[test]
+    fn dataplane_tunables_are_reported_for_the_next_start() {
+        let a = cfg("", "");
+        let b = cfg("", "[dataplane]\nstats_interval_ms = 500");
+        let c = diff(&a, &b, 2).unwrap();
+        assert_eq!(c.on_next_start, ["dataplane.stats_interval_ms"]);
+        assert!(c.describe()[0].contains("restart-queue"));
+    }
+}
