@@ -122,6 +122,16 @@ fn rule_drop_sends_nothing() {
 }
 
 #[test]
+fn rule_hits_are_counted_per_rule_and_default() {
+    let mut a = answerer();
+    for name in ["a.dropme.test.", "b.dropme.test.", "other.example."] {
+        let f = build(&FrameSpec::v4(), &query(1, name, 1, None));
+        let _ = a.answer_frame(&mut f.clone(), f.len());
+    }
+    assert_eq!(a.rule_hits(), &[2, 1]);
+}
+
+#[test]
 fn kernel_path_answers_bare_messages() {
     let q = query(0x1234, "example.", 1, Some((1232, 0, false)));
     let mut buf = q.clone();
