@@ -8,7 +8,7 @@ CARGO_FLAGS ?= -j$(JOBS)
 # Build: clang + headers for the XDP program. Tests and demo: DNS clients,
 # iproute2/ethtool for the veth lab, nsenter (util-linux), bpftool.
 DEPS = clang llvm libbpf-dev linux-libc-dev iproute2 ethtool util-linux procps \
-       knot-dnsutils bind9-dnsutils bpftool
+       knot-dnsutils bind9-dnsutils bpftool apparmor systemd
 
 .PHONY: all deps build release test unit-test netns-test lint demo clean help
 
@@ -38,8 +38,10 @@ unit-test: deps
 	$(CARGO) test $(CARGO_FLAGS)
 
 # End to end: real kernel, real XDP, real kdig, in namespaces (root).
-netns-test: build
+# The dataplane is built with its test hooks (SIGUSR2 -> forbidden system call).
+netns-test: deps
 	@[ "$$(id -u)" -eq 0 ] || { echo "netns tests need root (network namespaces, XDP, bpffs)"; exit 1; }
+	$(CARGO) build $(CARGO_FLAGS) --workspace --bins --features xdpdns-dataplane/test-hooks
 	$(CARGO) test $(CARGO_FLAGS) -p xdpdns-netns-tests -- --test-threads=1
 
 test: lint unit-test netns-test

@@ -11,5 +11,6 @@ pub mod frame;
 pub mod kernel_path;
 pub mod privileges;
 pub mod rules;
+pub mod sandbox;
 pub mod worker;
 pub mod xsk;

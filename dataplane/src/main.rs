@@ -53,6 +53,7 @@ fn run() -> anyhow::Result<()> {
         .receive_init(Duration::from_secs(10))
         .context("waiting for the loader's configuration")?;
     let _span = tracing::info_span!("dataplane", queue = init.queue_id).entered();
+    privileges::set_name(&format!("xdpdns-dp-q{}", init.queue_id));
 
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
@@ -104,6 +105,10 @@ fn run() -> anyhow::Result<()> {
             std::os::fd::AsFd::as_fd(worker.xsk()),
         )
         .context("handing the AF_XDP socket to the loader")?;
+    #[cfg(feature = "test-hooks")]
+    xdpdns_dataplane::sandbox::arm_forbidden_call_on_sigusr2().context("test hook")?;
+    // From here on only the loop's system calls are allowed.
+    xdpdns_dataplane::sandbox::install().context("installing the seccomp filter")?;
     info!(
         ifname = %init.ifname,
         zero_copy,

@@ -32,3 +32,12 @@ pub fn check_and_trim() -> Result<(), PrivilegeError> {
     caps::clear(None, CapSet::Inheritable)?;
     Ok(())
 }
+
+/// Names the process (what `ps` and `top` show), e.g. "xdpdns-dp-q0".
+pub fn set_name(name: &str) {
+    if let Ok(c) = std::ffi::CString::new(name) {
+        // SAFETY: PR_SET_NAME reads a NUL-terminated string (truncated to 15
+        // bytes by the kernel) from a live CString.
+        unsafe { libc::prctl(libc::PR_SET_NAME, c.as_ptr()) };
+    }
+}

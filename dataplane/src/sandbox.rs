@@ -1,0 +1,130 @@
+//! The dataplane's seccomp filter: once its socket is set up and handed over,
+//! a dataplane may only make the system calls its loop needs. Anything else
+//! kills the process (SIGSYS), and the loader restarts it like any crash.
+//!
+//! The list was taken from strace of dataplanes under AF_XDP and kernel-path
+//! load, through a reload and a shutdown, plus what rarer paths need: the
+//! allocator growing, signal delivery, vDSO fallbacks and abort on panic.
+
+use std::collections::BTreeMap;
+
+use seccompiler::{BpfProgram, SeccompAction, SeccompFilter, TargetArch};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    #[error("seccomp: unsupported architecture {0}")]
+    Arch(&'static str),
+    #[error("seccomp: {0}")]
+    Filter(#[from] seccompiler::BackendError),
+    #[error("seccomp: {0}")]
+    Install(#[from] seccompiler::Error),
+}
+
+/// Every system call the dataplane may make after setup.
+pub const ALLOWED: &[(&str, libc::c_long)] = &[
+    // The loop: rings are memory; sockets and waiting are system calls.
+    #[cfg(target_arch = "x86_64")]
+    ("poll", libc::SYS_poll),
+    ("ppoll", libc::SYS_ppoll),
+    ("sendto", libc::SYS_sendto),
+    ("recvfrom", libc::SYS_recvfrom),
+    ("recvmmsg", libc::SYS_recvmmsg),
+    ("sendmmsg", libc::SYS_sendmmsg),
+    ("getsockopt", libc::SYS_getsockopt),
+    // The control socket: counters out, Reconfigure/Shutdown in.
+    ("sendmsg", libc::SYS_sendmsg),
+    ("recvmsg", libc::SYS_recvmsg),
+    // Reconfigure: new sockets moved above the AF_XDP socket, old ones closed.
+    ("fcntl", libc::SYS_fcntl),
+    ("close", libc::SYS_close),
+    // Logging to stderr.
+    ("write", libc::SYS_write),
+    ("writev", libc::SYS_writev),
+    // The allocator.
+    ("brk", libc::SYS_brk),
+    ("mmap", libc::SYS_mmap),
+    ("munmap", libc::SYS_munmap),
+    ("mremap", libc::SYS_mremap),
+    ("madvise", libc::SYS_madvise),
+    // Time (normally the vDSO), yielding while draining, futex on contention.
+    ("clock_gettime", libc::SYS_clock_gettime),
+    ("gettimeofday", libc::SYS_gettimeofday),
+    ("sched_yield", libc::SYS_sched_yield),
+    ("futex", libc::SYS_futex),
+    // Signals (SIGTERM sets a flag) and interrupted calls.
+    ("rt_sigreturn", libc::SYS_rt_sigreturn),
+    ("rt_sigprocmask", libc::SYS_rt_sigprocmask),
+    ("sigaltstack", libc::SYS_sigaltstack),
+    ("restart_syscall", libc::SYS_restart_syscall),
+    // Exit, and abort() on a panic: SIGABRT, not SIGSYS, says what happened.
+    ("exit", libc::SYS_exit),
+    ("exit_group", libc::SYS_exit_group),
+    ("getpid", libc::SYS_getpid),
+    ("gettid", libc::SYS_gettid),
+    ("tgkill", libc::SYS_tgkill),
+    ("rt_sigaction", libc::SYS_rt_sigaction),
+];
+
+fn arch() -> Result<TargetArch, SandboxError> {
+    std::env::consts::ARCH
+        .try_into()
+        .map_err(|_| SandboxError::Arch(std::env::consts::ARCH))
+}
+
+/// The compiled filter: allow [`ALLOWED`], kill the process on anything else.
+pub fn filter() -> Result<BpfProgram, SandboxError> {
+    let rules: BTreeMap<i64, Vec<seccompiler::SeccompRule>> =
+        ALLOWED.iter().map(|(_, nr)| (*nr, Vec::new())).collect();
+    let filter = SeccompFilter::new(
+        rules,
+        SeccompAction::KillProcess,
+        SeccompAction::Allow,
+        arch()?,
+    )?;
+    Ok(filter.try_into()?)
+}
+
+/// Installs the filter on this (single-threaded) process. Needs no-new-privs,
+/// which the loader sets before exec.
+pub fn install() -> Result<(), SandboxError> {
+    seccompiler::apply_filter(&filter()?)?;
+    Ok(())
+}
+
+/// Test builds only: SIGUSR2 makes the dataplane call socket(2), which the
+/// filter forbids, to prove a forbidden call kills it.
+#[cfg(feature = "test-hooks")]
+pub fn arm_forbidden_call_on_sigusr2() -> std::io::Result<()> {
+    // SAFETY: the handler only makes one raw system call, which is
+    // async-signal-safe.
+    unsafe {
+        signal_hook::low_level::register(signal_hook::consts::SIGUSR2, || {
+            libc::syscall(libc::SYS_socket, libc::AF_INET, libc::SOCK_DGRAM, 0);
+        })
+    }
+    .map(drop)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_filter_compiles_and_lists_each_call_once() {
+        assert!(!filter().unwrap().is_empty());
+        let mut nrs: Vec<_> = ALLOWED.iter().map(|(_, n)| *n).collect();
+        nrs.sort();
+        nrs.dedup();
+        assert_eq!(nrs.len(), ALLOWED.len());
+        for forbidden in [
+            libc::SYS_socket,
+            libc::SYS_execve,
+            libc::SYS_bpf,
+            libc::SYS_open,
+            libc::SYS_openat,
+            libc::SYS_ptrace,
+        ] {
+            assert!(!nrs.contains(&forbidden), "{forbidden} must not be allowed");
+        }
+    }
+}
