@@ -10,7 +10,7 @@ CARGO_FLAGS ?= -j$(JOBS)
 DEPS = clang llvm libbpf-dev linux-libc-dev iproute2 ethtool util-linux procps \
        knot-dnsutils bind9-dnsutils bpftool apparmor systemd
 
-.PHONY: all deps build release test unit-test netns-test lint demo clean help
+.PHONY: all deps build release test unit-test netns-test lint demo deb clean help
 
 all: build
 
@@ -19,6 +19,7 @@ help:
 	@echo "make test   - formatting, clippy, unit tests, and the netns end-to-end tests (root)"
 	@echo "make build  - debug binaries in target/debug"
 	@echo "make release- release binaries in target/release"
+	@echo "make deb    - target/xdpdns_VERSION_ARCH.deb (binaries, units, AppArmor, sysusers/tmpfiles, config, man page)"
 
 deps:
 	@scripts/install-deps.sh $(DEPS)
@@ -49,6 +50,9 @@ test: lint unit-test netns-test
 demo: deps
 	$(CARGO) build $(CARGO_FLAGS) --release --workspace --bins
 	scripts/demo.sh target/release
+
+deb: release
+	scripts/build-deb.sh target/release
 
 clean:
 	$(CARGO) clean

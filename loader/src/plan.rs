@@ -281,16 +281,25 @@ impl Plan {
     }
 }
 
-/// Where `xdpdns-dataplane` is: configured, or next to this binary.
+/// Where `xdpdns-dataplane` is: configured, else next to this binary (a
+/// build tree), else `../lib/xdpdns/` from it (the installed layout).
 fn dataplane_binary(config: &Config) -> Result<PathBuf, String> {
-    let path = match &config.dataplane.binary {
-        Some(p) => p.clone(),
-        None => std::env::current_exe()
-            .map_err(|e| format!("cannot locate this executable: {e}"))?
-            .with_file_name("xdpdns-dataplane"),
-    };
-    check_executable(&path)?;
-    Ok(path)
+    if let Some(p) = &config.dataplane.binary {
+        check_executable(p)?;
+        return Ok(p.clone());
+    }
+    let exe = std::env::current_exe().map_err(|e| format!("cannot locate this executable: {e}"))?;
+    let beside = exe.with_file_name("xdpdns-dataplane");
+    let installed = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(|prefix| prefix.join("lib/xdpdns/xdpdns-dataplane"));
+    for candidate in std::iter::once(beside.clone()).chain(installed) {
+        if check_executable(&candidate).is_ok() {
+            return Ok(candidate);
+        }
+    }
+    check_executable(&beside).map(|_| beside)
 }
 
 fn check_executable(path: &Path) -> Result<(), String> {

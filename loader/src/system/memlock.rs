@@ -19,10 +19,14 @@ pub fn current() -> nix::Result<MemlockLimit> {
     })
 }
 
-/// Raises the soft limit to the hard one; children inherit it.
+/// Raises the soft limit to the hard one (children inherit it). Makes no
+/// system call when they are equal, e.g. under systemd's LimitMEMLOCK=infinity
+/// with setrlimit filtered out.
 pub fn raise_soft_to_hard() -> nix::Result<MemlockLimit> {
-    let (_, hard) = getrlimit(Resource::RLIMIT_MEMLOCK)?;
-    setrlimit(Resource::RLIMIT_MEMLOCK, hard, hard)?;
+    let (soft, hard) = getrlimit(Resource::RLIMIT_MEMLOCK)?;
+    if soft != hard {
+        setrlimit(Resource::RLIMIT_MEMLOCK, hard, hard)?;
+    }
     current()
 }
 
