@@ -17,6 +17,8 @@ use crate::system::memlock;
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Changes {
     pub listen: Option<Vec<SocketAddr>>,
+    /// The destinations redirected to AF_XDP changed.
+    pub redirected: Option<Vec<SocketAddr>>,
     pub rules: bool,
     pub answer: bool,
     pub queues_added: Vec<u32>,
@@ -40,6 +42,13 @@ impl Changes {
         if let Some(l) = &self.listen {
             let list: Vec<String> = l.iter().map(|a| a.to_string()).collect();
             out.push(format!("listen addresses now {}", list.join(", ")));
+        }
+        if let Some(r) = &self.redirected
+            && r.is_empty()
+        {
+            out.push("AF_XDP redirection off: everything takes the kernel path".into());
+        } else if self.redirected.is_some() {
+            out.push("AF_XDP redirection updated".into());
         }
         if self.rules {
             out.push("rules replaced (rule counters restart from zero)".into());
@@ -120,6 +129,9 @@ pub fn diff(old: &Config, new: &Config, device_queues: u32) -> Result<Changes, S
     if addrs(old) != addrs(new) {
         c.listen = Some(addrs(new));
     }
+    if old.redirected() != new.redirected() {
+        c.redirected = Some(new.redirected());
+    }
     c.rules = old.rule != new.rule;
     c.answer = c.rules || old.answer_spec() != new.answer_spec();
     let old_q = old.xdp.queues.resolve(device_queues)?;
@@ -169,8 +181,10 @@ pub fn reload(shared: &Rc<Shared>, path: &Path) -> Result<Vec<String>, String> {
 
     // Destinations first: new addresses are added before old ones go, so an
     // address kept across the change is never missing.
-    if let Some(listen) = &changes.listen {
-        shared.set_destinations(listen).map_err(|e| e.to_string())?;
+    if let Some(redirected) = &changes.redirected {
+        shared
+            .set_destinations(redirected)
+            .map_err(|e| e.to_string())?;
     }
     shared.set_config(new, path.to_path_buf());
     if changes.rules {
@@ -243,6 +257,17 @@ mod tests {
         let mut other = a.clone();
         other.xdp.interface = "eth1".into();
         assert!(diff(&a, &other, 2).unwrap_err().contains("xdp.interface"));
+    }
+
+    #[test]
+    fn turning_redirection_off_empties_the_redirected_set() {
+        let a = cfg("", "");
+        let b = cfg("redirect = false", "");
+        let c = diff(&a, &b, 2).unwrap();
+        assert_eq!(c.redirected, Some(vec![]));
+        assert!(c.listen.is_none());
+        assert!(c.describe()[0].contains("kernel path"));
+        assert_eq!(diff(&b, &a, 2).unwrap().redirected.unwrap().len(), 1);
     }
 
     #[test]

@@ -1,7 +1,6 @@
 //! `xdpdns run`: preflight, attach, start the dataplanes, serve until told to
 //! stop, then leave nothing behind.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::time::Duration;
@@ -34,8 +33,8 @@ pub async fn run(plan: Plan, config_path: PathBuf) -> anyhow::Result<()> {
     }
     preflight(&plan)?;
     let instance = Instance::acquire(&plan.config.instance, &plan.runtime_dir)?;
-    let listen: Vec<SocketAddr> = plan.config.listen.iter().map(|l| l.address).collect();
-    let attached = bpf::attach(&plan, &listen).context("attaching the XDP program")?;
+    let attached =
+        bpf::attach(&plan, &plan.config.redirected()).context("attaching the XDP program")?;
     info!(
         interface = %plan.interface.name,
         ifindex = plan.interface.ifindex,

@@ -24,6 +24,8 @@ pub struct Status {
     /// Every queue has a registered dataplane.
     pub ready: bool,
     pub listen: Vec<String>,
+    /// Whether the listen addresses are redirected to AF_XDP.
+    pub redirect: bool,
     /// The file the running configuration came from.
     pub config_path: String,
     pub queues: Vec<QueueStatus>,
@@ -153,6 +155,7 @@ impl Status {
             uptime_secs: shared.started_at.elapsed().as_secs(),
             ready: queues.iter().all(|q| q.registered),
             listen: shared.listen().iter().map(|a| a.to_string()).collect(),
+            redirect: shared.config().xdp.redirect,
             config_path: shared.config_path().display().to_string(),
             queues,
             rules,

@@ -74,3 +74,32 @@ fn a_queue_without_a_socket_is_served_through_the_kernel_path() -> anyhow::Resul
     assert_eq!(total(&s, "xsk", "received"), 0, "{s:#}");
     Ok(())
 }
+
+#[test]
+fn redirection_can_be_switched_off_and_on_live() -> anyhow::Result<()> {
+    let lab = Lab::new("redirect")?;
+    let server = lab.start("r", &lab.config_full("r", "redirect = false", "", ""))?;
+    let v4 = format!("@{SERVER_V4}");
+    for i in 0..5 {
+        assert_eq!(lab.kdig(&[&v4, &format!("off{i}.example")]), "REFUSED");
+    }
+    let s = server.wait_status("kernel-path answers", |s| {
+        total(s, "kernel", "answered") >= 5
+    })?;
+    assert_eq!(total(&s, "xsk", "received"), 0, "{s:#}");
+    assert_eq!(s["redirect"], false);
+    std::fs::write(&server.config, lab.config("r", ""))?;
+    let out = server.cli(&["reload"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for i in 0..5 {
+        assert_eq!(lab.kdig(&[&v4, &format!("on{i}.example")]), "REFUSED");
+    }
+    server.wait_status("AF_XDP answers after switching on", |s| {
+        total(s, "xsk", "answered") >= 5
+    })?;
+    Ok(())
+}

@@ -49,6 +49,16 @@ impl Config {
         Ok(config)
     }
 
+    /// The destinations the XDP program redirects to AF_XDP: the listen
+    /// addresses, or none when `xdp.redirect` is off.
+    pub fn redirected(&self) -> Vec<std::net::SocketAddr> {
+        if self.xdp.redirect {
+            self.listen.iter().map(|l| l.address).collect()
+        } else {
+            Vec::new()
+        }
+    }
+
     /// Bytes of UMEM one dataplane registers.
     pub fn umem_bytes_per_queue(&self) -> u64 {
         u64::from(self.xsk.frames) * u64::from(self.xsk.frame_size)

@@ -51,6 +51,11 @@ pub struct XdpSection {
     /// A directory on a bpffs; the instance's pins go in a subdirectory.
     #[serde(default = "default_pin_root")]
     pub pin_root: PathBuf,
+    /// Redirect the listen addresses to AF_XDP. With false, the program
+    /// passes everything to the kernel path, where the dataplanes answer on
+    /// their sockets (for comparison, or to take AF_XDP out of service live).
+    #[serde(default = "default_true")]
+    pub redirect: bool,
 }
 
 /// How the XDP program is attached.
