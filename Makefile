@@ -10,7 +10,7 @@ CARGO_FLAGS ?= -j$(JOBS)
 DEPS = clang llvm libbpf-dev linux-libc-dev iproute2 ethtool util-linux procps \
        knot-dnsutils bind9-dnsutils bpftool apparmor systemd
 
-.PHONY: all deps build release test unit-test netns-test lint demo deb clean help
+.PHONY: all deps build release test unit-test netns-test lint demo deb bench clean help
 
 all: build
 
@@ -19,6 +19,7 @@ help:
 	@echo "make test   - formatting, clippy, unit tests, and the netns end-to-end tests (root)"
 	@echo "make build  - debug binaries in target/debug"
 	@echo "make release- release binaries in target/release"
+	@echo "make bench  - xdpdns vs dnsdist and knotd on a veth lab; tables, CSV, JSON, PNG in target/bench (root)"
 	@echo "make deb    - target/xdpdns_VERSION_ARCH.deb (binaries, units, AppArmor, sysusers/tmpfiles, config, man page)"
 
 deps:
@@ -50,6 +51,15 @@ test: lint unit-test netns-test
 demo: deps
 	$(CARGO) build $(CARGO_FLAGS) --release --workspace --bins
 	scripts/demo.sh target/release
+
+# The race: xdpdns against dnsdist 1.7 and knotd (XDP, UDP) on one veth lab,
+# plus the per-packet microbenchmark. Results in target/bench/ (README: "Benchmark").
+BENCH_DEPS = knot-dnsutils dnsperf dnsdist knot fonts-dejavu-core
+bench: deps
+	@scripts/install-deps.sh $(BENCH_DEPS)
+	$(CARGO) build $(CARGO_FLAGS) --release --workspace --bins
+	$(CARGO) bench $(CARGO_FLAGS) -p xdpdns-dataplane --bench answer -- --warm-up-time 1 --measurement-time 3
+	target/release/xdpdns-bench
 
 deb: release
 	scripts/build-deb.sh target/release

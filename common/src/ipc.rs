@@ -56,6 +56,7 @@ pub struct DataplaneInit {
     pub frame_size: u32,
     pub bind_mode: XskBindMode,
     pub batch_size: u32,
+    pub idle_nap_us: u32,
     pub stats_interval_ms: u32,
     pub answer: AnswerSpec,
     /// The local address of each kernel-path socket passed with this message.
@@ -139,6 +140,7 @@ mod tests {
             frame_size: 2048,
             bind_mode: XskBindMode::Auto,
             batch_size: 64,
+            idle_nap_us: 20,
             stats_interval_ms: 1000,
             answer: cfg.answer_spec(),
             kernel_sockets: vec!["192.0.2.1:53".parse().unwrap()],

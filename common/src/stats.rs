@@ -140,6 +140,12 @@ pub struct DataplaneCounters {
     pub kicks: u64,
     /// Kicks that failed with an error other than EAGAIN/EBUSY/ENOBUFS.
     pub kick_errors: u64,
+    /// Times the loop slept in poll() for lack of work.
+    #[serde(default)]
+    pub sleeps: u64,
+    /// Loop iterations.
+    #[serde(default)]
+    pub iterations: u64,
     /// Kernel-socket sends that failed.
     pub kernel_send_errors: u64,
     pub xsk_kernel: XskKernelStats,
@@ -166,6 +172,8 @@ impl DataplaneCounters {
         self.tx_ring_short += other.tx_ring_short;
         self.kicks += other.kicks;
         self.kick_errors += other.kick_errors;
+        self.sleeps += other.sleeps;
+        self.iterations += other.iterations;
         self.kernel_send_errors += other.kernel_send_errors;
         self.xsk_kernel.accumulate(&other.xsk_kernel);
         self.rings = other.rings;

@@ -12,5 +12,7 @@ pub mod kernel_path;
 pub mod privileges;
 pub mod rules;
 pub mod sandbox;
+#[doc(hidden)]
+pub mod testing;
 pub mod worker;
 pub mod xsk;

@@ -14,7 +14,7 @@ use xdpdns_dataplane::answer::Answerer;
 use xdpdns_dataplane::control::Control;
 use xdpdns_dataplane::kernel_path::KernelPath;
 use xdpdns_dataplane::privileges;
-use xdpdns_dataplane::worker::{Exit, Worker};
+use xdpdns_dataplane::worker::{Exit, Tuning, Worker};
 use xdpdns_dataplane::xsk::{Xsk, XskConfig};
 
 /// Exit status when setup failed (the loader backs off before retrying).
@@ -88,8 +88,11 @@ fn run() -> anyhow::Result<()> {
         Answerer::new(&init.answer),
         KernelPath::new(sockets),
         control,
-        init.batch_size,
-        Duration::from_millis(u64::from(init.stats_interval_ms)),
+        Tuning {
+            batch: init.batch_size,
+            stats_interval: Duration::from_millis(u64::from(init.stats_interval_ms)),
+            idle_nap: Duration::from_micros(u64::from(init.idle_nap_us)),
+        },
         stop,
     );
     let stocked = worker.stock_fill_ring();

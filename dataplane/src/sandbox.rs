@@ -50,6 +50,8 @@ pub const ALLOWED: &[(&str, libc::c_long)] = &[
     ("clock_gettime", libc::SYS_clock_gettime),
     ("gettimeofday", libc::SYS_gettimeofday),
     ("sched_yield", libc::SYS_sched_yield),
+    ("clock_nanosleep", libc::SYS_clock_nanosleep),
+    ("nanosleep", libc::SYS_nanosleep),
     ("futex", libc::SYS_futex),
     // Signals (SIGTERM sets a flag) and interrupted calls.
     ("rt_sigreturn", libc::SYS_rt_sigreturn),

@@ -17,10 +17,29 @@ use crate::xsk::{XdpDesc, Xsk};
 
 /// Empty loop iterations before sleeping in poll().
 const SPINS_BEFORE_SLEEP: u32 = 32;
-/// While busy, the kernel sockets are also checked every this many iterations.
-const KERNEL_CHECK_EVERY: u32 = 16;
+/// While busy, the kernel sockets are also checked every this many iterations
+/// (each check is a recvmmsg system call; poll() covers them when idle).
+const KERNEL_CHECK_EVERY: u32 = 128;
+/// While busy, the clock is read every this many iterations.
+const CLOCK_EVERY: u32 = 64;
+/// Transmissions are deferred while RX keeps delivering, up to this many:
+/// in copy mode every kick is a system call that sends the whole batch.
+const KICK_BATCH: u32 = 32;
+/// After this long without work the loop blocks in poll() instead of napping.
+const NAP_WINDOW: Duration = Duration::from_millis(2);
 /// How long a shutdown waits for queued answers to leave.
 const DRAIN: Duration = Duration::from_millis(200);
+
+/// How the loop paces itself.
+#[derive(Debug, Clone, Copy)]
+pub struct Tuning {
+    /// Descriptors per ring operation.
+    pub batch: u32,
+    /// How often counters go to the loader.
+    pub stats_interval: Duration,
+    /// Nap when a busy queue runs dry (zero: block in poll() at once).
+    pub idle_nap: Duration,
+}
 
 /// Why the loop ended.
 #[derive(Debug, PartialEq, Eq)]
@@ -44,6 +63,8 @@ pub struct Worker {
     batch: u32,
     stats_interval: Duration,
     stop: Arc<AtomicBool>,
+    /// Nap length when the queue just went quiet; `None` blocks at once.
+    nap: Option<Duration>,
 }
 
 impl Worker {
@@ -52,10 +73,14 @@ impl Worker {
         answerer: Answerer,
         kernel: KernelPath,
         control: Control,
-        batch: u32,
-        stats_interval: Duration,
+        tuning: Tuning,
         stop: Arc<AtomicBool>,
     ) -> Self {
+        let Tuning {
+            batch,
+            stats_interval,
+            idle_nap,
+        } = tuning;
         let frames = xsk.umem.frames() as usize;
         let mut free = Vec::with_capacity(frames);
         free.extend(xsk.umem.chunks());
@@ -70,6 +95,7 @@ impl Worker {
             batch,
             stats_interval,
             stop,
+            nap: (idle_nap > Duration::ZERO).then_some(idle_nap),
         }
     }
 
@@ -91,17 +117,26 @@ impl Worker {
         let mut idle = 0u32;
         let mut iteration = 0u32;
         let mut kernel_ready = true;
+        let mut last_work = Instant::now();
         loop {
             if self.stop.load(Ordering::Relaxed) {
                 return Ok(self.finish(Exit::Shutdown));
             }
             iteration = iteration.wrapping_add(1);
-            let mut work = self.reclaim() + self.refill() + self.receive() + self.transmit();
+            self.counters.iterations += 1;
+            let received = self.receive();
+            let mut work = self.reclaim() + self.refill() + received + self.transmit(received);
             if kernel_ready || iteration.is_multiple_of(KERNEL_CHECK_EVERY) {
                 work += self.kernel.serve(&mut self.answerer, &mut self.counters, 4) as u32;
                 kernel_ready = false;
             }
+            if work > 0 && !iteration.is_multiple_of(CLOCK_EVERY) {
+                continue;
+            }
             let now = Instant::now();
+            if work > 0 {
+                last_work = now;
+            }
             if now >= next_report {
                 next_report = now + self.stats_interval;
                 if let Some(exit) = self.report_and_listen()? {
@@ -118,7 +153,17 @@ impl Worker {
                 continue;
             }
             idle = 0;
+            // Recently busy: nap instead of blocking, so the next packets
+            // arrive as one batch rather than one wake-up each.
+            if let Some(nap) = self.nap
+                && now.saturating_duration_since(last_work) < NAP_WINDOW
+            {
+                self.counters.sleeps += 1;
+                std::thread::sleep(nap);
+                continue;
+            }
             let timeout = next_report.saturating_duration_since(now);
+            self.counters.sleeps += 1;
             let (kernel, control) = self.sleep(timeout);
             kernel_ready = kernel;
             if control && let Some(exit) = self.listen()? {
@@ -188,8 +233,9 @@ impl Worker {
     }
 
     /// Moves the backlog into the TX ring (keeping what does not fit) and
-    /// kicks the kernel when transmissions are outstanding.
-    fn transmit(&mut self) -> u32 {
+    /// kicks the kernel when transmissions are outstanding — deferred while
+    /// RX delivered something this round and fewer than [`KICK_BATCH`] wait.
+    fn transmit(&mut self, received: u32) -> u32 {
         let mut queued = 0;
         if !self.backlog.is_empty() {
             let mut w = self.xsk.tx.reserve(self.backlog.len() as u32);
@@ -207,7 +253,8 @@ impl Worker {
             }
         }
         let outstanding = self.xsk.tx.outstanding();
-        if outstanding > 0 && (self.xsk.tx.needs_wakeup() || !self.xsk.zero_copy()) {
+        let batch_ready = received == 0 || outstanding >= KICK_BATCH || !self.backlog.is_empty();
+        if outstanding > 0 && batch_ready && (self.xsk.tx.needs_wakeup() || !self.xsk.zero_copy()) {
             self.counters.kicks += 1;
             if let Err(e) = self.xsk.kick_tx() {
                 match e.raw_os_error() {
@@ -333,7 +380,7 @@ impl Worker {
             && Instant::now() < deadline
         {
             self.reclaim();
-            self.transmit();
+            self.transmit(0);
             std::thread::yield_now();
         }
         self.refresh_gauges();

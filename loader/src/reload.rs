@@ -153,6 +153,9 @@ pub fn diff(old: &Config, new: &Config, device_queues: u32) -> Result<Changes, S
     if old.xsk.batch_size != new.xsk.batch_size {
         c.on_next_start.push("xsk.batch_size");
     }
+    if old.xsk.idle_nap_us != new.xsk.idle_nap_us {
+        c.on_next_start.push("xsk.idle_nap_us");
+    }
     if old.dataplane.stats_interval_ms != new.dataplane.stats_interval_ms {
         c.on_next_start.push("dataplane.stats_interval_ms");
     }

@@ -34,11 +34,12 @@ pub fn bin_dir() -> PathBuf {
         return d.into();
     }
     let exe = std::env::current_exe().expect("test executable path");
-    // target/<profile>/deps/<test> -> target/<profile>
-    exe.parent()
-        .and_then(Path::parent)
-        .expect("target dir")
-        .to_path_buf()
+    // A test is target/<profile>/deps/<test>; a tool is target/<profile>/<tool>.
+    let beside = exe.parent().expect("executable directory");
+    if beside.join("xdpdns").exists() {
+        return beside.to_path_buf();
+    }
+    beside.parent().expect("target dir").to_path_buf()
 }
 
 pub fn bin(name: &str) -> PathBuf {
@@ -286,6 +287,17 @@ address = "[{SERVER_V6}]:53"
 
     /// Starts `xdpdns run` in the server namespace and waits for READY=1.
     pub fn start(&self, instance: &str, config: &str) -> anyhow::Result<Server> {
+        self.start_with(instance, config, &[])
+    }
+
+    /// Like [`Lab::start`], with `wrap` (a command prefix, e.g. one that joins
+    /// a cgroup and execs the rest) between nsenter and xdpdns.
+    pub fn start_with(
+        &self,
+        instance: &str,
+        config: &str,
+        wrap: &[String],
+    ) -> anyhow::Result<Server> {
         let path = self.write_config(instance, config)?;
         let notify_path = self.dir.join(format!("{instance}.notify"));
         let _ = fs::remove_file(&notify_path);
@@ -295,6 +307,7 @@ address = "[{SERVER_V6}]:53"
         let log = fs::File::create(&log_path)?;
         let child = Command::new("nsenter")
             .arg(format!("--net=/run/netns/{}", self.server_ns))
+            .args(wrap)
             .arg(bin("xdpdns"))
             .args(["run", "--config"])
             .arg(&path)

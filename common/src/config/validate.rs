@@ -64,6 +64,15 @@ impl Config {
                 ),
             ));
         }
+        if self.xsk.idle_nap_us > 1000 {
+            return Err(ConfigError::invalid(
+                "xsk.idle_nap_us",
+                format!(
+                    "{} must be at most 1000 (it adds up to that much latency)",
+                    self.xsk.idle_nap_us
+                ),
+            ));
+        }
         if self.dataplane.user.is_empty() {
             return Err(ConfigError::invalid("dataplane.user", "must name a user"));
         }

@@ -4,8 +4,8 @@
 mod answer;
 mod query;
 
-#[cfg(test)]
-pub(crate) mod testing;
+#[doc(hidden)]
+pub mod testing;
 
 pub use answer::write_answer;
 pub use query::{Edns, Query, parse_query};

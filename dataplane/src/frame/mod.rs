@@ -5,8 +5,8 @@ pub mod checksum;
 mod parse;
 mod reply;
 
-#[cfg(test)]
-pub(crate) mod testing;
+#[doc(hidden)]
+pub mod testing;
 
 pub use parse::{Family, Parsed, parse};
 pub use reply::write_reply;

@@ -144,6 +144,7 @@ fn init_for(queue: u32, shared: &Shared) -> ToDataplane {
         frame_size: shared.plan.config.xsk.frame_size,
         bind_mode: shared.plan.config.xsk.bind_mode,
         batch_size: config.xsk.batch_size,
+        idle_nap_us: config.xsk.idle_nap_us,
         stats_interval_ms: config.dataplane.stats_interval_ms,
         answer: shared.answer_spec(),
         kernel_sockets: shared.listen(),

@@ -1,0 +1,174 @@
+//! `xdpdns-bench` (run by `make bench`, as root): xdpdns over AF_XDP, xdpdns
+//! on the kernel path, dnsdist 1.7 and knotd (XDP and UDP), each answering
+//! REFUSED on the same veth lab, server pinned to one CPU and kxdpgun/dnsperf
+//! to another. Prints a table with ratios against xdpdns-AF_XDP and writes
+//! CSV, JSON and a PNG plot under target/bench/.
+//!
+//! Environment: BENCH_RATES (default 100000,300000,1000000), BENCH_SECS (10),
+//! BENCH_RUNS (3, the median is kept), BENCH_SERVERS (all; comma-separated
+//! names), BENCH_DNSPERF_SECS (10), BENCH_FRAMES (1024), BENCH_BATCH (64),
+//! BENCH_SERVER_CPU (0), BENCH_GEN_CPU (1).
+
+mod cgroup;
+mod measure;
+mod report;
+mod servers;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::{Context, bail};
+use xdpdns_netns_tests::{Lab, repo_root};
+
+use crate::cgroup::Pinned;
+use crate::measure::Point;
+use crate::report::Report;
+use crate::servers::Kind;
+
+const FONT: &str = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf";
+
+fn env<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn main() -> anyhow::Result<()> {
+    // SAFETY: geteuid has no arguments.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("the benchmark needs root (namespaces, XDP, cgroups)");
+    }
+    let rates: Vec<u64> = std::env::var("BENCH_RATES")
+        .unwrap_or_else(|_| "100000,300000,1000000".into())
+        .split(',')
+        .map(|r| r.trim().parse())
+        .collect::<Result<_, _>>()
+        .context("BENCH_RATES")?;
+    let secs: u64 = env("BENCH_SECS", 10);
+    let runs: usize = env("BENCH_RUNS", 3);
+    let dnsperf_secs: u64 = env("BENCH_DNSPERF_SECS", 10);
+    let frames: u32 = env("BENCH_FRAMES", 1024);
+    let batch: u32 = env("BENCH_BATCH", 64);
+    let kinds: Vec<Kind> = match std::env::var("BENCH_SERVERS") {
+        Ok(list) => list
+            .split(',')
+            .map(|s| Kind::parse(s.trim()).with_context(|| format!("unknown server {s:?}")))
+            .collect::<anyhow::Result<_>>()?,
+        Err(_) => Kind::ALL.to_vec(),
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [libc::SIGINT, libc::SIGTERM] {
+        signal_flag(sig, &stop)?;
+    }
+
+    let lab = Lab::new("bench")?;
+    // kxdpgun listens on the client's queue 0 only: the servers' kernel
+    // stack must answer on that queue too.
+    lab.steer_server_to_queue(0)?;
+    let queries = lab.query_file(100_000)?;
+    let srv = Pinned::new("xdpdns-bench-server", env("BENCH_SERVER_CPU", 0))?;
+    let gen_ = Pinned::new("xdpdns-bench-gen", env("BENCH_GEN_CPU", 1))?;
+    eprintln!(
+        "servers on CPU {}, generator on CPU {}; {secs} s per point, median of {runs}",
+        srv.cpu, gen_.cpu
+    );
+
+    let mut report = Report {
+        cpus: format!("server {} / generator {}", srv.cpu, gen_.cpu),
+        secs,
+        runs,
+        points: Vec::new(),
+        closed: Vec::new(),
+        dataplane_rss: Vec::new(),
+        umem_bytes_per_queue: u64::from(frames) * 2048,
+    };
+    for kind in kinds {
+        let running = servers::start(kind, &lab, &srv.wrap(), frames, batch)?;
+        for &rate in &rates {
+            let mut samples: Vec<Point> = Vec::new();
+            for _ in 0..runs {
+                if stop.load(Ordering::Relaxed) {
+                    bail!("interrupted");
+                }
+                samples.push(measure::open_loop(
+                    &lab,
+                    kind.name(),
+                    &srv,
+                    &gen_,
+                    &queries,
+                    rate,
+                    secs,
+                )?);
+            }
+            samples.sort_by(|a, b| a.answered_per_s.total_cmp(&b.answered_per_s));
+            let median = samples.swap_remove(samples.len() / 2);
+            eprintln!(
+                "{:<14} offered {:>8}: answered {:>9.0}/s ({:.1}%), server CPU {:.0}%",
+                median.server,
+                rate,
+                median.answered_per_s,
+                median.answer_ratio * 100.0,
+                median.server_cpu_s * 100.0 / secs as f64
+            );
+            report.points.push(median);
+        }
+        if dnsperf_secs > 0 && !stop.load(Ordering::Relaxed) {
+            report.closed.push(measure::closed_loop(
+                &lab,
+                kind.name(),
+                &gen_,
+                &queries,
+                dnsperf_secs,
+            )?);
+        }
+        if kind == Kind::XdpdnsXsk {
+            for pid in running.dataplane_pids() {
+                let kib = |f: &str| {
+                    xdpdns_netns_tests::proc_status(pid, f)
+                        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+                        .unwrap_or(0)
+                };
+                report
+                    .dataplane_rss
+                    .push((pid, kib("VmRSS"), kib("RssAnon")));
+            }
+        }
+        running.stop()?;
+    }
+
+    let out = repo_root().join("target/bench");
+    std::fs::create_dir_all(&out)?;
+    let table = report::table(&report);
+    println!("{table}");
+    std::fs::write(out.join("results.txt"), &table)?;
+    std::fs::write(out.join("results.csv"), report::csv(&report))?;
+    std::fs::write(
+        out.join("results.json"),
+        serde_json::to_vec_pretty(&report)?,
+    )?;
+    match std::fs::read(FONT) {
+        Ok(font) => report::plot(&report, &out.join("answered.png"), &font)?,
+        Err(e) => eprintln!("no plot: {FONT}: {e} (apt-get install fonts-dejavu-core)"),
+    }
+    println!("results in {}", out.display());
+    Ok(())
+}
+
+/// Sets `flag` on `sig` (checked between measurements, so the lab is
+/// always torn down by its Drop).
+fn signal_flag(sig: libc::c_int, flag: &Arc<AtomicBool>) -> anyhow::Result<()> {
+    static FLAG: std::sync::OnceLock<Arc<AtomicBool>> = std::sync::OnceLock::new();
+    let _ = FLAG.set(flag.clone());
+    extern "C" fn on_signal(_: libc::c_int) {
+        if let Some(f) = FLAG.get() {
+            f.store(true, Ordering::Relaxed);
+        }
+    }
+    // SAFETY: the handler only stores to an atomic (async-signal-safe).
+    let r = unsafe { libc::signal(sig, on_signal as *const () as libc::sighandler_t) };
+    if r == libc::SIG_ERR {
+        bail!("cannot install a handler for signal {sig}");
+    }
+    Ok(())
+}

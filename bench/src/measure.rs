@@ -1,0 +1,185 @@
+//! One measurement: a kxdpgun run at a fixed offered rate (open loop), or a
+//! dnsperf run (closed loop), with the server's CPU time and loss counters.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::Command;
+
+use anyhow::Context;
+use serde::Serialize;
+use xdpdns_netns_tests::{CLIENT_IF, Lab, SERVER_IF, SERVER_V4};
+
+use crate::cgroup::Pinned;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Point {
+    pub server: String,
+    pub offered: u64,
+    pub secs: u64,
+    pub sent: u64,
+    pub answered: u64,
+    pub answered_per_s: f64,
+    pub answer_ratio: f64,
+    pub server_cpu_s: f64,
+    /// Server CPU per answered query, nanoseconds.
+    pub cpu_ns_per_answer: f64,
+    /// Where losses were seen: counter deltas (server veth ethtool stats with
+    /// "drop" in the name, UDP receive-buffer errors).
+    pub losses: BTreeMap<String, u64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Closed {
+    pub server: String,
+    pub completed: u64,
+    pub lost: u64,
+    pub qps: f64,
+    pub avg_latency_us: f64,
+}
+
+fn counters(lab: &Lab) -> BTreeMap<String, u64> {
+    let mut m = BTreeMap::new();
+    if let Ok(out) = Command::new("ip")
+        .args(["netns", "exec", &lab.server_ns, "ethtool", "-S", SERVER_IF])
+        .output()
+    {
+        for l in String::from_utf8_lossy(&out.stdout).lines() {
+            if let Some((k, v)) = l.trim().split_once(':')
+                && k.contains("drop")
+                && let Ok(v) = v.trim().parse()
+            {
+                m.insert(format!("veth {k}"), v);
+            }
+        }
+    }
+    m.insert("udp RcvbufErrors".into(), lab_snmp(lab, "RcvbufErrors"));
+    m
+}
+
+fn lab_snmp(lab: &Lab, field: &str) -> u64 {
+    let out = Command::new("ip")
+        .args(["netns", "exec", &lab.server_ns, "cat", "/proc/net/snmp"])
+        .output();
+    let text = out
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    let rows: Vec<&str> = text.lines().filter(|l| l.starts_with("Udp:")).collect();
+    match (rows.first(), rows.get(1)) {
+        (Some(h), Some(v)) => h
+            .split_whitespace()
+            .zip(v.split_whitespace())
+            .find(|(k, _)| *k == field)
+            .and_then(|(_, v)| v.parse().ok())
+            .unwrap_or(0),
+        _ => 0,
+    }
+}
+
+fn grab(text: &str, key: &str) -> anyhow::Result<f64> {
+    text.lines()
+        .find_map(|l| l.trim().strip_prefix(key))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .with_context(|| format!("no {key:?} in:\n{text}"))
+}
+
+/// kxdpgun at `rate` for `secs`, pinned to the generator's cgroup and CPU.
+pub fn open_loop(
+    lab: &Lab,
+    server: &str,
+    srv: &Pinned,
+    gen_: &Pinned,
+    queries: &Path,
+    rate: u64,
+    secs: u64,
+) -> anyhow::Result<Point> {
+    let before = counters(lab);
+    let cpu0 = srv.cpu_seconds()?;
+    let out = Command::new("ip")
+        .args(["netns", "exec", &lab.client_ns])
+        .args(gen_.wrap())
+        .args([
+            "kxdpgun",
+            "-t",
+            &secs.to_string(),
+            "-Q",
+            &rate.to_string(),
+            "-I",
+            CLIENT_IF,
+        ])
+        .args(["-F", &gen_.cpu.to_string(), "-i"])
+        .arg(queries)
+        .arg(SERVER_V4)
+        .output()?;
+    let cpu = srv.cpu_seconds()? - cpu0;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let sent = grab(&text, "total queries:")? as u64;
+    let answered = grab(&text, "total replies:")? as u64;
+    let after = counters(lab);
+    let losses = after
+        .iter()
+        .map(|(k, v)| (k.clone(), v.saturating_sub(*before.get(k).unwrap_or(&0))))
+        .filter(|(_, d)| *d > 0)
+        .collect();
+    Ok(Point {
+        server: server.into(),
+        offered: rate,
+        secs,
+        sent,
+        answered,
+        answered_per_s: answered as f64 / secs as f64,
+        answer_ratio: if sent > 0 {
+            answered as f64 / sent as f64
+        } else {
+            0.0
+        },
+        server_cpu_s: cpu,
+        cpu_ns_per_answer: if answered > 0 {
+            cpu * 1e9 / answered as f64
+        } else {
+            f64::NAN
+        },
+        losses,
+    })
+}
+
+/// dnsperf, closed loop: a fixed number of outstanding queries.
+pub fn closed_loop(
+    lab: &Lab,
+    server: &str,
+    gen_: &Pinned,
+    queries: &Path,
+    secs: u64,
+) -> anyhow::Result<Closed> {
+    let out = Command::new("ip")
+        .args(["netns", "exec", &lab.client_ns])
+        .args(gen_.wrap())
+        .args([
+            "dnsperf",
+            "-s",
+            SERVER_V4,
+            "-l",
+            &secs.to_string(),
+            "-c",
+            "8",
+            "-q",
+            "64",
+            "-T",
+            "1",
+            "-d",
+        ])
+        .arg(queries)
+        .output()?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    Ok(Closed {
+        server: server.into(),
+        completed: grab(&text, "Queries completed:")? as u64,
+        lost: grab(&text, "Queries lost:")? as u64,
+        qps: grab(&text, "Queries per second:")?,
+        avg_latency_us: grab(&text, "Average Latency (s):")? * 1e6,
+    })
+}
