@@ -6,7 +6,7 @@
 //!
 //! Environment: BENCH_RATES (default 100000,300000,1000000), BENCH_SECS (10),
 //! BENCH_RUNS (3, the median is kept), BENCH_SERVERS (all; comma-separated
-//! names), BENCH_DNSPERF_SECS (10), BENCH_FRAMES (1024), BENCH_BATCH (64),
+//! names), BENCH_DNSPERF_SECS (10), BENCH_FRAMES (2048), BENCH_BATCH (64),
 //! BENCH_SERVER_CPU (0), BENCH_GEN_CPU (1).
 
 mod cgroup;
@@ -48,7 +48,7 @@ fn main() -> anyhow::Result<()> {
     let secs: u64 = env("BENCH_SECS", 10);
     let runs: usize = env("BENCH_RUNS", 3);
     let dnsperf_secs: u64 = env("BENCH_DNSPERF_SECS", 10);
-    let frames: u32 = env("BENCH_FRAMES", 1024);
+    let frames: u32 = env("BENCH_FRAMES", 2048);
     let batch: u32 = env("BENCH_BATCH", 64);
     let kinds: Vec<Kind> = match std::env::var("BENCH_SERVERS") {
         Ok(list) => list

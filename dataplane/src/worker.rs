@@ -126,9 +126,12 @@ impl Worker {
             self.counters.iterations += 1;
             let received = self.receive();
             let mut work = self.reclaim() + self.refill() + received + self.transmit(received);
+            // Kernel sockets: while they deliver, every iteration; otherwise
+            // now and then (poll() watches them when the loop sleeps).
             if kernel_ready || iteration.is_multiple_of(KERNEL_CHECK_EVERY) {
-                work += self.kernel.serve(&mut self.answerer, &mut self.counters, 4) as u32;
-                kernel_ready = false;
+                let n = self.kernel.serve(&mut self.answerer, &mut self.counters, 4) as u32;
+                kernel_ready = n > 0;
+                work += n;
             }
             if work > 0 && !iteration.is_multiple_of(CLOCK_EVERY) {
                 continue;
@@ -153,6 +156,12 @@ impl Worker {
                 continue;
             }
             idle = 0;
+            if !self.kernel.is_empty()
+                && self.kernel.serve(&mut self.answerer, &mut self.counters, 4) > 0
+            {
+                kernel_ready = true;
+                continue;
+            }
             // Recently busy: nap instead of blocking, so the next packets
             // arrive as one batch rather than one wake-up each.
             if let Some(nap) = self.nap
