@@ -7,6 +7,7 @@
 pub mod answer;
 pub mod control;
 pub mod dns;
+pub mod forward;
 pub mod frame;
 pub mod kernel_path;
 pub mod privileges;

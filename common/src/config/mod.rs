@@ -4,6 +4,7 @@
 //! rejected and then validates, so a `Config` value is always usable. Every
 //! error names the key at fault and what to do about it.
 
+mod backends;
 mod queues;
 mod rules;
 mod types;
@@ -12,6 +13,10 @@ mod validate;
 #[cfg(test)]
 mod tests;
 
+pub use backends::{
+    BackendConfig, DEFAULT_POOL, FailAction, ForwardingSection, HealthConfig, Policy, PoolConfig,
+    parse_mac,
+};
 pub use queues::QueueSelection;
 pub use rules::{Action, AnswerSpec, RuleConfig, RuleSpec};
 pub use types::{

@@ -236,3 +236,80 @@ fn shipped_example_configuration_is_valid() {
     assert_eq!(c.instance, "default");
     assert_eq!(c.listen.len(), 2);
 }
+
+#[test]
+fn backends_pools_and_forwarding_parse_with_defaults() {
+    let text = format!(
+        "{MINIMAL}\n[[backend]]\naddress = \"192.0.2.2:53\"\nmac = \"00:11:22:33:44:55\"\n[backend.health]\nqname = \"example.\"\n\
+         [[backend]]\naddress = \"[2001:db8::2]:53\"\npool = \"v6\"\nweight = 3\nxsk = false\nsource = \"2001:db8::1\"\n\
+         [[pool]]\nname = \"v6\"\npolicy = \"consistent-hash\"\n[forwarding]\ntimeout_action = \"servfail\"\n"
+    );
+    let c = Config::from_toml(&text).unwrap();
+    assert_eq!(c.backend.len(), 2);
+    let b = &c.backend[0];
+    assert_eq!(b.pool, "default");
+    assert_eq!(b.weight, 1);
+    assert!(b.xsk);
+    assert_eq!(b.mac, Some([0, 0x11, 0x22, 0x33, 0x44, 0x55]));
+    assert_eq!(b.health.qname, "example.");
+    assert_eq!(b.health.qtype, "A");
+    assert_eq!(
+        (
+            b.health.interval_ms,
+            b.health.timeout_ms,
+            b.health.failures,
+            b.health.successes
+        ),
+        (1000, 1000, 3, 1)
+    );
+    assert_eq!(c.pool[0].policy, Policy::ConsistentHash);
+    assert_eq!(c.forwarding.timeout_ms, 2000);
+    assert_eq!(c.forwarding.timeout_action, FailAction::ServFail);
+    assert_eq!(c.forwarding.all_down_action, FailAction::ServFail);
+}
+
+#[test]
+fn backend_errors_name_their_key() {
+    let with_backend = |body: &str| format!("{MINIMAL}\n[[backend]]\n{body}\n");
+    let cases = [
+        ("address = \"192.0.2.1:53\"", "backend[0].address"),
+        ("address = \"0.0.0.0:53\"", "backend[0].address"),
+        (
+            "address = \"192.0.2.2:53\"\npool = \"nope\"",
+            "backend[0].pool",
+        ),
+        (
+            "address = \"192.0.2.2:53\"\nweight = 0",
+            "backend[0].weight",
+        ),
+        (
+            "address = \"192.0.2.2:53\"\nsource = \"2001:db8::1\"",
+            "backend[0].source",
+        ),
+        (
+            "address = \"192.0.2.2:53\"\n[backend.health]\nqtype = \"NOPE\"",
+            "backend[0].health.qtype",
+        ),
+        (
+            "address = \"192.0.2.2:53\"\n[backend.health]\nfailures = 0",
+            "backend[0].health",
+        ),
+    ];
+    for (body, key) in cases {
+        assert_eq!(invalid_key(&with_backend(body)), key, "{body}");
+    }
+    let e = err(&with_backend("address = \"192.0.2.2:53\"\nmac = \"zz\""));
+    assert!(e.to_string().contains("MAC"), "{e}");
+    let e = err(&with_backend("address = \"192.0.2.2:53\"\nbogus = 1"));
+    assert!(e.to_string().contains("unknown field"), "{e}");
+    assert_eq!(
+        invalid_key(&format!("{MINIMAL}\n[forwarding]\nmax_in_flight = 100")),
+        "forwarding.max_in_flight"
+    );
+    assert_eq!(
+        invalid_key(&format!(
+            "{MINIMAL}\n[[pool]]\nname = \"a\"\n[[pool]]\nname = \"a\""
+        )),
+        "pool[1].name"
+    );
+}

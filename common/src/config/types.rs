@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Deserializer, Serialize};
 
-use super::{QueueSelection, RuleConfig};
+use super::{BackendConfig, ForwardingSection, PoolConfig, QueueSelection, RuleConfig};
 
 /// The whole configuration file.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -33,9 +33,16 @@ pub struct Config {
     /// Addresses served both from AF_XDP and from the kernel stack.
     #[serde(default)]
     pub listen: Vec<Listen>,
-    /// Local answers, first match wins; unmatched queries get REFUSED.
+    /// Local answers, first match wins; unmatched queries go to the default
+    /// pool, or get REFUSED when there are no backends.
     #[serde(default)]
     pub rule: Vec<RuleConfig>,
+    #[serde(default)]
+    pub backend: Vec<BackendConfig>,
+    #[serde(default)]
+    pub pool: Vec<PoolConfig>,
+    #[serde(default)]
+    pub forwarding: ForwardingSection,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -172,7 +179,7 @@ pub struct Listen {
     pub address: SocketAddr,
 }
 
-fn socket_addr<'de, D: Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
+pub(super) fn socket_addr<'de, D: Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
     let text = String::deserialize(d)?;
     text.parse().map_err(|_| {
         serde::de::Error::custom(format!(

@@ -132,6 +132,8 @@ impl Config {
         for (i, rule) in self.rule.iter().enumerate() {
             rules::check(i, rule)?;
         }
+        let listen: Vec<_> = self.listen.iter().map(|l| l.address).collect();
+        super::backends::check(&self.backend, &self.pool, &self.forwarding, &listen)?;
         Ok(())
     }
 

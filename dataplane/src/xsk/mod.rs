@@ -9,5 +9,6 @@ mod umem;
 
 pub use ring::{Consumer, Producer, Reader, Writer};
 pub use socket::{Xsk, XskConfig, XskError};
+pub use sys::Mapping as SharedMapping;
 pub use umem::Umem;
 pub use xdpilone::xdp::XdpDesc;

@@ -183,6 +183,16 @@ impl Mapping {
         )
     }
 
+    /// Memory shared with other processes through `fd` (the in-flight table).
+    pub fn map_fd(fd: libc::c_int, len: usize) -> io::Result<Mapping> {
+        Self::map(len, libc::MAP_SHARED, fd, 0)
+    }
+
+    /// Anonymous memory shared across fork and threads (tests).
+    pub fn anonymous_shared(len: usize) -> io::Result<Mapping> {
+        Self::map(len, libc::MAP_SHARED | libc::MAP_ANONYMOUS, -1, 0)
+    }
+
     /// One of the socket's rings at page offset `pgoff`.
     pub fn ring(fd: BorrowedFd<'_>, len: usize, pgoff: libc::off_t) -> io::Result<Mapping> {
         Self::map(

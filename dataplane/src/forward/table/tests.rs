@@ -1,0 +1,179 @@
+use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
+
+use super::*;
+
+fn entry(backend: u16, deadline_ms: u64, tag: u8) -> Entry {
+    let mut question = [0u8; MAX_QUESTION];
+    question[..5].copy_from_slice(&[1, tag, 0, 0, 1]);
+    Entry {
+        deadline_ms,
+        sent_ns: 42,
+        backend,
+        client: Client {
+            xsk: true,
+            v6: tag % 2 == 0,
+            vlan: Some(100 + u16::from(tag)),
+            mac: [2, 0, 0, 0, 0, tag],
+            ip: [tag; 16],
+            port: 40000 + u16::from(tag),
+            local_ip: [9; 16],
+            local_port: 53,
+            id: 0xbeef,
+        },
+        question_len: 5,
+        question,
+    }
+}
+
+#[test]
+fn insert_then_claim_round_trips_every_field() {
+    let t = Table::anonymous(2, 64).unwrap();
+    let mut a = t.allocator(1);
+    let e = entry(3, 1000, 7);
+    let id = t.insert(&mut a, &e).unwrap();
+    assert_eq!(t.in_flight(1), 1);
+    assert_eq!(t.claim(1, id, 3), Ok(e));
+    assert_eq!(t.in_flight(1), 0);
+    assert_eq!(
+        t.claim(1, id, 3),
+        Err(ClaimError::Taken),
+        "a duplicate reply finds nothing"
+    );
+}
+
+#[test]
+fn wrong_backend_queue_or_generation_do_not_claim() {
+    let t = Table::anonymous(2, 64).unwrap();
+    let mut a = t.allocator(0);
+    let id = t.insert(&mut a, &entry(1, 1000, 1)).unwrap();
+    assert_eq!(t.claim(0, id, 2), Err(ClaimError::Unknown), "other backend");
+    assert_eq!(
+        t.claim(1, id, 1),
+        Err(ClaimError::Taken),
+        "other queue's region is empty"
+    );
+    assert_eq!(t.claim(5, id, 1), Err(ClaimError::Unknown), "no such queue");
+    let stale = id ^ 0x8000; // same slot, other generation bits
+    assert_eq!(t.claim(0, stale, 1), Err(ClaimError::Unknown));
+    assert!(t.claim(0, id, 1).is_ok());
+}
+
+#[test]
+fn a_reused_slot_rejects_the_previous_generation() {
+    let t = Table::anonymous(1, 64).unwrap();
+    let mut a = t.allocator(0);
+    let first = t.insert(&mut a, &entry(1, 1000, 1)).unwrap();
+    t.claim(0, first, 1).unwrap();
+    // Cycle the cursor back to the same slot.
+    for _ in 0..63 {
+        let id = t.insert(&mut a, &entry(1, 1000, 2)).unwrap();
+        t.claim(0, id, 1).unwrap();
+    }
+    let again = t.insert(&mut a, &entry(1, 1000, 3)).unwrap();
+    assert_eq!(again & 63, first & 63, "same slot");
+    assert_ne!(again, first, "new generation, new ID");
+    assert_eq!(
+        t.claim(0, first, 1),
+        Err(ClaimError::Unknown),
+        "late reply to the old query"
+    );
+    assert!(t.claim(0, again, 1).is_ok());
+}
+
+#[test]
+fn a_full_region_refuses_and_expiry_frees_it() {
+    let t = Table::anonymous(1, 64).unwrap();
+    let mut a = t.allocator(0);
+    for i in 0..64u64 {
+        t.insert(&mut a, &entry(1, 100 + i, 1)).unwrap();
+    }
+    assert_eq!(t.insert(&mut a, &entry(1, 1000, 1)), None);
+    let mut expired = Vec::new();
+    assert_eq!(t.expire(0, 131, |e| expired.push(e.deadline_ms)), 32);
+    assert!(expired.iter().all(|d| *d <= 131));
+    assert_eq!(t.in_flight(0), 32);
+    assert!(t.insert(&mut a, &entry(1, 1000, 1)).is_some());
+}
+
+#[test]
+fn long_questions_are_kept_whole() {
+    let t = Table::anonymous(1, 64).unwrap();
+    let mut a = t.allocator(0);
+    let mut e = entry(1, 1000, 1);
+    e.question_len = MAX_QUESTION as u16;
+    for (i, b) in e.question.iter_mut().enumerate() {
+        *b = i as u8;
+    }
+    let id = t.insert(&mut a, &e).unwrap();
+    assert_eq!(t.claim(0, id, 1).unwrap().question(), e.question());
+}
+
+#[test]
+fn concurrent_claims_of_one_reply_succeed_exactly_once() {
+    let t = Arc::new(Table::anonymous(2, 256).unwrap());
+    for round in 0..200u64 {
+        let mut a = t.allocator(0);
+        let id = t.insert(&mut a, &entry(1, round, 1)).unwrap();
+        let won = Arc::new(AtomicUsize::new(0));
+        std::thread::scope(|s| {
+            for _ in 0..4 {
+                let (t, won) = (t.clone(), won.clone());
+                s.spawn(move || {
+                    if t.claim(0, id, 1).is_ok() {
+                        won.fetch_add(1, Ordering::Relaxed);
+                    }
+                });
+            }
+            // The owner expires concurrently: still exactly one winner.
+            let won2 = won.clone();
+            let t2 = t.clone();
+            s.spawn(move || {
+                won2.fetch_add(t2.expire(0, u64::MAX, |_| {}), Ordering::Relaxed);
+            });
+        });
+        assert_eq!(won.load(Ordering::Relaxed), 1, "round {round}");
+    }
+}
+
+#[test]
+fn an_owner_inserting_while_others_claim_never_loses_or_duplicates() {
+    let t = Arc::new(Table::anonymous(1, 128).unwrap());
+    let (tx, rx) = std::sync::mpsc::channel::<u16>();
+    let rx = std::sync::Mutex::new(rx);
+    let claimed = Arc::new(AtomicUsize::new(0));
+    std::thread::scope(|s| {
+        let t1 = t.clone();
+        s.spawn(move || {
+            let mut a = t1.allocator(0);
+            let mut sent = 0;
+            while sent < 20_000 {
+                if let Some(id) = t1.insert(&mut a, &entry(1, 1000, 1)) {
+                    tx.send(id).unwrap();
+                    sent += 1;
+                }
+            }
+        });
+        for _ in 0..3 {
+            let (t, claimed, rx) = (t.clone(), claimed.clone(), &rx);
+            s.spawn(move || {
+                loop {
+                    let id = match rx.lock().unwrap().recv() {
+                        Ok(id) => id,
+                        Err(_) => break,
+                    };
+                    // Every reply is delivered twice: exactly one claim wins.
+                    let first = t.claim(0, id, 1).is_ok();
+                    let second = t.claim(0, id, 1).is_ok();
+                    assert!(
+                        first && !second,
+                        "the first claim wins, the duplicate loses"
+                    );
+                    claimed.fetch_add(1, Ordering::Relaxed);
+                }
+            });
+        }
+    });
+    assert_eq!(claimed.load(Ordering::Relaxed), 20_000);
+    assert_eq!(t.in_flight(0), 0);
+}
