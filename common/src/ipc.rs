@@ -5,16 +5,16 @@
 //! beside a message as `SCM_RIGHTS`; which message carries which fds is part
 //! of each message's documentation. This module only encodes and decodes.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::config::{AnswerSpec, XskBindMode};
+use crate::config::{AnswerSpec, FailAction, Policy, XskBindMode};
 use crate::stats::DataplaneCounters;
 
 /// Bumped whenever a message changes shape; both sides must agree.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// The dataplane finds its end of the socketpair at this descriptor.
 pub const CONTROL_FD: i32 = 3;
@@ -34,14 +34,69 @@ pub enum ToDataplane {
     /// New answer rules and kernel-path sockets (a reload). Carries one UDP
     /// socket per `kernel_sockets` entry, replacing the previous ones.
     Reconfigure(Box<Reconfigure>),
+    /// Health and next-hop MAC of every backend, in `ForwardSpec` order.
+    Backends(Vec<BackendLive>),
     /// Finish what is in flight and exit 0.
     Shutdown,
+}
+
+/// Where unanswered queries go. Comes with Init or Reconfigure; its
+/// descriptors follow the kernel-path sockets: the in-flight table (memfd),
+/// the queue's port-reserving sockets (`port_sockets` of them), then one
+/// connected UDP socket per backend.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ForwardSpec {
+    pub backends: Vec<BackendSpec>,
+    pub pools: Vec<PoolSpec>,
+    /// The pool unmatched queries go to.
+    pub default_pool: u16,
+    pub timeout_ms: u32,
+    pub timeout_action: FailAction,
+    pub all_down_action: FailAction,
+    /// Queue N sends to backends from port `port_base + N`.
+    pub port_base: u16,
+    /// Slots per queue in the in-flight table.
+    pub max_in_flight: u32,
+    /// Queue regions in the table (the device's queue count).
+    pub regions: u32,
+    /// The interface's MAC: source of every frame we build.
+    pub local_mac: [u8; 6],
+    /// How many port-reserving sockets come with this message (1 or 2).
+    pub port_sockets: u32,
+    /// Initial health and MACs.
+    pub live: Vec<BackendLive>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BackendSpec {
+    pub address: SocketAddr,
+    /// Our address toward it.
+    pub source: IpAddr,
+    pub xsk: bool,
+    pub weight: u32,
+    pub pool: u16,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PoolSpec {
+    pub name: String,
+    pub policy: Policy,
+    pub members: Vec<u16>,
+}
+
+/// A backend's state as the loader sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackendLive {
+    pub up: bool,
+    /// Next-hop MAC for AF_XDP (its own, or its gateway's).
+    pub mac: Option<[u8; 6]>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Reconfigure {
     pub answer: AnswerSpec,
     pub kernel_sockets: Vec<SocketAddr>,
+    pub forward: Option<ForwardSpec>,
 }
 
 /// Everything a dataplane needs to serve its queue.
@@ -61,6 +116,7 @@ pub struct DataplaneInit {
     pub answer: AnswerSpec,
     /// The local address of each kernel-path socket passed with this message.
     pub kernel_sockets: Vec<SocketAddr>,
+    pub forward: Option<ForwardSpec>,
 }
 
 /// What a dataplane tells the loader.
@@ -144,6 +200,7 @@ mod tests {
             stats_interval_ms: 1000,
             answer: cfg.answer_spec(),
             kernel_sockets: vec!["192.0.2.1:53".parse().unwrap()],
+            forward: None,
         }
     }
 

@@ -154,6 +154,96 @@ pub struct DataplaneCounters {
     /// the default action.
     #[serde(default)]
     pub rule_hits: Vec<u64>,
+    /// Per backend, in `ForwardSpec` order.
+    #[serde(default)]
+    pub backends: Vec<BackendCounters>,
+    #[serde(default)]
+    pub forward: ForwardCounters,
+}
+
+/// Upper bounds (µs) of the backend latency histogram buckets; a last,
+/// unbounded bucket follows.
+pub const LATENCY_BUCKETS_US: [u64; 12] = [
+    250, 500, 1000, 2000, 5000, 10_000, 20_000, 50_000, 100_000, 200_000, 500_000, 1_000_000,
+];
+
+/// What one dataplane saw of one backend.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackendCounters {
+    pub queries: u64,
+    pub replies: u64,
+    pub timeouts: u64,
+    /// Reply latency histogram: counts per [`LATENCY_BUCKETS_US`] bucket plus overflow.
+    pub latency: Vec<u64>,
+    pub latency_sum_us: u64,
+}
+
+impl BackendCounters {
+    pub fn observe(&mut self, us: u64) {
+        if self.latency.len() != LATENCY_BUCKETS_US.len() + 1 {
+            self.latency.resize(LATENCY_BUCKETS_US.len() + 1, 0);
+        }
+        let i = LATENCY_BUCKETS_US.partition_point(|b| *b < us);
+        self.latency[i] += 1;
+        self.latency_sum_us += us;
+    }
+
+    fn accumulate(&mut self, o: &BackendCounters) {
+        self.queries += o.queries;
+        self.replies += o.replies;
+        self.timeouts += o.timeouts;
+        self.latency_sum_us += o.latency_sum_us;
+        if self.latency.len() < o.latency.len() {
+            self.latency.resize(o.latency.len(), 0);
+        }
+        for (a, b) in self.latency.iter_mut().zip(&o.latency) {
+            *a += *b;
+        }
+    }
+}
+
+/// Forwarding events of one dataplane.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ForwardCounters {
+    /// Queries in flight now (a gauge; returns to 0 when load stops).
+    pub in_flight: u64,
+    /// The in-flight table was full.
+    pub table_full: u64,
+    /// Every backend of the pool was down.
+    pub pool_down: u64,
+    /// Replies matching no query: wrong ID, unknown source, stale.
+    pub stray_replies: u64,
+    /// Replies to a query already answered (duplicates).
+    pub duplicate_replies: u64,
+    /// Replies that are not valid DNS answers to the query.
+    pub bad_replies: u64,
+    /// Replies larger than a frame, relayed through the kernel path.
+    pub large_replies: u64,
+    /// Sends to a backend that failed.
+    pub send_errors: u64,
+}
+
+impl ForwardCounters {
+    fn accumulate(&mut self, o: &ForwardCounters) {
+        self.in_flight = o.in_flight;
+        self.table_full += o.table_full;
+        self.pool_down += o.pool_down;
+        self.stray_replies += o.stray_replies;
+        self.duplicate_replies += o.duplicate_replies;
+        self.bad_replies += o.bad_replies;
+        self.large_replies += o.large_replies;
+        self.send_errors += o.send_errors;
+    }
+}
+
+impl DataplaneCounters {
+    /// The counters of backend `i`, growing the list as needed.
+    pub fn backend(&mut self, i: usize) -> &mut BackendCounters {
+        if self.backends.len() <= i {
+            self.backends.resize(i + 1, BackendCounters::default());
+        }
+        &mut self.backends[i]
+    }
 }
 
 impl DataplaneCounters {
@@ -183,6 +273,10 @@ impl DataplaneCounters {
         for (a, b) in self.rule_hits.iter_mut().zip(&other.rule_hits) {
             *a += *b;
         }
+        for (i, b) in other.backends.iter().enumerate() {
+            self.backend(i).accumulate(b);
+        }
+        self.forward.accumulate(&other.forward);
     }
 }
 

@@ -5,9 +5,18 @@ use xdpdns_common::config::AnswerSpec;
 use xdpdns_common::dns::Rcode;
 use xdpdns_common::stats::DropReason;
 
-use crate::dns::{self, OPCODE_QUERY};
+use crate::dns::{self, OPCODE_QUERY, Query};
 use crate::frame;
 use crate::rules::Rules;
+
+/// What to do with a query.
+#[derive(Debug)]
+pub enum Response {
+    /// Answered in place; the answer's length.
+    Answer(usize),
+    /// To be forwarded to a backend.
+    Forward(Query),
+}
 
 /// Answers queries according to the configured rules.
 pub struct Answerer {
@@ -29,10 +38,11 @@ impl Answerer {
         }
     }
 
-    /// Answers the DNS message `buf[..len]` in place. `buf` is the room the
-    /// answer may use. Returns the answer's length.
+    /// Decides about the DNS message `buf[..len]`: answered in place (the
+    /// answer's length), or to be forwarded (the parsed query). `buf` is the
+    /// room the answer may use.
     #[inline]
-    pub fn answer_message(&mut self, buf: &mut [u8], len: usize) -> Result<usize, DropReason> {
+    pub fn respond(&mut self, buf: &mut [u8], len: usize) -> Result<Response, DropReason> {
         let msg = buf.get(..len).ok_or(DropReason::DnsTruncated)?;
         let q = dns::parse_query(msg)?;
         let rcode = if q.opcode != OPCODE_QUERY {
@@ -40,9 +50,37 @@ impl Answerer {
         } else {
             let (rule, action) = self.rules.decide(msg, &q);
             self.hits[rule] += 1;
+            if action == xdpdns_common::config::Action::Forward {
+                return Ok(Response::Forward(q));
+            }
             action.rcode().ok_or(DropReason::RuleDrop)?
         };
-        dns::write_answer(buf, &q, rcode, self.udp_size)
+        dns::write_answer(buf, &q, rcode, self.udp_size).map(Response::Answer)
+    }
+
+    /// Answers the query `q` in `buf` with `rcode` (a local answer when it
+    /// cannot be forwarded).
+    pub fn answer_with(
+        &self,
+        buf: &mut [u8],
+        q: &Query,
+        rcode: Rcode,
+    ) -> Result<usize, DropReason> {
+        dns::write_answer(buf, q, rcode, self.udp_size)
+    }
+
+    /// Answers the DNS message `buf[..len]` in place, REFUSED where it would
+    /// be forwarded. Returns the answer's length.
+    #[inline]
+    pub fn answer_message(&mut self, buf: &mut [u8], len: usize) -> Result<usize, DropReason> {
+        match self.respond(buf, len)? {
+            Response::Answer(n) => Ok(n),
+            Response::Forward(q) => self.answer_with(buf, &q, Rcode::Refused),
+        }
+    }
+
+    pub fn verify_checksums(&self) -> bool {
+        self.verify_checksums
     }
 
     /// Answers the Ethernet frame `buf[..len]` in place, headers included.

@@ -81,15 +81,12 @@ impl Control {
                         theirs: init.protocol,
                     });
                 }
-                if fds.len() != init.kernel_sockets.len() {
-                    return Err(ControlError::Unexpected(
-                        "Init with a wrong number of sockets",
-                    ));
-                }
                 Ok((*init, fds))
             }
             ToDataplane::Shutdown => Err(ControlError::Closed),
-            ToDataplane::Reconfigure(_) => Err(ControlError::Unexpected("Reconfigure before Init")),
+            ToDataplane::Reconfigure(_) | ToDataplane::Backends(_) => {
+                Err(ControlError::Unexpected("a message before Init"))
+            }
         }
     }
 

@@ -4,11 +4,15 @@
 //! queue has no AF_XDP socket, or for frames the XDP program passes on.
 
 use std::io;
+use std::net::SocketAddr;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 
+use xdpdns_common::config::FailAction;
+use xdpdns_common::dns::Rcode;
 use xdpdns_common::stats::{DataplaneCounters, DropReason};
 
-use crate::answer::Answerer;
+use crate::answer::{Answerer, Response};
+use crate::forward::Forwarder;
 
 /// Datagrams per system call.
 pub const BATCH: usize = 32;
@@ -67,6 +71,8 @@ fn zeroed_slice<T>() -> Box<[T]> {
 /// The dataplane's kernel-path sockets.
 pub struct KernelPath {
     sockets: Vec<OwnedFd>,
+    /// The local address of each socket.
+    addrs: Vec<SocketAddr>,
     batch: Batch,
 }
 
@@ -82,8 +88,9 @@ pub struct KernelPath {
 const HIGH_FD: libc::c_int = 64;
 
 impl KernelPath {
-    /// Takes the sockets, moving each to a descriptor above every AF_XDP one.
-    pub fn new(sockets: Vec<OwnedFd>) -> Self {
+    /// Takes the sockets (bound to `addrs`, in order), moving each to a
+    /// descriptor above every AF_XDP one.
+    pub fn new(sockets: Vec<OwnedFd>, addrs: Vec<SocketAddr>) -> Self {
         let sockets = sockets
             .into_iter()
             .map(
@@ -96,8 +103,25 @@ impl KernelPath {
             .collect();
         KernelPath {
             sockets,
+            addrs,
             batch: Batch::new(),
         }
+    }
+
+    /// Sends `payload` to `to` from the socket bound to `local`; false if
+    /// there is none or the send fails.
+    pub fn send_to(&self, local: SocketAddr, to: SocketAddr, payload: &[u8]) -> bool {
+        let Some(i) = self.addrs.iter().position(|a| *a == local) else {
+            return false;
+        };
+        let addr = nix::sys::socket::SockaddrStorage::from(to);
+        nix::sys::socket::sendto(
+            self.sockets[i].as_raw_fd(),
+            payload,
+            &addr,
+            nix::sys::socket::MsgFlags::MSG_DONTWAIT,
+        )
+        .is_ok()
     }
 
     pub fn fds(&self) -> impl Iterator<Item = BorrowedFd<'_>> {
@@ -115,12 +139,21 @@ impl KernelPath {
         answerer: &mut Answerer,
         counters: &mut DataplaneCounters,
         rounds: usize,
+        mut forwarder: Option<&mut Forwarder>,
     ) -> usize {
         let mut total = 0;
         for i in 0..self.sockets.len() {
             for _ in 0..rounds {
                 let fd = self.sockets[i].as_raw_fd();
-                let n = serve_once(fd, &mut self.batch, answerer, counters);
+                let local = self.addrs.get(i).copied();
+                let n = serve_once(
+                    fd,
+                    local,
+                    &mut self.batch,
+                    answerer,
+                    counters,
+                    forwarder.as_deref_mut(),
+                );
                 total += n;
                 if n < BATCH {
                     break;
@@ -131,11 +164,36 @@ impl KernelPath {
     }
 }
 
+/// The address in a `sockaddr_storage` the kernel filled in.
+fn socket_addr(s: &libc::sockaddr_storage) -> Option<SocketAddr> {
+    match i32::from(s.ss_family) {
+        libc::AF_INET => {
+            // SAFETY: the family says it holds a sockaddr_in, which fits.
+            let a = unsafe { &*(s as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
+            Some(SocketAddr::from((
+                u32::from_be(a.sin_addr.s_addr).to_be_bytes(),
+                u16::from_be(a.sin_port),
+            )))
+        }
+        libc::AF_INET6 => {
+            // SAFETY: the family says it holds a sockaddr_in6, which fits.
+            let a = unsafe { &*(s as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>() };
+            Some(SocketAddr::from((
+                a.sin6_addr.s6_addr,
+                u16::from_be(a.sin6_port),
+            )))
+        }
+        _ => None,
+    }
+}
+
 fn serve_once(
     fd: libc::c_int,
+    local: Option<SocketAddr>,
     b: &mut Batch,
     answerer: &mut Answerer,
     counters: &mut DataplaneCounters,
+    mut forwarder: Option<&mut Forwarder>,
 ) -> usize {
     b.arm_receive();
     // SAFETY: every header points at live buffers/address slots owned by `b`
@@ -161,7 +219,29 @@ fn serve_once(
             counters.kernel.drop(DropReason::DnsTruncated);
             continue;
         }
-        match answerer.answer_message(&mut b.bufs[i], len) {
+        let decided = match answerer.respond(&mut b.bufs[i], len) {
+            Ok(Response::Forward(q)) => {
+                let from = socket_addr(&b.names[i]);
+                match (forwarder.as_deref_mut(), from, local) {
+                    (Some(f), Some(from), Some(local)) => {
+                        match f.forward_datagram(&mut b.bufs[i][..len], &q, from, local, counters) {
+                            Ok(()) => continue,
+                            Err(FailAction::Drop) => Err(DropReason::RuleDrop),
+                            Err(FailAction::ServFail) => {
+                                answerer.answer_with(&mut b.bufs[i], &q, Rcode::ServFail)
+                            }
+                            Err(FailAction::Refused) => {
+                                answerer.answer_with(&mut b.bufs[i], &q, Rcode::Refused)
+                            }
+                        }
+                    }
+                    _ => answerer.answer_with(&mut b.bufs[i], &q, Rcode::Refused),
+                }
+            }
+            Ok(Response::Answer(n)) => Ok(n),
+            Err(r) => Err(r),
+        };
+        match decided {
             Ok(alen) => {
                 b.out_iovs[out] = libc::iovec {
                     iov_base: b.bufs[i].as_mut_ptr().cast(),

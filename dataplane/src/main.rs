@@ -12,6 +12,7 @@ use tracing::{error, info};
 use xdpdns_common::ipc::{PROTOCOL_VERSION, SetupFailure, XskReady};
 use xdpdns_dataplane::answer::Answerer;
 use xdpdns_dataplane::control::Control;
+use xdpdns_dataplane::forward::{ForwardFds, Forwarder};
 use xdpdns_dataplane::kernel_path::KernelPath;
 use xdpdns_dataplane::privileges;
 use xdpdns_dataplane::worker::{Exit, Tuning, Worker};
@@ -49,9 +50,12 @@ fn main() -> ExitCode {
 fn run() -> anyhow::Result<()> {
     privileges::check_and_trim().context("privileges")?;
     let control = Control::from_inherited()?;
-    let (init, sockets) = control
+    let (init, fds) = control
         .receive_init(Duration::from_secs(10))
         .context("waiting for the loader's configuration")?;
+    let (sockets, forward_fds) =
+        ForwardFds::split(fds, init.kernel_sockets.len(), init.forward.as_ref())
+            .context("the loader sent the wrong number of descriptors")?;
     let _span = tracing::info_span!("dataplane", queue = init.queue_id).entered();
     privileges::set_name(&format!("xdpdns-dp-q{}", init.queue_id));
 
@@ -81,18 +85,26 @@ fn run() -> anyhow::Result<()> {
             bail!(e);
         }
     };
+    let forwarder = match (init.forward.clone(), forward_fds) {
+        (Some(spec), Some(fds)) => {
+            Some(Forwarder::new(init.queue_id, spec, fds).context("forwarding set-up")?)
+        }
+        _ => None,
+    };
     let zero_copy = xsk.zero_copy();
     let umem_bytes = xsk.umem.len() as u64;
     let mut worker = Worker::new(
         xsk,
         Answerer::new(&init.answer),
-        KernelPath::new(sockets),
+        KernelPath::new(sockets, init.kernel_sockets.clone()),
         control,
         Tuning {
             batch: init.batch_size,
             stats_interval: Duration::from_millis(u64::from(init.stats_interval_ms)),
             idle_nap: Duration::from_micros(u64::from(init.idle_nap_us)),
+            queue: init.queue_id,
         },
+        forwarder,
         stop,
     );
     let stocked = worker.stock_fill_ring();

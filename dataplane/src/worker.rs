@@ -10,8 +10,12 @@ use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use xdpdns_common::ipc::ToDataplane;
 use xdpdns_common::stats::{DataplaneCounters, DropReason, RingLevels};
 
-use crate::answer::Answerer;
+use xdpdns_common::config::FailAction;
+use xdpdns_common::dns::Rcode;
+
+use crate::answer::{Answerer, Response};
 use crate::control::{Control, ControlError};
+use crate::forward::{Delivery, Forwarder, FrameOutcome};
 use crate::kernel_path::KernelPath;
 use crate::xsk::{XdpDesc, Xsk};
 
@@ -39,6 +43,8 @@ pub struct Tuning {
     pub stats_interval: Duration,
     /// Nap when a busy queue runs dry (zero: block in poll() at once).
     pub idle_nap: Duration,
+    /// The queue this dataplane serves.
+    pub queue: u32,
 }
 
 /// Why the loop ended.
@@ -65,6 +71,116 @@ pub struct Worker {
     stop: Arc<AtomicBool>,
     /// Nap length when the queue just went quiet; `None` blocks at once.
     nap: Option<Duration>,
+    forwarder: Option<Forwarder>,
+    queue: u32,
+}
+
+/// How often the forwarder's expired queries are swept.
+const EXPIRE_EVERY: Duration = Duration::from_millis(10);
+/// Where a payload goes in a chunk when a whole frame is built around it:
+/// after the kernel's headroom and room for the largest headers.
+const BUILD_AT: usize = 256 + 66;
+
+/// Frames built for answers that did not arrive as frames (socket replies,
+/// timeouts): a free chunk, the payload copied in, headers written before it.
+struct Outbox<'a> {
+    free: &'a mut Vec<u64>,
+    umem: &'a mut crate::xsk::Umem,
+    backlog: &'a mut VecDeque<XdpDesc>,
+    kernel: &'a KernelPath,
+}
+
+impl Outbox<'_> {
+    fn deliver(&mut self, d: Delivery<'_>) -> bool {
+        match d {
+            Delivery::Kernel { local, to, payload } => self.kernel.send_to(local, to, payload),
+            Delivery::Xsk { headers, payload } => {
+                let Some(base) = self.free.pop() else {
+                    return false;
+                };
+                let built = self.umem.frame_mut(base).and_then(|chunk| {
+                    let room = chunk.get_mut(BUILD_AT..BUILD_AT + payload.len())?;
+                    room.copy_from_slice(payload);
+                    let start =
+                        crate::frame::write_headers(chunk, BUILD_AT, payload.len(), &headers)?;
+                    Some((start, BUILD_AT + payload.len() - start))
+                });
+                match built {
+                    Some((start, len)) => {
+                        self.backlog.push_back(XdpDesc {
+                            addr: base + start as u64,
+                            len: len as u32,
+                            options: 0,
+                        });
+                        true
+                    }
+                    None => {
+                        self.free.push(base);
+                        false
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// One received frame: answered in place, forwarded, a backend's reply
+/// relayed, or dropped. `Ok((head, len))` transmits the chunk's bytes there;
+/// `Err(None)` recycles the chunk (the frame went elsewhere or was counted).
+fn process_frame(
+    answerer: &mut Answerer,
+    forwarder: Option<&mut Forwarder>,
+    kernel: &KernelPath,
+    c: &mut DataplaneCounters,
+    chunk: &mut [u8],
+    head: usize,
+    len: usize,
+) -> Result<(usize, usize), Option<DropReason>> {
+    let frame_bytes = chunk
+        .get(head..head + len)
+        .ok_or(Some(DropReason::FrameTruncated))?;
+    let p = crate::frame::parse(frame_bytes, answerer.verify_checksums()).map_err(Some)?;
+    let dport = u16::from_be_bytes([chunk[head + p.l4 + 2], chunk[head + p.l4 + 3]]);
+    let mut forwarder = forwarder;
+    if let Some(f) = forwarder.as_deref_mut()
+        && let Some(owner) = f.reply_port(dport)
+    {
+        let mut deliver = |d: Delivery<'_>| match d {
+            Delivery::Kernel { local, to, payload } => kernel.send_to(local, to, payload),
+            Delivery::Xsk { .. } => false,
+        };
+        return match f.reply_frame(chunk, head, &p, owner, c, &mut deliver) {
+            FrameOutcome::Tx { head, len } => Ok((head, len)),
+            _ => Err(None),
+        };
+    }
+    let at = head + p.payload();
+    let q = match answerer
+        .respond(&mut chunk[at..], p.payload_len)
+        .map_err(Some)?
+    {
+        Response::Answer(n) => {
+            return Ok((head, crate::frame::write_reply(&mut chunk[head..], &p, n)));
+        }
+        Response::Forward(q) => q,
+    };
+    let action = match forwarder {
+        Some(f) => match f.forward_frame(chunk, head, &p, &q, c) {
+            FrameOutcome::Tx { head, len } => return Ok((head, len)),
+            FrameOutcome::Consumed | FrameOutcome::Discard => return Err(None),
+            FrameOutcome::Fail(a) => a,
+        },
+        None => FailAction::Refused,
+    };
+    let rcode = match action {
+        FailAction::Drop => return Err(Some(DropReason::RuleDrop)),
+        FailAction::ServFail => Rcode::ServFail,
+        FailAction::Refused => Rcode::Refused,
+    };
+    let n = answerer
+        .answer_with(&mut chunk[at..], &q, rcode)
+        .map_err(Some)?;
+    Ok((head, crate::frame::write_reply(&mut chunk[head..], &p, n)))
 }
 
 impl Worker {
@@ -74,12 +190,14 @@ impl Worker {
         kernel: KernelPath,
         control: Control,
         tuning: Tuning,
+        forwarder: Option<Forwarder>,
         stop: Arc<AtomicBool>,
     ) -> Self {
         let Tuning {
             batch,
             stats_interval,
             idle_nap,
+            queue,
         } = tuning;
         let frames = xsk.umem.frames() as usize;
         let mut free = Vec::with_capacity(frames);
@@ -96,6 +214,8 @@ impl Worker {
             stats_interval,
             stop,
             nap: (idle_nap > Duration::ZERO).then_some(idle_nap),
+            forwarder,
+            queue,
         }
     }
 
@@ -118,6 +238,7 @@ impl Worker {
         let mut iteration = 0u32;
         let mut kernel_ready = true;
         let mut last_work = Instant::now();
+        let mut next_expire = Instant::now();
         loop {
             if self.stop.load(Ordering::Relaxed) {
                 return Ok(self.finish(Exit::Shutdown));
@@ -129,7 +250,7 @@ impl Worker {
             // Kernel sockets: while they deliver, every iteration; otherwise
             // now and then (poll() watches them when the loop sleeps).
             if kernel_ready || iteration.is_multiple_of(KERNEL_CHECK_EVERY) {
-                let n = self.kernel.serve(&mut self.answerer, &mut self.counters, 4) as u32;
+                let n = self.serve_sockets();
                 kernel_ready = n > 0;
                 work += n;
             }
@@ -139,6 +260,10 @@ impl Worker {
             let now = Instant::now();
             if work > 0 {
                 last_work = now;
+            }
+            if self.forwarder.is_some() && now >= next_expire {
+                next_expire = now + EXPIRE_EVERY;
+                self.expire();
             }
             if now >= next_report {
                 next_report = now + self.stats_interval;
@@ -156,9 +281,7 @@ impl Worker {
                 continue;
             }
             idle = 0;
-            if !self.kernel.is_empty()
-                && self.kernel.serve(&mut self.answerer, &mut self.counters, 4) > 0
-            {
+            if (!self.kernel.is_empty() || self.forwarder.is_some()) && self.serve_sockets() > 0 {
                 kernel_ready = true;
                 continue;
             }
@@ -178,6 +301,39 @@ impl Worker {
             if control && let Some(exit) = self.listen()? {
                 return Ok(self.finish(exit));
             }
+        }
+    }
+
+    /// Kernel-path sockets, then the forwarder's: returns datagrams handled.
+    fn serve_sockets(&mut self) -> u32 {
+        let mut n = self.kernel.serve(
+            &mut self.answerer,
+            &mut self.counters,
+            4,
+            self.forwarder.as_mut(),
+        );
+        if let Some(f) = self.forwarder.as_mut() {
+            let mut out = Outbox {
+                free: &mut self.free,
+                umem: &mut self.xsk.umem,
+                backlog: &mut self.backlog,
+                kernel: &self.kernel,
+            };
+            n += f.poll(&mut self.counters, &mut |d| out.deliver(d));
+        }
+        n as u32
+    }
+
+    /// Sweeps this queue's expired forwarded queries.
+    fn expire(&mut self) {
+        if let Some(f) = self.forwarder.as_mut() {
+            let mut out = Outbox {
+                free: &mut self.free,
+                umem: &mut self.xsk.umem,
+                backlog: &mut self.backlog,
+                kernel: &self.kernel,
+            };
+            f.expire(&mut self.counters, &mut |d| out.deliver(d));
         }
     }
 
@@ -220,20 +376,32 @@ impl Worker {
         let n = frames.len();
         for desc in frames.by_ref() {
             self.counters.xsk.received += 1;
-            let Some(buf) = umem.frame_mut(desc.addr) else {
+            let base = umem.chunk_of(desc.addr);
+            let Some(chunk) = umem.frame_mut(base) else {
                 // An address outside the UMEM: the chunk cannot be recycled.
                 self.counters.xsk.drop(DropReason::FrameTruncated);
                 continue;
             };
-            match self.answerer.answer_frame(buf, desc.len as usize) {
-                Ok(len) => self.backlog.push_back(XdpDesc {
-                    addr: desc.addr,
+            let head = (desc.addr - base) as usize;
+            match process_frame(
+                &mut self.answerer,
+                self.forwarder.as_mut(),
+                &self.kernel,
+                &mut self.counters,
+                chunk,
+                head,
+                desc.len as usize,
+            ) {
+                Ok((head, len)) => self.backlog.push_back(XdpDesc {
+                    addr: base + head as u64,
                     len: len as u32,
                     options: 0,
                 }),
                 Err(reason) => {
-                    self.counters.xsk.drop(reason);
-                    self.free.push(umem.chunk_of(desc.addr));
+                    if let Some(r) = reason {
+                        self.counters.xsk.drop(r);
+                    }
+                    self.free.push(base);
                 }
             }
         }
@@ -285,6 +453,7 @@ impl Worker {
         fds.extend(
             self.kernel
                 .fds()
+                .chain(self.forwarder.iter().flat_map(|f| f.fds()))
                 .map(|fd| PollFd::new(fd, PollFlags::POLLIN)),
         );
         let ms = PollTimeout::try_from(timeout.as_millis().min(60_000) as u32)
@@ -323,13 +492,22 @@ impl Worker {
             match self.control.try_receive() {
                 Ok(None) => return Ok(None),
                 Ok(Some((ToDataplane::Shutdown, _))) => return Ok(Some(Exit::Shutdown)),
-                Ok(Some((ToDataplane::Reconfigure(r), sockets))) => {
-                    if sockets.len() != r.kernel_sockets.len() {
-                        return Err(ControlError::Unexpected(
-                            "Reconfigure with a wrong number of sockets",
-                        ));
+                Ok(Some((ToDataplane::Reconfigure(r), fds))) => {
+                    let r = *r;
+                    let (sockets, forward) = crate::forward::ForwardFds::split(
+                        fds,
+                        r.kernel_sockets.len(),
+                        r.forward.as_ref(),
+                    )
+                    .ok_or(ControlError::Unexpected(
+                        "Reconfigure with a wrong number of sockets",
+                    ))?;
+                    self.reconfigure(&r.answer, sockets, r.kernel_sockets, r.forward, forward);
+                }
+                Ok(Some((ToDataplane::Backends(live), _))) => {
+                    if let Some(f) = self.forwarder.as_mut() {
+                        f.set_live(live);
                     }
-                    self.reconfigure(&r.answer, sockets);
                 }
                 Ok(Some((ToDataplane::Init(_), _))) => {
                     return Err(ControlError::Unexpected("second Init"));
@@ -346,12 +524,29 @@ impl Worker {
         &mut self,
         answer: &xdpdns_common::config::AnswerSpec,
         sockets: Vec<std::os::fd::OwnedFd>,
+        addrs: Vec<std::net::SocketAddr>,
+        forward: Option<xdpdns_common::ipc::ForwardSpec>,
+        forward_fds: Option<crate::forward::ForwardFds>,
     ) {
-        self.kernel
-            .serve(&mut self.answerer, &mut self.counters, 64);
+        self.kernel.serve(
+            &mut self.answerer,
+            &mut self.counters,
+            64,
+            self.forwarder.as_mut(),
+        );
         // A new rule list counts from zero (the loader resets its totals too).
         self.answerer = Answerer::new(answer);
-        self.kernel = KernelPath::new(sockets);
+        self.kernel = KernelPath::new(sockets, addrs);
+        self.forwarder = match (forward, forward_fds) {
+            (Some(spec), Some(fds)) => match Forwarder::new(self.queue, spec, fds) {
+                Ok(f) => Some(f),
+                Err(e) => {
+                    tracing::error!(error = %e, "forwarding unavailable after reconfigure");
+                    None
+                }
+            },
+            _ => None,
+        };
         tracing::info!(
             rules = answer.rules.len(),
             kernel_sockets = self.kernel.fds().count(),
@@ -369,6 +564,9 @@ impl Worker {
 
     fn refresh_gauges(&mut self) {
         self.bank_rule_hits();
+        if let Some(f) = &self.forwarder {
+            f.gauge(&mut self.counters);
+        }
         if let Ok(s) = self.xsk.kernel_stats() {
             self.counters.xsk_kernel = s;
         }

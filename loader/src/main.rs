@@ -1,5 +1,6 @@
 //! `xdpdns`: the privileged loader and the operator's command line.
 
+mod backends;
 mod bpf;
 mod control;
 mod dataplane;

@@ -117,6 +117,9 @@ pub fn diff(old: &Config, new: &Config, device_queues: u32) -> Result<Changes, S
     if old.metrics != new.metrics {
         fixed.push("metrics");
     }
+    if old.backend != new.backend || old.pool != new.pool || old.forwarding != new.forwarding {
+        fixed.push("backend/pool/forwarding");
+    }
     if !fixed.is_empty() {
         return Err(format!(
             "{} cannot change while running: restart xdpdns to apply (the running configuration is unchanged)",
@@ -184,9 +187,9 @@ pub fn reload(shared: &Rc<Shared>, path: &Path) -> Result<Vec<String>, String> {
 
     // Destinations first: new addresses are added before old ones go, so an
     // address kept across the change is never missing.
-    if let Some(redirected) = &changes.redirected {
+    if changes.redirected.is_some() {
         shared
-            .set_destinations(redirected)
+            .set_destinations(&shared.destinations_for(&new))
             .map_err(|e| e.to_string())?;
     }
     shared.set_config(new, path.to_path_buf());

@@ -33,8 +33,14 @@ pub async fn run(plan: Plan, config_path: PathBuf) -> anyhow::Result<()> {
     }
     preflight(&plan)?;
     let instance = Instance::acquire(&plan.config.instance, &plan.runtime_dir)?;
-    let attached =
-        bpf::attach(&plan, &plan.config.redirected()).context("attaching the XDP program")?;
+    let forwarding = crate::backends::prepare(&plan).context("preparing forwarding")?;
+    let mut destinations = plan.config.redirected();
+    if plan.config.xdp.redirect
+        && let Some(f) = &forwarding
+    {
+        destinations.extend(f.destinations());
+    }
+    let attached = bpf::attach(&plan, &destinations).context("attaching the XDP program")?;
     info!(
         interface = %plan.interface.name,
         ifindex = plan.interface.ifindex,
@@ -62,6 +68,7 @@ pub async fn run(plan: Plan, config_path: PathBuf) -> anyhow::Result<()> {
         attached,
         events_tx,
         stop_rx,
+        forwarding,
     ));
     let local = tokio::task::LocalSet::new();
     let result = local
@@ -135,6 +142,13 @@ async fn serve(
     for q in shared.plan.queues.clone() {
         supervisor::start(q, &shared);
     }
+    let mut health = Vec::new();
+    for i in 0..shared.plan.config.backend.len() {
+        health.push(tokio::task::spawn_local(crate::backends::run_health(
+            i,
+            shared.clone(),
+        )));
+    }
 
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
@@ -192,6 +206,9 @@ async fn serve(
         let _ = s.task.await;
     }
     control_task.abort();
+    for h in health {
+        h.abort();
+    }
     if let Some(t) = metrics_task {
         t.abort();
     }

@@ -92,6 +92,25 @@ impl QueueState {
     }
 }
 
+/// Indices of pools with members, all down.
+fn pools_down(
+    f: &Option<crate::backends::Forwarding>,
+    live: &[xdpdns_common::ipc::BackendLive],
+) -> Vec<usize> {
+    let Some(f) = f else {
+        return Vec::new();
+    };
+    f.spec()
+        .pools
+        .iter()
+        .enumerate()
+        .filter(|(_, p)| {
+            !p.members.is_empty() && p.members.iter().all(|m| !live[usize::from(*m)].up)
+        })
+        .map(|(i, _)| i)
+        .collect()
+}
+
 /// What the loader can ask a queue's supervisor to do.
 #[derive(Debug)]
 pub enum QueueCommand {
@@ -99,6 +118,8 @@ pub enum QueueCommand {
     Restart,
     /// Push the current rules and listen addresses to the dataplane.
     Reconfigure,
+    /// Push backend health and MACs to the dataplane.
+    Backends,
     /// Stop the dataplane and end supervision (the queue was removed).
     Stop,
 }
@@ -134,6 +155,9 @@ pub struct Shared {
     listen: RefCell<Vec<SocketAddr>>,
     answer: RefCell<AnswerSpec>,
     events: mpsc::UnboundedSender<Event>,
+    /// Backends and what forwarding needs, if any backend is configured.
+    pub forwarding: Option<crate::backends::Forwarding>,
+    backend_live: RefCell<Vec<xdpdns_common::ipc::BackendLive>>,
 }
 
 impl Shared {
@@ -144,6 +168,7 @@ impl Shared {
         program: Attached,
         events: mpsc::UnboundedSender<Event>,
         stop: watch::Receiver<bool>,
+        forwarding: Option<crate::backends::Forwarding>,
     ) -> Self {
         let queues = plan
             .queues
@@ -165,6 +190,65 @@ impl Shared {
             listen: RefCell::new(listen),
             answer: RefCell::new(answer),
             events,
+            backend_live: RefCell::new(
+                forwarding
+                    .as_ref()
+                    .map(|f| f.spec().live.clone())
+                    .unwrap_or_default(),
+            ),
+            forwarding,
+        }
+    }
+
+    /// Everything the XDP program redirects under `config`: its listen
+    /// addresses and the forwarding ports (none when `xdp.redirect` is off).
+    pub fn destinations_for(&self, config: &Config) -> Vec<SocketAddr> {
+        let mut d = config.redirected();
+        if config.xdp.redirect
+            && let Some(f) = &self.forwarding
+        {
+            d.extend(f.destinations());
+        }
+        d
+    }
+
+    /// Our source address toward backend `i`.
+    pub fn backend_source(&self, i: usize) -> Option<std::net::IpAddr> {
+        self.forwarding
+            .as_ref()?
+            .spec()
+            .backends
+            .get(i)
+            .map(|b| b.source)
+    }
+
+    pub fn backend_live(&self) -> Vec<xdpdns_common::ipc::BackendLive> {
+        self.backend_live.borrow().clone()
+    }
+
+    /// Records backend `i`'s health and MAC; on a change, tells every
+    /// dataplane and logs when a whole pool goes down or comes back.
+    pub fn set_backend_live(&self, i: usize, live: xdpdns_common::ipc::BackendLive) {
+        let (before, after) = {
+            let mut all = self.backend_live.borrow_mut();
+            if all.get(i).is_none_or(|l| *l == live) {
+                return;
+            }
+            let before = pools_down(&self.forwarding, &all);
+            all[i] = live;
+            (before, pools_down(&self.forwarding, &all))
+        };
+        for q in self.supervised_queues() {
+            self.command(q, QueueCommand::Backends);
+        }
+        if let Some(f) = &self.forwarding {
+            for (p, pool) in f.spec().pools.iter().enumerate() {
+                if !before.contains(&p) && after.contains(&p) {
+                    tracing::error!(pool = %pool.name, action = ?f.spec().all_down_action, "every backend of the pool is down");
+                } else if before.contains(&p) && !after.contains(&p) {
+                    tracing::info!(pool = %pool.name, "the pool has a backend up again");
+                }
+            }
         }
     }
 

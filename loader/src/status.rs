@@ -31,9 +31,26 @@ pub struct Status {
     pub queues: Vec<QueueStatus>,
     /// Queries per rule, in order; the last is the default action.
     pub rules: Vec<RuleStatus>,
+    pub backends: Vec<BackendStatus>,
     /// The XDP program's frames per outcome.
     pub xdp: BTreeMap<String, u64>,
     pub totals: Counters,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BackendStatus {
+    pub address: String,
+    pub pool: String,
+    pub xsk: bool,
+    pub source: String,
+    pub up: bool,
+    pub mac: Option<String>,
+    pub queries: u64,
+    pub replies: u64,
+    pub timeouts: u64,
+    pub latency_avg_us: u64,
+    /// Counts per bucket of [`xdpdns_common::stats::LATENCY_BUCKETS_US`], plus overflow.
+    pub latency_buckets: Vec<u64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -78,6 +95,7 @@ pub struct Counters {
     pub kernel_send_errors: u64,
     pub xsk_kernel: XskKernelStats,
     pub rings: RingLevels,
+    pub forward: xdpdns_common::stats::ForwardCounters,
 }
 
 impl From<&PathCounters> for PathStatus {
@@ -108,6 +126,7 @@ impl From<&DataplaneCounters> for Counters {
             kernel_send_errors: c.kernel_send_errors,
             xsk_kernel: c.xsk_kernel.clone(),
             rings: c.rings,
+            forward: c.forward.clone(),
         }
     }
 }
@@ -136,7 +155,52 @@ impl Status {
             })
             .collect();
         let (program_id, mode, pin_dir) = shared.program_info().unwrap_or((0, None, String::new()));
-        let totals = shared.totals();
+        let mut totals = shared.totals();
+        // The in-flight gauge sums over queues.
+        totals.forward.in_flight = shared
+            .queues()
+            .values()
+            .map(|q| q.live.forward.in_flight)
+            .sum();
+        let live = shared.backend_live();
+        let backends = shared
+            .forwarding
+            .as_ref()
+            .map(|f| {
+                f.spec()
+                    .backends
+                    .iter()
+                    .enumerate()
+                    .map(|(i, b)| {
+                        let c = totals.backends.get(i).cloned().unwrap_or_default();
+                        let l = live.get(i).copied();
+                        BackendStatus {
+                            address: b.address.to_string(),
+                            pool: f
+                                .spec()
+                                .pools
+                                .get(usize::from(b.pool))
+                                .map(|p| p.name.clone())
+                                .unwrap_or_default(),
+                            xsk: b.xsk,
+                            source: b.source.to_string(),
+                            up: l.is_some_and(|l| l.up),
+                            mac: l.and_then(|l| l.mac).map(|m| {
+                                m.iter()
+                                    .map(|x| format!("{x:02x}"))
+                                    .collect::<Vec<_>>()
+                                    .join(":")
+                            }),
+                            queries: c.queries,
+                            replies: c.replies,
+                            timeouts: c.timeouts,
+                            latency_avg_us: c.latency_sum_us.checked_div(c.replies).unwrap_or(0),
+                            latency_buckets: c.latency.clone(),
+                        }
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
         let config = shared.config();
         let answer = config.answer_spec();
         let mut labels: Vec<String> = config.rule.iter().map(|r| r.label()).collect();
@@ -163,6 +227,7 @@ impl Status {
             config_path: shared.config_path().display().to_string(),
             queues,
             rules,
+            backends,
             xdp: shared
                 .xdp_counters()
                 .by_outcome
@@ -277,6 +342,36 @@ impl Status {
                 .collect::<Vec<_>>()
                 .join(" ")
         );
+        for b in &self.backends {
+            let _ = writeln!(
+                s,
+                "backend  {} pool {} {} {} mac {} queries={} replies={} timeouts={} avg={}us",
+                b.address,
+                b.pool,
+                if b.xsk { "af_xdp" } else { "socket" },
+                if b.up { "UP" } else { "DOWN" },
+                b.mac.as_deref().unwrap_or("-"),
+                b.queries,
+                b.replies,
+                b.timeouts,
+                b.latency_avg_us
+            );
+        }
+        if !self.backends.is_empty() {
+            let f = &self.totals.forward;
+            let _ = writeln!(
+                s,
+                "forward  in_flight={} table_full={} pool_down={} stray={} duplicate={} bad={} large={} send_errors={}",
+                f.in_flight,
+                f.table_full,
+                f.pool_down,
+                f.stray_replies,
+                f.duplicate_replies,
+                f.bad_replies,
+                f.large_replies,
+                f.send_errors
+            );
+        }
         let exits: Vec<String> = self
             .queues
             .iter()

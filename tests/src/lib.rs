@@ -710,3 +710,114 @@ pub fn repo_root() -> PathBuf {
         .expect("repo root")
         .to_path_buf()
 }
+
+/// A knotd serving a small test zone, killed on drop.
+pub struct Knot {
+    child: Child,
+    pub dir: PathBuf,
+}
+
+impl Drop for Knot {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Name, type and data of the test zone's records that tests look for.
+pub const ZONE_A: &str = "198.51.100.7";
+pub const ZONE_AAAA: &str = "2001:db8::7";
+
+impl Lab {
+    /// kdig's whole output for one query.
+    pub fn kdig_output(&self, args: &[&str]) -> String {
+        let mut all = vec!["+retry=0", "+timeout=2"];
+        all.extend_from_slice(args);
+        let out = self.client("kdig", &all);
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    }
+
+    /// Adds an address to an interface in the client namespace.
+    pub fn client_addr(&self, cidr: &str, ifname: &str) -> anyhow::Result<()> {
+        let mut args = vec!["-n", &self.client_ns, "addr", "add", cidr, "dev", ifname];
+        if cidr.contains(':') {
+            args.push("nodad");
+        }
+        ip(&args)?;
+        Ok(())
+    }
+
+    /// Starts knotd in namespace `ns` serving `example.test.` on `listen`
+    /// (e.g. ["192.0.2.10@53"]), with a TXT record of `big_txt` bytes.
+    pub fn knot(
+        &self,
+        ns: &str,
+        tag: &str,
+        listen: &[&str],
+        big_txt: usize,
+    ) -> anyhow::Result<Knot> {
+        let dir = self.dir.join(format!("knot-{tag}"));
+        fs::create_dir_all(dir.join("db"))?;
+        let mut zone = format!(
+            "$ORIGIN example.test.\n$TTL 300\n@ SOA ns hostmaster 1 3600 600 86400 300\n@ NS ns\nns A 192.0.2.10\n\
+             www A {ZONE_A}\nwww AAAA {ZONE_AAAA}\n"
+        );
+        if big_txt > 0 {
+            zone.push_str("big TXT");
+            let chunk = "x".repeat(250);
+            for _ in 0..big_txt.div_ceil(251) {
+                zone.push_str(&format!(" \"{chunk}\""));
+            }
+            zone.push('\n');
+        }
+        fs::write(dir.join("example.test.zone"), zone)?;
+        let listen: Vec<String> = listen.iter().map(|l| format!("\"{l}\"")).collect();
+        let conf = format!(
+            "server:\n    rundir: \"{d}\"\n    listen: [{l}]\n    udp-workers: 1\n    tcp-workers: 1\n    background-workers: 1\n    udp-max-payload: 4096\n\
+             log:\n  - target: stderr\n    any: warning\n\
+             database:\n    storage: \"{d}/db\"\n\
+             zone:\n  - domain: example.test\n    storage: \"{d}\"\n    file: example.test.zone\n",
+            d = dir.display(),
+            l = listen.join(", ")
+        );
+        fs::write(dir.join("knot.conf"), conf)?;
+        let log = fs::File::create(dir.join("knot.log"))?;
+        let child = Command::new("ip")
+            .args(["netns", "exec", ns, "knotd", "-c"])
+            .arg(dir.join("knot.conf"))
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()?;
+        let knot = Knot { child, dir };
+        let first = listen[0]
+            .trim_matches('"')
+            .split('@')
+            .next()
+            .unwrap_or("")
+            .to_string();
+        wait_for(Duration::from_secs(10), "knotd to answer", || {
+            let out = Command::new("ip")
+                .args([
+                    "netns",
+                    "exec",
+                    ns,
+                    "kdig",
+                    "+retry=0",
+                    "+timeout=1",
+                    &format!("@{first}"),
+                    "www.example.test",
+                    "A",
+                ])
+                .output()
+                .ok()?;
+            String::from_utf8_lossy(&out.stdout)
+                .contains("NOERROR")
+                .then_some(())
+        })?;
+        Ok(knot)
+    }
+}

@@ -75,6 +75,7 @@ impl Config {
             &self.rule,
             self.dataplane.edns_udp_size,
             self.xsk.verify_checksums,
+            !self.backend.is_empty(),
         )
     }
 }

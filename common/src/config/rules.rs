@@ -17,6 +17,8 @@ pub enum Action {
     NotImp,
     /// Send nothing back.
     Drop,
+    /// Send it to the default pool (the default action when backends exist).
+    Forward,
 }
 
 impl Action {
@@ -28,7 +30,7 @@ impl Action {
             Action::ServFail => Some(Rcode::ServFail),
             Action::NoError => Some(Rcode::NoError),
             Action::NotImp => Some(Rcode::NotImp),
-            Action::Drop => None,
+            Action::Drop | Action::Forward => None,
         }
     }
 }
@@ -91,6 +93,7 @@ impl Action {
             Action::NoError => "noerror",
             Action::NotImp => "notimp",
             Action::Drop => "drop",
+            Action::Forward => "forward",
         }
     }
 }
@@ -119,6 +122,7 @@ pub(super) fn compile(
     rules: &[RuleConfig],
     edns_udp_size: u16,
     verify_checksums: bool,
+    forward: bool,
 ) -> AnswerSpec {
     AnswerSpec {
         rules: rules
@@ -132,7 +136,11 @@ pub(super) fn compile(
                 action: r.action,
             })
             .collect(),
-        default: Action::Refused,
+        default: if forward {
+            Action::Forward
+        } else {
+            Action::Refused
+        },
         edns_udp_size,
         verify_checksums,
     }

@@ -313,3 +313,17 @@ fn backend_errors_name_their_key() {
         "pool[1].name"
     );
 }
+
+#[test]
+fn forwarding_is_the_default_action_only_with_backends() {
+    assert_eq!(
+        Config::from_toml(MINIMAL).unwrap().answer_spec().default,
+        Action::Refused
+    );
+    let text = format!(
+        "{MINIMAL}\n[[backend]]\naddress = \"192.0.2.2:53\"\n[[rule]]\nqtype = \"ANY\"\naction = \"refused\"\n"
+    );
+    let spec = Config::from_toml(&text).unwrap().answer_spec();
+    assert_eq!(spec.default, Action::Forward);
+    assert_eq!(spec.rules[0].action, Action::Refused);
+}

@@ -63,7 +63,12 @@ impl Pool {
 
     /// The backend for a query named `qname` (wire format), or `None` if
     /// every member is down.
-    pub fn pick(&mut self, qname: &[u8], up: impl Fn(u16) -> bool, outstanding: impl Fn(u16) -> u32) -> Option<u16> {
+    pub fn pick(
+        &mut self,
+        qname: &[u8],
+        up: impl Fn(u16) -> bool,
+        outstanding: impl Fn(u16) -> u32,
+    ) -> Option<u16> {
         let n = self.members.len();
         if n == 0 {
             return None;
@@ -140,22 +145,37 @@ mod tests {
     #[test]
     fn round_robin_cycles_and_skips_down_members() {
         let mut p = pool(Policy::RoundRobin, &[1, 1, 1]);
-        let picks: Vec<_> = (0..6).map(|_| p.pick(b"\0", |_| true, |_| 0).unwrap()).collect();
+        let picks: Vec<_> = (0..6)
+            .map(|_| p.pick(b"\0", |_| true, |_| 0).unwrap())
+            .collect();
         assert_eq!(picks, [0, 10, 20, 0, 10, 20]);
-        let picks: Vec<_> = (0..4).map(|_| p.pick(b"\0", |b| b != 10, |_| 0).unwrap()).collect();
+        let picks: Vec<_> = (0..4)
+            .map(|_| p.pick(b"\0", |b| b != 10, |_| 0).unwrap())
+            .collect();
         assert_eq!(picks, [0, 20, 0, 20]);
         assert_eq!(p.pick(b"\0", |_| false, |_| 0), None);
-        assert_eq!(pool(Policy::RoundRobin, &[]).pick(b"\0", |_| true, |_| 0), None);
+        assert_eq!(
+            pool(Policy::RoundRobin, &[]).pick(b"\0", |_| true, |_| 0),
+            None
+        );
     }
 
     #[test]
     fn weighted_follows_the_weights_smoothly() {
         let mut p = pool(Policy::Weighted, &[5, 1, 1]);
-        let picks: Vec<_> = (0..7).map(|_| p.pick(b"\0", |_| true, |_| 0).unwrap()).collect();
+        let picks: Vec<_> = (0..7)
+            .map(|_| p.pick(b"\0", |_| true, |_| 0).unwrap())
+            .collect();
         let count = |b| picks.iter().filter(|x| **x == b).count();
         assert_eq!((count(0), count(10), count(20)), (5, 1, 1));
-        assert_ne!(&picks[..2], &[10, 20], "smooth: the heavy member is not starved first");
-        let picks: Vec<_> = (0..6).map(|_| p.pick(b"\0", |b| b != 0, |_| 0).unwrap()).collect();
+        assert_ne!(
+            &picks[..2],
+            &[10, 20],
+            "smooth: the heavy member is not starved first"
+        );
+        let picks: Vec<_> = (0..6)
+            .map(|_| p.pick(b"\0", |b| b != 0, |_| 0).unwrap())
+            .collect();
         assert!(picks.iter().all(|b| *b != 0));
     }
 
@@ -169,7 +189,9 @@ mod tests {
         };
         assert_eq!(p.pick(b"\0", |_| true, load), Some(10));
         assert_eq!(p.pick(b"\0", |b| b != 10, load), Some(20));
-        let even: Vec<_> = (0..3).map(|_| p.pick(b"\0", |_| true, |_| 0).unwrap()).collect();
+        let even: Vec<_> = (0..3)
+            .map(|_| p.pick(b"\0", |_| true, |_| 0).unwrap())
+            .collect();
         let mut sorted = even.clone();
         sorted.sort();
         assert_eq!(sorted, [0, 10, 20], "ties rotate: {even:?}");
@@ -179,12 +201,21 @@ mod tests {
     fn consistent_hash_is_stable_case_insensitive_and_moves_only_what_it_must() {
         let mut p = pool(Policy::ConsistentHash, &[1, 1, 1, 1]);
         let qs = names(2000);
-        let before: Vec<u16> = qs.iter().map(|q| p.pick(q, |_| true, |_| 0).unwrap()).collect();
-        let again: Vec<u16> = qs.iter().map(|q| p.pick(q, |_| true, |_| 0).unwrap()).collect();
+        let before: Vec<u16> = qs
+            .iter()
+            .map(|q| p.pick(q, |_| true, |_| 0).unwrap())
+            .collect();
+        let again: Vec<u16> = qs
+            .iter()
+            .map(|q| p.pick(q, |_| true, |_| 0).unwrap())
+            .collect();
         assert_eq!(before, again, "deterministic");
         let upper = xdpdns_common::dns::name_to_wire("Q7.EXAMPLE.").unwrap();
         let lower = xdpdns_common::dns::name_to_wire("q7.example.").unwrap();
-        assert_eq!(p.pick(&upper, |_| true, |_| 0), p.pick(&lower, |_| true, |_| 0));
+        assert_eq!(
+            p.pick(&upper, |_| true, |_| 0),
+            p.pick(&lower, |_| true, |_| 0)
+        );
         let mut share: HashMap<u16, usize> = HashMap::new();
         for b in &before {
             *share.entry(*b).or_default() += 1;
@@ -193,7 +224,10 @@ mod tests {
             assert!((300..=700).contains(n), "backend {b} got {n} of 2000");
         }
         // Take member 10 down: only its names move.
-        let after: Vec<u16> = qs.iter().map(|q| p.pick(q, |b| b != 10, |_| 0).unwrap()).collect();
+        let after: Vec<u16> = qs
+            .iter()
+            .map(|q| p.pick(q, |b| b != 10, |_| 0).unwrap())
+            .collect();
         for (b, a) in before.iter().zip(&after) {
             if *b != 10 {
                 assert_eq!(b, a, "names of up members stay put");

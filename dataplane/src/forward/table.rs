@@ -59,6 +59,9 @@ impl Entry {
 /// Why a reply could not be matched.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ClaimError {
+    /// The slot is in use for this ID, but the caller's check refused it
+    /// (e.g. another question): the slot stays for the real reply.
+    Mismatch,
     /// No such slot, or its generation or backend does not match: a stray,
     /// forged or very late reply.
     Unknown,
@@ -182,6 +185,17 @@ impl Table {
     /// Claims the slot a reply to `queue`'s port with DNS ID `id` from
     /// `backend` belongs to, freeing it. Exactly one claimer succeeds.
     pub fn claim(&self, queue: u32, id: u16, backend: u16) -> Result<Entry, ClaimError> {
+        self.claim_if(queue, id, backend, |_| true)
+    }
+
+    /// Like [`Table::claim`], but only if `check` accepts the entry.
+    pub fn claim_if(
+        &self,
+        queue: u32,
+        id: u16,
+        backend: u16,
+        check: impl FnOnce(&Entry) -> bool,
+    ) -> Result<Entry, ClaimError> {
         let index = u32::from(id) & (self.per_queue - 1);
         let words = self.slot(queue, index).ok_or(ClaimError::Unknown)?;
         let state = words[0].load(Ordering::Acquire);
@@ -194,6 +208,9 @@ impl Table {
         let entry = read_entry(words);
         if entry.backend != backend {
             return Err(ClaimError::Unknown);
+        }
+        if !check(&entry) {
+            return Err(ClaimError::Mismatch);
         }
         let freed = (state & !0xff) | FREE;
         words[0]

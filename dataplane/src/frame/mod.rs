@@ -1,6 +1,7 @@
 //! Ethernet/IP/UDP frames: parse a received frame, and turn it into the reply
 //! in place once the DNS answer has been written into its payload.
 
+mod build;
 pub mod checksum;
 mod parse;
 mod reply;
@@ -8,6 +9,7 @@ mod reply;
 #[doc(hidden)]
 pub mod testing;
 
+pub use build::{Addrs, Headers, write_headers};
 pub use parse::{Family, Parsed, parse};
 pub use reply::write_reply;
 

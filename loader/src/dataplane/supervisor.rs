@@ -100,7 +100,7 @@ async fn supervise(
                 tokio::select! {
                     cmd = commands.recv() => match cmd {
                         Some(QueueCommand::Restart) => { recent.clear(); break; }
-                        Some(QueueCommand::Reconfigure) => continue,
+                        Some(QueueCommand::Reconfigure) | Some(QueueCommand::Backends) => continue,
                         Some(QueueCommand::Stop) | None => return finish(queue, &shared),
                     },
                     _ = stop.changed() => return finish(queue, &shared),
@@ -148,6 +148,10 @@ fn init_for(queue: u32, shared: &Shared) -> ToDataplane {
         stats_interval_ms: config.dataplane.stats_interval_ms,
         answer: shared.answer_spec(),
         kernel_sockets: shared.listen(),
+        forward: shared
+            .forwarding
+            .as_ref()
+            .map(|f| f.spec_with(&shared.backend_live())),
     }))
 }
 
@@ -157,10 +161,16 @@ async fn run_once(
     commands: &mut mpsc::UnboundedReceiver<QueueCommand>,
 ) -> Outcome {
     let mut stop = shared.stop.clone();
-    let sockets = match sockets::bind_all(&shared.listen()) {
+    let mut sockets = match sockets::bind_all(&shared.listen()) {
         Ok(s) => s,
         Err(e) => return Outcome::Exited(e.to_string()),
     };
+    if let Some(f) = &shared.forwarding {
+        match f.fds_for(queue) {
+            Ok(fds) => sockets.extend(fds),
+            Err(e) => return Outcome::Exited(e.to_string()),
+        }
+    }
     let Spawned {
         mut child,
         channel,
@@ -222,9 +232,16 @@ async fn run_once(
             }
             cmd = commands.recv() => match cmd {
                 Some(QueueCommand::Reconfigure) => {
-                    if let Err(reason) = reconfigure(shared, &channel).await {
+                    if let Err(reason) = reconfigure(shared, &channel, queue).await {
                         kill(&mut child).await;
                         return Outcome::Exited(reason);
+                    }
+                }
+                Some(QueueCommand::Backends) => {
+                    let msg = ToDataplane::Backends(shared.backend_live());
+                    if let Err(e) = channel.send(&msg, &[]).await {
+                        kill(&mut child).await;
+                        return Outcome::Exited(format!("control channel: {e}"));
                     }
                 }
                 Some(QueueCommand::Restart) => {
@@ -246,13 +263,20 @@ async fn run_once(
 }
 
 /// Sends the current rules and fresh kernel-path sockets.
-async fn reconfigure(shared: &Shared, channel: &Channel) -> Result<(), String> {
+async fn reconfigure(shared: &Shared, channel: &Channel, queue: u32) -> Result<(), String> {
     let listen = shared.listen();
-    let sockets = sockets::bind_all(&listen).map_err(|e| e.to_string())?;
+    let mut sockets = sockets::bind_all(&listen).map_err(|e| e.to_string())?;
+    if let Some(f) = &shared.forwarding {
+        sockets.extend(f.fds_for(queue).map_err(|e| e.to_string())?);
+    }
     let fds: Vec<BorrowedFd<'_>> = sockets.iter().map(|s| s.as_fd()).collect();
     let msg = ToDataplane::Reconfigure(Box::new(Reconfigure {
         answer: shared.answer_spec(),
         kernel_sockets: listen,
+        forward: shared
+            .forwarding
+            .as_ref()
+            .map(|f| f.spec_with(&shared.backend_live())),
     }));
     channel
         .send(&msg, &fds)

@@ -177,3 +177,13 @@ fn an_owner_inserting_while_others_claim_never_loses_or_duplicates() {
     assert_eq!(claimed.load(Ordering::Relaxed), 20_000);
     assert_eq!(t.in_flight(0), 0);
 }
+
+#[test]
+fn a_refused_check_leaves_the_slot_for_the_real_reply() {
+    let t = Table::anonymous(1, 64).unwrap();
+    let mut a = t.allocator(0);
+    let id = t.insert(&mut a, &entry(1, 1000, 4)).unwrap();
+    assert_eq!(t.claim_if(0, id, 1, |_| false), Err(ClaimError::Mismatch));
+    assert_eq!(t.in_flight(0), 1);
+    assert!(t.claim_if(0, id, 1, |e| e.client.port == 40004).is_ok());
+}
