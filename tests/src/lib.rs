@@ -821,3 +821,61 @@ impl Lab {
         Ok(knot)
     }
 }
+
+/// A network namespace deleted on drop.
+pub struct NsGuard(String);
+
+impl NsGuard {
+    pub fn new(name: &str) -> anyhow::Result<NsGuard> {
+        ip(&["netns", "add", name])?;
+        Ok(NsGuard(name.into()))
+    }
+}
+
+impl Drop for NsGuard {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
+impl Lab {
+    /// Runs a command in the client namespace on one CPU; its output.
+    pub fn client_pinned(&self, cpu: u32, cmd: &[&str]) -> String {
+        let out = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &self.client_ns,
+                "taskset",
+                "-c",
+                &cpu.to_string(),
+            ])
+            .args(cmd)
+            .output()
+            .expect("taskset");
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    }
+
+    /// Like [`Lab::knot`], with knotd's threads on one CPU.
+    pub fn knot_pinned(
+        &self,
+        ns: &str,
+        tag: &str,
+        listen: &[&str],
+        cpu: u32,
+    ) -> anyhow::Result<Knot> {
+        let k = self.knot(ns, tag, listen, 0)?;
+        sh(Command::new("taskset").args([
+            "-a",
+            "-p",
+            "-c",
+            &cpu.to_string(),
+            &k.child.id().to_string(),
+        ]))?;
+        Ok(k)
+    }
+}

@@ -73,3 +73,311 @@ fn forwards_over_af_xdp_from_both_families_to_a_real_server() -> anyhow::Result<
     let _ = Duration::ZERO;
     Ok(())
 }
+
+#[test]
+fn forwards_over_sockets_and_answers_the_client_over_af_xdp() -> anyhow::Result<()> {
+    let (lab, _knot) = backend_lab("fwdsock")?;
+    let cfg = lab.config("s", &backend(&format!("[{BACKEND_V6}]:53"), "xsk = false"));
+    let server = lab.start("s", &cfg)?;
+    server.wait_status("backend up", |s| s["backends"][0]["up"] == true)?;
+    for _ in 0..5 {
+        let out = lab.kdig_output(&[&format!("@{SERVER_V4}"), "www.example.test", "A"]);
+        assert!(answer_has(&out, ZONE_A), "{out}");
+    }
+    let s = server.wait_status("replies counted", |s| {
+        s["backends"][0]["replies"].as_u64().unwrap_or(0) >= 5
+    })?;
+    assert_eq!(s["backends"][0]["xsk"], false);
+    assert!(
+        s["backends"][0]["mac"].is_null(),
+        "a socket backend needs no MAC"
+    );
+    // The client's queries and answers went over AF_XDP; the backend leg did not.
+    assert!(
+        total(&s, "xsk", "answered") >= 5 && total(&s, "xsk", "received") < 10,
+        "{s:#}"
+    );
+    Ok(())
+}
+
+#[test]
+fn replies_landing_on_the_other_queue_are_answered() -> anyhow::Result<()> {
+    let (lab, knot) = backend_lab("otherq")?;
+    drop(knot);
+    // kdig on CPU 0 sends on tx queue 0; knotd on CPU 1 answers on queue 1.
+    for (q, mask) in [(0, "1"), (1, "2")] {
+        sh(std::process::Command::new("ip").args([
+            "netns",
+            "exec",
+            &lab.client_ns,
+            "sh",
+            "-c",
+            &format!("echo {mask} > /sys/class/net/{CLIENT_IF}/queues/tx-{q}/xps_cpus"),
+        ]))?;
+    }
+    let c = lab.client_ns.clone();
+    let _knot = lab.knot_pinned(&c, "b1", &[&format!("{BACKEND_V4}@53")], 1)?;
+    let server = lab.start(
+        "o",
+        &lab.config("o", &backend(&format!("{BACKEND_V4}:53"), "")),
+    )?;
+    server.wait_status("backend up with a MAC", |s| {
+        s["backends"][0]["up"] == true && s["backends"][0]["mac"].is_string()
+    })?;
+    for i in 0..10 {
+        let out = lab.client_pinned(
+            0,
+            &[
+                "kdig",
+                "+retry=0",
+                "+timeout=2",
+                &format!("@{SERVER_V4}"),
+                "www.example.test",
+                "A",
+            ],
+        );
+        assert!(answer_has(&out, ZONE_A), "query {i}:\n{out}");
+    }
+    let s = server.wait_status("counters", |s| {
+        s["backends"][0]["replies"].as_u64().unwrap_or(0) >= 10
+    })?;
+    let q0 = &s["queues"][0]["counters"]["xsk"]["received"];
+    let q1 = &s["queues"][1]["counters"]["xsk"]["received"];
+    assert!(q0.as_u64().unwrap_or(0) >= 10, "queries on queue 0: {s:#}");
+    assert!(q1.as_u64().unwrap_or(0) >= 10, "replies on queue 1: {s:#}");
+    assert_eq!(s["totals"]["forward"]["in_flight"], 0);
+    Ok(())
+}
+
+#[test]
+fn a_reply_larger_than_a_frame_is_delivered_through_the_kernel() -> anyhow::Result<()> {
+    let lab = Lab::new("large")?;
+    for (ns, ifname) in [(&lab.server_ns, SERVER_IF), (&lab.client_ns, CLIENT_IF)] {
+        ip(&["-n", ns, "link", "set", ifname, "mtu", "3000"])?;
+    }
+    lab.client_addr(&format!("{BACKEND_V4}/24"), CLIENT_IF)?;
+    let c = lab.client_ns.clone();
+    let _knot = lab.knot(&c, "big", &[&format!("{BACKEND_V4}@53")], 2400)?;
+    let server = lab.start(
+        "l",
+        &lab.config("l", &backend(&format!("{BACKEND_V4}:53"), "")),
+    )?;
+    server.wait_status("backend up with a MAC", |s| {
+        s["backends"][0]["up"] == true && s["backends"][0]["mac"].is_string()
+    })?;
+    let out = lab.kdig_output(&[
+        &format!("@{SERVER_V4}"),
+        "+bufsize=4096",
+        "+ignore",
+        "big.example.test",
+        "TXT",
+    ]);
+    assert!(
+        out.contains("NOERROR") && out.contains("xxxxxxxxxx"),
+        "{out}"
+    );
+    assert!(!out.contains(" tc"), "not truncated: {out}");
+    let s = server.wait_status("large reply counted", |s| {
+        s["totals"]["forward"]["large_replies"]
+            .as_u64()
+            .unwrap_or(0)
+            >= 1
+    })?;
+    assert!(xdp(&s, "too_large") >= 1, "{s:#}");
+    Ok(())
+}
+
+#[test]
+fn a_stopped_backend_is_taken_out_and_queries_keep_succeeding() -> anyhow::Result<()> {
+    let (lab, _knot1) = backend_lab("health")?;
+    lab.client_addr("192.0.2.11/24", CLIENT_IF)?;
+    let c = lab.client_ns.clone();
+    let knot2 = lab.knot(&c, "b2", &["192.0.2.11@53"], 0)?;
+    let cfg = lab.config(
+        "h",
+        &format!(
+            "{}{}",
+            backend(&format!("{BACKEND_V4}:53"), ""),
+            backend("192.0.2.11:53", "")
+        ),
+    );
+    let server = lab.start("h", &cfg)?;
+    server.wait_status("both up", |s| {
+        s["backends"][0]["up"] == true && s["backends"][1]["up"] == true
+    })?;
+    drop(knot2);
+    server.wait_status("second backend down", |s| s["backends"][1]["up"] == false)?;
+    for i in 0..10 {
+        let out = lab.kdig_output(&[&format!("@{SERVER_V4}"), "www.example.test", "A"]);
+        assert!(
+            answer_has(&out, ZONE_A),
+            "query {i} after the failover:\n{out}"
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn a_backend_behind_a_gateway_is_reached_without_a_configured_mac() -> anyhow::Result<()> {
+    let lab = Lab::new("gateway")?;
+    // client namespace routes between the lab and a third namespace.
+    let far = format!("{}-b", lab.name);
+    let _far = NsGuard::new(&far)?;
+    ip(&[
+        "-n",
+        &lab.client_ns,
+        "link",
+        "add",
+        "gw0",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "far0",
+        "netns",
+        &far,
+    ])?;
+    ip(&[
+        "-n",
+        &lab.client_ns,
+        "addr",
+        "add",
+        "198.51.100.1/24",
+        "dev",
+        "gw0",
+    ])?;
+    ip(&["-n", &lab.client_ns, "link", "set", "gw0", "up"])?;
+    ip(&["-n", &far, "addr", "add", "198.51.100.10/24", "dev", "far0"])?;
+    ip(&["-n", &far, "link", "set", "far0", "up"])?;
+    ip(&["-n", &far, "link", "set", "lo", "up"])?;
+    ip(&["-n", &far, "route", "add", "default", "via", "198.51.100.1"])?;
+    sh(std::process::Command::new("ip").args([
+        "netns",
+        "exec",
+        &lab.client_ns,
+        "sysctl",
+        "-qw",
+        "net.ipv4.ip_forward=1",
+    ]))?;
+    sh(std::process::Command::new("ip")
+        .args(["netns", "exec", &far, "ethtool", "-K", "far0", "tx", "off"]))?;
+    sh(std::process::Command::new("ip").args([
+        "netns",
+        "exec",
+        &lab.client_ns,
+        "ethtool",
+        "-K",
+        "gw0",
+        "tx",
+        "off",
+    ]))?;
+    ip(&[
+        "-n",
+        &lab.server_ns,
+        "route",
+        "add",
+        "198.51.100.0/24",
+        "via",
+        CLIENT_V4,
+    ])?;
+    let _knot = lab.knot(&far, "far", &["198.51.100.10@53"], 0)?;
+    let server = lab.start("g", &lab.config("g", &backend("198.51.100.10:53", "")))?;
+    let gw_mac = mac_of(&lab.client_ns, CLIENT_IF)?;
+    let gw_mac = gw_mac
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":");
+    server.wait_status("backend up with the gateway's MAC", |s| {
+        s["backends"][0]["up"] == true && s["backends"][0]["mac"] == gw_mac.as_str()
+    })?;
+    for i in 0..5 {
+        let out = lab.kdig_output(&[&format!("@{SERVER_V4}"), "www.example.test", "A"]);
+        assert!(answer_has(&out, ZONE_A), "query {i}:\n{out}");
+    }
+    Ok(())
+}
+
+#[test]
+fn a_silent_backend_times_out_and_nothing_leaks() -> anyhow::Result<()> {
+    let lab = Lab::new("timeout")?;
+    lab.client_addr("192.0.2.12/24", CLIENT_IF)?;
+    let silent = lab.in_ns(false, || Ok(std::net::UdpSocket::bind("192.0.2.12:53")?))?;
+    let cfg = lab.config(
+        "t",
+        "[[backend]]\naddress = \"192.0.2.12:53\"\n[backend.health]\ninterval_ms = 600000\n\
+         [forwarding]\ntimeout_ms = 300\ntimeout_action = \"servfail\"\n",
+    );
+    let server = lab.start("t", &cfg)?;
+    server.wait_status("backend resolved", |s| s["backends"][0]["mac"].is_string())?;
+    for i in 0..5 {
+        assert_eq!(
+            lab.kdig(&[&format!("@{SERVER_V4}"), &format!("t{i}.example.test")]),
+            "SERVFAIL"
+        );
+    }
+    let s = server.wait_status("timeouts counted, nothing in flight", |s| {
+        s["backends"][0]["timeouts"].as_u64().unwrap_or(0) >= 5
+            && s["totals"]["forward"]["in_flight"] == 0
+    })?;
+    assert_eq!(s["backends"][0]["replies"], 0, "{s:#}");
+    drop(silent);
+    Ok(())
+}
+
+#[test]
+fn hostile_replies_are_dropped_and_counted() -> anyhow::Result<()> {
+    let lab = Lab::new("hostile-reply")?;
+    lab.client_addr("192.0.2.13/24", CLIENT_IF)?;
+    let fake = lab.in_ns(false, || Ok(std::net::UdpSocket::bind("192.0.2.13:53")?))?;
+    // A second socket elsewhere, to send replies from the wrong source.
+    let other = lab.in_ns(false, || Ok(std::net::UdpSocket::bind("192.0.2.2:5353")?))?;
+    let cfg = lab.config(
+        "x",
+        "[[backend]]\naddress = \"192.0.2.13:53\"\n[backend.health]\ninterval_ms = 600000\n[forwarding]\ntimeout_ms = 3000\n",
+    );
+    let server = lab.start("x", &cfg)?;
+    server.wait_status("backend resolved", |s| s["backends"][0]["mac"].is_string())?;
+    // The first query the fake backend sees is the health check; skip it.
+    fake.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let responder = std::thread::spawn(move || -> anyhow::Result<()> {
+        let mut buf = [0u8; 1500];
+        loop {
+            let (n, from) = fake.recv_from(&mut buf)?;
+            let q = &buf[..n];
+            if q.windows(8).any(|w| w == b"\x07hostile") {
+                let mut good = q.to_vec();
+                good[2] |= 0x80;
+                good[3] = 3; // NXDOMAIN: distinguishable from anything local
+                // Same slot, another generation: what a guessing attacker sends.
+                let mut wrong_id = good.clone();
+                wrong_id[0] ^= 0x80;
+                let mut wrong_q = good.clone();
+                let at = good.len() - 6;
+                wrong_q[at] ^= 0x20; // flips the case of a question byte
+                fake.send_to(&wrong_id, from)?;
+                fake.send_to(&good[..5], from)?;
+                fake.send_to(&wrong_q, from)?;
+                other.send_to(&good, from)?; // right port and ID, wrong source
+                std::thread::sleep(Duration::from_millis(50));
+                fake.send_to(&good, from)?;
+                fake.send_to(&good, from)?; // a duplicate
+                return Ok(());
+            }
+        }
+    });
+    let status = lab.kdig(&[&format!("@{SERVER_V4}"), "hostile.example.test"]);
+    responder.join().expect("responder")?;
+    assert_eq!(
+        status, "NXDOMAIN",
+        "only the genuine reply reached the client"
+    );
+    let s = server.wait_status("hostile replies counted", |s| {
+        let f = &s["totals"]["forward"];
+        f["stray_replies"].as_u64().unwrap_or(0) >= 2
+            && f["bad_replies"].as_u64().unwrap_or(0) >= 2
+            && f["duplicate_replies"].as_u64().unwrap_or(0) >= 1
+    })?;
+    assert_eq!(s["backends"][0]["replies"], 1, "{s:#}");
+    Ok(())
+}
