@@ -13,6 +13,7 @@ mod sockets;
 mod state;
 mod status;
 mod system;
+mod tcp;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;

@@ -142,6 +142,21 @@ async fn serve(
     for q in shared.plan.queues.clone() {
         supervisor::start(q, &shared);
     }
+    let mut tcp_tasks = Vec::new();
+    if shared.forwarding.is_some() && shared.plan.config.forwarding.tcp {
+        let limit = std::sync::Arc::new(tokio::sync::Semaphore::new(
+            shared.plan.config.forwarding.tcp_max_connections as usize,
+        ));
+        for l in &shared.plan.config.listen {
+            let listener = crate::tcp::bind(l.address)
+                .with_context(|| format!("binding TCP on {}", l.address))?;
+            tcp_tasks.push(tokio::task::spawn_local(crate::tcp::serve(
+                listener,
+                shared.clone(),
+                limit.clone(),
+            )));
+        }
+    }
     let mut health = Vec::new();
     for i in 0..shared.plan.config.backend.len() {
         health.push(tokio::task::spawn_local(crate::backends::run_health(
@@ -206,7 +221,7 @@ async fn serve(
         let _ = s.task.await;
     }
     control_task.abort();
-    for h in health {
+    for h in health.into_iter().chain(tcp_tasks) {
         h.abort();
     }
     if let Some(t) = metrics_task {

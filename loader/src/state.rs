@@ -158,6 +158,8 @@ pub struct Shared {
     /// Backends and what forwarding needs, if any backend is configured.
     pub forwarding: Option<crate::backends::Forwarding>,
     backend_live: RefCell<Vec<xdpdns_common::ipc::BackendLive>>,
+    pub tcp: crate::tcp::TcpCounters,
+    tcp_next: std::cell::Cell<usize>,
 }
 
 impl Shared {
@@ -197,7 +199,26 @@ impl Shared {
                     .unwrap_or_default(),
             ),
             forwarding,
+            tcp: crate::tcp::TcpCounters::default(),
+            tcp_next: std::cell::Cell::new(0),
         }
+    }
+
+    /// A backend of the default pool for a TCP connection: the next up one.
+    pub fn tcp_backend(&self) -> Option<SocketAddr> {
+        let f = self.forwarding.as_ref()?;
+        let members = &f.spec().pools.first()?.members;
+        let live = self.backend_live.borrow();
+        let n = members.len();
+        for i in 0..n {
+            let pos = (self.tcp_next.get() + i) % n;
+            let b = usize::from(members[pos]);
+            if live.get(b).is_some_and(|l| l.up) {
+                self.tcp_next.set(pos + 1);
+                return Some(f.spec().backends[b].address);
+            }
+        }
+        None
     }
 
     /// Everything the XDP program redirects under `config`: its listen

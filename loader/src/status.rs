@@ -32,6 +32,7 @@ pub struct Status {
     /// Queries per rule, in order; the last is the default action.
     pub rules: Vec<RuleStatus>,
     pub backends: Vec<BackendStatus>,
+    pub tcp: TcpStatus,
     /// The XDP program's frames per outcome.
     pub xdp: BTreeMap<String, u64>,
     pub totals: Counters,
@@ -51,6 +52,15 @@ pub struct BackendStatus {
     pub latency_avg_us: u64,
     /// Counts per bucket of [`xdpdns_common::stats::LATENCY_BUCKETS_US`], plus overflow.
     pub latency_buckets: Vec<u64>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct TcpStatus {
+    pub accepted: u64,
+    pub refused: u64,
+    pub queries: u64,
+    pub bad_input: u64,
+    pub backend_failures: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -228,6 +238,13 @@ impl Status {
             queues,
             rules,
             backends,
+            tcp: TcpStatus {
+                accepted: shared.tcp.accepted.get(),
+                refused: shared.tcp.refused.get(),
+                queries: shared.tcp.queries.get(),
+                bad_input: shared.tcp.bad_input.get(),
+                backend_failures: shared.tcp.backend_failures.get(),
+            },
             xdp: shared
                 .xdp_counters()
                 .by_outcome

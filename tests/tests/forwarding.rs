@@ -381,3 +381,63 @@ fn hostile_replies_are_dropped_and_counted() -> anyhow::Result<()> {
     assert_eq!(s["backends"][0]["replies"], 1, "{s:#}");
     Ok(())
 }
+
+#[test]
+fn a_truncated_answer_is_relayed_and_the_tcp_retry_answered() -> anyhow::Result<()> {
+    let lab = Lab::new("tcp")?;
+    lab.client_addr(&format!("{BACKEND_V4}/24"), CLIENT_IF)?;
+    let c = lab.client_ns.clone();
+    let _knot = lab.knot(&c, "tcp", &[&format!("{BACKEND_V4}@53")], 2400)?;
+    let server = lab.start(
+        "t",
+        &lab.config("t", &backend(&format!("{BACKEND_V4}:53"), "")),
+    )?;
+    server.wait_status("backend up", |s| {
+        s["backends"][0]["up"] == true && s["backends"][0]["mac"].is_string()
+    })?;
+    // UDP with a 1232-byte buffer: TC=1 from the backend, relayed as it is.
+    let out = lab.kdig_output(&[
+        &format!("@{SERVER_V4}"),
+        "+bufsize=1232",
+        "+ignore",
+        "big.example.test",
+        "TXT",
+    ]);
+    assert!(
+        out.contains(" tc") && out.contains("(UDP)"),
+        "truncated over UDP:\n{out}"
+    );
+    // kdig's own retry over TCP after the truncated answer.
+    let out = lab.kdig_output(&[
+        &format!("@{SERVER_V4}"),
+        "+bufsize=1232",
+        "big.example.test",
+        "TXT",
+    ]);
+    assert!(
+        out.contains("NOERROR") && out.contains("xxxxxxxxxx") && out.contains("(TCP)"),
+        "TCP retry:\n{out}"
+    );
+    let out = lab.kdig_output(&[&format!("@{SERVER_V6}"), "+tcp", "www.example.test", "A"]);
+    assert!(answer_has(&out, ZONE_A) && out.contains("(TCP)"), "{out}");
+    // Garbage closes that connection only.
+    lab.in_ns(false, || {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect((SERVER_V4, 53))?;
+        s.set_read_timeout(Some(Duration::from_secs(3)))?;
+        s.write_all(&[0, 5, 1, 2, 3, 4, 5])?;
+        let mut buf = [0u8; 16];
+        assert_eq!(s.read(&mut buf)?, 0, "closed without an answer");
+        Ok(())
+    })?;
+    let out = lab.kdig_output(&[&format!("@{SERVER_V4}"), "+tcp", "www.example.test", "A"]);
+    assert!(answer_has(&out, ZONE_A), "still serving:\n{out}");
+    let s = server.status()?;
+    assert!(
+        s["tcp"]["queries"].as_u64().unwrap_or(0) >= 3,
+        "{:#}",
+        s["tcp"]
+    );
+    assert_eq!(s["tcp"]["bad_input"], 1, "{:#}", s["tcp"]);
+    Ok(())
+}
