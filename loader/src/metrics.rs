@@ -215,12 +215,125 @@ pub fn render(s: &Status) -> String {
     for r in &s.rules {
         rules.set(labels(&[("rule", &r.label)]), r.hits);
     }
+    if !s.backends.is_empty() {
+        let queries =
+            CounterFamily::new(&mut reg, "backend_queries", "Queries forwarded, by backend");
+        let replies =
+            CounterFamily::new(&mut reg, "backend_replies", "Replies relayed, by backend");
+        let timeouts = CounterFamily::new(
+            &mut reg,
+            "backend_timeouts",
+            "Forwarded queries that timed out, by backend",
+        );
+        let healthy = GaugeFamily::new(
+            &mut reg,
+            "backend_up",
+            "1 if the backend is up (health check and, for AF_XDP, a next-hop MAC)",
+        );
+        for b in &s.backends {
+            let l = labels(&[("backend", &b.address), ("pool", &b.pool)]);
+            queries.set(l.clone(), b.queries);
+            replies.set(l.clone(), b.replies);
+            timeouts.set(l.clone(), b.timeouts);
+            healthy.set(l, i64::from(b.up));
+        }
+        let f = &s.totals.forward;
+        let fwd = CounterFamily::new(
+            &mut reg,
+            "forward_events",
+            "Forwarding events: table full, pool down, stray/duplicate/bad replies, large replies, send errors",
+        );
+        for (event, n) in [
+            ("table_full", f.table_full),
+            ("pool_down", f.pool_down),
+            ("stray_reply", f.stray_replies),
+            ("duplicate_reply", f.duplicate_replies),
+            ("bad_reply", f.bad_replies),
+            ("large_reply", f.large_replies),
+            ("send_error", f.send_errors),
+        ] {
+            fwd.set(labels(&[("event", event)]), n);
+        }
+        let in_flight = GaugeFamily::new(
+            &mut reg,
+            "forward_in_flight",
+            "Forwarded queries awaiting a reply, by queue",
+        );
+        for q in &s.queues {
+            in_flight.set(
+                labels(&[("queue", &q.queue.to_string())]),
+                q.counters.forward.in_flight as i64,
+            );
+        }
+        reg.register_collector(Box::new(LatencyCollector(s.backends.clone())));
+        let tcp = CounterFamily::new(
+            &mut reg,
+            "tcp_events",
+            "DNS over TCP: connections accepted and refused, queries, bad input, backend failures",
+        );
+        for (event, n) in [
+            ("accepted", s.tcp.accepted),
+            ("refused", s.tcp.refused),
+            ("query", s.tcp.queries),
+            ("bad_input", s.tcp.bad_input),
+            ("backend_failure", s.tcp.backend_failures),
+        ] {
+            tcp.set(labels(&[("event", event)]), n);
+        }
+    }
     ready.set(Vec::new(), i64::from(s.ready));
     uptime.set(Vec::new(), s.uptime_secs as i64);
 
     let mut out = String::new();
     let _ = encode(&mut out, &reg);
     out
+}
+
+/// The backends' reply latency as Prometheus histograms.
+#[derive(Debug)]
+struct LatencyCollector(Vec<crate::status::BackendStatus>);
+
+impl prometheus_client::collector::Collector for LatencyCollector {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::DescriptorEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        use prometheus_client::encoding::NoLabelSet;
+        use prometheus_client::metrics::MetricType;
+        use xdpdns_common::stats::LATENCY_BUCKETS_US;
+        let mut family = encoder.encode_descriptor(
+            "backend_latency_seconds",
+            "Time from forwarding a query to relaying its reply, by backend",
+            None,
+            MetricType::Histogram,
+        )?;
+        for b in &self.0 {
+            let mut buckets: Vec<(f64, u64)> = LATENCY_BUCKETS_US
+                .iter()
+                .enumerate()
+                .map(|(i, us)| {
+                    (
+                        *us as f64 / 1e6,
+                        b.latency_buckets.get(i).copied().unwrap_or(0),
+                    )
+                })
+                .collect();
+            buckets.push((
+                f64::INFINITY,
+                b.latency_buckets
+                    .get(LATENCY_BUCKETS_US.len())
+                    .copied()
+                    .unwrap_or(0),
+            ));
+            let count = buckets.iter().map(|(_, n)| n).sum();
+            let sum = b.latency_sum_us as f64 / 1e6;
+            let l = labels(&[("backend", &b.address), ("pool", &b.pool)]);
+            family
+                .encode_family(&l)?
+                .encode_histogram::<NoLabelSet>(sum, count, &buckets, None)?;
+        }
+        Ok(())
+    }
 }
 
 fn per_queue(

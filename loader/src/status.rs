@@ -50,6 +50,7 @@ pub struct BackendStatus {
     pub replies: u64,
     pub timeouts: u64,
     pub latency_avg_us: u64,
+    pub latency_sum_us: u64,
     /// Counts per bucket of [`xdpdns_common::stats::LATENCY_BUCKETS_US`], plus overflow.
     pub latency_buckets: Vec<u64>,
 }
@@ -205,6 +206,7 @@ impl Status {
                             replies: c.replies,
                             timeouts: c.timeouts,
                             latency_avg_us: c.latency_sum_us.checked_div(c.replies).unwrap_or(0),
+                            latency_sum_us: c.latency_sum_us,
                             latency_buckets: c.latency.clone(),
                         }
                     })

@@ -40,10 +40,9 @@ fn answer_has(out: &str, data: &str) -> bool {
 #[test]
 fn forwards_over_af_xdp_from_both_families_to_a_real_server() -> anyhow::Result<()> {
     let (lab, _knot) = backend_lab("fwdxsk")?;
-    let server = lab.start(
-        "f",
-        &lab.config("f", &backend(&format!("{BACKEND_V4}:53"), "")),
-    )?;
+    let cfg = lab.config("f", &backend(&format!("{BACKEND_V4}:53"), ""))
+        + "[metrics]\naddress = \"127.0.0.1:9153\"\n";
+    let server = lab.start("f", &cfg)?;
     server.wait_status("backend up with a MAC", |s| {
         s["backends"][0]["up"] == true && s["backends"][0]["mac"].is_string()
     })?;
@@ -70,7 +69,31 @@ fn forwards_over_af_xdp_from_both_families_to_a_real_server() -> anyhow::Result<
         "queries and replies over AF_XDP: {s:#}"
     );
     assert_eq!(s["totals"]["forward"]["stray_replies"], 0, "{s:#}");
-    let _ = Duration::ZERO;
+    // Per-backend metrics, with the latency histogram.
+    let text = lab.in_ns(true, || {
+        use std::io::{Read, Write};
+        let mut c = std::net::TcpStream::connect("127.0.0.1:9153")?;
+        c.write_all(b"GET /metrics HTTP/1.1\r\n\r\n")?;
+        let mut t = String::new();
+        c.read_to_string(&mut t)?;
+        Ok(t)
+    })?;
+    let value = |prefix: &str| -> u64 {
+        text.lines()
+            .find(|l| l.starts_with(prefix))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+            .unwrap_or(0)
+    };
+    assert!(value("xdpdns_backend_replies_total{") >= 21, "{text}");
+    assert!(
+        value("xdpdns_backend_latency_seconds_count{") >= 21,
+        "{text}"
+    );
+    assert!(
+        text.contains("xdpdns_backend_latency_seconds_bucket{"),
+        "{text}"
+    );
+    assert_eq!(value("xdpdns_backend_up{"), 1, "{text}");
     Ok(())
 }
 
@@ -214,6 +237,21 @@ fn a_stopped_backend_is_taken_out_and_queries_keep_succeeding() -> anyhow::Resul
             "query {i} after the failover:\n{out}"
         );
     }
+    // The whole pool down: SERVFAIL (forwarding.all_down_action), counted.
+    drop(_knot1);
+    server.wait_status("both down", |s| s["backends"][0]["up"] == false)?;
+    assert_eq!(
+        lab.kdig(&[&format!("@{SERVER_V4}"), "www.example.test"]),
+        "SERVFAIL"
+    );
+    server.wait_status("pool-down counted", |s| {
+        s["totals"]["forward"]["pool_down"].as_u64().unwrap_or(0) >= 1
+    })?;
+    assert!(
+        server
+            .log_text()
+            .contains("every backend of the pool is down")
+    );
     Ok(())
 }
 
@@ -439,5 +477,60 @@ fn a_truncated_answer_is_relayed_and_the_tcp_retry_answered() -> anyhow::Result<
         s["tcp"]
     );
     assert_eq!(s["tcp"]["bad_input"], 1, "{:#}", s["tcp"]);
+    Ok(())
+}
+
+#[test]
+fn queries_in_flight_survive_the_restart_of_their_dataplane() -> anyhow::Result<()> {
+    let lab = Lab::new("strand")?;
+    lab.client_addr("192.0.2.14/24", CLIENT_IF)?;
+    let slow = lab.in_ns(false, || Ok(std::net::UdpSocket::bind("192.0.2.14:53")?))?;
+    let cfg = lab.config(
+        "r",
+        "[[backend]]\naddress = \"192.0.2.14:53\"\n[backend.health]\ninterval_ms = 600000\n[forwarding]\ntimeout_ms = 5000\n",
+    );
+    let server = lab.start("r", &cfg)?;
+    server.wait_status("backend resolved", |s| s["backends"][0]["mac"].is_string())?;
+    lab.steer_client_to_queue(0)?;
+    slow.set_read_timeout(Some(Duration::from_secs(5)))?;
+    // The backend answers 800 ms late; meanwhile queue 0's dataplane, which
+    // forwarded the query, is killed and replaced.
+    let backend = std::thread::spawn(move || -> anyhow::Result<()> {
+        let mut buf = [0u8; 1500];
+        loop {
+            let (n, from) = slow.recv_from(&mut buf)?;
+            if buf[..n].windows(7).any(|w| w == b"\x06strand") {
+                std::thread::sleep(Duration::from_millis(800));
+                let mut reply = buf[..n].to_vec();
+                reply[2] |= 0x80;
+                reply[3] = 3;
+                slow.send_to(&reply, from)?;
+                return Ok(());
+            }
+        }
+    });
+    let victim = server.queue(0)?["pid"].as_u64().unwrap() as i32;
+    let killer = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(300));
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(victim),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    });
+    let status = lab.kdig(&[
+        &format!("@{SERVER_V4}"),
+        "+timeout=3",
+        "strand.example.test",
+    ]);
+    killer.join().expect("killer");
+    backend.join().expect("backend")?;
+    assert_eq!(
+        status, "NXDOMAIN",
+        "the late reply still reached the client"
+    );
+    let s = server.wait_status("replaced, nothing in flight", |s| {
+        s["queues"][0]["restarts"] == 1 && s["totals"]["forward"]["in_flight"] == 0
+    })?;
+    assert_eq!(s["backends"][0]["replies"], 1, "{s:#}");
     Ok(())
 }

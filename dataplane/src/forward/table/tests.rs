@@ -12,7 +12,7 @@ fn entry(backend: u16, deadline_ms: u64, tag: u8) -> Entry {
         backend,
         client: Client {
             xsk: true,
-            v6: tag % 2 == 0,
+            v6: tag.is_multiple_of(2),
             vlan: Some(100 + u16::from(tag)),
             mac: [2, 0, 0, 0, 0, tag],
             ip: [tag; 16],
