@@ -7,7 +7,11 @@
 //! Environment: BENCH_RATES (default 100000,300000,1000000), BENCH_SECS (10),
 //! BENCH_RUNS (3, the median is kept), BENCH_SERVERS (all; comma-separated
 //! names), BENCH_DNSPERF_SECS (10), BENCH_FRAMES (2048), BENCH_BATCH (64),
-//! BENCH_SERVER_CPU (0), BENCH_GEN_CPU (1).
+//! BENCH_SERVER_CPU (0), BENCH_GEN_CPU (1), BENCH_FWD_RATES (100000,300000:
+//! the forwarding cases, whose knotd backend shares the generator's CPU).
+//!
+//! The forwarding cases (xdpdns-fwd-afxdp, xdpdns-fwd-socket, dnsdist-fwd)
+//! relay every query to one knotd backend in the client namespace.
 
 mod cgroup;
 mod measure;
@@ -55,8 +59,14 @@ fn main() -> anyhow::Result<()> {
             .split(',')
             .map(|s| Kind::parse(s.trim()).with_context(|| format!("unknown server {s:?}")))
             .collect::<anyhow::Result<_>>()?,
-        Err(_) => Kind::ALL.to_vec(),
+        Err(_) => Kind::ALL.into_iter().chain(Kind::FORWARDING).collect(),
     };
+    let fwd_rates: Vec<u64> = std::env::var("BENCH_FWD_RATES")
+        .unwrap_or_else(|_| "100000,300000".into())
+        .split(',')
+        .map(|r| r.trim().parse())
+        .collect::<Result<_, _>>()
+        .context("BENCH_FWD_RATES")?;
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [libc::SIGINT, libc::SIGTERM] {
         signal_flag(sig, &stop)?;
@@ -69,6 +79,28 @@ fn main() -> anyhow::Result<()> {
     let queries = lab.query_file(100_000)?;
     let srv = Pinned::new("xdpdns-bench-server", env("BENCH_SERVER_CPU", 0))?;
     let gen_ = Pinned::new("xdpdns-bench-gen", env("BENCH_GEN_CPU", 1))?;
+    // The forwarding cases' backend: knotd (UDP) in the client namespace,
+    // sharing the generator's CPU.
+    let _backend = if kinds.iter().any(|k| Kind::FORWARDING.contains(k)) {
+        // The backend's replies, and so the answers of the dataplane that
+        // receives them, on queue 0, the only one kxdpgun listens on (a NIC
+        // would not care on which queue an answer leaves; a veth pair maps
+        // TX queue N to the peer's RX queue N).
+        lab.steer_client_to_queue(0)?;
+        lab.client_addr(
+            &format!("{}/24", servers::BACKEND),
+            xdpdns_netns_tests::CLIENT_IF,
+        )?;
+        let ns = lab.client_ns.clone();
+        Some(lab.knot_pinned(
+            &ns,
+            "backend",
+            &[&format!("{}@53", servers::BACKEND)],
+            gen_.cpu,
+        )?)
+    } else {
+        None
+    };
     eprintln!(
         "servers on CPU {}, generator on CPU {}; {secs} s per point, median of {runs}",
         srv.cpu, gen_.cpu
@@ -85,7 +117,12 @@ fn main() -> anyhow::Result<()> {
     };
     for kind in kinds {
         let running = servers::start(kind, &lab, &srv.wrap(), frames, batch)?;
-        for &rate in &rates {
+        let rates = if Kind::FORWARDING.contains(&kind) {
+            &fwd_rates
+        } else {
+            &rates
+        };
+        for &rate in rates {
             let mut samples: Vec<Point> = Vec::new();
             for _ in 0..runs {
                 if stop.load(Ordering::Relaxed) {
@@ -100,6 +137,11 @@ fn main() -> anyhow::Result<()> {
                     rate,
                     secs,
                 )?);
+            }
+            if std::env::var_os("BENCH_VERBOSE").is_some()
+                && let Some(t) = running.totals()
+            {
+                eprintln!("{} after {rate}/s: {t:#}", kind.name());
             }
             samples.sort_by(|a, b| a.answered_per_s.total_cmp(&b.answered_per_s));
             let median = samples.swap_remove(samples.len() / 2);

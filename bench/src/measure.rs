@@ -95,9 +95,12 @@ pub fn open_loop(
 ) -> anyhow::Result<Point> {
     let before = counters(lab);
     let cpu0 = srv.cpu_seconds()?;
-    let out = Command::new("ip")
-        .args(["netns", "exec", &lab.client_ns])
-        .args(gen_.wrap())
+    // Join the cgroup before `ip netns exec`: it remounts /sys, which hides
+    // the cgroup hierarchies from the command it runs.
+    let wrap = gen_.wrap();
+    let out = Command::new(&wrap[0])
+        .args(&wrap[1..])
+        .args(["ip", "netns", "exec", &lab.client_ns])
         .args([
             "kxdpgun",
             "-t",
@@ -117,14 +120,31 @@ pub fn open_loop(
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+    if std::env::var_os("BENCH_VERBOSE").is_some() {
+        eprintln!("kxdpgun at {rate}/s against {server}:\n{text}");
+    }
     let sent = grab(&text, "total queries:")? as u64;
     let answered = grab(&text, "total replies:")? as u64;
     let after = counters(lab);
-    let losses = after
+    let mut losses: BTreeMap<String, u64> = after
         .iter()
         .map(|(k, v)| (k.clone(), v.saturating_sub(*before.get(k).unwrap_or(&0))))
         .filter(|(_, d)| *d > 0)
         .collect();
+    // Every server answers REFUSED (itself, or its backend does): other
+    // codes (SERVFAIL for a timeout or a full pool) are answers that hide
+    // a failure, so they are shown with the losses.
+    for l in text.lines() {
+        if let Some((code, n)) = l
+            .trim()
+            .strip_prefix("responded ")
+            .and_then(|r| r.split_once(':'))
+            && code != "REFUSED"
+            && let Ok(n) = n.trim().parse::<u64>()
+        {
+            losses.insert(format!("answered {code}"), n);
+        }
+    }
     Ok(Point {
         server: server.into(),
         offered: rate,
@@ -155,9 +175,12 @@ pub fn closed_loop(
     queries: &Path,
     secs: u64,
 ) -> anyhow::Result<Closed> {
-    let out = Command::new("ip")
-        .args(["netns", "exec", &lab.client_ns])
-        .args(gen_.wrap())
+    // Join the cgroup before `ip netns exec`: it remounts /sys, which hides
+    // the cgroup hierarchies from the command it runs.
+    let wrap = gen_.wrap();
+    let out = Command::new(&wrap[0])
+        .args(&wrap[1..])
+        .args(["ip", "netns", "exec", &lab.client_ns])
         .args([
             "dnsperf",
             "-s",

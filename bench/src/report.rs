@@ -19,26 +19,34 @@ pub struct Report {
     pub umem_bytes_per_queue: u64,
 }
 
-const BASE: &str = "xdpdns-afxdp";
+/// The row each server is compared with: xdpdns over AF_XDP answering
+/// itself, or forwarding for the forwarding cases.
+fn base_of(server: &str) -> &'static str {
+    if server.contains("-fwd") {
+        "xdpdns-fwd-afxdp"
+    } else {
+        "xdpdns-afxdp"
+    }
+}
 
 pub fn table(r: &Report) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "{:<14} {:>9} {:>11} {:>8} {:>8} {:>7} {:>10}  losses",
+        "{:<17} {:>9} {:>11} {:>8} {:>8} {:>7} {:>10}  losses",
         "server", "offered", "answered/s", "answer%", "vs base", "CPU%", "ns CPU/q"
     );
     for p in &r.points {
         let base = r
             .points
             .iter()
-            .find(|b| b.server == BASE && b.offered == p.offered)
+            .find(|b| b.server == base_of(&p.server) && b.offered == p.offered)
             .map(|b| b.answered_per_s)
             .unwrap_or(f64::NAN);
         let losses: Vec<String> = p.losses.iter().map(|(k, v)| format!("{k}={v}")).collect();
         let _ = writeln!(
             s,
-            "{:<14} {:>9} {:>11.0} {:>7.1}% {:>7.2}x {:>6.0}% {:>10.0}  {}",
+            "{:<17} {:>9} {:>11.0} {:>7.1}% {:>7.2}x {:>6.0}% {:>10.0}  {}",
             p.server,
             p.offered,
             p.answered_per_s,
@@ -52,13 +60,13 @@ pub fn table(r: &Report) -> String {
     let _ = writeln!(s, "\nclosed loop (dnsperf, 8 clients x 64 outstanding):");
     let _ = writeln!(
         s,
-        "{:<14} {:>10} {:>12} {:>8}",
+        "{:<17} {:>10} {:>12} {:>8}",
         "server", "queries/s", "avg latency", "lost"
     );
     for c in &r.closed {
         let _ = writeln!(
             s,
-            "{:<14} {:>10.0} {:>10.0}us {:>8}",
+            "{:<17} {:>10.0} {:>10.0}us {:>8}",
             c.server, c.qps, c.avg_latency_us, c.lost
         );
     }

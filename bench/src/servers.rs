@@ -8,6 +8,10 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use xdpdns_netns_tests::{Lab, SERVER_IF, SERVER_V4, Server, wait_for};
 
+/// The forwarding cases' backend: knotd in the client namespace (on the
+/// generator's CPU; the server CPU holds only the server under test).
+pub const BACKEND: &str = "192.0.2.10";
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
     XdpdnsXsk,
@@ -15,6 +19,10 @@ pub enum Kind {
     Dnsdist,
     KnotXdp,
     KnotUdp,
+    /// Forwarding to a knotd backend.
+    XdpdnsFwdXsk,
+    XdpdnsFwdSocket,
+    DnsdistFwd,
 }
 
 impl Kind {
@@ -25,6 +33,7 @@ impl Kind {
         Kind::KnotXdp,
         Kind::KnotUdp,
     ];
+    pub const FORWARDING: [Kind; 3] = [Kind::XdpdnsFwdXsk, Kind::XdpdnsFwdSocket, Kind::DnsdistFwd];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -33,11 +42,17 @@ impl Kind {
             Kind::Dnsdist => "dnsdist-1.7",
             Kind::KnotXdp => "knotd-xdp",
             Kind::KnotUdp => "knotd-udp",
+            Kind::XdpdnsFwdXsk => "xdpdns-fwd-afxdp",
+            Kind::XdpdnsFwdSocket => "xdpdns-fwd-socket",
+            Kind::DnsdistFwd => "dnsdist-fwd",
         }
     }
 
     pub fn parse(s: &str) -> Option<Kind> {
-        Kind::ALL.into_iter().find(|k| k.name() == s)
+        Kind::ALL
+            .into_iter()
+            .chain(Kind::FORWARDING)
+            .find(|k| k.name() == s)
     }
 }
 
@@ -63,6 +78,17 @@ impl Running {
         match self {
             Running::Xdpdns(s) => s.dataplane_pids().unwrap_or_default(),
             Running::Process(_) => Vec::new(),
+        }
+    }
+
+    /// xdpdns' `status --json` totals (for BENCH_VERBOSE).
+    pub fn totals(&self) -> Option<serde_json::Value> {
+        match self {
+            Running::Xdpdns(s) => s
+                .status()
+                .ok()
+                .map(|v| serde_json::json!({"totals": v["totals"], "backends": v["backends"]})),
+            Running::Process(_) => None,
         }
     }
 
@@ -104,6 +130,46 @@ pub fn start(
                 .replace("frames = 512", &format!("frames = {frames}"))
                 .replace("stats_interval_ms = 200", "stats_interval_ms = 1000");
             Running::Xdpdns(Box::new(lab.start_with("bench", &config, wrap)?))
+        }
+        Kind::XdpdnsFwdXsk | Kind::XdpdnsFwdSocket => {
+            let xsk = if kind == Kind::XdpdnsFwdXsk {
+                "true"
+            } else {
+                "false"
+            };
+            let backend = format!(
+                "[[backend]]\naddress = \"{BACKEND}:53\"\nxsk = {xsk}\n[backend.health]\nqname = \"www.example.test.\"\n"
+            );
+            let config = lab
+                .config_full("bench", "", &format!("batch_size = {batch}"), &backend)
+                .replace("frames = 512", &format!("frames = {frames}"))
+                .replace("stats_interval_ms = 200", "stats_interval_ms = 1000");
+            let server = lab.start_with("bench", &config, wrap)?;
+            server.wait_status("the backend up", |s| s["backends"][0]["up"] == true)?;
+            Running::Xdpdns(Box::new(server))
+        }
+        Kind::DnsdistFwd => {
+            let conf = lab.dir.join("dnsdist-fwd.conf");
+            fs::write(
+                &conf,
+                format!(
+                    "setLocal(\"{SERVER_V4}:53\", {{reusePort=true}})\n\
+                     setSecurityPollSuffix(\"\")\n\
+                     setACL({{\"0.0.0.0/0\", \"::/0\"}})\n\
+                     newServer({{address=\"{BACKEND}:53\", checkName=\"www.example.test.\"}})\n"
+                ),
+            )?;
+            spawn(
+                lab,
+                wrap,
+                "dnsdist",
+                &[
+                    "--supervised",
+                    "--disable-syslog",
+                    "-C",
+                    conf.to_str().unwrap(),
+                ],
+            )?
         }
         Kind::Dnsdist => {
             let conf = lab.dir.join("dnsdist.conf");

@@ -207,8 +207,9 @@ impl BackendCounters {
 pub struct ForwardCounters {
     /// Queries in flight now (a gauge; returns to 0 when load stops).
     pub in_flight: u64,
-    /// The in-flight table was full.
-    pub table_full: u64,
+    /// Queries given up unanswered to make room for new ones: the queue's
+    /// region of the in-flight table was full, so its oldest entry went.
+    pub evicted: u64,
     /// Every backend of the pool was down.
     pub pool_down: u64,
     /// Replies matching no query: wrong ID, unknown source, stale.
@@ -226,7 +227,7 @@ pub struct ForwardCounters {
 impl ForwardCounters {
     fn accumulate(&mut self, o: &ForwardCounters) {
         self.in_flight = o.in_flight;
-        self.table_full += o.table_full;
+        self.evicted += o.evicted;
         self.pool_down += o.pool_down;
         self.stray_replies += o.stray_replies;
         self.duplicate_replies += o.duplicate_replies;

@@ -241,10 +241,10 @@ pub fn render(s: &Status) -> String {
         let fwd = CounterFamily::new(
             &mut reg,
             "forward_events",
-            "Forwarding events: table full, pool down, stray/duplicate/bad replies, large replies, send errors",
+            "Forwarding events: oldest query evicted, pool down, stray/duplicate/bad replies, large replies, send errors",
         );
         for (event, n) in [
-            ("table_full", f.table_full),
+            ("evicted", f.evicted),
             ("pool_down", f.pool_down),
             ("stray_reply", f.stray_replies),
             ("duplicate_reply", f.duplicate_replies),

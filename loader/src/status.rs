@@ -380,9 +380,9 @@ impl Status {
             let f = &self.totals.forward;
             let _ = writeln!(
                 s,
-                "forward  in_flight={} table_full={} pool_down={} stray={} duplicate={} bad={} large={} send_errors={}",
+                "forward  in_flight={} evicted={} pool_down={} stray={} duplicate={} bad={} large={} send_errors={}",
                 f.in_flight,
-                f.table_full,
+                f.evicted,
                 f.pool_down,
                 f.stray_replies,
                 f.duplicate_replies,

@@ -98,6 +98,8 @@ pub struct ForwardingSection {
     #[serde(default = "default_port_base")]
     pub port_base: u16,
     /// Queries one queue may have in flight (a power of two, at most 4096).
+    /// When a query would exceed it, the queue's oldest unanswered query is
+    /// given up (counted as `evicted` and as a timeout of its backend).
     #[serde(default = "default_max_in_flight")]
     pub max_in_flight: u32,
     /// Accept DNS over TCP on the listen addresses and relay it to the

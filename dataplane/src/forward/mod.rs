@@ -234,6 +234,21 @@ impl Forwarder {
         }
     }
 
+    /// Takes a slot for `entry`; the query it evicts (the queue's oldest,
+    /// when the region is full) is counted as a timeout of its backend.
+    fn insert(&mut self, entry: &Entry, c: &mut DataplaneCounters) -> Option<u16> {
+        let ins = self.table.insert(&mut self.alloc, entry)?;
+        if let Some(old) = ins.evicted {
+            let bi = usize::from(old);
+            c.forward.evicted += 1;
+            c.backend(bi).timeouts += 1;
+            if let Some(o) = self.outstanding.get_mut(bi) {
+                *o = o.saturating_sub(1);
+            }
+        }
+        Some(ins.id)
+    }
+
     /// Forwards the query in frame `chunk[head..]` (parsed as `p`, `q`).
     pub fn forward_frame(
         &mut self,
@@ -262,8 +277,7 @@ impl Forwarder {
             id: q.id,
         };
         let entry = self.entry(b, client, &chunk[at + HEADER_LEN..at + q.question_end]);
-        let Some(id) = self.table.insert(&mut self.alloc, &entry) else {
-            c.forward.table_full += 1;
+        let Some(id) = self.insert(&entry, c) else {
             return FrameOutcome::Fail(FailAction::ServFail);
         };
         chunk[at..at + 2].copy_from_slice(&id.to_be_bytes());
@@ -321,8 +335,7 @@ impl Forwarder {
             id: q.id,
         };
         let entry = self.entry(b, client, &msg[HEADER_LEN..q.question_end]);
-        let Some(id) = self.table.insert(&mut self.alloc, &entry) else {
-            c.forward.table_full += 1;
+        let Some(id) = self.insert(&entry, c) else {
             return Err(FailAction::ServFail);
         };
         msg[0..2].copy_from_slice(&id.to_be_bytes());
@@ -506,16 +519,16 @@ impl Forwarder {
     ) -> usize {
         let now_ms = monotonic_ns() / 1_000_000;
         let action = self.spec.timeout_action;
-        let mut expired: Vec<Entry> = Vec::new();
-        let n = self.table.expire(self.queue, now_ms, |e| expired.push(*e));
-        for e in &expired {
+        let local_mac = self.spec.local_mac;
+        let outstanding = &mut self.outstanding;
+        self.table.expire(self.queue, now_ms, |e| {
             let bi = usize::from(e.backend);
             c.backend(bi).timeouts += 1;
-            if let Some(o) = self.outstanding.get_mut(bi) {
+            if let Some(o) = outstanding.get_mut(bi) {
                 *o = o.saturating_sub(1);
             }
             let rcode = match action {
-                FailAction::Drop => continue,
+                FailAction::Drop => return,
                 FailAction::ServFail => 2,
                 FailAction::Refused => 5,
             };
@@ -530,7 +543,7 @@ impl Forwarder {
             let cl = e.client;
             let sent = cl.xsk
                 && deliver(Delivery::Xsk {
-                    headers: client_headers(&cl, self.spec.local_mac),
+                    headers: client_headers(&cl, local_mac),
                     payload,
                 });
             if !sent {
@@ -540,8 +553,7 @@ impl Forwarder {
                     payload,
                 });
             }
-        }
-        n
+        })
     }
 
     /// Refreshes the in-flight gauge.

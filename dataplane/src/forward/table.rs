@@ -1,6 +1,12 @@
 //! The in-flight table: queries forwarded to a backend and not yet answered,
 //! in memory shared by every dataplane of the instance.
 //!
+//! Each region is a ring: the owner's cursor advances one slot per query, so
+//! the slot under it holds the oldest query of the region. If that query is
+//! still unanswered when the cursor comes round, it is evicted (given up,
+//! counted), as dnsdist reuses its oldest IDs: insertion is O(1) and an
+//! overloaded backend cannot clog the table for a whole timeout.
+//!
 //! Queue `q` owns region `q` and alone inserts into it and expires it; any
 //! dataplane may claim a slot when the backend's reply reaches it (replies
 //! arrive on whatever queue RSS picks). A claim is one compare-and-swap on the
@@ -86,7 +92,16 @@ unsafe impl Send for Table {}
 // references to atomics are the intended way to share them).
 unsafe impl Sync for Table {}
 
-/// The owner's cursor for finding free slots in its region.
+/// A slot taken for a new query.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Inserted {
+    /// The DNS ID to send the query with.
+    pub id: u16,
+    /// The backend of the oldest query, evicted unanswered to make room.
+    pub evicted: Option<u16>,
+}
+
+/// The owner's cursor: the next slot of its region to use.
 pub struct Allocator {
     queue: u32,
     next: u32,
@@ -162,24 +177,36 @@ impl Table {
         ((low << self.shift) | index) as u16
     }
 
-    /// Stores `entry` in a free slot of the allocator's region; returns the
-    /// DNS ID to send the query with, or `None` if the region is full.
-    pub fn insert(&self, alloc: &mut Allocator, entry: &Entry) -> Option<u16> {
-        for _ in 0..self.per_queue {
-            let index = alloc.next;
-            alloc.next = (alloc.next + 1) & (self.per_queue - 1);
-            let words = self.slot(alloc.queue, index)?;
-            let state = words[0].load(Ordering::Acquire);
-            if state & 0xff != FREE {
-                continue;
+    /// Stores `entry` in the slot under the allocator's cursor, evicting the
+    /// query there if it is still in flight (the region's oldest). `None`
+    /// only if the allocator's queue has no region.
+    pub fn insert(&self, alloc: &mut Allocator, entry: &Entry) -> Option<Inserted> {
+        let index = alloc.next;
+        let words = self.slot(alloc.queue, index)?;
+        alloc.next = (alloc.next + 1) & (self.per_queue - 1);
+        let state = words[0].load(Ordering::Acquire);
+        // Only the owner turns a slot IN_USE; others only free it, keeping
+        // the generation. So after this the slot is free at `state`'s
+        // generation, whoever freed it.
+        let freed = (state & !0xff) | FREE;
+        let mut evicted = None;
+        if state & 0xff == IN_USE {
+            let backend = words[3].load(Ordering::Relaxed) as u16;
+            if words[0]
+                .compare_exchange(state, freed, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+            {
+                evicted = Some(backend);
             }
-            let generation = (state >> 32).wrapping_add(1) & 0xffff_ffff;
-            write_entry(words, entry);
-            // Publishes the entry: its words happen-before any claimer's read.
-            words[0].store((generation << 32) | IN_USE, Ordering::Release);
-            return Some(self.id(index, generation));
         }
-        None
+        let generation = (freed >> 32).wrapping_add(1) & 0xffff_ffff;
+        write_entry(words, entry);
+        // Publishes the entry: its words happen-before any claimer's read.
+        words[0].store((generation << 32) | IN_USE, Ordering::Release);
+        Some(Inserted {
+            id: self.id(index, generation),
+            evicted,
+        })
     }
 
     /// Claims the slot a reply to `queue`'s port with DNS ID `id` from
