@@ -14,7 +14,7 @@ use crate::config::{AnswerSpec, FailAction, Policy, XskBindMode};
 use crate::stats::DataplaneCounters;
 
 /// Bumped whenever a message changes shape; both sides must agree.
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// The dataplane finds its end of the socketpair at this descriptor.
 pub const CONTROL_FD: i32 = 3;
@@ -69,6 +69,10 @@ pub struct ForwardSpec {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BackendSpec {
+    /// Identifies the backend in the in-flight table: the same address
+    /// keeps its tag across reloads, so queries in flight to a backend kept
+    /// by a reload still match its replies.
+    pub tag: u16,
     pub address: SocketAddr,
     /// Our address toward it.
     pub source: IpAddr,

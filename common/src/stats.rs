@@ -238,6 +238,17 @@ impl ForwardCounters {
 }
 
 impl DataplaneCounters {
+    /// Re-indexes the per-backend counters after the backend list changed:
+    /// new backend `i` takes the counters of old backend `map[i]`, if any;
+    /// counters of backends no longer listed are dropped.
+    pub fn remap_backends(&mut self, map: &[Option<usize>]) {
+        let old = std::mem::take(&mut self.backends);
+        self.backends = map
+            .iter()
+            .map(|m| m.and_then(|o| old.get(o).cloned()).unwrap_or_default())
+            .collect();
+    }
+
     /// The counters of backend `i`, growing the list as needed.
     pub fn backend(&mut self, i: usize) -> &mut BackendCounters {
         if self.backends.len() <= i {
@@ -314,5 +325,21 @@ mod tests {
         assert_eq!(total.kernel.answered, 2);
         assert_eq!(total.xsk.dropped_for(DropReason::DnsShort), 2);
         assert_eq!(total.rings.fill, 3);
+    }
+
+    #[test]
+    fn backend_counters_follow_their_backend_through_a_remap() {
+        let mut c = DataplaneCounters::new();
+        c.backend(0).queries = 10;
+        c.backend(1).queries = 20;
+        c.backend(2).queries = 30;
+        // Backend 1 removed, 2 moves to 0, 0 to 1, a new one at 2.
+        c.remap_backends(&[Some(2), Some(0), None]);
+        let q: Vec<u64> = c.backends.iter().map(|b| b.queries).collect();
+        assert_eq!(q, [30, 10, 0]);
+        // A stale index (beyond the old list) yields fresh counters.
+        c.remap_backends(&[Some(7)]);
+        assert_eq!(c.backends.len(), 1);
+        assert_eq!(c.backends[0].queries, 0);
     }
 }

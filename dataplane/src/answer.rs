@@ -25,6 +25,8 @@ pub struct Answerer {
     verify_checksums: bool,
     /// Queries per rule (the last slot is the default action).
     hits: Box<[u64]>,
+    /// The rules as configured, to tell whether a new spec changes them.
+    rule_specs: Vec<xdpdns_common::config::RuleSpec>,
 }
 
 impl Answerer {
@@ -35,7 +37,18 @@ impl Answerer {
             rules,
             udp_size: spec.edns_udp_size,
             verify_checksums: spec.verify_checksums,
+            rule_specs: spec.rules.clone(),
         }
+    }
+
+    /// An answerer for `spec` that keeps `old`'s rule hits if the rules
+    /// are the same (the loader resets its totals only when they change).
+    pub fn replacing(old: &Answerer, spec: &AnswerSpec) -> Self {
+        let mut a = Answerer::new(spec);
+        if a.rule_specs == old.rule_specs && a.hits.len() == old.hits.len() {
+            a.hits.copy_from_slice(&old.hits);
+        }
+        a
     }
 
     /// Decides about the DNS message `buf[..len]`: answered in place (the

@@ -534,12 +534,20 @@ impl Worker {
             64,
             self.forwarder.as_mut(),
         );
+        // Replies waiting on the old backend sockets.
+        self.serve_sockets();
         // A new rule list counts from zero (the loader resets its totals too).
-        self.answerer = Answerer::new(answer);
+        self.answerer = Answerer::replacing(&self.answerer, answer);
         self.kernel = KernelPath::new(sockets, addrs);
+        let old = self.forwarder.take();
         self.forwarder = match (forward, forward_fds) {
             (Some(spec), Some(fds)) => match Forwarder::new(self.queue, spec, fds) {
-                Ok(f) => Some(f),
+                Ok(mut f) => {
+                    if let Some(old) = old {
+                        f.take_over(old, &mut self.counters);
+                    }
+                    Some(f)
+                }
                 Err(e) => {
                     tracing::error!(error = %e, "forwarding unavailable after reconfigure");
                     None

@@ -10,7 +10,7 @@ use tracing::info;
 use xdpdns_common::config::Config;
 
 use crate::dataplane::supervisor;
-use crate::state::{QueueCommand, Shared};
+use crate::state::{QueueCommand, Shared, destinations_with};
 use crate::system::memlock;
 
 /// What a reload changes.
@@ -26,6 +26,8 @@ pub struct Changes {
     /// Settings that take effect as dataplanes (re)start.
     pub on_next_start: Vec<&'static str>,
     pub supervisor: bool,
+    /// Backends, pools, health checks or forwarding timeouts changed.
+    pub backends: bool,
 }
 
 impl Changes {
@@ -66,6 +68,9 @@ impl Changes {
         }
         if self.supervisor {
             out.push("supervisor settings updated".into());
+        }
+        if self.backends {
+            out.push("backends, pools, health checks and forwarding timeouts updated (queries in flight to kept backends are still answered)".into());
         }
         for s in &self.on_next_start {
             out.push(format!("{s} applies to dataplanes started from now on (`xdpdns restart-queue` applies it now)"));
@@ -117,8 +122,18 @@ pub fn diff(old: &Config, new: &Config, device_queues: u32) -> Result<Changes, S
     if old.metrics != new.metrics {
         fixed.push("metrics");
     }
-    if old.backend != new.backend || old.pool != new.pool || old.forwarding != new.forwarding {
-        fixed.push("backend/pool/forwarding");
+    if old.backend.is_empty() != new.backend.is_empty() {
+        fixed.push("backend (turning forwarding on or off)");
+    }
+    let (of, nf) = (&old.forwarding, &new.forwarding);
+    if of.port_base != nf.port_base {
+        fixed.push("forwarding.port_base");
+    }
+    if of.max_in_flight != nf.max_in_flight {
+        fixed.push("forwarding.max_in_flight");
+    }
+    if of.tcp != nf.tcp || of.tcp_max_connections != nf.tcp_max_connections {
+        fixed.push("forwarding.tcp/tcp_max_connections");
     }
     if !fixed.is_empty() {
         return Err(format!(
@@ -163,6 +178,10 @@ pub fn diff(old: &Config, new: &Config, device_queues: u32) -> Result<Changes, S
         c.on_next_start.push("dataplane.stats_interval_ms");
     }
     c.supervisor = old.supervisor != new.supervisor;
+    c.backends = old.backend != new.backend
+        || old.pool != new.pool
+        || (of.timeout_ms, of.timeout_action, of.all_down_action)
+            != (nf.timeout_ms, nf.timeout_action, nf.all_down_action);
     Ok(c)
 }
 
@@ -185,18 +204,35 @@ pub fn reload(shared: &Rc<Shared>, path: &Path) -> Result<Vec<String>, String> {
         }
     }
 
+    // New backends resolved (routes, sources) before anything changes.
+    let reloaded = match (changes.backends, shared.forwarding()) {
+        (true, Some(f)) => Some(
+            f.respec(&new, &shared.backend_live())
+                .map_err(|e| e.to_string())?,
+        ),
+        _ => None,
+    };
+
     // Destinations first: new addresses are added before old ones go, so an
     // address kept across the change is never missing.
-    if changes.redirected.is_some() {
-        shared
-            .set_destinations(&shared.destinations_for(&new))
-            .map_err(|e| e.to_string())?;
+    if changes.redirected.is_some() || reloaded.is_some() {
+        let forwarding = reloaded.as_ref().map(|r| &r.forwarding);
+        let fwd_now = shared.forwarding();
+        let d = destinations_with(&new, forwarding.or(fwd_now.as_deref()));
+        shared.set_destinations(&d).map_err(|e| e.to_string())?;
+    }
+    let backends_changed = reloaded.is_some();
+    if let Some(r) = reloaded {
+        shared.set_forwarding(r);
     }
     shared.set_config(new, path.to_path_buf());
+    if backends_changed {
+        shared.restart_health();
+    }
     if changes.rules {
         shared.reset_rule_hits();
     }
-    if changes.listen.is_some() || changes.answer {
+    if changes.listen.is_some() || changes.answer || backends_changed {
         for q in shared.supervised_queues() {
             shared.command(q, QueueCommand::Reconfigure);
         }
@@ -263,6 +299,61 @@ mod tests {
         let mut other = a.clone();
         other.xdp.interface = "eth1".into();
         assert!(diff(&a, &other, 2).unwrap_err().contains("xdp.interface"));
+    }
+
+    const ONE: &str = "[[backend]]\naddress = \"192.0.2.10:53\"\n";
+    const TWO: &str = "[[backend]]\naddress = \"192.0.2.10:53\"\n[[backend]]\naddress = \"192.0.2.11:53\"\nweight = 3\n";
+
+    #[test]
+    fn backends_pools_health_and_timeouts_apply_live() {
+        let a = cfg("", ONE);
+        for body in [
+            TWO.to_string(),
+            format!("{ONE}[backend.health]\ninterval_ms = 250\n"),
+            format!("{ONE}[[pool]]\nname = \"default\"\npolicy = \"least-outstanding\"\n"),
+            format!("{ONE}[forwarding]\ntimeout_ms = 500\ntimeout_action = \"servfail\"\n"),
+        ] {
+            let c = diff(&a, &cfg("", &body), 2).unwrap();
+            assert!(c.backends, "{body}");
+            assert!(!c.answer && c.listen.is_none(), "{body}");
+            assert!(c.describe()[0].contains("backends"), "{body}");
+        }
+        let c = diff(
+            &a,
+            &cfg(
+                "",
+                &format!("{ONE}[forwarding]\ntcp_idle_timeout_ms = 900\n"),
+            ),
+            2,
+        );
+        assert!(
+            c.unwrap().is_empty(),
+            "read per connection: nothing to push"
+        );
+    }
+
+    #[test]
+    fn forwarding_resources_are_fixed_while_running() {
+        let a = cfg("", ONE);
+        for (body, key) in [
+            ("", "turning forwarding on or off"),
+            ("[forwarding]\nport_base = 31000\n", "forwarding.port_base"),
+            (
+                "[forwarding]\nmax_in_flight = 1024\n",
+                "forwarding.max_in_flight",
+            ),
+            ("[forwarding]\ntcp = false\n", "forwarding.tcp"),
+        ] {
+            let body = if body.is_empty() {
+                String::new()
+            } else {
+                format!("{ONE}{body}")
+            };
+            let e = diff(&a, &cfg("", &body), 2).unwrap_err();
+            assert!(e.contains(key) && e.contains("restart"), "{e}");
+        }
+        let e = diff(&cfg("", ""), &a, 2).unwrap_err();
+        assert!(e.contains("turning forwarding on"), "{e}");
     }
 
     #[test]

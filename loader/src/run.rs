@@ -143,7 +143,7 @@ async fn serve(
         supervisor::start(q, &shared);
     }
     let mut tcp_tasks = Vec::new();
-    if shared.forwarding.is_some() && shared.plan.config.forwarding.tcp {
+    if shared.forwarding().is_some() && shared.plan.config.forwarding.tcp {
         let limit = std::sync::Arc::new(tokio::sync::Semaphore::new(
             shared.plan.config.forwarding.tcp_max_connections as usize,
         ));
@@ -157,13 +157,7 @@ async fn serve(
             )));
         }
     }
-    let mut health = Vec::new();
-    for i in 0..shared.plan.config.backend.len() {
-        health.push(tokio::task::spawn_local(crate::backends::run_health(
-            i,
-            shared.clone(),
-        )));
-    }
+    shared.restart_health();
 
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
@@ -221,7 +215,8 @@ async fn serve(
         let _ = s.task.await;
     }
     control_task.abort();
-    for h in health.into_iter().chain(tcp_tasks) {
+    shared.stop_health();
+    for h in tcp_tasks {
         h.abort();
     }
     if let Some(t) = metrics_task {

@@ -6,6 +6,7 @@ use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::os::fd::BorrowedFd;
+use std::rc::Rc;
 use std::time::Instant;
 
 use tokio::sync::{mpsc, watch};
@@ -92,9 +93,23 @@ impl QueueState {
     }
 }
 
+/// Everything the XDP program redirects under `config` with `forwarding`.
+pub fn destinations_with(
+    config: &Config,
+    forwarding: Option<&crate::backends::Forwarding>,
+) -> Vec<SocketAddr> {
+    let mut d = config.redirected();
+    if config.xdp.redirect
+        && let Some(f) = forwarding
+    {
+        d.extend(f.destinations());
+    }
+    d
+}
+
 /// Indices of pools with members, all down.
 fn pools_down(
-    f: &Option<crate::backends::Forwarding>,
+    f: Option<&crate::backends::Forwarding>,
     live: &[xdpdns_common::ipc::BackendLive],
 ) -> Vec<usize> {
     let Some(f) = f else {
@@ -155,9 +170,12 @@ pub struct Shared {
     listen: RefCell<Vec<SocketAddr>>,
     answer: RefCell<AnswerSpec>,
     events: mpsc::UnboundedSender<Event>,
-    /// Backends and what forwarding needs, if any backend is configured.
-    pub forwarding: Option<crate::backends::Forwarding>,
+    /// Backends and what forwarding needs, if any backend is configured
+    /// (replaced by a reload that changes backends, pools or timeouts).
+    forwarding: RefCell<Option<Rc<crate::backends::Forwarding>>>,
     backend_live: RefCell<Vec<xdpdns_common::ipc::BackendLive>>,
+    /// One health-check task per backend.
+    health: RefCell<Vec<JoinHandle<()>>>,
     pub tcp: crate::tcp::TcpCounters,
     tcp_next: std::cell::Cell<usize>,
 }
@@ -198,15 +216,55 @@ impl Shared {
                     .map(|f| f.spec().live.clone())
                     .unwrap_or_default(),
             ),
-            forwarding,
+            forwarding: RefCell::new(forwarding.map(Rc::new)),
+            health: RefCell::new(Vec::new()),
             tcp: crate::tcp::TcpCounters::default(),
             tcp_next: std::cell::Cell::new(0),
         }
     }
 
+    /// Forwarding in force, if backends are configured.
+    pub fn forwarding(&self) -> Option<Rc<crate::backends::Forwarding>> {
+        self.forwarding.borrow().clone()
+    }
+
+    /// Installs reloaded forwarding: backend health and the queues' counter
+    /// history follow their backend to its new index. The caller pushes it
+    /// to the dataplanes and restarts the health checks.
+    pub fn set_forwarding(&self, r: crate::backends::Reloaded) {
+        *self.backend_live.borrow_mut() = r.forwarding.spec().live.clone();
+        for q in self.queues.borrow_mut().values_mut() {
+            q.base.remap_backends(&r.map);
+            q.live.remap_backends(&r.map);
+        }
+        *self.forwarding.borrow_mut() = Some(Rc::new(r.forwarding));
+    }
+
+    /// (Re)starts one health-check task per backend, stopping the old ones.
+    pub fn restart_health(self: &Rc<Self>) {
+        let mut tasks = self.health.borrow_mut();
+        for t in tasks.drain(..) {
+            t.abort();
+        }
+        let n = self.forwarding().map_or(0, |f| f.spec().backends.len());
+        for i in 0..n {
+            tasks.push(tokio::task::spawn_local(crate::backends::run_health(
+                i,
+                self.clone(),
+            )));
+        }
+    }
+
+    /// Stops the health checks (shutdown).
+    pub fn stop_health(&self) {
+        for t in self.health.borrow_mut().drain(..) {
+            t.abort();
+        }
+    }
+
     /// A backend of the default pool for a TCP connection: the next up one.
     pub fn tcp_backend(&self) -> Option<SocketAddr> {
-        let f = self.forwarding.as_ref()?;
+        let f = self.forwarding()?;
         let members = &f.spec().pools.first()?.members;
         let live = self.backend_live.borrow();
         let n = members.len();
@@ -221,26 +279,9 @@ impl Shared {
         None
     }
 
-    /// Everything the XDP program redirects under `config`: its listen
-    /// addresses and the forwarding ports (none when `xdp.redirect` is off).
-    pub fn destinations_for(&self, config: &Config) -> Vec<SocketAddr> {
-        let mut d = config.redirected();
-        if config.xdp.redirect
-            && let Some(f) = &self.forwarding
-        {
-            d.extend(f.destinations());
-        }
-        d
-    }
-
     /// Our source address toward backend `i`.
     pub fn backend_source(&self, i: usize) -> Option<std::net::IpAddr> {
-        self.forwarding
-            .as_ref()?
-            .spec()
-            .backends
-            .get(i)
-            .map(|b| b.source)
+        self.forwarding()?.spec().backends.get(i).map(|b| b.source)
     }
 
     pub fn backend_live(&self) -> Vec<xdpdns_common::ipc::BackendLive> {
@@ -255,14 +296,15 @@ impl Shared {
             if all.get(i).is_none_or(|l| *l == live) {
                 return;
             }
-            let before = pools_down(&self.forwarding, &all);
+            let f = self.forwarding();
+            let before = pools_down(f.as_deref(), &all);
             all[i] = live;
-            (before, pools_down(&self.forwarding, &all))
+            (before, pools_down(f.as_deref(), &all))
         };
         for q in self.supervised_queues() {
             self.command(q, QueueCommand::Backends);
         }
-        if let Some(f) = &self.forwarding {
+        if let Some(f) = self.forwarding() {
             for (p, pool) in f.spec().pools.iter().enumerate() {
                 if !before.contains(&p) && after.contains(&p) {
                     tracing::error!(pool = %pool.name, action = ?f.spec().all_down_action, "every backend of the pool is down");

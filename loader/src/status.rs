@@ -175,8 +175,7 @@ impl Status {
             .sum();
         let live = shared.backend_live();
         let backends = shared
-            .forwarding
-            .as_ref()
+            .forwarding()
             .map(|f| {
                 f.spec()
                     .backends

@@ -534,3 +534,101 @@ fn queries_in_flight_survive_the_restart_of_their_dataplane() -> anyhow::Result<
     assert_eq!(s["backends"][0]["replies"], 1, "{s:#}");
     Ok(())
 }
+
+/// `xdpdns reload` with `config`; its stdout.
+fn reload(server: &Server, config: &str) -> anyhow::Result<String> {
+    std::fs::write(&server.config, config)?;
+    let out = server.cli(&["reload"]);
+    anyhow::ensure!(
+        out.status.success(),
+        "reload failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+#[test]
+fn backends_are_added_swapped_and_removed_live_under_load() -> anyhow::Result<()> {
+    const OTHER: &str = "192.0.2.11";
+    let (lab, _a) = backend_lab("fwdreload")?;
+    lab.client_addr(&format!("{OTHER}/24"), CLIENT_IF)?;
+    let c = lab.client_ns.clone();
+    let _b = lab.knot(&c, "b2", &[&format!("{OTHER}@53")], 0)?;
+    lab.steer_client_to_queue(0)?;
+    let a = backend(&format!("{BACKEND_V4}:53"), "");
+    let b = backend(&format!("{OTHER}:53"), "");
+    let server = lab.start("f", &lab.config("f", &a))?;
+    server.wait_status("backend up", |s| s["backends"][0]["up"] == true)?;
+    let pids = server.dataplane_pids()?;
+
+    // Steady load across three reloads: add B, swap the order (every
+    // backend changes index), remove A.
+    let load = lab.kxdpgun(2000, 5, SERVER_V4)?;
+    server.wait_status("load flowing to A", |s| {
+        s["backends"][0]["replies"].as_u64().unwrap_or(0) > 1000
+    })?;
+    let said = reload(&server, &lab.config("f", &format!("{a}{b}")))?;
+    assert!(said.contains("backends"), "{said}");
+    let s = server.wait_status("both backends answering", |s| {
+        s["backends"][1]["replies"].as_u64().unwrap_or(0) > 100
+    })?;
+    let a_before = s["backends"][0]["replies"].as_u64().unwrap_or(0);
+    assert!(
+        a_before > s["backends"][1]["replies"].as_u64().unwrap_or(0) + 800,
+        "A kept its counters: {s:#}"
+    );
+    reload(&server, &lab.config("f", &format!("{b}{a}")))?;
+    let s = server.wait_status("order swapped", |s| {
+        s["backends"][0]["address"] == format!("{OTHER}:53")
+    })?;
+    assert!(
+        s["backends"][1]["replies"].as_u64().unwrap_or(0) >= a_before,
+        "A's counters followed it to index 1: {s:#}"
+    );
+    std::thread::sleep(Duration::from_millis(800));
+    reload(&server, &lab.config("f", &b))?;
+    let load = Lab::kxdpgun_result(load)?;
+    let s = server.wait_status("only B, nothing in flight", |s| {
+        s["backends"].as_array().is_some_and(|b| b.len() == 1)
+            && s["totals"]["forward"]["in_flight"] == 0
+    })?;
+    assert_eq!(s["backends"][0]["address"], format!("{OTHER}:53"));
+    assert_eq!(
+        server.dataplane_pids()?,
+        pids,
+        "no dataplane restarted:\n{}",
+        server.log_text()
+    );
+    assert_eq!(s["totals"]["forward"]["stray_replies"], 0, "{s:#}");
+    assert_eq!(s["totals"]["forward"]["evicted"], 0, "{s:#}");
+    let lost = load.sent - load.received;
+    assert!(
+        lost * 1000 <= load.sent,
+        "{lost} of {} queries lost across three reloads",
+        load.sent
+    );
+    eprintln!("reloads under load: {lost} of {} lost", load.sent);
+    // Only B is asked now.
+    let before = s["backends"][0]["queries"].as_u64().unwrap_or(0);
+    for _ in 0..5 {
+        let out = lab.kdig_output(&[&format!("@{SERVER_V4}"), "www.example.test", "A"]);
+        assert!(answer_has(&out, ZONE_A), "{out}");
+    }
+    server.wait_status("B asked five more times", |s| {
+        s["backends"][0]["queries"].as_u64() == Some(before + 5)
+    })?;
+
+    // What forwarding cannot change live is refused, nothing changes.
+    std::fs::write(
+        &server.config,
+        lab.config("f", &format!("{b}[forwarding]\nmax_in_flight = 1024\n")),
+    )?;
+    let out = server.cli(&["reload"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("max_in_flight") && err.contains("restart"),
+        "{err}"
+    );
+    Ok(())
+}

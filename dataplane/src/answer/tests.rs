@@ -132,6 +132,30 @@ fn rule_hits_are_counted_per_rule_and_default() {
 }
 
 #[test]
+fn a_reconfiguration_keeps_rule_hits_only_if_the_rules_stay() {
+    let mut a = answerer();
+    let f = build(&FrameSpec::v4(), &query(1, "a.dropme.test.", 1, None));
+    let _ = a.answer_frame(&mut f.clone(), f.len());
+    let mut spec = AnswerSpec {
+        rules: vec![RuleSpec {
+            suffix: Some(xdpdns_common::dns::name_to_wire("dropme.test.").unwrap()),
+            qtype: None,
+            action: Action::Drop,
+        }],
+        default: Action::Refused,
+        edns_udp_size: 4096,
+        verify_checksums: true,
+    };
+    assert_eq!(
+        Answerer::replacing(&a, &spec).rule_hits(),
+        &[1, 0],
+        "same rules, other EDNS size"
+    );
+    spec.rules[0].action = Action::NxDomain;
+    assert_eq!(Answerer::replacing(&a, &spec).rule_hits(), &[0, 0]);
+}
+
+#[test]
 fn kernel_path_answers_bare_messages() {
     let q = query(0x1234, "example.", 1, Some((1232, 0, false)));
     let mut buf = q.clone();

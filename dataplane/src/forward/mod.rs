@@ -168,7 +168,12 @@ impl Forwarder {
             fds.into_iter()
                 .map(|fd| {
                     let s = UdpSocket::from(fd);
-                    s.set_nonblocking(true)?;
+                    // fcntl, not set_nonblocking's ioctl: this also runs
+                    // under the seccomp filter (a reconfiguration).
+                    let fl = nix::fcntl::fcntl(&s, nix::fcntl::FcntlArg::F_GETFL)?;
+                    let fl =
+                        nix::fcntl::OFlag::from_bits_retain(fl) | nix::fcntl::OFlag::O_NONBLOCK;
+                    nix::fcntl::fcntl(&s, nix::fcntl::FcntlArg::F_SETFL(fl))?;
                     Ok(s)
                 })
                 .collect()
@@ -219,6 +224,33 @@ impl Forwarder {
         )
     }
 
+    /// The index of the backend with table tag `tag`.
+    fn index_of(&self, tag: u16) -> Option<usize> {
+        self.spec.backends.iter().position(|b| b.tag == tag)
+    }
+
+    /// Takes over what `old` (the forwarder before a reconfiguration) had
+    /// going: its place in the in-flight table, so queries in flight to
+    /// backends that are kept are still answered, and the per-backend
+    /// counters, re-indexed to the new backend list.
+    pub fn take_over(&mut self, old: Forwarder, c: &mut DataplaneCounters) {
+        let map: Vec<Option<usize>> = self
+            .spec
+            .backends
+            .iter()
+            .map(|b| old.index_of(b.tag))
+            .collect();
+        for (new, o) in map.iter().enumerate() {
+            if let Some(o) = o {
+                self.outstanding[new] = old.outstanding.get(*o).copied().unwrap_or(0);
+            }
+        }
+        c.remap_backends(&map);
+        if old.table.per_queue() == self.table.per_queue() {
+            self.alloc = old.alloc;
+        }
+    }
+
     fn entry(&self, backend: u16, client: Client, question: &[u8]) -> Entry {
         let now = monotonic_ns();
         let mut q = [0u8; MAX_QUESTION];
@@ -227,7 +259,7 @@ impl Forwarder {
         Entry {
             deadline_ms: now / 1_000_000 + u64::from(self.spec.timeout_ms),
             sent_ns: now,
-            backend,
+            backend: self.spec.backends[usize::from(backend)].tag,
             client,
             question_len: n as u16,
             question: q,
@@ -238,12 +270,12 @@ impl Forwarder {
     /// when the region is full) is counted as a timeout of its backend.
     fn insert(&mut self, entry: &Entry, c: &mut DataplaneCounters) -> Option<u16> {
         let ins = self.table.insert(&mut self.alloc, entry)?;
-        if let Some(old) = ins.evicted {
-            let bi = usize::from(old);
+        if let Some(tag) = ins.evicted {
             c.forward.evicted += 1;
-            c.backend(bi).timeouts += 1;
-            if let Some(o) = self.outstanding.get_mut(bi) {
-                *o = o.saturating_sub(1);
+            // A backend removed by a reload since has no counters left.
+            if let Some(bi) = self.index_of(tag) {
+                c.backend(bi).timeouts += 1;
+                self.outstanding[bi] = self.outstanding[bi].saturating_sub(1);
             }
         }
         Some(ins.id)
@@ -368,7 +400,8 @@ impl Forwarder {
             let q = e.question();
             msg.get(HEADER_LEN..HEADER_LEN + q.len()) == Some(q)
         };
-        match self.table.claim_if(owner, id, backend, question_ok) {
+        let tag = self.spec.backends[usize::from(backend)].tag;
+        match self.table.claim_if(owner, id, tag, question_ok) {
             Ok(e) => {
                 msg[0..2].copy_from_slice(&e.client.id.to_be_bytes());
                 let bi = usize::from(backend);
@@ -521,11 +554,11 @@ impl Forwarder {
         let action = self.spec.timeout_action;
         let local_mac = self.spec.local_mac;
         let outstanding = &mut self.outstanding;
+        let backends = &self.spec.backends;
         self.table.expire(self.queue, now_ms, |e| {
-            let bi = usize::from(e.backend);
-            c.backend(bi).timeouts += 1;
-            if let Some(o) = outstanding.get_mut(bi) {
-                *o = o.saturating_sub(1);
+            if let Some(bi) = backends.iter().position(|b| b.tag == e.backend) {
+                c.backend(bi).timeouts += 1;
+                outstanding[bi] = outstanding[bi].saturating_sub(1);
             }
             let rcode = match action {
                 FailAction::Drop => return,

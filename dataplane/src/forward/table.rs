@@ -50,6 +50,7 @@ pub struct Client {
 pub struct Entry {
     pub deadline_ms: u64,
     pub sent_ns: u64,
+    /// The backend's tag (stable across reloads, unlike its index).
     pub backend: u16,
     pub client: Client,
     pub question_len: u16,

@@ -146,7 +146,9 @@ pub async fn run(index: usize, shared: Rc<Shared>) {
     if let Err(e) = sock.connect(b.address).await {
         warn!(backend = %b.address, error = %e, "health check socket");
     }
+    // A restart by a reload carries the backend's state over.
     let mut health = Health::new();
+    health.up = shared.backend_live().get(index).is_none_or(|l| l.up);
     let mut interval =
         tokio::time::interval(Duration::from_millis(u64::from(b.health.interval_ms)));
     let mut last_reason = String::new();

@@ -12,7 +12,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use nix::fcntl::{FcntlArg, SealFlag, fcntl};
 use nix::sys::memfd::{MFdFlags, memfd_create};
 use nix::sys::socket::{self, AddressFamily, SockFlag, SockType, SockaddrStorage, sockopt};
-use xdpdns_common::config::DEFAULT_POOL;
+use xdpdns_common::config::{Config, DEFAULT_POOL};
 use xdpdns_common::inflight;
 use xdpdns_common::ipc::{BackendLive, BackendSpec, ForwardSpec, PoolSpec};
 
@@ -43,6 +43,10 @@ pub enum ForwardError {
     },
     #[error("cannot create the in-flight table: {0}")]
     Table(nix::Error),
+    #[error(
+        "backend {address}: the running instance forwards over {have} only (its forwarding ports are reserved for that): restart xdpdns to add another address family"
+    )]
+    NewFamily { address: SocketAddr, have: String },
     #[error("backend socket for {address}: {source}")]
     Socket {
         address: SocketAddr,
@@ -53,10 +57,19 @@ pub enum ForwardError {
 /// Everything forwarding needs, owned by the loader for the instance's life.
 pub struct Forwarding {
     spec: ForwardSpec,
+    /// The families the port-reserving sockets cover (false = IPv4).
+    families: Vec<bool>,
     /// The shared in-flight table (a sealed memfd).
     table: OwnedFd,
     /// Per served queue, its port-reserving sockets (one per family in use).
     ports: BTreeMap<u32, Vec<OwnedFd>>,
+}
+
+/// A reloaded [`Forwarding`], and where each new backend was before
+/// (`map[new] = Some(old)`).
+pub struct Reloaded {
+    pub forwarding: Forwarding,
+    pub map: Vec<Option<usize>>,
 }
 
 /// Resolves backends and reserves what forwarding needs; `None` without backends.
@@ -65,50 +78,7 @@ pub fn prepare(plan: &Plan) -> Result<Option<Forwarding>, ForwardError> {
     if c.backend.is_empty() {
         return Ok(None);
     }
-    let mut pools: Vec<PoolSpec> = vec![PoolSpec {
-        name: DEFAULT_POOL.into(),
-        policy: c
-            .pool
-            .iter()
-            .find(|p| p.name == DEFAULT_POOL)
-            .map(|p| p.policy)
-            .unwrap_or_default(),
-        members: Vec::new(),
-    }];
-    for p in c.pool.iter().filter(|p| p.name != DEFAULT_POOL) {
-        pools.push(PoolSpec {
-            name: p.name.clone(),
-            policy: p.policy,
-            members: Vec::new(),
-        });
-    }
-    let mut backends = Vec::new();
-    for (i, b) in c.backend.iter().enumerate() {
-        let source = match b.source {
-            Some(s) => s,
-            None => {
-                let r =
-                    netlink::route_to(b.address.ip()).map_err(|source| ForwardError::NoRoute {
-                        index: i,
-                        address: b.address,
-                        source,
-                    })?;
-                r.source.ok_or(ForwardError::NoSource {
-                    index: i,
-                    address: b.address,
-                })?
-            }
-        };
-        let pool = pools.iter().position(|p| p.name == b.pool).unwrap_or(0);
-        pools[pool].members.push(i as u16);
-        backends.push(BackendSpec {
-            address: b.address,
-            source,
-            xsk: b.xsk,
-            weight: b.weight,
-            pool: pool as u16,
-        });
-    }
+    let (backends, pools) = resolve(c, &[])?;
     let f = &c.forwarding;
     let regions = plan.interface.queues;
     let table = memfd_create(
@@ -128,12 +98,7 @@ pub fn prepare(plan: &Plan) -> Result<Option<Forwarding>, ForwardError> {
         ),
     )
     .map_err(ForwardError::Table)?;
-    let families: Vec<bool> = {
-        let mut v: Vec<bool> = backends.iter().map(|b| b.address.is_ipv6()).collect();
-        v.sort();
-        v.dedup();
-        v
-    };
+    let families = families(&backends);
     let mut ports = BTreeMap::new();
     for q in &plan.queues {
         let port = f.port_base + *q as u16;
@@ -143,14 +108,6 @@ pub fn prepare(plan: &Plan) -> Result<Option<Forwarding>, ForwardError> {
         }
         ports.insert(*q, socks);
     }
-    let live = c
-        .backend
-        .iter()
-        .map(|b| BackendLive {
-            up: true,
-            mac: b.mac,
-        })
-        .collect();
     Ok(Some(Forwarding {
         spec: ForwardSpec {
             backends,
@@ -164,11 +121,96 @@ pub fn prepare(plan: &Plan) -> Result<Option<Forwarding>, ForwardError> {
             regions,
             local_mac: plan.interface.link.mac.unwrap_or_default(),
             port_sockets: families.len() as u32,
-            live,
+            live: initial_live(c),
         },
+        families,
         table,
         ports,
     }))
+}
+
+/// Health before the first check: up, with the configured MAC if any.
+fn initial_live(c: &Config) -> Vec<BackendLive> {
+    c.backend
+        .iter()
+        .map(|b| BackendLive {
+            up: true,
+            mac: b.mac,
+        })
+        .collect()
+}
+
+/// The address families (false = IPv4) of `backends`, sorted.
+fn families(backends: &[BackendSpec]) -> Vec<bool> {
+    let mut v: Vec<bool> = backends.iter().map(|b| b.address.is_ipv6()).collect();
+    v.sort();
+    v.dedup();
+    v
+}
+
+/// The backends and pools of `c`, with source addresses resolved. A backend
+/// whose address is in `previous` keeps its tag; new ones get unused tags.
+fn resolve(
+    c: &Config,
+    previous: &[BackendSpec],
+) -> Result<(Vec<BackendSpec>, Vec<PoolSpec>), ForwardError> {
+    let mut pools: Vec<PoolSpec> = vec![PoolSpec {
+        name: DEFAULT_POOL.into(),
+        policy: c
+            .pool
+            .iter()
+            .find(|p| p.name == DEFAULT_POOL)
+            .map(|p| p.policy)
+            .unwrap_or_default(),
+        members: Vec::new(),
+    }];
+    for p in c.pool.iter().filter(|p| p.name != DEFAULT_POOL) {
+        pools.push(PoolSpec {
+            name: p.name.clone(),
+            policy: p.policy,
+            members: Vec::new(),
+        });
+    }
+    let kept = |a: SocketAddr| previous.iter().find(|p| p.address == a).map(|p| p.tag);
+    let mut used: Vec<u16> = c.backend.iter().filter_map(|b| kept(b.address)).collect();
+    let mut backends = Vec::new();
+    for (i, b) in c.backend.iter().enumerate() {
+        let source = match b.source {
+            Some(s) => s,
+            None => {
+                let r =
+                    netlink::route_to(b.address.ip()).map_err(|source| ForwardError::NoRoute {
+                        index: i,
+                        address: b.address,
+                        source,
+                    })?;
+                r.source.ok_or(ForwardError::NoSource {
+                    index: i,
+                    address: b.address,
+                })?
+            }
+        };
+        let tag = match kept(b.address) {
+            Some(t) => t,
+            None => {
+                // Fewer backends than tags: a free one exists.
+                let t = (0..=u16::MAX).find(|t| !used.contains(t)).unwrap_or(0);
+                used.push(t);
+                t
+            }
+        };
+        let pool = pools.iter().position(|p| p.name == b.pool).unwrap_or(0);
+        pools[pool].members.push(i as u16);
+        backends.push(BackendSpec {
+            tag,
+            address: b.address,
+            source,
+            xsk: b.xsk,
+            weight: b.weight,
+            pool: pool as u16,
+        });
+    }
+    Ok((backends, pools))
 }
 
 /// Binds the forwarding port for one family on every address, exclusively.
@@ -228,6 +270,78 @@ impl Forwarding {
 
     pub fn spec(&self) -> &ForwardSpec {
         &self.spec
+    }
+
+    /// Forwarding under a reloaded configuration `c`: new backends, pools
+    /// and timeouts over the same in-flight table and forwarding ports.
+    /// Backends kept (same address) keep their tag and their health.
+    pub fn respec(&self, c: &Config, live: &[BackendLive]) -> Result<Reloaded, ForwardError> {
+        let (backends, pools) = resolve(c, &self.spec.backends)?;
+        if let Some(b) = backends
+            .iter()
+            .find(|b| !self.families.contains(&b.address.is_ipv6()))
+        {
+            let have: Vec<&str> = self
+                .families
+                .iter()
+                .map(|v6| if *v6 { "IPv6" } else { "IPv4" })
+                .collect();
+            return Err(ForwardError::NewFamily {
+                address: b.address,
+                have: have.join(" and "),
+            });
+        }
+        let dup = |fd: &OwnedFd| {
+            fd.try_clone().map_err(|e| {
+                ForwardError::Table(nix::Error::from_raw(
+                    e.raw_os_error().unwrap_or(libc::EBADF),
+                ))
+            })
+        };
+        let mut ports = BTreeMap::new();
+        for (q, socks) in &self.ports {
+            ports.insert(*q, socks.iter().map(dup).collect::<Result<Vec<_>, _>>()?);
+        }
+        // New index -> old index, for counters and health.
+        let map: Vec<Option<usize>> = backends
+            .iter()
+            .map(|b| self.spec.backends.iter().position(|o| o.tag == b.tag))
+            .collect();
+        let live = backends
+            .iter()
+            .zip(&map)
+            .zip(initial_live(c))
+            .map(|((b, old), fresh)| {
+                match old.map(|o| (&self.spec.backends[o], live.get(o))) {
+                    // A kept backend keeps its health, and its MAC unless
+                    // the configuration now names one.
+                    Some((ob, Some(l))) if ob.xsk == b.xsk => BackendLive {
+                        up: l.up,
+                        mac: fresh.mac.or(l.mac),
+                    },
+                    _ => fresh,
+                }
+            })
+            .collect();
+        let f = &c.forwarding;
+        let spec = ForwardSpec {
+            backends,
+            pools,
+            timeout_ms: f.timeout_ms,
+            timeout_action: f.timeout_action,
+            all_down_action: f.all_down_action,
+            live,
+            ..self.spec.clone()
+        };
+        Ok(Reloaded {
+            forwarding: Forwarding {
+                spec,
+                families: self.families.clone(),
+                table: dup(&self.table)?,
+                ports,
+            },
+            map,
+        })
     }
 
     /// The spec for a dataplane starting now, with current health and MACs.

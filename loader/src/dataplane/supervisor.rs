@@ -149,8 +149,7 @@ fn init_for(queue: u32, shared: &Shared) -> ToDataplane {
         answer: shared.answer_spec(),
         kernel_sockets: shared.listen(),
         forward: shared
-            .forwarding
-            .as_ref()
+            .forwarding()
             .map(|f| f.spec_with(&shared.backend_live())),
     }))
 }
@@ -165,7 +164,7 @@ async fn run_once(
         Ok(s) => s,
         Err(e) => return Outcome::Exited(e.to_string()),
     };
-    if let Some(f) = &shared.forwarding {
+    if let Some(f) = shared.forwarding() {
         match f.fds_for(queue) {
             Ok(fds) => sockets.extend(fds),
             Err(e) => return Outcome::Exited(e.to_string()),
@@ -266,7 +265,7 @@ async fn run_once(
 async fn reconfigure(shared: &Shared, channel: &Channel, queue: u32) -> Result<(), String> {
     let listen = shared.listen();
     let mut sockets = sockets::bind_all(&listen).map_err(|e| e.to_string())?;
-    if let Some(f) = &shared.forwarding {
+    if let Some(f) = shared.forwarding() {
         sockets.extend(f.fds_for(queue).map_err(|e| e.to_string())?);
     }
     let fds: Vec<BorrowedFd<'_>> = sockets.iter().map(|s| s.as_fd()).collect();
@@ -274,8 +273,7 @@ async fn reconfigure(shared: &Shared, channel: &Channel, queue: u32) -> Result<(
         answer: shared.answer_spec(),
         kernel_sockets: listen,
         forward: shared
-            .forwarding
-            .as_ref()
+            .forwarding()
             .map(|f| f.spec_with(&shared.backend_live())),
     }));
     channel
