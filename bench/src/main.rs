@@ -177,6 +177,13 @@ fn main() -> anyhow::Result<()> {
             }
         }
         running.stop()?;
+        // knotd, killed if it does not stop in time, can leave its XDP
+        // program behind: the next server must find the interface bare.
+        let _ = std::process::Command::new("ip")
+            .args(["-n", &lab.server_ns, "link", "set", "dev"])
+            .arg(xdpdns_netns_tests::SERVER_IF)
+            .args(["xdp", "off"])
+            .status();
     }
 
     let out = repo_root().join("target/bench");

@@ -125,6 +125,10 @@ impl Plan {
             problems.push(m);
         }
 
+        if let Err(e) = crate::system::cpus::check(&config.dataplane.cpus) {
+            problems.push(e);
+        }
+
         let max_frame_len = config.xsk.frame_size - XDP_PACKET_HEADROOM;
         if let Some(i) = &iface {
             let largest = i.link.mtu + 14 + 4;
@@ -270,6 +274,17 @@ impl Plan {
                 }
             ),
         );
+        if !c.dataplane.cpus.is_empty() {
+            let pins: Vec<String> = self
+                .queues
+                .iter()
+                .filter_map(|q| {
+                    crate::system::cpus::for_queue(&c.dataplane.cpus, *q)
+                        .map(|cpu| format!("queue {q} on CPU {cpu}"))
+                })
+                .collect();
+            line("cpus", pins.join(", "));
+        }
         line(
             "frames",
             format!("up to {} B go to AF_XDP", self.max_frame_len),

@@ -174,6 +174,9 @@ pub fn diff(old: &Config, new: &Config, device_queues: u32) -> Result<Changes, S
     if old.xsk.idle_nap_us != new.xsk.idle_nap_us {
         c.on_next_start.push("xsk.idle_nap_us");
     }
+    if old.dataplane.cpus != new.dataplane.cpus {
+        c.on_next_start.push("dataplane.cpus");
+    }
     if old.dataplane.stats_interval_ms != new.dataplane.stats_interval_ms {
         c.on_next_start.push("dataplane.stats_interval_ms");
     }
@@ -193,6 +196,9 @@ pub fn reload(shared: &Rc<Shared>, path: &Path) -> Result<Vec<String>, String> {
         Config::from_toml(&text).map_err(|e| format!("{} is not valid: {e}", path.display()))?;
     let old = shared.config();
     let changes = diff(&old, &new, shared.plan.interface.queues)?;
+    if changes.on_next_start.contains(&"dataplane.cpus") {
+        crate::system::cpus::check(&new.dataplane.cpus)?;
+    }
 
     if !new.dataplane.keep_ipc_lock && !changes.queues_added.is_empty() {
         let queues = shared.supervised_queues().len() + changes.queues_added.len()

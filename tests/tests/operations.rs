@@ -118,6 +118,51 @@ fn restart_queue_replaces_one_queue_only() -> anyhow::Result<()> {
 }
 
 #[test]
+fn dataplanes_run_on_their_queues_cpus_and_a_reload_moves_them_on_restart() -> anyhow::Result<()> {
+    let lab = Lab::new("cpus")?;
+    let cfg = lab.config("c", "").replace(
+        "stats_interval_ms = 200",
+        "stats_interval_ms = 200\ncpus = [1, 0]",
+    );
+    let server = lab.start("c", &cfg)?;
+    let cpus = |q: u32| proc_status(pid_of(&server, q), "Cpus_allowed_list").unwrap_or_default();
+    assert_eq!(cpus(0), "1", "queue 0 on cpus[0]");
+    assert_eq!(cpus(1), "0", "queue 1 on cpus[1]");
+    assert_eq!(
+        lab.kdig(&[&format!("@{SERVER_V4}"), "pinned.example"]),
+        "REFUSED"
+    );
+    // A reload changes the list; a restarted queue takes it.
+    std::fs::write(&server.config, cfg.replace("cpus = [1, 0]", "cpus = [0]"))?;
+    let out = server.cli(&["reload"]);
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        said.contains("dataplane.cpus") && said.contains("restart-queue"),
+        "{said}"
+    );
+    assert_eq!(cpus(0), "1", "running dataplanes stay where they are");
+    let p0 = pid_of(&server, 0);
+    assert!(server.cli(&["restart-queue", "0"]).status.success());
+    server.wait_status("queue 0 replaced", |s| {
+        s["queues"][0]["pid"]
+            .as_u64()
+            .is_some_and(|p| p as u32 != p0)
+            && s["queues"][0]["registered"] == true
+    })?;
+    assert_eq!(cpus(0), "0");
+    // CPUs this process may not use are refused up front, by name.
+    let bad = lab.write_config("bad", &cfg.replace("cpus = [1, 0]", "cpus = [0, 1000]"))?;
+    let out = lab.xdpdns(&["check", "--config", bad.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("dataplane.cpus") && err.contains("1000"),
+        "{err}"
+    );
+    Ok(())
+}
+
+#[test]
 fn past_its_restart_budget_a_queue_stays_on_the_kernel_path() -> anyhow::Result<()> {
     let lab = Lab::new("budget")?;
     let cfg = lab.config(

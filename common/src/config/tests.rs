@@ -202,6 +202,10 @@ fn dataplane_section_is_checked() {
         "dataplane.stats_interval_ms"
     );
     assert_eq!(
+        invalid_key(&with("", "[dataplane]\ncpus = [0, 4096]")),
+        "dataplane.cpus"
+    );
+    assert_eq!(
         invalid_key(&with("", "[dataplane]\nedns_udp_size = 100")),
         "dataplane.edns_udp_size"
     );
@@ -235,6 +239,38 @@ fn shipped_example_configuration_is_valid() {
     let c = Config::from_toml(text).expect("packaging/xdpdns.toml must stay valid");
     assert_eq!(c.instance, "default");
     assert_eq!(c.listen.len(), 2);
+}
+
+#[test]
+fn every_commented_out_key_of_the_shipped_example_is_valid_with_its_default() {
+    let text = include_str!(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../packaging/xdpdns.toml"
+    ));
+    // Uncomment the documented sections and keys ("# [..]", "# key = ..").
+    let is_key = |l: &str| {
+        let l = l.trim_start_matches("# ");
+        l.starts_with('[')
+            || l.split_once(" = ").is_some_and(|(k, _)| {
+                !k.is_empty() && k.chars().all(|c| c.is_ascii_lowercase() || c == '_')
+            })
+    };
+    let uncommented: Vec<&str> = text
+        .lines()
+        .map(|l| match l.strip_prefix("# ") {
+            Some(rest) if is_key(l) => rest,
+            _ => l,
+        })
+        .collect();
+    let c =
+        Config::from_toml(&uncommented.join("\n")).expect("the commented-out keys must be valid");
+    assert_eq!(c.backend.len(), 1);
+    assert_eq!(c.rule.len(), 1);
+    assert!(c.metrics.is_some());
+    let d = Config::from_toml(text).unwrap();
+    assert_eq!(c.forwarding, d.forwarding, "the example shows the defaults");
+    assert_eq!(c.supervisor, d.supervisor, "the example shows the defaults");
+    assert_eq!(c.backend[0].health, Default::default());
 }
 
 #[test]

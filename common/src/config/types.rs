@@ -137,6 +137,10 @@ pub struct DataplaneSection {
     /// UDP payload size advertised in our EDNS OPT records.
     #[serde(default = "default_edns_udp_size")]
     pub edns_udp_size: u16,
+    /// CPU affinity: the dataplane of queue N runs on `cpus[N % len]` (e.g.
+    /// the CPU that takes the queue's interrupts). Empty: not pinned.
+    #[serde(default)]
+    pub cpus: Vec<u32>,
 }
 
 /// How the loader watches its dataplanes.
@@ -253,6 +257,7 @@ impl Default for DataplaneSection {
             binary: None,
             stats_interval_ms: default_stats_interval_ms(),
             edns_udp_size: default_edns_udp_size(),
+            cpus: Vec::new(),
         }
     }
 }

@@ -6,6 +6,8 @@ use super::{Config, ConfigError, QueueSelection, rules};
 
 const MAX_FRAMES: u32 = 1 << 20;
 const MIN_FRAMES: u32 = 64;
+/// CPU_SETSIZE: the CPUs a `cpu_set_t` holds.
+pub const MAX_CPUS: u32 = 1024;
 
 impl Config {
     pub(super) fn validate(&self) -> Result<(), ConfigError> {
@@ -88,6 +90,12 @@ impl Config {
             return Err(ConfigError::invalid(
                 "dataplane.binary",
                 format!("{binary:?} must be an absolute path"),
+            ));
+        }
+        if let Some(cpu) = self.dataplane.cpus.iter().find(|c| **c >= MAX_CPUS) {
+            return Err(ConfigError::invalid(
+                "dataplane.cpus",
+                format!("CPU {cpu} is beyond the {MAX_CPUS} CPUs an affinity mask holds"),
             ));
         }
         if !(100..=60_000).contains(&self.dataplane.stats_interval_ms) {

@@ -113,6 +113,8 @@ pub struct ChildSetup<'a> {
     /// The child's end of the control socketpair (>= HIGH_FD).
     pub control: &'a OwnedFd,
     pub parent_pid: libc::pid_t,
+    /// The CPU mask to run on (`dataplane.cpus`), if pinned.
+    pub cpus: Option<&'a libc::cpu_set_t>,
 }
 
 fn check(ret: libc::c_int) -> io::Result<()> {
@@ -132,6 +134,11 @@ fn prctl(op: libc::c_int, a: libc::c_ulong, b: libc::c_ulong) -> io::Result<()> 
 /// parent through `spawn`). Async-signal-safe: system calls on prepared data.
 pub fn become_dataplane(s: &ChildSetup<'_>) -> io::Result<()> {
     let keep = s.identity.mask();
+
+    if let Some(set) = s.cpus {
+        // SAFETY: sched_setaffinity reads one cpu_set_t prepared before fork.
+        check(unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), set) })?;
+    }
 
     // The control socket goes to fd 3; everything else closes on exec.
     // SAFETY: dup2 of a descriptor we own onto fd 3 (clearing its CLOEXEC).

@@ -71,7 +71,8 @@ pub struct Spawned {
 
 /// Forks and execs one dataplane. Must be called from the runtime's main
 /// thread: the parent-death signal follows the thread that forks.
-pub fn spawn(t: &Template, binary: &Path) -> Result<Spawned, SpawnError> {
+pub fn spawn(t: &Template, binary: &Path, cpu: Option<u32>) -> Result<Spawned, SpawnError> {
+    let cpus = cpu.map(crate::system::cpus::mask);
     let (channel, theirs) = Channel::pair()?;
     let identity = t.identity.clone();
     let image = t.image.clone();
@@ -87,6 +88,7 @@ pub fn spawn(t: &Template, binary: &Path) -> Result<Spawned, SpawnError> {
                 image: &image,
                 control: &theirs,
                 parent_pid,
+                cpus: cpus.as_ref(),
             })
         });
     }

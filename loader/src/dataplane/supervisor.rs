@@ -174,7 +174,11 @@ async fn run_once(
         mut child,
         channel,
         pid,
-    } = match spawn::spawn(&shared.template, &shared.plan.dataplane_binary) {
+    } = match spawn::spawn(
+        &shared.template,
+        &shared.plan.dataplane_binary,
+        crate::system::cpus::for_queue(&shared.config().dataplane.cpus, queue),
+    ) {
         Ok(s) => s,
         Err(e) => return Outcome::Exited(e.to_string()),
     };

@@ -1,8 +1,9 @@
 //! Facts about the machine the loader reads before touching anything:
-//! the interface, locked-memory limits, capabilities, bpffs, users.
+//! the interface, locked-memory limits, capabilities, bpffs, users, CPUs.
 
 pub mod bpffs;
 pub mod capabilities;
+pub mod cpus;
 pub mod interface;
 pub mod memlock;
 pub mod netlink;
