@@ -125,7 +125,10 @@ pub fn plot(r: &Report, path: &Path, font: &[u8]) -> anyhow::Result<()> {
     let root = BitMapBackend::new(path, (1000, 640)).into_drawing_area();
     root.fill(&WHITE)?;
     let mut chart = ChartBuilder::on(&root)
-        .caption("answered vs offered (kxdpgun; fwd = forwarding to knotd)", ("sans-serif", 24))
+        .caption(
+            "answered vs offered (kxdpgun; fwd = forwarding to knotd)",
+            ("sans-serif", 24),
+        )
         .margin(20)
         .x_label_area_size(45)
         .y_label_area_size(65)
