@@ -38,17 +38,22 @@ fn env<T: std::str::FromStr>(name: &str, default: T) -> T {
         .unwrap_or(default)
 }
 
+/// A comma-separated list of offered rates from `var`, or `default`.
+fn rates_from(var: &str, default: &str) -> anyhow::Result<Vec<u64>> {
+    std::env::var(var)
+        .unwrap_or_else(|_| default.into())
+        .split(',')
+        .map(|r| r.trim().parse())
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("{var}: a comma-separated list of queries/s"))
+}
+
 fn main() -> anyhow::Result<()> {
     // SAFETY: geteuid has no arguments.
     if unsafe { libc::geteuid() } != 0 {
         bail!("the benchmark needs root (namespaces, XDP, cgroups)");
     }
-    let rates: Vec<u64> = std::env::var("BENCH_RATES")
-        .unwrap_or_else(|_| "100000,300000,1000000".into())
-        .split(',')
-        .map(|r| r.trim().parse())
-        .collect::<Result<_, _>>()
-        .context("BENCH_RATES")?;
+    let rates = rates_from("BENCH_RATES", "100000,300000,1000000")?;
     let secs: u64 = env("BENCH_SECS", 10);
     let runs: usize = env("BENCH_RUNS", 3);
     let dnsperf_secs: u64 = env("BENCH_DNSPERF_SECS", 10);
@@ -61,12 +66,7 @@ fn main() -> anyhow::Result<()> {
             .collect::<anyhow::Result<_>>()?,
         Err(_) => Kind::ALL.into_iter().chain(Kind::FORWARDING).collect(),
     };
-    let fwd_rates: Vec<u64> = std::env::var("BENCH_FWD_RATES")
-        .unwrap_or_else(|_| "100000,300000".into())
-        .split(',')
-        .map(|r| r.trim().parse())
-        .collect::<Result<_, _>>()
-        .context("BENCH_FWD_RATES")?;
+    let fwd_rates = rates_from("BENCH_FWD_RATES", "100000,300000")?;
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [libc::SIGINT, libc::SIGTERM] {
         signal_flag(sig, &stop)?;

@@ -148,52 +148,18 @@ pub fn start(
             server.wait_status("the backend up", |s| s["backends"][0]["up"] == true)?;
             Running::Xdpdns(Box::new(server))
         }
-        Kind::DnsdistFwd => {
-            let conf = lab.dir.join("dnsdist-fwd.conf");
-            fs::write(
-                &conf,
-                format!(
-                    "setLocal(\"{SERVER_V4}:53\", {{reusePort=true}})\n\
-                     setSecurityPollSuffix(\"\")\n\
-                     setACL({{\"0.0.0.0/0\", \"::/0\"}})\n\
-                     newServer({{address=\"{BACKEND}:53\", checkName=\"www.example.test.\"}})\n"
-                ),
-            )?;
-            spawn(
-                lab,
-                wrap,
-                "dnsdist",
-                &[
-                    "--supervised",
-                    "--disable-syslog",
-                    "-C",
-                    conf.to_str().unwrap(),
-                ],
-            )?
-        }
-        Kind::Dnsdist => {
-            let conf = lab.dir.join("dnsdist.conf");
-            fs::write(
-                &conf,
-                format!(
-                    "setLocal(\"{SERVER_V4}:53\", {{reusePort=true}})\n\
-                     setSecurityPollSuffix(\"\")\n\
-                     setACL({{\"0.0.0.0/0\", \"::/0\"}})\n\
-                     addAction(AllRule(), RCodeAction(DNSRCode.REFUSED))\n"
-                ),
-            )?;
-            spawn(
-                lab,
-                wrap,
-                "dnsdist",
-                &[
-                    "--supervised",
-                    "--disable-syslog",
-                    "-C",
-                    conf.to_str().unwrap(),
-                ],
-            )?
-        }
+        Kind::DnsdistFwd => dnsdist(
+            lab,
+            wrap,
+            "dnsdist-fwd",
+            &format!("newServer({{address=\"{BACKEND}:53\", checkName=\"www.example.test.\"}})"),
+        )?,
+        Kind::Dnsdist => dnsdist(
+            lab,
+            wrap,
+            "dnsdist",
+            "addAction(AllRule(), RCodeAction(DNSRCode.REFUSED))",
+        )?,
         Kind::KnotXdp | Kind::KnotUdp => {
             let run = lab.dir.join("knot");
             fs::create_dir_all(run.join("db"))?;
@@ -224,6 +190,28 @@ pub fn start(
     )
     .with_context(|| format!("{} did not come up", kind.name()))?;
     Ok(running)
+}
+
+/// dnsdist 1.7 on the listen address with reuseport, and `action` (a
+/// rule, or a backend) as the rest of its configuration.
+fn dnsdist(lab: &Lab, wrap: &[String], name: &str, action: &str) -> anyhow::Result<Running> {
+    let conf = lab.dir.join(format!("{name}.conf"));
+    fs::write(
+        &conf,
+        format!(
+            "setLocal(\"{SERVER_V4}:53\", {{reusePort=true}})\n\
+             setSecurityPollSuffix(\"\")\n\
+             setACL({{\"0.0.0.0/0\", \"::/0\"}})\n\
+             {action}\n"
+        ),
+    )?;
+    let conf = conf.to_str().context("lab path is not UTF-8")?;
+    spawn(
+        lab,
+        wrap,
+        "dnsdist",
+        &["--supervised", "--disable-syslog", "-C", conf],
+    )
 }
 
 fn spawn(lab: &Lab, wrap: &[String], program: &str, args: &[&str]) -> anyhow::Result<Running> {
