@@ -5,10 +5,11 @@ CARGO       ?= cargo
 JOBS        ?= 2
 CARGO_FLAGS ?= -j$(JOBS)
 
-# Build: clang + headers for the XDP program. Tests and demo: DNS clients,
-# iproute2/ethtool for the veth lab, nsenter (util-linux), bpftool.
+# Build: clang + headers for the XDP program. Tests and demo: DNS clients
+# (kdig, kxdpgun, dig), knotd as the forwarding tests' backend, iproute2/ethtool
+# for the veth lab, nsenter (util-linux), bpftool, apparmor_parser, systemd-analyze.
 DEPS = clang llvm libbpf-dev linux-libc-dev iproute2 ethtool util-linux procps \
-       knot-dnsutils bind9-dnsutils bpftool apparmor systemd
+       knot-dnsutils knot bind9-dnsutils bpftool apparmor systemd
 
 .PHONY: all deps build release test unit-test netns-test lint demo deb bench clean help
 
@@ -32,6 +33,8 @@ release: deps
 	$(CARGO) build $(CARGO_FLAGS) --release --workspace --bins
 
 lint: deps
+	@$(CARGO) fmt --version >/dev/null 2>&1 && $(CARGO) clippy --version >/dev/null 2>&1 || \
+	    rustup component add rustfmt clippy
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy $(CARGO_FLAGS) --workspace --all-targets -- -D warnings
 
