@@ -83,6 +83,17 @@ fn grab(text: &str, key: &str) -> anyhow::Result<f64> {
         .with_context(|| format!("no {key:?} in:\n{text}"))
 }
 
+/// A command in the client namespace, in the generator's cgroup. The
+/// cgroup is joined before `ip netns exec`: that remounts /sys, which hides
+/// the cgroup hierarchies from the command it runs.
+fn generator(lab: &Lab, gen_: &Pinned) -> Command {
+    let wrap = gen_.wrap();
+    let mut cmd = Command::new(&wrap[0]);
+    cmd.args(&wrap[1..])
+        .args(["ip", "netns", "exec", &lab.client_ns]);
+    cmd
+}
+
 /// kxdpgun at `rate` for `secs`, pinned to the generator's cgroup and CPU.
 pub fn open_loop(
     lab: &Lab,
@@ -95,12 +106,7 @@ pub fn open_loop(
 ) -> anyhow::Result<Point> {
     let before = counters(lab);
     let cpu0 = srv.cpu_seconds()?;
-    // Join the cgroup before `ip netns exec`: it remounts /sys, which hides
-    // the cgroup hierarchies from the command it runs.
-    let wrap = gen_.wrap();
-    let out = Command::new(&wrap[0])
-        .args(&wrap[1..])
-        .args(["ip", "netns", "exec", &lab.client_ns])
+    let out = generator(lab, gen_)
         .args([
             "kxdpgun",
             "-t",
@@ -175,12 +181,7 @@ pub fn closed_loop(
     queries: &Path,
     secs: u64,
 ) -> anyhow::Result<Closed> {
-    // Join the cgroup before `ip netns exec`: it remounts /sys, which hides
-    // the cgroup hierarchies from the command it runs.
-    let wrap = gen_.wrap();
-    let out = Command::new(&wrap[0])
-        .args(&wrap[1..])
-        .args(["ip", "netns", "exec", &lab.client_ns])
+    let out = generator(lab, gen_)
         .args([
             "dnsperf",
             "-s",

@@ -192,7 +192,7 @@ mod tests {
         .unwrap();
         DataplaneInit {
             protocol: PROTOCOL_VERSION,
-            instance: cfg.instance.clone(),
+            instance: cfg.fixed.instance.clone(),
             ifname: "eth0".into(),
             ifindex: 2,
             queue_id: 1,
@@ -202,7 +202,7 @@ mod tests {
             batch_size: 64,
             idle_nap_us: 20,
             stats_interval_ms: 1000,
-            answer: cfg.answer_spec(),
+            answer: cfg.live.answer_spec(),
             kernel_sockets: vec!["192.0.2.1:53".parse().unwrap()],
             forward: None,
         }

@@ -43,6 +43,8 @@ drop_reasons! {
     DnsBadOpt => "dns_bad_opt", "OPT record malformed or not in the additional section's rules.";
     AnswerTooLarge => "answer_too_large", "The answer would not fit the buffer.";
     RuleDrop => "rule_drop", "A rule's action was drop.";
+    FailDrop => "fail_drop", "Not forwarded (pool down, no slot, timeout) and the failure action is drop.";
+    SendFailed => "send_failed", "The answer could not be sent (no socket for its address, or the send failed).";
 }
 
 /// Counters of one path: AF_XDP frames, or kernel-stack datagrams.
@@ -179,6 +181,14 @@ pub struct BackendCounters {
 }
 
 impl BackendCounters {
+    /// Counters with the latency histogram in place.
+    pub fn sized() -> Self {
+        BackendCounters {
+            latency: vec![0; LATENCY_BUCKETS_US.len() + 1],
+            ..Default::default()
+        }
+    }
+
     pub fn observe(&mut self, us: u64) {
         if self.latency.len() != LATENCY_BUCKETS_US.len() + 1 {
             self.latency.resize(LATENCY_BUCKETS_US.len() + 1, 0);
@@ -247,6 +257,14 @@ impl DataplaneCounters {
             .iter()
             .map(|m| m.and_then(|o| old.get(o).cloned()).unwrap_or_default())
             .collect();
+    }
+
+    /// Counters for `n` backends, sized now so that counting never allocates.
+    pub fn size_backends(&mut self, n: usize) {
+        self.backends.resize_with(n, BackendCounters::sized);
+        for b in &mut self.backends {
+            b.latency.resize(LATENCY_BUCKETS_US.len() + 1, 0);
+        }
     }
 
     /// The counters of backend `i`, growing the list as needed.

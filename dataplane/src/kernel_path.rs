@@ -1,18 +1,16 @@
 //! The kernel-stack path: UDP sockets the loader bound (SO_REUSEPORT, one per
-//! dataplane per listen address), served in batches with recvmmsg/sendmmsg by
-//! the same [`Answerer`] as AF_XDP frames. Queries reach these sockets when a
-//! queue has no AF_XDP socket, or for frames the XDP program passes on.
+//! dataplane per listen address), served in batches with recvmmsg/sendmmsg;
+//! each datagram's fate is decided by [`Engine::datagram`], the same
+//! pipeline as AF_XDP frames. Queries reach these sockets when a queue has
+//! no AF_XDP socket, or for frames the XDP program passes on.
 
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 
-use xdpdns_common::config::FailAction;
-use xdpdns_common::dns::Rcode;
 use xdpdns_common::stats::{DataplaneCounters, DropReason};
 
-use crate::answer::{Answerer, Response};
-use crate::forward::Forwarder;
+use crate::engine::{Datagram, Engine};
 
 /// Datagrams per system call.
 pub const BATCH: usize = 32;
@@ -136,24 +134,18 @@ impl KernelPath {
     /// Returns the number of datagrams received.
     pub fn serve(
         &mut self,
-        answerer: &mut Answerer,
+        engine: &mut Engine,
         counters: &mut DataplaneCounters,
         rounds: usize,
-        mut forwarder: Option<&mut Forwarder>,
     ) -> usize {
         let mut total = 0;
         for i in 0..self.sockets.len() {
+            let Some(local) = self.addrs.get(i).copied() else {
+                continue;
+            };
             for _ in 0..rounds {
                 let fd = self.sockets[i].as_raw_fd();
-                let local = self.addrs.get(i).copied();
-                let n = serve_once(
-                    fd,
-                    local,
-                    &mut self.batch,
-                    answerer,
-                    counters,
-                    forwarder.as_deref_mut(),
-                );
+                let n = serve_once(fd, local, &mut self.batch, engine, counters);
                 total += n;
                 if n < BATCH {
                     break;
@@ -189,11 +181,10 @@ fn socket_addr(s: &libc::sockaddr_storage) -> Option<SocketAddr> {
 
 fn serve_once(
     fd: libc::c_int,
-    local: Option<SocketAddr>,
+    local: SocketAddr,
     b: &mut Batch,
-    answerer: &mut Answerer,
+    engine: &mut Engine,
     counters: &mut DataplaneCounters,
-    mut forwarder: Option<&mut Forwarder>,
 ) -> usize {
     b.arm_receive();
     // SAFETY: every header points at live buffers/address slots owned by `b`
@@ -219,46 +210,27 @@ fn serve_once(
             counters.kernel.drop(DropReason::DnsTruncated);
             continue;
         }
-        let decided = match answerer.respond(&mut b.bufs[i], len) {
-            Ok(Response::Forward(q)) => {
-                let from = socket_addr(&b.names[i]);
-                match (forwarder.as_deref_mut(), from, local) {
-                    (Some(f), Some(from), Some(local)) => {
-                        match f.forward_datagram(&mut b.bufs[i][..len], &q, from, local, counters) {
-                            Ok(()) => continue,
-                            Err(FailAction::Drop) => Err(DropReason::RuleDrop),
-                            Err(FailAction::ServFail) => {
-                                answerer.answer_with(&mut b.bufs[i], &q, Rcode::ServFail)
-                            }
-                            Err(FailAction::Refused) => {
-                                answerer.answer_with(&mut b.bufs[i], &q, Rcode::Refused)
-                            }
-                        }
-                    }
-                    _ => answerer.answer_with(&mut b.bufs[i], &q, Rcode::Refused),
-                }
-            }
-            Ok(Response::Answer(n)) => Ok(n),
-            Err(r) => Err(r),
+        let Some(from) = socket_addr(&b.names[i]) else {
+            counters.kernel.drop(DropReason::BadSource);
+            continue;
         };
-        match decided {
-            Ok(alen) => {
-                b.out_iovs[out] = libc::iovec {
-                    iov_base: b.bufs[i].as_mut_ptr().cast(),
-                    iov_len: alen,
-                };
-                let h = &mut b.out_hdrs[out].msg_hdr;
-                h.msg_name = (&mut b.names[i] as *mut libc::sockaddr_storage).cast();
-                h.msg_namelen = b.hdrs[i].msg_hdr.msg_namelen;
-                h.msg_iov = &mut b.out_iovs[out];
-                h.msg_iovlen = 1;
-                h.msg_control = std::ptr::null_mut();
-                h.msg_controllen = 0;
-                h.msg_flags = 0;
-                out += 1;
-            }
-            Err(reason) => counters.kernel.drop(reason),
-        }
+        let Datagram::Answer(alen) = engine.datagram(&mut b.bufs[i], len, from, local, counters)
+        else {
+            continue;
+        };
+        b.out_iovs[out] = libc::iovec {
+            iov_base: b.bufs[i].as_mut_ptr().cast(),
+            iov_len: alen,
+        };
+        let h = &mut b.out_hdrs[out].msg_hdr;
+        h.msg_name = (&mut b.names[i] as *mut libc::sockaddr_storage).cast();
+        h.msg_namelen = b.hdrs[i].msg_hdr.msg_namelen;
+        h.msg_iov = &mut b.out_iovs[out];
+        h.msg_iovlen = 1;
+        h.msg_control = std::ptr::null_mut();
+        h.msg_controllen = 0;
+        h.msg_flags = 0;
+        out += 1;
     }
     let mut sent = 0;
     while sent < out {
@@ -271,17 +243,19 @@ fn serve_once(
                 libc::MSG_DONTWAIT,
             )
         };
-        if r <= 0 {
-            let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            // The rest of the batch is lost: count it, never block the loop.
-            counters.kernel_send_errors += (out - sent) as u64;
-            break;
+        if r > 0 {
+            sent += r as usize;
+            counters.kernel.answered += r as u64;
+            continue;
         }
-        sent += r as usize;
+        let e = io::Error::last_os_error();
+        if e.kind() == io::ErrorKind::Interrupted {
+            continue;
+        }
+        // sendmmsg reports an error only for the first message it could not
+        // send: that one is lost (counted), the rest of the batch is tried.
+        counters.kernel_send_errors += 1;
+        sent += 1;
     }
-    counters.kernel.answered += sent as u64;
     n
 }

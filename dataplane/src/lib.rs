@@ -1,18 +1,22 @@
 //! The xdpdns dataplane: one process per NIC queue, unprivileged.
 //!
-//! It owns the queue's AF_XDP socket and UMEM ([`xsk`]), answers what arrives
-//! there and on the kernel-path sockets the loader hands it ([`answer`]), and
-//! reports counters to the loader ([`control`]). It never calls bpf().
+//! It owns the queue's AF_XDP socket and UMEM ([`xsk`]) and the kernel-path
+//! sockets the loader hands it ([`kernel_path`]); every query from either is
+//! decided by the one [`pipeline`], carried out by the [`engine`] (answers in
+//! place, forwarding with [`forward`] over the shared in-flight table in
+//! [`shm`]). It reports counters to the loader ([`control`]) and never calls
+//! bpf().
 
-pub mod answer;
 pub mod control;
 pub mod dns;
+pub mod engine;
 pub mod forward;
 pub mod frame;
 pub mod kernel_path;
+pub mod pipeline;
 pub mod privileges;
-pub mod rules;
 pub mod sandbox;
+pub mod shm;
 #[doc(hidden)]
 pub mod testing;
 pub mod worker;

@@ -10,10 +10,11 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use tracing::{error, info};
 use xdpdns_common::ipc::{PROTOCOL_VERSION, SetupFailure, XskReady};
-use xdpdns_dataplane::answer::Answerer;
 use xdpdns_dataplane::control::Control;
+use xdpdns_dataplane::engine::Engine;
 use xdpdns_dataplane::forward::{ForwardFds, Forwarder};
 use xdpdns_dataplane::kernel_path::KernelPath;
+use xdpdns_dataplane::pipeline::Pipeline;
 use xdpdns_dataplane::privileges;
 use xdpdns_dataplane::worker::{Exit, Tuning, Worker};
 use xdpdns_dataplane::xsk::{Xsk, XskConfig};
@@ -54,7 +55,7 @@ fn run() -> anyhow::Result<()> {
         .receive_init(Duration::from_secs(10))
         .context("waiting for the loader's configuration")?;
     let (sockets, forward_fds) =
-        ForwardFds::split(fds, init.kernel_sockets.len(), init.forward.as_ref())
+        ForwardFds::split(fds, init.kernel_sockets.len(), init.forward.as_ref(), true)
             .context("the loader sent the wrong number of descriptors")?;
     let _span = tracing::info_span!("dataplane", queue = init.queue_id).entered();
     privileges::set_name(&format!("xdpdns-dp-q{}", init.queue_id));
@@ -87,24 +88,27 @@ fn run() -> anyhow::Result<()> {
     };
     let forwarder = match (init.forward.clone(), forward_fds) {
         (Some(spec), Some(fds)) => {
-            Some(Forwarder::new(init.queue_id, spec, fds).context("forwarding set-up")?)
+            Some(Forwarder::open(init.queue_id, spec, fds).context("forwarding set-up")?)
         }
         _ => None,
     };
     let zero_copy = xsk.zero_copy();
-    let umem_bytes = xsk.umem.len() as u64;
+    let umem_bytes = xsk.umem_bytes() as u64;
+    let engine = Engine::new(
+        Pipeline::new(&init.answer, init.forward.as_ref()),
+        forwarder,
+        init.answer.verify_checksums,
+    );
     let mut worker = Worker::new(
         xsk,
-        Answerer::new(&init.answer),
+        engine,
         KernelPath::new(sockets, init.kernel_sockets.clone()),
         control,
         Tuning {
             batch: init.batch_size,
             stats_interval: Duration::from_millis(u64::from(init.stats_interval_ms)),
             idle_nap: Duration::from_micros(u64::from(init.idle_nap_us)),
-            queue: init.queue_id,
         },
-        forwarder,
         stop,
     );
     let stocked = worker.stock_fill_ring();

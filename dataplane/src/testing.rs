@@ -1,5 +1,136 @@
-//! Query frames for benchmarks and allocation tests (built with the same
-//! helpers the unit tests use).
+//! Query frames and a forwarding set-up for benchmarks, allocation tests and
+//! the end-to-end tests (built with the same helpers the unit tests use, and
+//! checked with a checksum written independently of the one under test).
+
+use std::net::{SocketAddr, UdpSocket};
+
+use xdpdns_common::config::{Action, AnswerSpec, FailAction, Policy, RuleSpec};
+use xdpdns_common::ipc::{BackendLive, BackendSpec, ForwardSpec, PoolSpec};
 
 pub use crate::dns::testing::query;
-pub use crate::frame::testing::{FrameSpec, build};
+pub use crate::frame::testing::{
+    CLIENT_MAC, FrameSpec, Received, SERVER_MAC, build, receive, receive_from, reference_checksum,
+};
+
+use crate::engine::Engine;
+use crate::forward::{ForwardFds, Forwarder};
+use crate::pipeline::Pipeline;
+use crate::shm::inflight::Table;
+
+/// The next hop toward [`BACKEND`] in [`forward_spec`].
+pub const BACKEND_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x0b];
+/// The first backend of [`forward_spec`]; the next ones count up.
+pub const BACKEND: &str = "192.0.2.10:53";
+/// Our source address toward the backends.
+pub const SOURCE: &str = "192.0.2.1";
+
+/// `rules` (`n` suffix rules) and a default action.
+pub fn answer_spec(rules: usize, default: Action) -> AnswerSpec {
+    AnswerSpec {
+        rules: (0..rules)
+            .map(|i| RuleSpec {
+                suffix: Some(
+                    xdpdns_common::dns::name_to_wire(&format!("blocked{i}.example.")).unwrap(),
+                ),
+                qtype: None,
+                action: Action::NxDomain,
+            })
+            .collect(),
+        default,
+        edns_udp_size: 1232,
+        verify_checksums: true,
+    }
+}
+
+/// `backends` AF_XDP backends, all up with a known MAC, in one pool.
+pub fn forward_spec(backends: usize) -> ForwardSpec {
+    let first: SocketAddr = BACKEND.parse().unwrap();
+    ForwardSpec {
+        backends: (0..backends)
+            .map(|i| {
+                let mut address = first;
+                if let std::net::IpAddr::V4(v4) = first.ip() {
+                    let mut o = v4.octets();
+                    o[3] += i as u8;
+                    address.set_ip(o.into());
+                }
+                BackendSpec {
+                    tag: 100 + i as u16,
+                    address,
+                    source: SOURCE.parse().unwrap(),
+                    xsk: true,
+                    weight: 1,
+                    pool: 0,
+                }
+            })
+            .collect(),
+        pools: vec![PoolSpec {
+            name: "default".into(),
+            policy: Policy::RoundRobin,
+            members: (0..backends as u16).collect(),
+        }],
+        default_pool: 0,
+        timeout_ms: 1000,
+        timeout_action: FailAction::ServFail,
+        all_down_action: FailAction::ServFail,
+        port_base: 30000,
+        max_in_flight: 4096,
+        regions: 2,
+        local_mac: SERVER_MAC,
+        port_sockets: 0,
+        live: vec![
+            BackendLive {
+                up: true,
+                mac: Some(BACKEND_MAC),
+            };
+            backends
+        ],
+    }
+}
+
+/// An engine answering locally with `rules` rules (REFUSED by default).
+pub fn local_engine(rules: usize) -> Engine {
+    Engine::new(
+        Pipeline::new(&answer_spec(rules, Action::Refused), None),
+        None,
+        true,
+    )
+}
+
+/// An engine of queue 0 forwarding to one AF_XDP backend, over an anonymous
+/// in-flight table (the production code path, without a loader).
+pub fn forwarding_engine(rules: usize) -> Engine {
+    let spec = forward_spec(1);
+    let table = Table::anonymous(spec.regions, spec.max_in_flight).expect("anonymous table");
+    let alloc = table.allocator(0);
+    // Socket backends' socket; AF_XDP backends with a MAC never use it.
+    let sock = UdpSocket::bind("127.0.0.1:0").expect("loopback socket");
+    let fds = ForwardFds {
+        table: None,
+        ports: Vec::new(),
+        backends: vec![sock.into()],
+    };
+    let f = Forwarder::with_table(0, spec.clone(), fds, table, alloc).expect("forwarder");
+    Engine::new(
+        Pipeline::new(&answer_spec(rules, Action::Forward), Some(&spec)),
+        Some(f),
+        true,
+    )
+}
+
+/// The backend's reply to a forwarded query frame: addresses turned round,
+/// QR set, NOERROR, nothing else changed.
+pub fn backend_reply(forwarded: &[u8]) -> Vec<u8> {
+    let got = receive_from(forwarded, SERVER_MAC, BACKEND_MAC);
+    let mut payload = got.payload;
+    payload[2] |= 0x80;
+    let spec = FrameSpec {
+        src_mac: BACKEND_MAC,
+        dst_mac: SERVER_MAC,
+        src: got.dst,
+        dst: got.src,
+        vlan: None,
+        zero_udp_checksum: false,
+    };
+    build(&spec, &payload)
+}

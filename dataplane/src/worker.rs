@@ -1,23 +1,22 @@
 //! The per-queue loop: completion → fill → RX → answer → TX, then the kernel
 //! sockets, then counters; sleeps in poll() only when there is nothing to do.
 
-use std::collections::VecDeque;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use xdpdns_common::ipc::ToDataplane;
-use xdpdns_common::stats::{DataplaneCounters, DropReason, RingLevels};
+use xdpdns_common::stats::{DataplaneCounters, DropReason};
 
-use xdpdns_common::config::FailAction;
-use xdpdns_common::dns::Rcode;
-
-use crate::answer::{Answerer, Response};
 use crate::control::{Control, ControlError};
-use crate::forward::{Delivery, Forwarder, FrameOutcome};
+use crate::engine::Engine;
+use crate::forward::{Emit, ForwardFds};
+use crate::frame::Headers;
 use crate::kernel_path::KernelPath;
-use crate::xsk::{XdpDesc, Xsk};
+use crate::pipeline::Pipeline;
+use crate::xsk::Xsk;
 
 /// Empty loop iterations before sleeping in poll().
 const SPINS_BEFORE_SLEEP: u32 = 32;
@@ -26,9 +25,6 @@ const SPINS_BEFORE_SLEEP: u32 = 32;
 const KERNEL_CHECK_EVERY: u32 = 128;
 /// While busy, the clock is read every this many iterations.
 const CLOCK_EVERY: u32 = 64;
-/// Transmissions are deferred while RX keeps delivering, up to this many:
-/// in copy mode every kick is a system call that sends the whole batch.
-const KICK_BATCH: u32 = 32;
 /// After this long without work the loop blocks in poll() instead of napping.
 const NAP_WINDOW: Duration = Duration::from_millis(2);
 /// How long a shutdown waits for queued answers to leave.
@@ -43,8 +39,6 @@ pub struct Tuning {
     pub stats_interval: Duration,
     /// Nap when a busy queue runs dry (zero: block in poll() at once).
     pub idle_nap: Duration,
-    /// The queue this dataplane serves.
-    pub queue: u32,
 }
 
 /// Why the loop ended.
@@ -58,11 +52,7 @@ pub enum Exit {
 
 pub struct Worker {
     xsk: Xsk,
-    /// Chunks owned by us and unused, as UMEM offsets of their start.
-    free: Vec<u64>,
-    /// Answers waiting for room in the TX ring (partial reservations).
-    backlog: VecDeque<XdpDesc>,
-    answerer: Answerer,
+    engine: Engine,
     kernel: KernelPath,
     control: Control,
     counters: DataplaneCounters,
@@ -71,8 +61,6 @@ pub struct Worker {
     stop: Arc<AtomicBool>,
     /// Nap length when the queue just went quiet; `None` blocks at once.
     nap: Option<Duration>,
-    forwarder: Option<Forwarder>,
-    queue: u32,
 }
 
 /// How often the forwarder's expired queries are swept.
@@ -81,141 +69,66 @@ const EXPIRE_EVERY: Duration = Duration::from_millis(10);
 /// after the kernel's headroom and room for the largest headers.
 const BUILD_AT: usize = 256 + 66;
 
-/// Frames built for answers that did not arrive as frames (socket replies,
-/// timeouts): a free chunk, the payload copied in, headers written before it.
+/// Answers sent through a kernel-path socket.
+struct KernelOnly<'a>(&'a KernelPath);
+
+impl Emit for KernelOnly<'_> {
+    fn kernel(&mut self, local: SocketAddr, to: SocketAddr, payload: &[u8]) -> bool {
+        self.0.send_to(local, to, payload)
+    }
+    fn frame(&mut self, _: &Headers, _: &[u8]) -> bool {
+        // During RX the frames are in hand: the kernel socket it is.
+        false
+    }
+}
+
+/// Answers that did not arrive as frames (socket replies, timeouts): a
+/// frame is built around them in a free chunk, or the kernel socket sends.
 struct Outbox<'a> {
-    free: &'a mut Vec<u64>,
-    umem: &'a mut crate::xsk::Umem,
-    backlog: &'a mut VecDeque<XdpDesc>,
+    xsk: &'a mut Xsk,
     kernel: &'a KernelPath,
 }
 
-impl Outbox<'_> {
-    fn deliver(&mut self, d: Delivery<'_>) -> bool {
-        match d {
-            Delivery::Kernel { local, to, payload } => self.kernel.send_to(local, to, payload),
-            Delivery::Xsk { headers, payload } => {
-                let Some(base) = self.free.pop() else {
-                    return false;
-                };
-                let built = self.umem.frame_mut(base).and_then(|chunk| {
-                    let room = chunk.get_mut(BUILD_AT..BUILD_AT + payload.len())?;
-                    room.copy_from_slice(payload);
-                    let start =
-                        crate::frame::write_headers(chunk, BUILD_AT, payload.len(), &headers)?;
-                    Some((start, BUILD_AT + payload.len() - start))
-                });
-                match built {
-                    Some((start, len)) => {
-                        self.backlog.push_back(XdpDesc {
-                            addr: base + start as u64,
-                            len: len as u32,
-                            options: 0,
-                        });
-                        true
-                    }
-                    None => {
-                        self.free.push(base);
-                        false
-                    }
-                }
-            }
-        }
+impl Emit for Outbox<'_> {
+    fn kernel(&mut self, local: SocketAddr, to: SocketAddr, payload: &[u8]) -> bool {
+        self.kernel.send_to(local, to, payload)
     }
-}
-
-/// One received frame: answered in place, forwarded, a backend's reply
-/// relayed, or dropped. `Ok((head, len))` transmits the chunk's bytes there;
-/// `Err(None)` recycles the chunk (the frame went elsewhere or was counted).
-fn process_frame(
-    answerer: &mut Answerer,
-    forwarder: Option<&mut Forwarder>,
-    kernel: &KernelPath,
-    c: &mut DataplaneCounters,
-    chunk: &mut [u8],
-    head: usize,
-    len: usize,
-) -> Result<(usize, usize), Option<DropReason>> {
-    let frame_bytes = chunk
-        .get(head..head + len)
-        .ok_or(Some(DropReason::FrameTruncated))?;
-    let p = crate::frame::parse(frame_bytes, answerer.verify_checksums()).map_err(Some)?;
-    let dport = u16::from_be_bytes([chunk[head + p.l4 + 2], chunk[head + p.l4 + 3]]);
-    let mut forwarder = forwarder;
-    if let Some(f) = forwarder.as_deref_mut()
-        && let Some(owner) = f.reply_port(dport)
-    {
-        let mut deliver = |d: Delivery<'_>| match d {
-            Delivery::Kernel { local, to, payload } => kernel.send_to(local, to, payload),
-            Delivery::Xsk { .. } => false,
-        };
-        return match f.reply_frame(chunk, head, &p, owner, c, &mut deliver) {
-            FrameOutcome::Tx { head, len } => Ok((head, len)),
-            _ => Err(None),
-        };
+    fn frame(&mut self, h: &Headers, payload: &[u8]) -> bool {
+        self.xsk.build(|chunk| {
+            let room = chunk.get_mut(BUILD_AT..BUILD_AT + payload.len())?;
+            room.copy_from_slice(payload);
+            let start = crate::frame::write_headers(chunk, BUILD_AT, payload.len(), h)?;
+            Some((start, BUILD_AT + payload.len() - start))
+        })
     }
-    let at = head + p.payload();
-    let q = match answerer
-        .respond(&mut chunk[at..], p.payload_len)
-        .map_err(Some)?
-    {
-        Response::Answer(n) => {
-            return Ok((head, crate::frame::write_reply(&mut chunk[head..], &p, n)));
-        }
-        Response::Forward(q) => q,
-    };
-    let action = match forwarder {
-        Some(f) => match f.forward_frame(chunk, head, &p, &q, c) {
-            FrameOutcome::Tx { head, len } => return Ok((head, len)),
-            FrameOutcome::Consumed | FrameOutcome::Discard => return Err(None),
-            FrameOutcome::Fail(a) => a,
-        },
-        None => FailAction::Refused,
-    };
-    let rcode = match action {
-        FailAction::Drop => return Err(Some(DropReason::RuleDrop)),
-        FailAction::ServFail => Rcode::ServFail,
-        FailAction::Refused => Rcode::Refused,
-    };
-    let n = answerer
-        .answer_with(&mut chunk[at..], &q, rcode)
-        .map_err(Some)?;
-    Ok((head, crate::frame::write_reply(&mut chunk[head..], &p, n)))
 }
 
 impl Worker {
     pub fn new(
         xsk: Xsk,
-        answerer: Answerer,
+        engine: Engine,
         kernel: KernelPath,
         control: Control,
         tuning: Tuning,
-        forwarder: Option<Forwarder>,
         stop: Arc<AtomicBool>,
     ) -> Self {
         let Tuning {
             batch,
             stats_interval,
             idle_nap,
-            queue,
         } = tuning;
-        let frames = xsk.umem.frames() as usize;
-        let mut free = Vec::with_capacity(frames);
-        free.extend(xsk.umem.chunks());
+        let mut counters = DataplaneCounters::new();
+        counters.size_backends(engine.pipeline.backend_count());
         Worker {
             xsk,
-            free,
-            backlog: VecDeque::with_capacity(frames),
-            answerer,
+            engine,
             kernel,
             control,
-            counters: DataplaneCounters::new(),
+            counters,
             batch,
             stats_interval,
             stop,
             nap: (idle_nap > Duration::ZERO).then_some(idle_nap),
-            forwarder,
-            queue,
         }
     }
 
@@ -229,7 +142,7 @@ impl Worker {
 
     /// Gives the kernel all the frames the fill ring takes.
     pub fn stock_fill_ring(&mut self) -> u32 {
-        self.refill()
+        self.xsk.refill()
     }
 
     pub fn run(&mut self) -> Result<Exit, ControlError> {
@@ -245,8 +158,10 @@ impl Worker {
             }
             iteration = iteration.wrapping_add(1);
             self.counters.iterations += 1;
+            let reclaimed = self.xsk.reclaim(self.batch * 2);
+            let refilled = self.xsk.refill();
             let received = self.receive();
-            let mut work = self.reclaim() + self.refill() + received + self.transmit(received);
+            let mut work = reclaimed + refilled + received + self.transmit(received > 0);
             // Kernel sockets: while they deliver, every iteration; otherwise
             // now and then (poll() watches them when the loop sleeps).
             if kernel_ready || iteration.is_multiple_of(KERNEL_CHECK_EVERY) {
@@ -261,7 +176,7 @@ impl Worker {
             if work > 0 {
                 last_work = now;
             }
-            if self.forwarder.is_some() && now >= next_expire {
+            if self.engine.forwarder.is_some() && now >= next_expire {
                 next_expire = now + EXPIRE_EVERY;
                 self.expire();
             }
@@ -271,8 +186,7 @@ impl Worker {
                     return Ok(self.finish(exit));
                 }
             }
-            let tx_pending = !self.backlog.is_empty() || self.xsk.tx.outstanding() > 0;
-            if work > 0 || tx_pending {
+            if work > 0 || self.xsk.tx_pending() {
                 idle = 0;
                 continue;
             }
@@ -281,7 +195,9 @@ impl Worker {
                 continue;
             }
             idle = 0;
-            if (!self.kernel.is_empty() || self.forwarder.is_some()) && self.serve_sockets() > 0 {
+            if (!self.kernel.is_empty() || self.engine.forwarder.is_some())
+                && self.serve_sockets() > 0
+            {
                 kernel_ready = true;
                 continue;
             }
@@ -306,154 +222,91 @@ impl Worker {
 
     /// Kernel-path sockets, then the forwarder's: returns datagrams handled.
     fn serve_sockets(&mut self) -> u32 {
-        let mut n = self.kernel.serve(
-            &mut self.answerer,
-            &mut self.counters,
-            4,
-            self.forwarder.as_mut(),
-        );
-        if let Some(f) = self.forwarder.as_mut() {
+        let mut n = self.kernel.serve(&mut self.engine, &mut self.counters, 4);
+        let Engine {
+            pipeline,
+            forwarder,
+            ..
+        } = &mut self.engine;
+        if let (Some(f), Some(backends)) = (forwarder.as_mut(), pipeline.backends()) {
             let mut out = Outbox {
-                free: &mut self.free,
-                umem: &mut self.xsk.umem,
-                backlog: &mut self.backlog,
+                xsk: &mut self.xsk,
                 kernel: &self.kernel,
             };
-            n += f.poll(&mut self.counters, &mut |d| out.deliver(d));
+            n += f.poll(backends, &mut self.counters, &mut out);
         }
         n as u32
     }
 
     /// Sweeps this queue's expired forwarded queries.
     fn expire(&mut self) {
-        if let Some(f) = self.forwarder.as_mut() {
+        let Engine {
+            pipeline,
+            forwarder,
+            ..
+        } = &mut self.engine;
+        let udp_size = pipeline.udp_size();
+        if let (Some(f), Some(backends)) = (forwarder.as_mut(), pipeline.backends()) {
             let mut out = Outbox {
-                free: &mut self.free,
-                umem: &mut self.xsk.umem,
-                backlog: &mut self.backlog,
+                xsk: &mut self.xsk,
                 kernel: &self.kernel,
             };
-            f.expire(&mut self.counters, &mut |d| out.deliver(d));
+            f.expire(backends, &mut self.counters, udp_size, &mut out);
         }
     }
 
-    /// Completed transmissions: their chunks are ours again.
-    fn reclaim(&mut self) -> u32 {
-        let limit = self.xsk.umem.len() as u64;
-        let mut done = self.xsk.completion.peek(self.batch * 2);
-        let n = done.len();
-        for addr in done.by_ref() {
-            if addr < limit {
-                self.free.push(self.xsk.umem.chunk_of(addr));
-            }
-        }
-        done.release();
-        n
-    }
-
-    /// Hands free chunks to the kernel for reception.
-    fn refill(&mut self) -> u32 {
-        if self.free.is_empty() {
-            return 0;
-        }
-        let mut w = self.xsk.fill.reserve(self.free.len() as u32);
-        let mut n = 0;
-        while let Some(addr) = self.free.pop() {
-            if let Err(addr) = w.push(addr) {
-                self.free.push(addr);
-                break;
-            }
-            n += 1;
-        }
-        w.commit();
-        n
-    }
-
-    /// Answers received frames in place; answers join the TX backlog.
+    /// Decides about received frames; answers join the TX backlog.
     fn receive(&mut self) -> u32 {
-        let Xsk { rx, umem, .. } = &mut self.xsk;
-        let mut frames = rx.peek(self.batch);
-        let n = frames.len();
-        for desc in frames.by_ref() {
-            self.counters.xsk.received += 1;
-            let base = umem.chunk_of(desc.addr);
-            let Some(chunk) = umem.frame_mut(base) else {
-                // An address outside the UMEM: the chunk cannot be recycled.
-                self.counters.xsk.drop(DropReason::FrameTruncated);
-                continue;
-            };
-            let head = (desc.addr - base) as usize;
-            match process_frame(
-                &mut self.answerer,
-                self.forwarder.as_mut(),
-                &self.kernel,
-                &mut self.counters,
-                chunk,
-                head,
-                desc.len as usize,
-            ) {
-                Ok((head, len)) => self.backlog.push_back(XdpDesc {
-                    addr: base + head as u64,
-                    len: len as u32,
-                    options: 0,
-                }),
-                Err(reason) => {
-                    if let Some(r) = reason {
-                        self.counters.xsk.drop(r);
-                    }
-                    self.free.push(base);
-                }
-            }
+        let Worker {
+            xsk,
+            engine,
+            kernel,
+            counters,
+            batch,
+            ..
+        } = self;
+        let mut emit = KernelOnly(kernel);
+        let rx = xsk.receive(*batch, |chunk, head, len| {
+            engine.frame(chunk, head, len, counters, &mut emit)
+        });
+        // Descriptors the kernel should never hand over.
+        for _ in 0..rx.invalid {
+            counters.xsk.received += 1;
+            counters.xsk.drop(DropReason::FrameTruncated);
         }
-        frames.release();
-        n
+        rx.received
     }
 
-    /// Moves the backlog into the TX ring (keeping what does not fit) and
-    /// kicks the kernel when transmissions are outstanding — deferred while
-    /// RX delivered something this round and fewer than [`KICK_BATCH`] wait.
-    fn transmit(&mut self, received: u32) -> u32 {
-        let mut queued = 0;
-        if !self.backlog.is_empty() {
-            let mut w = self.xsk.tx.reserve(self.backlog.len() as u32);
-            while let Some(desc) = self.backlog.pop_front() {
-                if let Err(desc) = w.push(desc) {
-                    self.backlog.push_front(desc);
-                    break;
-                }
-                queued += 1;
-            }
-            w.commit();
-            self.counters.xsk.answered += u64::from(queued);
-            if !self.backlog.is_empty() {
-                self.counters.tx_ring_short += 1;
-            }
+    /// Moves queued answers into the TX ring and wakes the kernel (see
+    /// [`Xsk::flush`]).
+    fn transmit(&mut self, more_coming: bool) -> u32 {
+        let tx = self.xsk.flush(more_coming);
+        self.counters.xsk.answered += u64::from(tx.queued);
+        if tx.waiting > 0 {
+            self.counters.tx_ring_short += 1;
         }
-        let outstanding = self.xsk.tx.outstanding();
-        let batch_ready = received == 0 || outstanding >= KICK_BATCH || !self.backlog.is_empty();
-        if outstanding > 0 && batch_ready && (self.xsk.tx.needs_wakeup() || !self.xsk.zero_copy()) {
+        if tx.kicked {
             self.counters.kicks += 1;
-            if let Err(e) = self.xsk.kick_tx() {
-                match e.raw_os_error() {
-                    Some(libc::EAGAIN) | Some(libc::EBUSY) | Some(libc::ENOBUFS)
-                    | Some(libc::EINTR) => {}
-                    _ => self.counters.kick_errors += 1,
-                }
-            }
         }
-        queued
+        if tx.kick_failed {
+            self.counters.kick_errors += 1;
+        }
+        tx.queued
     }
 
     /// Sleeps until a socket is readable or `timeout`; returns whether the
     /// kernel sockets and the control socket are readable.
     fn sleep(&mut self, timeout: Duration) -> (bool, bool) {
-        let mut fds: Vec<PollFd<'_>> = Vec::with_capacity(2 + self.kernel_fd_count());
-        fds.push(PollFd::new(self.xsk_fd(), PollFlags::POLLIN));
+        let mut fds: Vec<PollFd<'_>> = Vec::with_capacity(2 + self.kernel.fds().count());
+        fds.push(PollFd::new(
+            std::os::fd::AsFd::as_fd(&self.xsk),
+            PollFlags::POLLIN,
+        ));
         fds.push(PollFd::new(self.control.fd(), PollFlags::POLLIN));
         fds.extend(
             self.kernel
                 .fds()
-                .chain(self.forwarder.iter().flat_map(|f| f.fds()))
+                .chain(self.engine.forwarder.iter().flat_map(|f| f.fds()))
                 .map(|fd| PollFd::new(fd, PollFlags::POLLIN)),
         );
         let ms = PollTimeout::try_from(timeout.as_millis().min(60_000) as u32)
@@ -465,14 +318,6 @@ impl Worker {
         let control = ready(&fds[1]);
         let kernel = fds[2..].iter().any(ready);
         (kernel, control)
-    }
-
-    fn kernel_fd_count(&self) -> usize {
-        self.kernel.fds().count()
-    }
-
-    fn xsk_fd(&self) -> std::os::fd::BorrowedFd<'_> {
-        std::os::fd::AsFd::as_fd(&self.xsk)
     }
 
     /// Sends counters and handles pending control messages.
@@ -494,19 +339,16 @@ impl Worker {
                 Ok(Some((ToDataplane::Shutdown, _))) => return Ok(Some(Exit::Shutdown)),
                 Ok(Some((ToDataplane::Reconfigure(r), fds))) => {
                     let r = *r;
-                    let (sockets, forward) = crate::forward::ForwardFds::split(
-                        fds,
-                        r.kernel_sockets.len(),
-                        r.forward.as_ref(),
-                    )
-                    .ok_or(ControlError::Unexpected(
-                        "Reconfigure with a wrong number of sockets",
-                    ))?;
+                    let (sockets, forward) =
+                        ForwardFds::split(fds, r.kernel_sockets.len(), r.forward.as_ref(), false)
+                            .ok_or(ControlError::Unexpected(
+                            "Reconfigure with a wrong number of sockets",
+                        ))?;
                     self.reconfigure(&r.answer, sockets, r.kernel_sockets, r.forward, forward);
                 }
                 Ok(Some((ToDataplane::Backends(live), _))) => {
-                    if let Some(f) = self.forwarder.as_mut() {
-                        f.set_live(live);
+                    if let Some(b) = self.engine.pipeline.backends() {
+                        b.set_live(live);
                     }
                 }
                 Ok(Some((ToDataplane::Init(_), _))) => {
@@ -518,36 +360,34 @@ impl Worker {
         }
     }
 
-    /// Swaps in new rules and kernel-path sockets; what waits on the old
-    /// sockets is answered first.
+    /// Swaps in new rules, backends and kernel-path sockets; what waits on
+    /// the old sockets is answered first.
     fn reconfigure(
         &mut self,
         answer: &xdpdns_common::config::AnswerSpec,
         sockets: Vec<std::os::fd::OwnedFd>,
-        addrs: Vec<std::net::SocketAddr>,
+        addrs: Vec<SocketAddr>,
         forward: Option<xdpdns_common::ipc::ForwardSpec>,
-        forward_fds: Option<crate::forward::ForwardFds>,
+        forward_fds: Option<ForwardFds>,
     ) {
-        self.kernel.serve(
-            &mut self.answerer,
-            &mut self.counters,
-            64,
-            self.forwarder.as_mut(),
-        );
+        self.kernel.serve(&mut self.engine, &mut self.counters, 64);
         // Replies waiting on the old backend sockets.
         self.serve_sockets();
-        // A new rule list counts from zero (the loader resets its totals too).
-        self.answerer = Answerer::replacing(&self.answerer, answer);
+        let pipeline = Pipeline::reconfigured(&self.engine.pipeline, answer, forward.as_ref());
+        // Per-backend counters follow their backend to its new index.
+        if let (Some(new), Some(old)) = (forward.as_ref(), self.engine.pipeline.backends()) {
+            let map: Vec<Option<usize>> =
+                new.backends.iter().map(|b| old.index_of(b.tag)).collect();
+            self.counters.remap_backends(&map);
+            self.counters.size_backends(map.len());
+        }
+        self.engine.pipeline = pipeline;
+        self.engine.set_verify_checksums(answer.verify_checksums);
         self.kernel = KernelPath::new(sockets, addrs);
-        let old = self.forwarder.take();
-        self.forwarder = match (forward, forward_fds) {
-            (Some(spec), Some(fds)) => match Forwarder::new(self.queue, spec, fds) {
-                Ok(mut f) => {
-                    if let Some(old) = old {
-                        f.take_over(old, &mut self.counters);
-                    }
-                    Some(f)
-                }
+        let old = self.engine.forwarder.take();
+        self.engine.forwarder = match (old, forward, forward_fds) {
+            (Some(old), Some(spec), Some(fds)) => match old.reconfigured(spec, fds) {
+                Ok(f) => Some(f),
                 Err(e) => {
                     tracing::error!(error = %e, "forwarding unavailable after reconfigure");
                     None
@@ -562,40 +402,26 @@ impl Worker {
         );
     }
 
-    /// Copies the answerer's hits into the counters.
-    fn bank_rule_hits(&mut self) {
+    fn refresh_gauges(&mut self) {
         self.counters.rule_hits.clear();
         self.counters
             .rule_hits
-            .extend_from_slice(self.answerer.rule_hits());
-    }
-
-    fn refresh_gauges(&mut self) {
-        self.bank_rule_hits();
-        if let Some(f) = &self.forwarder {
+            .extend_from_slice(self.engine.pipeline.rule_hits());
+        if let Some(f) = &self.engine.forwarder {
             f.gauge(&mut self.counters);
         }
         if let Ok(s) = self.xsk.kernel_stats() {
             self.counters.xsk_kernel = s;
         }
-        self.counters.rings = RingLevels {
-            fill: self.xsk.fill.outstanding(),
-            rx: self.xsk.rx.available(u32::MAX),
-            tx: self.xsk.tx.outstanding(),
-            completion: self.xsk.completion.available(u32::MAX),
-            free: self.free.len() as u32,
-            tx_backlog: self.backlog.len() as u32,
-        };
+        self.counters.rings = self.xsk.levels();
     }
 
     /// Lets queued answers leave, then sends the final counters.
     fn finish(&mut self, exit: Exit) -> Exit {
         let deadline = Instant::now() + DRAIN;
-        while (!self.backlog.is_empty() || self.xsk.tx.outstanding() > 0)
-            && Instant::now() < deadline
-        {
-            self.reclaim();
-            self.transmit(0);
+        while self.xsk.tx_pending() && Instant::now() < deadline {
+            self.xsk.reclaim(self.batch * 2);
+            self.transmit(false);
             std::thread::yield_now();
         }
         self.refresh_gauges();

@@ -1,17 +1,23 @@
 //! The control socket: one JSON request per line, one JSON answer per line.
-//! Spoken by the `xdpdns` CLI (`status`), found from the configuration.
+//! Spoken by the `xdpdns` CLI (`status`, `reload`, `restart-queue`), found
+//! from the configuration. Each request goes to the run loop, which answers.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::rc::Rc;
 
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{mpsc, oneshot};
 use tracing::debug;
 
-use crate::state::{QueueCommand, Shared};
 use crate::status::Status;
+
+/// A request for the run loop, with where its answer goes.
+pub struct Ask {
+    pub request: Request,
+    pub reply: oneshot::Sender<Response>,
+}
 
 /// Longest request line accepted.
 const MAX_REQUEST: usize = 64 * 1024;
@@ -53,46 +59,38 @@ pub fn bind(path: &Path, group: Option<&str>) -> anyhow::Result<UnixListener> {
     Ok(listener)
 }
 
-pub async fn serve(listener: UnixListener, shared: Rc<Shared>) {
+pub async fn serve(listener: UnixListener, run_loop: mpsc::UnboundedSender<Ask>) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
-        let shared = shared.clone();
+        let run_loop = run_loop.clone();
         tokio::task::spawn_local(async move {
-            if let Err(e) = answer(stream, &shared).await {
+            if let Err(e) = answer(stream, &run_loop).await {
                 debug!(error = %e, "control connection");
             }
         });
     }
 }
 
-async fn answer(stream: UnixStream, shared: &Rc<Shared>) -> std::io::Result<()> {
+/// Asks the run loop; an error answer if it is gone.
+pub async fn ask(run_loop: &mpsc::UnboundedSender<Ask>, request: Request) -> Response {
+    let (reply, answer) = oneshot::channel();
+    if run_loop.send(Ask { request, reply }).is_err() {
+        return Response::Error("the instance is shutting down".into());
+    }
+    answer
+        .await
+        .unwrap_or_else(|_| Response::Error("the instance is shutting down".into()))
+}
+
+async fn answer(stream: UnixStream, run_loop: &mpsc::UnboundedSender<Ask>) -> std::io::Result<()> {
     let (read, mut write) = stream.into_split();
     let mut reader = BufReader::new(tokio::io::AsyncReadExt::take(read, MAX_REQUEST as u64));
     let mut line = String::new();
     reader.read_line(&mut line).await?;
     let response = match serde_json::from_str::<Request>(line.trim()) {
-        Ok(Request::Status) => Response::Status(Box::new(Status::collect(shared))),
-        Ok(Request::Reload { path }) => {
-            let path = path.unwrap_or_else(|| shared.config_path());
-            match crate::reload::reload(shared, &path) {
-                Ok(lines) => Response::Done(lines),
-                Err(e) => {
-                    tracing::error!(path = %path.display(), error = %e, "reload refused; the running configuration is unchanged");
-                    Response::Error(e)
-                }
-            }
-        }
-        Ok(Request::RestartQueue { queue }) => {
-            if shared.command(queue, QueueCommand::Restart) {
-                Response::Done(vec![format!("queue {queue}: dataplane being replaced")])
-            } else {
-                Response::Error(format!(
-                    "queue {queue} has no supervisor (not in xdp.queues)"
-                ))
-            }
-        }
+        Ok(request) => ask(run_loop, request).await,
         Err(e) => Response::Error(format!("bad request: {e}")),
     };
     let mut out = serde_json::to_vec(&response).map_err(std::io::Error::other)?;

@@ -1,19 +1,18 @@
 //! `xdpdns`: the privileged loader and the operator's command line.
 
-mod backends;
 mod bpf;
 mod control;
-mod dataplane;
+mod forwarding;
 mod instance;
 mod metrics;
 mod plan;
 mod reload;
 mod run;
 mod sockets;
-mod state;
 mod status;
 mod system;
 mod tcp;
+mod workers;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -91,7 +90,8 @@ fn main() -> ExitCode {
 /// Sends one request to the instance `config` names.
 fn ask(config: &Path, request: control::Request) -> anyhow::Result<control::Response> {
     let config = load_config(config)?;
-    let path = instance::control_socket(&config.runtime_dir.join(&config.instance));
+    let f = &config.fixed;
+    let path = instance::control_socket(&f.runtime_dir.join(&f.instance));
     runtime()?.block_on(control::request(&path, &request))
 }
 
@@ -118,15 +118,17 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 
 fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     match command {
-        Command::Run { config } => {
-            let plan = Plan::resolve(load_config(&config)?)?;
-            let path = std::fs::canonicalize(&config)?;
-            runtime()?.block_on(run::run(plan, path))?;
+        Command::Run { config: path } => {
+            let config = load_config(&path)?;
+            let plan = Plan::resolve(&config)?;
+            let path = std::fs::canonicalize(&path)?;
+            runtime()?.block_on(run::run(plan, config.live, path))?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Check { config } => {
-            let plan = Plan::resolve(load_config(&config)?)?;
-            print!("{}", plan.describe());
+        Command::Check { config: path } => {
+            let config = load_config(&path)?;
+            let plan = Plan::resolve(&config)?;
+            print!("{}", plan.describe(&config.live));
             Ok(ExitCode::SUCCESS)
         }
         Command::Status { config, json } => match ask(&config, control::Request::Status)? {

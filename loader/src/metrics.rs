@@ -4,7 +4,6 @@
 //! counters are monotonic across dataplane restarts.
 
 use std::net::SocketAddr;
-use std::rc::Rc;
 use std::time::Duration;
 
 use prometheus_client::encoding::prometheus_text::encode;
@@ -14,9 +13,10 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
 use tracing::debug;
 
-use crate::state::Shared;
+use crate::control::{self, Ask, Request, Response};
 use crate::status::{Counters, Status};
 
 type Labels = Vec<(String, String)>;
@@ -26,15 +26,15 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::bind(addr).await
 }
 
-pub async fn serve(listener: TcpListener, shared: Rc<Shared>) {
+pub async fn serve(listener: TcpListener, run_loop: mpsc::UnboundedSender<Ask>) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
-        let shared = shared.clone();
+        let run_loop = run_loop.clone();
         tokio::task::spawn_local(async move {
             if let Err(e) =
-                tokio::time::timeout(Duration::from_secs(5), respond(stream, &shared)).await
+                tokio::time::timeout(Duration::from_secs(5), respond(stream, &run_loop)).await
             {
                 debug!(error = %e, "metrics connection timed out");
             }
@@ -42,7 +42,10 @@ pub async fn serve(listener: TcpListener, shared: Rc<Shared>) {
     }
 }
 
-async fn respond(mut stream: TcpStream, shared: &Shared) -> std::io::Result<()> {
+async fn respond(
+    mut stream: TcpStream,
+    run_loop: &mpsc::UnboundedSender<Ask>,
+) -> std::io::Result<()> {
     let mut buf = vec![0u8; MAX_REQUEST];
     let mut len = 0;
     while !buf[..len].windows(4).any(|w| w == b"\r\n\r\n") {
@@ -59,11 +62,14 @@ async fn respond(mut stream: TcpStream, shared: &Shared) -> std::io::Result<()> 
     let mut words = head.split_whitespace();
     let (method, target) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
     let (status, content_type, body) = match (method, target) {
-        ("GET", "/metrics") => (
-            "200 OK",
-            "text/plain; version=0.0.4; charset=utf-8",
-            render(&Status::collect(shared)),
-        ),
+        ("GET", "/metrics") => match control::ask(run_loop, Request::Status).await {
+            Response::Status(s) => (
+                "200 OK",
+                "text/plain; version=0.0.4; charset=utf-8",
+                render(&s),
+            ),
+            _ => ("503 Service Unavailable", "text/plain", String::new()),
+        },
         ("GET", _) => ("404 Not Found", "text/plain", "try /metrics\n".to_string()),
         _ => ("405 Method Not Allowed", "text/plain", String::new()),
     };
@@ -198,7 +204,7 @@ pub fn render(s: &Status) -> String {
         kicks.set(labels(&[("queue", &queue)]), q.counters.kicks);
         restarts.set(labels(&[("queue", &queue)]), u64::from(q.restarts));
         up.set(labels(&[("queue", &queue)]), i64::from(q.registered));
-        let is_kernel_only = matches!(q.phase, crate::state::Phase::KernelOnly);
+        let is_kernel_only = matches!(q.phase, crate::workers::supervisor::Phase::KernelOnly);
         kernel_only.set(labels(&[("queue", &queue)]), i64::from(is_kernel_only));
         let r = &q.counters.rings;
         for (ring, v) in [

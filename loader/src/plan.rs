@@ -5,7 +5,7 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use xdpdns_common::config::Config;
+use xdpdns_common::config::{Config, Fixed, Live};
 use xdpdns_common::maps::XDP_PACKET_HEADROOM;
 
 use crate::system::capabilities;
@@ -17,7 +17,8 @@ use crate::system::{bpffs, memlock::human};
 /// Everything `run` needs to know before it starts.
 #[derive(Debug, Clone)]
 pub struct Plan {
-    pub config: Config,
+    /// What cannot change while running; the live part is the run loop's.
+    pub fixed: Fixed,
     pub interface: Interface,
     pub queues: Vec<u32>,
     pub account: Account,
@@ -56,11 +57,12 @@ impl std::error::Error for Problems {}
 
 impl Plan {
     /// Resolves `config`, collecting every problem rather than stopping at the first.
-    pub fn resolve(config: Config) -> Result<Plan, Problems> {
+    pub fn resolve(config: &Config) -> Result<Plan, Problems> {
         let mut problems = Vec::new();
         let mut warnings = Vec::new();
+        let (fixed, live) = (&config.fixed, &config.live);
 
-        let iface = match interface::inspect(&config.xdp.interface) {
+        let iface = match interface::inspect(&fixed.xdp.interface) {
             Ok(i) => Some(i),
             Err(e) => {
                 problems.push(e.to_string());
@@ -68,7 +70,7 @@ impl Plan {
             }
         };
         let queues = match &iface {
-            Some(i) => match config.xdp.queues.resolve(i.queues) {
+            Some(i) => match live.xdp.queues.resolve(i.queues) {
                 Ok(q) => q,
                 Err(e) => {
                     problems.push(format!("xdp.queues: {e} (counted by {})", i.queues_source));
@@ -99,37 +101,37 @@ impl Plan {
             }
         }
 
-        let account =
-            match users::resolve(&config.dataplane.user, config.dataplane.group.as_deref()) {
-                Ok(a) => Some(a),
-                Err(e) => {
-                    problems.push(e.to_string());
-                    None
-                }
-            };
+        let account = match users::resolve(&fixed.dataplane.user, fixed.dataplane.group.as_deref())
+        {
+            Ok(a) => Some(a),
+            Err(e) => {
+                problems.push(e.to_string());
+                None
+            }
+        };
 
-        let umem_per_queue = config.umem_bytes_per_queue();
+        let umem_per_queue = fixed.umem_bytes_per_queue();
         let umem_total = umem_per_queue * queues.len() as u64;
         let memlock = memlock::current().unwrap_or(MemlockLimit {
             soft: Some(0),
             hard: Some(0),
         });
-        if !config.dataplane.keep_ipc_lock
+        if !fixed.dataplane.keep_ipc_lock
             && let Some(m) = memlock::shortfall(
                 umem_total,
                 queues.len(),
                 memlock.hard,
-                &config.dataplane.user,
+                &fixed.dataplane.user,
             )
         {
             problems.push(m);
         }
 
-        if let Err(e) = crate::system::cpus::check(&config.dataplane.cpus) {
+        if let Err(e) = crate::system::cpus::check(&live.dataplane.cpus) {
             problems.push(e);
         }
 
-        let max_frame_len = config.xsk.frame_size - XDP_PACKET_HEADROOM;
+        let max_frame_len = fixed.xsk.frame_size - XDP_PACKET_HEADROOM;
         if let Some(i) = &iface {
             let largest = i.link.mtu + 14 + 4;
             if largest > max_frame_len {
@@ -137,22 +139,22 @@ impl Plan {
                     "frames up to {largest} bytes (MTU {} + Ethernet + VLAN) exceed the {max_frame_len} an \
                      xsk.frame_size of {} holds after the kernel's {XDP_PACKET_HEADROOM}-byte headroom; \
                      larger frames take the kernel path",
-                    i.link.mtu, config.xsk.frame_size
+                    i.link.mtu, fixed.xsk.frame_size
                 ));
             }
         }
 
-        let bpffs_mounted = bpffs::is_bpffs(&config.xdp.pin_root);
-        if !bpffs_mounted && !config.xdp.pin_root.starts_with(bpffs::DEFAULT_MOUNT) {
+        let bpffs_mounted = bpffs::is_bpffs(&fixed.xdp.pin_root);
+        if !bpffs_mounted && !fixed.xdp.pin_root.starts_with(bpffs::DEFAULT_MOUNT) {
             problems.push(format!(
                 "xdp.pin_root {:?} is not on a BPF filesystem: mount one there (`mount -t bpf bpf DIR`) \
                  or use a directory under {}",
-                config.xdp.pin_root,
+                fixed.xdp.pin_root,
                 bpffs::DEFAULT_MOUNT
             ));
         }
 
-        let dataplane_binary = match dataplane_binary(&config) {
+        let dataplane_binary = match dataplane_binary(fixed) {
             Ok(p) => p,
             Err(e) => {
                 problems.push(e);
@@ -161,13 +163,13 @@ impl Plan {
         };
 
         let port_start = capabilities::unprivileged_port_start();
-        let low_ports = config.listen.iter().any(|l| l.address.port() < port_start);
-        let pin_dir = config.xdp.pin_root.join(&config.instance);
-        let runtime_dir = config.runtime_dir.join(&config.instance);
+        let low_ports = live.listen.iter().any(|l| l.port() < port_start);
+        let pin_dir = fixed.xdp.pin_root.join(&fixed.instance);
+        let runtime_dir = fixed.runtime_dir.join(&fixed.instance);
 
         match (iface, account, problems.is_empty()) {
             (Some(interface), Some(account), true) => Ok(Plan {
-                config,
+                fixed: fixed.clone(),
                 interface,
                 queues,
                 account,
@@ -186,9 +188,9 @@ impl Plan {
         }
     }
 
-    /// The plan as `xdpdns check` prints it.
-    pub fn describe(&self) -> String {
-        let c = &self.config;
+    /// The plan as `xdpdns check` prints it, with the live settings `live`.
+    pub fn describe(&self, live: &Live) -> String {
+        let c = &self.fixed;
         let i = &self.interface;
         let mut out = String::new();
         let mut line = |k: &str, v: String| out.push_str(&format!("{k:<14}{v}\n"));
@@ -214,11 +216,8 @@ impl Plan {
                 .join(", "),
         );
         line("xdp mode", format!("{:?}", c.xdp.mode).to_lowercase());
-        for l in &c.listen {
-            line(
-                "listen",
-                format!("{} (UDP: AF_XDP and kernel sockets)", l.address),
-            );
+        for l in &live.listen {
+            line("listen", format!("{l} (UDP: AF_XDP and kernel sockets)"));
         }
         line(
             "umem",
@@ -274,12 +273,12 @@ impl Plan {
                 }
             ),
         );
-        if !c.dataplane.cpus.is_empty() {
+        if !live.dataplane.cpus.is_empty() {
             let pins: Vec<String> = self
                 .queues
                 .iter()
                 .filter_map(|q| {
-                    crate::system::cpus::for_queue(&c.dataplane.cpus, *q)
+                    crate::system::cpus::for_queue(&live.dataplane.cpus, *q)
                         .map(|cpu| format!("queue {q} on CPU {cpu}"))
                 })
                 .collect();
@@ -298,7 +297,7 @@ impl Plan {
 
 /// Where `xdpdns-dataplane` is: configured, else next to this binary (a
 /// build tree), else `../lib/xdpdns/` from it (the installed layout).
-fn dataplane_binary(config: &Config) -> Result<PathBuf, String> {
+fn dataplane_binary(config: &Fixed) -> Result<PathBuf, String> {
     if let Some(p) = &config.dataplane.binary {
         check_executable(p)?;
         return Ok(p.clone());

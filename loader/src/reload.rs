@@ -1,17 +1,11 @@
 //! Reloading the configuration while running (SIGHUP, `xdpdns reload`):
-//! [`diff`] decides what can change live and refuses what needs a restart;
-//! [`apply`] carries it out. An invalid or unappliable file changes nothing.
+//! [`diff`] refuses a file whose fixed part differs from the running one
+//! (naming the keys) and says what the live part changes; the run loop
+//! applies it. An invalid or unappliable file changes nothing.
 
 use std::net::SocketAddr;
-use std::path::Path;
-use std::rc::Rc;
 
-use tracing::info;
-use xdpdns_common::config::Config;
-
-use crate::dataplane::supervisor;
-use crate::state::{QueueCommand, Shared, destinations_with};
-use crate::system::memlock;
+use xdpdns_common::config::{Config, Fixed, Live};
 
 /// What a reload changes.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -28,6 +22,8 @@ pub struct Changes {
     pub supervisor: bool,
     /// Backends, pools, health checks or forwarding timeouts changed.
     pub backends: bool,
+    /// TCP settings read per connection changed.
+    pub tcp: bool,
 }
 
 impl Changes {
@@ -72,6 +68,9 @@ impl Changes {
         if self.backends {
             out.push("backends, pools, health checks and forwarding timeouts updated (queries in flight to kept backends are still answered)".into());
         }
+        if self.tcp {
+            out.push("TCP idle timeout updated (new connections)".into());
+        }
         for s in &self.on_next_start {
             out.push(format!("{s} applies to dataplanes started from now on (`xdpdns restart-queue` applies it now)"));
         }
@@ -79,73 +78,25 @@ impl Changes {
     }
 }
 
-/// Compares the running configuration with a new one. Changes that need a
-/// restart are refused with a message that says so.
-pub fn diff(old: &Config, new: &Config, device_queues: u32) -> Result<Changes, String> {
-    let mut fixed = Vec::new();
-    if old.instance != new.instance {
-        fixed.push("instance");
-    }
-    if old.runtime_dir != new.runtime_dir {
-        fixed.push("runtime_dir");
-    }
-    if old.xdp.interface != new.xdp.interface {
-        fixed.push("xdp.interface");
-    }
-    if old.xdp.mode != new.xdp.mode {
-        fixed.push("xdp.mode");
-    }
-    if old.xdp.pin_root != new.xdp.pin_root {
-        fixed.push("xdp.pin_root");
-    }
-    if old.xsk.frames != new.xsk.frames {
-        fixed.push("xsk.frames");
-    }
-    if old.xsk.frame_size != new.xsk.frame_size {
-        fixed.push("xsk.frame_size");
-    }
-    if old.xsk.bind_mode != new.xsk.bind_mode {
-        fixed.push("xsk.bind_mode");
-    }
-    if old.dataplane.user != new.dataplane.user || old.dataplane.group != new.dataplane.group {
-        fixed.push("dataplane.user/group");
-    }
-    if old.dataplane.binary != new.dataplane.binary {
-        fixed.push("dataplane.binary");
-    }
-    if old.dataplane.keep_ipc_lock != new.dataplane.keep_ipc_lock {
-        fixed.push("dataplane.keep_ipc_lock");
-    }
-    if old.control != new.control {
-        fixed.push("control");
-    }
-    if old.metrics != new.metrics {
-        fixed.push("metrics");
-    }
-    if old.backend.is_empty() != new.backend.is_empty() {
-        fixed.push("backend (turning forwarding on or off)");
-    }
-    let (of, nf) = (&old.forwarding, &new.forwarding);
-    if of.port_base != nf.port_base {
-        fixed.push("forwarding.port_base");
-    }
-    if of.max_in_flight != nf.max_in_flight {
-        fixed.push("forwarding.max_in_flight");
-    }
-    if of.tcp != nf.tcp || of.tcp_max_connections != nf.tcp_max_connections {
-        fixed.push("forwarding.tcp/tcp_max_connections");
-    }
-    if !fixed.is_empty() {
+/// Compares the running instance (`fixed`, `old`) with a new file. A change
+/// of the fixed part is refused with a message naming what needs a restart.
+pub fn diff(
+    fixed: &Fixed,
+    old: &Live,
+    new: &Config,
+    device_queues: u32,
+) -> Result<Changes, String> {
+    let keys = fixed.differences(&new.fixed);
+    if !keys.is_empty() {
         return Err(format!(
             "{} cannot change while running: restart xdpdns to apply (the running configuration is unchanged)",
-            fixed.join(", ")
+            keys.join(", ")
         ));
     }
-
+    let new = &new.live;
     let mut c = Changes::default();
-    let addrs = |cfg: &Config| cfg.listen.iter().map(|l| l.address).collect::<Vec<_>>();
-    if addrs(old) != addrs(new) {
-        c.listen = Some(addrs(new));
+    if old.listen != new.listen {
+        c.listen = Some(new.listen.clone());
     }
     if old.redirected() != new.redirected() {
         c.redirected = Some(new.redirected());
@@ -181,85 +132,22 @@ pub fn diff(old: &Config, new: &Config, device_queues: u32) -> Result<Changes, S
         c.on_next_start.push("dataplane.stats_interval_ms");
     }
     c.supervisor = old.supervisor != new.supervisor;
+    let (of, nf) = (&old.forwarding, &new.forwarding);
     c.backends = old.backend != new.backend
         || old.pool != new.pool
         || (of.timeout_ms, of.timeout_action, of.all_down_action)
             != (nf.timeout_ms, nf.timeout_action, nf.all_down_action);
+    c.tcp = of.tcp_idle_timeout_ms != nf.tcp_idle_timeout_ms;
     Ok(c)
-}
-
-/// Reads, validates and applies `path`. On error nothing has changed.
-pub fn reload(shared: &Rc<Shared>, path: &Path) -> Result<Vec<String>, String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    let new =
-        Config::from_toml(&text).map_err(|e| format!("{} is not valid: {e}", path.display()))?;
-    let old = shared.config();
-    let changes = diff(&old, &new, shared.plan.interface.queues)?;
-    if changes.on_next_start.contains(&"dataplane.cpus") {
-        crate::system::cpus::check(&new.dataplane.cpus)?;
-    }
-
-    if !new.dataplane.keep_ipc_lock && !changes.queues_added.is_empty() {
-        let queues = shared.supervised_queues().len() + changes.queues_added.len()
-            - changes.queues_removed.len();
-        let need = new.umem_bytes_per_queue() * queues as u64;
-        let limit = memlock::current().map_err(|e| e.to_string())?.soft;
-        if let Some(m) = memlock::shortfall(need, queues, limit, &new.dataplane.user) {
-            return Err(m);
-        }
-    }
-
-    // New backends resolved (routes, sources) before anything changes.
-    let reloaded = match (changes.backends, shared.forwarding()) {
-        (true, Some(f)) => Some(
-            f.respec(&new, &shared.backend_live())
-                .map_err(|e| e.to_string())?,
-        ),
-        _ => None,
-    };
-
-    // Destinations first: new addresses are added before old ones go, so an
-    // address kept across the change is never missing.
-    if changes.redirected.is_some() || reloaded.is_some() {
-        let forwarding = reloaded.as_ref().map(|r| &r.forwarding);
-        let fwd_now = shared.forwarding();
-        let d = destinations_with(&new, forwarding.or(fwd_now.as_deref()));
-        shared.set_destinations(&d).map_err(|e| e.to_string())?;
-    }
-    let backends_changed = reloaded.is_some();
-    if let Some(r) = reloaded {
-        shared.set_forwarding(r);
-    }
-    shared.set_config(new, path.to_path_buf());
-    if backends_changed {
-        shared.restart_health();
-    }
-    if changes.rules {
-        shared.reset_rule_hits();
-    }
-    if changes.listen.is_some() || changes.answer || backends_changed {
-        for q in shared.supervised_queues() {
-            shared.command(q, QueueCommand::Reconfigure);
-        }
-    }
-    for q in &changes.queues_removed {
-        if let Some(handle) = shared.forget_queue(*q) {
-            let _ = handle.commands.send(QueueCommand::Stop);
-        }
-    }
-    for q in &changes.queues_added {
-        shared.with_queue(*q, |_| ());
-        supervisor::start(*q, shared);
-    }
-    let lines = changes.describe();
-    info!(path = %path.display(), changes = ?lines, "configuration reloaded");
-    Ok(lines)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn diff(a: &Config, b: &Config, queues: u32) -> Result<Changes, String> {
+        super::diff(&a.fixed, &a.live, b, queues)
+    }
 
     fn cfg(extra_xdp: &str, body: &str) -> Config {
         Config::from_toml(&format!(
@@ -303,7 +191,7 @@ mod tests {
             assert!(e.contains(key) && e.contains("restart"), "{e}");
         }
         let mut other = a.clone();
-        other.xdp.interface = "eth1".into();
+        other.fixed.xdp.interface = "eth1".into();
         assert!(diff(&a, &other, 2).unwrap_err().contains("xdp.interface"));
     }
 
@@ -331,11 +219,9 @@ mod tests {
                 &format!("{ONE}[forwarding]\ntcp_idle_timeout_ms = 900\n"),
             ),
             2,
-        );
-        assert!(
-            c.unwrap().is_empty(),
-            "read per connection: nothing to push"
-        );
+        )
+        .unwrap();
+        assert!(c.tcp && !c.backends, "read per connection: nothing to push");
     }
 
     #[test]

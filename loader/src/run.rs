@@ -1,57 +1,66 @@
 //! `xdpdns run`: preflight, attach, start the dataplanes, serve until told to
 //! stop, then leave nothing behind.
+//!
+//! The run loop owns every part of the running instance — the attached
+//! program, the queues and their supervisors, forwarding and its health
+//! checks, the TCP relay — and is the only place they meet: supervisors and
+//! health tasks report to it over channels, control requests arrive as
+//! messages, and what the dataplanes must know is published on `watch`
+//! channels ([`DataplaneSpec`], backend health) that the supervisors follow.
 
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::rc::Rc;
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{mpsc, watch};
 use tracing::{error, info, warn};
+use xdpdns_common::config::Live;
+use xdpdns_common::ipc::BackendLive;
 use xdpdns_common::maps::XdpOutcome;
 
-use crate::bpf;
-use crate::control;
-use crate::dataplane::spawn::Template;
-use crate::dataplane::supervisor;
+use crate::bpf::{self, Attached};
+use crate::control::{self, Ask, Request, Response};
+use crate::forwarding::{self, Forwarding, health};
 use crate::instance::{self, Instance};
 use crate::metrics;
 use crate::plan::Plan;
 use crate::reload;
-use crate::state::{Event, Shared};
+use crate::status::{Sources, Status};
 use crate::system::{bpffs, capabilities, memlock};
+use crate::tcp::{Tcp, TcpBackends};
+use crate::workers::DataplaneSpec;
+use crate::workers::queues::{Notice, Queues};
+use crate::workers::spawn::Template;
+use crate::workers::supervisor::{Context as SupervisorContext, QueueCommand, QueueEvent};
 
-/// How long shutdown waits for supervisors to stop their dataplanes.
+/// How long shutdown waits for the remaining tasks to wind down.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// How often systemd's STATUS= line is refreshed.
 const STATUS_EVERY: Duration = Duration::from_secs(5);
 
-pub async fn run(plan: Plan, config_path: PathBuf) -> anyhow::Result<()> {
+pub async fn run(plan: Plan, live: Live, config_path: PathBuf) -> anyhow::Result<()> {
     for w in &plan.warnings {
         warn!("{w}");
     }
     preflight(&plan)?;
-    let instance = Instance::acquire(&plan.config.instance, &plan.runtime_dir)?;
-    let forwarding = crate::backends::prepare(&plan).context("preparing forwarding")?;
-    let mut destinations = plan.config.redirected();
-    if plan.config.xdp.redirect
-        && let Some(f) = &forwarding
-    {
-        destinations.extend(f.destinations());
-    }
-    let attached = bpf::attach(&plan, &destinations).context("attaching the XDP program")?;
+    let instance = Instance::acquire(&plan.fixed.instance, &plan.runtime_dir)?;
+    let forwarding = forwarding::prepare(&plan, &live).context("preparing forwarding")?;
+    let attached = bpf::attach(&plan, &destinations(&live, forwarding.as_ref()))
+        .context("attaching the XDP program")?;
     info!(
         interface = %plan.interface.name,
         ifindex = plan.interface.ifindex,
         program_id = attached.prog_id,
         xdp_mode = attached.mode.map(|m| m.name()).unwrap_or("unknown"),
-        requested = ?plan.config.xdp.mode,
+        requested = ?plan.fixed.xdp.mode,
         origin = ?attached.origin,
         pins = %attached.pin_dir().display(),
         "XDP program attached"
     );
-
     let template = match Template::new(&plan) {
         Ok(t) => t,
         Err(e) => {
@@ -59,38 +68,32 @@ pub async fn run(plan: Plan, config_path: PathBuf) -> anyhow::Result<()> {
             return Err(e.into());
         }
     };
-    let (events_tx, mut events) = mpsc::unbounded_channel();
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let shared = Rc::new(Shared::new(
-        plan,
-        config_path,
-        template,
-        attached,
-        events_tx,
-        stop_rx,
-        forwarding,
-    ));
+
     let local = tokio::task::LocalSet::new();
-    let result = local
-        .run_until(serve(shared.clone(), &instance, &mut events, stop_tx))
+    let (result, program) = local
+        .run_until(async {
+            let (mut running, channels) =
+                Running::new(plan, live, config_path, attached, template, forwarding);
+            let result = running.serve(&instance, channels).await;
+            running.log_summary();
+            running.shutdown().await;
+            (result, running.program)
+        })
         .await;
     // Let the remaining tasks (control connections) wind down.
     let _ = tokio::time::timeout(SHUTDOWN_GRACE, local).await;
 
-    log_summary(&shared);
-    if let Some(program) = shared.take_program() {
-        let pins = program.pin_dir().display().to_string();
-        match program.detach() {
-            Ok(()) => info!(%pins, "XDP program detached, pins removed"),
-            Err(e) => error!(%pins, error = %e, "could not remove every pin"),
-        }
+    let pins = program.pin_dir().display().to_string();
+    match program.detach() {
+        Ok(()) => info!(%pins, "XDP program detached, pins removed"),
+        Err(e) => error!(%pins, error = %e, "could not remove every pin"),
     }
     drop(instance);
     result
 }
 
 fn preflight(plan: &Plan) -> anyhow::Result<()> {
-    let c = &plan.config;
+    let c = &plan.fixed;
     let missing = capabilities::missing(&capabilities::needed(
         plan.low_ports,
         c.dataplane.keep_ipc_lock,
@@ -116,150 +119,430 @@ fn preflight(plan: &Plan) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn serve(
-    shared: Rc<Shared>,
-    instance: &Instance,
-    events: &mut mpsc::UnboundedReceiver<Event>,
-    stop: watch::Sender<bool>,
-) -> anyhow::Result<()> {
-    let socket_path = instance::control_socket(instance.dir());
-    let listener = control::bind(&socket_path, shared.plan.config.control.group.as_deref())
-        .with_context(|| format!("binding the control socket {}", socket_path.display()))?;
-    let control_task = tokio::task::spawn_local(control::serve(listener, shared.clone()));
-    let metrics_task = match &shared.plan.config.metrics {
-        Some(m) => {
-            let listener = metrics::bind(m.address)
-                .await
-                .with_context(|| format!("metrics.address: cannot listen on {}", m.address))?;
-            info!(address = %m.address, "Prometheus metrics at /metrics");
-            Some(tokio::task::spawn_local(metrics::serve(
-                listener,
-                shared.clone(),
-            )))
-        }
-        None => None,
-    };
-    for q in shared.plan.queues.clone() {
-        supervisor::start(q, &shared);
+/// Everything the XDP program redirects under `live` with `forwarding`.
+fn destinations(live: &Live, forwarding: Option<&Forwarding>) -> Vec<SocketAddr> {
+    let mut d = live.redirected();
+    if live.xdp.redirect
+        && let Some(f) = forwarding
+    {
+        d.extend(f.destinations());
     }
-    let mut tcp_tasks = Vec::new();
-    if shared.forwarding().is_some() && shared.plan.config.forwarding.tcp {
-        let limit = std::sync::Arc::new(tokio::sync::Semaphore::new(
-            shared.plan.config.forwarding.tcp_max_connections as usize,
-        ));
-        for l in &shared.plan.config.listen {
-            let listener = crate::tcp::bind(l.address)
-                .with_context(|| format!("binding TCP on {}", l.address))?;
-            tcp_tasks.push(tokio::task::spawn_local(crate::tcp::serve(
-                listener,
-                shared.clone(),
-                limit.clone(),
-            )));
-        }
-    }
-    shared.restart_health();
+    d
+}
 
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    let mut hup = signal(SignalKind::hangup())?;
-    let mut watchdog_usec = 0u64;
-    let watchdog = sd_notify::watchdog_enabled(false, &mut watchdog_usec);
-    let mut watchdog_tick = tokio::time::interval(if watchdog {
-        Duration::from_micros(watchdog_usec / 2)
-    } else {
-        Duration::from_secs(3600)
-    });
-    let mut status_tick = tokio::time::interval(STATUS_EVERY);
-    let mut registered = std::collections::BTreeSet::new();
-    let mut ready = false;
-    let outcome = loop {
-        tokio::select! {
-            ev = events.recv() => match ev {
-                Some(Event::Registered(q)) => {
-                    registered.insert(q);
-                    let wanted = shared.supervised_queues();
-                    if !ready && wanted.iter().all(|q| registered.contains(q)) {
-                        ready = true;
-                        info!(queues = wanted.len(), control = %socket_path.display(), "ready: every queue is served over AF_XDP");
-                        let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
-                        notify_status(&shared, &registered);
+/// What dataplanes are given, from the live configuration and forwarding.
+fn dataplane_spec(live: &Live, forwarding: Option<&Forwarding>) -> DataplaneSpec {
+    DataplaneSpec {
+        answer: live.answer_spec(),
+        listen: live.listen.clone(),
+        forward: forwarding.map(|f| f.spec().clone()),
+        batch_size: live.xsk.batch_size,
+        idle_nap_us: live.xsk.idle_nap_us,
+        stats_interval_ms: live.dataplane.stats_interval_ms,
+        cpus: live.dataplane.cpus.clone(),
+        supervisor: live.supervisor.clone(),
+    }
+}
+
+/// Where TCP queries go: the default pool's members and their health.
+fn tcp_backends(live: &Live, forwarding: Option<&Forwarding>) -> TcpBackends {
+    let members = forwarding
+        .and_then(|f| {
+            let spec = f.spec();
+            let pool = spec.pools.get(usize::from(spec.default_pool))?;
+            Some(
+                pool.members
+                    .iter()
+                    .filter_map(|m| {
+                        let b = spec.backends.get(usize::from(*m))?;
+                        let up = f.live().get(usize::from(*m)).is_some_and(|l| l.up);
+                        Some((b.address, up))
+                    })
+                    .collect(),
+            )
+        })
+        .unwrap_or_default();
+    TcpBackends {
+        members,
+        idle_timeout: Duration::from_millis(u64::from(live.forwarding.tcp_idle_timeout_ms)),
+    }
+}
+
+/// The receiving ends of the run loop's channels.
+struct Inbox {
+    queues: mpsc::UnboundedReceiver<QueueEvent>,
+    health: mpsc::UnboundedReceiver<health::Report>,
+    asks: mpsc::UnboundedReceiver<Ask>,
+}
+
+struct Running {
+    plan: Plan,
+    live: Live,
+    config_path: PathBuf,
+    started_at: Instant,
+    program: Attached,
+    queues: Queues,
+    forwarding: Option<Forwarding>,
+    tcp: Option<Tcp>,
+    spec_tx: watch::Sender<Arc<DataplaneSpec>>,
+    live_tx: watch::Sender<Arc<Vec<BackendLive>>>,
+    tcp_tx: watch::Sender<Arc<TcpBackends>>,
+    stop_tx: watch::Sender<bool>,
+    health_tx: mpsc::UnboundedSender<health::Report>,
+    asks_tx: mpsc::UnboundedSender<Ask>,
+    registered: BTreeSet<u32>,
+    ready: bool,
+}
+
+impl Running {
+    fn new(
+        plan: Plan,
+        live: Live,
+        config_path: PathBuf,
+        program: Attached,
+        template: Template,
+        forwarding: Option<Forwarding>,
+    ) -> (Running, Inbox) {
+        let (queue_tx, queue_rx) = mpsc::unbounded_channel();
+        let (health_tx, health_rx) = mpsc::unbounded_channel();
+        let (asks_tx, asks_rx) = mpsc::unbounded_channel();
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let (spec_tx, spec_rx) =
+            watch::channel(Arc::new(dataplane_spec(&live, forwarding.as_ref())));
+        let (live_tx, live_rx) = watch::channel(Arc::new(
+            forwarding
+                .as_ref()
+                .map(|f| f.live().to_vec())
+                .unwrap_or_default(),
+        ));
+        let (tcp_tx, tcp_rx) = watch::channel(Arc::new(tcp_backends(&live, forwarding.as_ref())));
+        let f = &plan.fixed;
+        let ctx = SupervisorContext {
+            template,
+            binary: plan.dataplane_binary.clone(),
+            instance: f.instance.clone(),
+            ifname: plan.interface.name.clone(),
+            ifindex: plan.interface.ifindex,
+            frames: f.xsk.frames,
+            frame_size: f.xsk.frame_size,
+            bind_mode: f.xsk.bind_mode,
+            forward: forwarding.as_ref().map(Forwarding::resources),
+        };
+        let queues = Queues::new(ctx, spec_rx, live_rx, stop_rx, queue_tx);
+        let tcp = (forwarding.is_some() && f.forwarding.tcp)
+            .then(|| Tcp::new(f.forwarding.tcp_max_connections, tcp_rx));
+        let running = Running {
+            plan,
+            live,
+            config_path,
+            started_at: Instant::now(),
+            program,
+            queues,
+            forwarding,
+            tcp,
+            spec_tx,
+            live_tx,
+            tcp_tx,
+            stop_tx,
+            health_tx,
+            asks_tx,
+            registered: BTreeSet::new(),
+            ready: false,
+        };
+        let inbox = Inbox {
+            queues: queue_rx,
+            health: health_rx,
+            asks: asks_rx,
+        };
+        (running, inbox)
+    }
+
+    fn start_queue(&mut self, queue: u32) -> anyhow::Result<()> {
+        let slot = self
+            .program
+            .xsk_slot(queue)
+            .with_context(|| format!("queue {queue}: XSKMAP slot"))?;
+        self.queues.start(queue, slot);
+        Ok(())
+    }
+
+    async fn serve(&mut self, instance: &Instance, mut inbox: Inbox) -> anyhow::Result<()> {
+        let socket_path = instance::control_socket(instance.dir());
+        let listener = control::bind(&socket_path, self.plan.fixed.control.group.as_deref())
+            .with_context(|| format!("binding the control socket {}", socket_path.display()))?;
+        let control_task = tokio::task::spawn_local(control::serve(listener, self.asks_tx.clone()));
+        let metrics_task = match &self.plan.fixed.metrics {
+            Some(m) => {
+                let listener = metrics::bind(m.address)
+                    .await
+                    .with_context(|| format!("metrics.address: cannot listen on {}", m.address))?;
+                info!(address = %m.address, "Prometheus metrics at /metrics");
+                Some(tokio::task::spawn_local(metrics::serve(
+                    listener,
+                    self.asks_tx.clone(),
+                )))
+            }
+            None => None,
+        };
+        for q in self.plan.queues.clone() {
+            self.start_queue(q)?;
+        }
+        if let Some(t) = &mut self.tcp {
+            t.set_listen(&self.live.listen)
+                .context("binding the TCP listeners")?;
+        }
+        if let Some(f) = &mut self.forwarding {
+            f.start_health(&self.live, self.plan.interface.ifindex, &self.health_tx);
+        }
+
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        let mut hup = signal(SignalKind::hangup())?;
+        let mut watchdog_usec = 0u64;
+        let watchdog = sd_notify::watchdog_enabled(false, &mut watchdog_usec);
+        let mut watchdog_tick = tokio::time::interval(if watchdog {
+            Duration::from_micros(watchdog_usec / 2)
+        } else {
+            Duration::from_secs(3600)
+        });
+        let mut status_tick = tokio::time::interval(STATUS_EVERY);
+        let outcome = loop {
+            tokio::select! {
+                Some(ev) = inbox.queues.recv() => {
+                    if let Err(e) = self.on_queue_event(ev, &socket_path) {
+                        break Err(e);
                     }
                 }
-                Some(Event::SetupFailed(q, reason)) if !ready => {
-                    break Err(anyhow::anyhow!("queue {q}: dataplane {reason}"));
+                Some(report) = inbox.health.recv() => self.on_health(report),
+                Some(ask) = inbox.asks.recv() => {
+                    let response = self.answer(ask.request);
+                    let _ = ask.reply.send(response);
                 }
-                Some(Event::SetupFailed(q, reason)) => warn!(queue = q, %reason, "dataplane setup failed"),
-                Some(Event::Exited(q)) => {
-                    registered.remove(&q);
+                _ = term.recv() => { info!("SIGTERM: stopping"); break Ok(()) }
+                _ = int.recv() => { info!("SIGINT: stopping"); break Ok(()) }
+                _ = hup.recv() => {
+                    let path = self.config_path.clone();
+                    info!(path = %path.display(), "SIGHUP: reloading");
+                    if let Err(e) = self.reload(&path) {
+                        error!(error = %e, "reload refused; the running configuration is unchanged");
+                    }
                 }
-                None => break Ok(()),
-            },
-            _ = term.recv() => { info!("SIGTERM: stopping"); break Ok(()) }
-            _ = int.recv() => { info!("SIGINT: stopping"); break Ok(()) }
-            _ = hup.recv() => {
-                let path = shared.config_path();
-                info!(path = %path.display(), "SIGHUP: reloading");
-                if let Err(e) = reload::reload(&shared, &path) {
-                    error!(error = %e, "reload refused; the running configuration is unchanged");
+                _ = watchdog_tick.tick(), if watchdog => {
+                    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Watchdog]);
                 }
+                _ = status_tick.tick() => self.notify_status(),
             }
-            _ = watchdog_tick.tick(), if watchdog => {
-                let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Watchdog]);
-            }
-            _ = status_tick.tick() => notify_status(&shared, &registered),
+        };
+        control_task.abort();
+        if let Some(t) = metrics_task {
+            t.abort();
         }
-    };
-    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
-    let _ = stop.send(true);
-    for s in shared.take_supervisors() {
-        let _ = s.task.await;
+        outcome
     }
-    control_task.abort();
-    shared.stop_health();
-    for h in tcp_tasks {
-        h.abort();
-    }
-    if let Some(t) = metrics_task {
-        t.abort();
-    }
-    outcome
-}
 
-/// systemd's one-line STATUS=.
-fn notify_status(shared: &Shared, registered: &std::collections::BTreeSet<u32>) {
-    let t = shared.totals();
-    let line = format!(
-        "{}/{} queues on AF_XDP; {} answers over AF_XDP, {} over the kernel path",
-        registered.len(),
-        shared.supervised_queues().len(),
-        t.xsk.answered,
-        t.kernel.answered
-    );
-    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Status(&line)]);
-}
+    fn on_queue_event(&mut self, ev: QueueEvent, socket: &std::path::Path) -> anyhow::Result<()> {
+        match self.queues.on_event(ev) {
+            Notice::None => {}
+            Notice::Registered(q) => {
+                self.registered.insert(q);
+                let wanted = self.queues.supervised();
+                if !self.ready && wanted.iter().all(|q| self.registered.contains(q)) {
+                    self.ready = true;
+                    info!(queues = wanted.len(), control = %socket.display(), "ready: every queue is served over AF_XDP");
+                    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
+                    self.notify_status();
+                }
+            }
+            Notice::Unregistered(q) => {
+                self.registered.remove(&q);
+            }
+            Notice::SetupFailed(q, reason) if !self.ready => {
+                bail!("queue {q}: dataplane {reason}");
+            }
+            Notice::SetupFailed(q, reason) => warn!(queue = q, %reason, "dataplane setup failed"),
+        }
+        Ok(())
+    }
 
-fn log_summary(shared: &Shared) {
-    for (q, state) in shared.queues() {
-        let t = state.totals();
+    fn on_health(&mut self, report: health::Report) {
+        let Some(f) = &mut self.forwarding else {
+            return;
+        };
+        if f.apply(&report) {
+            self.live_tx.send_replace(Arc::new(f.live().to_vec()));
+            self.tcp_tx
+                .send_replace(Arc::new(tcp_backends(&self.live, self.forwarding.as_ref())));
+        }
+    }
+
+    fn answer(&mut self, request: Request) -> Response {
+        match request {
+            Request::Status => Response::Status(Box::new(self.status())),
+            Request::Reload { path } => {
+                let path = path.unwrap_or_else(|| self.config_path.clone());
+                match self.reload(&path) {
+                    Ok(lines) => Response::Done(lines),
+                    Err(e) => {
+                        error!(path = %path.display(), error = %e, "reload refused; the running configuration is unchanged");
+                        Response::Error(e)
+                    }
+                }
+            }
+            Request::RestartQueue { queue } => {
+                if self.queues.command(queue, QueueCommand::Restart) {
+                    Response::Done(vec![format!("queue {queue}: dataplane being replaced")])
+                } else {
+                    Response::Error(format!(
+                        "queue {queue} has no supervisor (not in xdp.queues)"
+                    ))
+                }
+            }
+        }
+    }
+
+    fn status(&self) -> Status {
+        Status::collect(&Sources {
+            instance: &self.plan.fixed.instance,
+            interface: &self.plan.interface.name,
+            ifindex: self.plan.interface.ifindex,
+            program: (
+                self.program.prog_id,
+                self.program.mode.map(|m| m.name()),
+                self.program.pin_dir().display().to_string(),
+            ),
+            xdp: self.program.counters(),
+            uptime: self.started_at.elapsed(),
+            config_path: &self.config_path,
+            live: &self.live,
+            queues: self.queues.states(),
+            forwarding: self.forwarding.as_ref().map(|f| (f.spec(), f.live())),
+            tcp: self.tcp.as_ref().map(Tcp::status).unwrap_or_default(),
+        })
+    }
+
+    /// Reads, validates and applies `path`. On error nothing has changed.
+    fn reload(&mut self, path: &std::path::Path) -> Result<Vec<String>, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let new = xdpdns_common::config::Config::from_toml(&text)
+            .map_err(|e| format!("{} is not valid: {e}", path.display()))?;
+        let changes = reload::diff(
+            &self.plan.fixed,
+            &self.live,
+            &new,
+            self.plan.interface.queues,
+        )?;
+        let new = new.live;
+        if changes.on_next_start.contains(&"dataplane.cpus") {
+            crate::system::cpus::check(&new.dataplane.cpus)?;
+        }
+        let fixed = &self.plan.fixed;
+        if !fixed.dataplane.keep_ipc_lock && !changes.queues_added.is_empty() {
+            let queues = self.queues.supervised().len() + changes.queues_added.len()
+                - changes.queues_removed.len();
+            let need = fixed.umem_bytes_per_queue() * queues as u64;
+            let limit = memlock::current().map_err(|e| e.to_string())?.soft;
+            if let Some(m) = memlock::shortfall(need, queues, limit, &fixed.dataplane.user) {
+                return Err(m);
+            }
+        }
+        // Everything that can fail is resolved or bound before anything changes.
+        let reloaded = match (changes.backends, &self.forwarding) {
+            (true, Some(f)) => Some(f.respec(&new).map_err(|e| e.to_string())?),
+            _ => None,
+        };
+        if changes.listen.is_some()
+            && let Some(t) = &mut self.tcp
+        {
+            t.set_listen(&new.listen)
+                .map_err(|e| format!("binding TCP on the new listen addresses: {e}"))?;
+        }
+        // Destinations: new addresses are added before old ones go, so an
+        // address kept across the change is never missing.
+        if changes.redirected.is_some() || reloaded.is_some() {
+            let fwd = reloaded
+                .as_ref()
+                .map(|r| &r.forwarding)
+                .or(self.forwarding.as_ref());
+            self.program
+                .set_destinations(&destinations(&new, fwd))
+                .map_err(|e| e.to_string())?;
+        }
+        if let Some(r) = reloaded {
+            self.queues.remap_backends(&r.map);
+            let mut f = r.forwarding;
+            f.start_health(&new, self.plan.interface.ifindex, &self.health_tx);
+            self.live_tx.send_replace(Arc::new(f.live().to_vec()));
+            self.forwarding = Some(f);
+        }
+        if changes.rules {
+            self.queues.reset_rule_hits();
+        }
+        self.live = new;
+        self.spec_tx.send_replace(Arc::new(dataplane_spec(
+            &self.live,
+            self.forwarding.as_ref(),
+        )));
+        self.tcp_tx
+            .send_replace(Arc::new(tcp_backends(&self.live, self.forwarding.as_ref())));
+        for q in &changes.queues_removed {
+            self.queues.remove(*q);
+            self.registered.remove(q);
+        }
+        for q in &changes.queues_added {
+            self.start_queue(*q).map_err(|e| format!("{e:#}"))?;
+        }
+        let lines = changes.describe();
+        info!(path = %path.display(), changes = ?lines, "configuration reloaded");
+        Ok(lines)
+    }
+
+    /// systemd's one-line STATUS=.
+    fn notify_status(&self) {
+        let t = self.queues.totals();
+        let line = format!(
+            "{}/{} queues on AF_XDP; {} answers over AF_XDP, {} over the kernel path",
+            self.registered.len(),
+            self.queues.supervised().len(),
+            t.xsk.answered,
+            t.kernel.answered
+        );
+        let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Status(&line)]);
+    }
+
+    async fn shutdown(&mut self) {
+        let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
+        let _ = self.stop_tx.send(true);
+        self.queues.join().await;
+        if let Some(f) = &mut self.forwarding {
+            f.stop_health();
+        }
+        self.tcp = None;
+    }
+
+    fn log_summary(&self) {
+        for (q, state) in self.queues.states() {
+            let t = state.totals();
+            info!(
+                queue = q,
+                restarts = state.restarts,
+                xsk_received = t.xsk.received,
+                xsk_answered = t.xsk.answered,
+                xsk_dropped = t.xsk.dropped_total(),
+                kernel_received = t.kernel.received,
+                kernel_answered = t.kernel.answered,
+                kernel_dropped = t.kernel.dropped_total(),
+                rx_dropped = t.xsk_kernel.rx_dropped,
+                "queue summary"
+            );
+        }
+        let x = self.program.counters();
         info!(
-            queue = q,
-            restarts = state.restarts,
-            xsk_received = t.xsk.received,
-            xsk_answered = t.xsk.answered,
-            xsk_dropped = t.xsk.dropped_total(),
-            kernel_received = t.kernel.received,
-            kernel_answered = t.kernel.answered,
-            kernel_dropped = t.kernel.dropped_total(),
-            rx_dropped = t.xsk_kernel.rx_dropped,
-            "queue summary"
+            redirect = x.get(XdpOutcome::Redirect),
+            no_socket = x.get(XdpOutcome::NoSocket),
+            too_large = x.get(XdpOutcome::TooLarge),
+            other_dest = x.get(XdpOutcome::OtherDest),
+            "XDP program summary"
         );
     }
-    let x = shared.xdp_counters();
-    info!(
-        redirect = x.get(XdpOutcome::Redirect),
-        no_socket = x.get(XdpOutcome::NoSocket),
-        too_large = x.get(XdpOutcome::TooLarge),
-        other_dest = x.get(XdpOutcome::OtherDest),
-        "XDP program summary"
-    );
 }

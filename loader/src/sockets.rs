@@ -8,7 +8,7 @@ use nix::sys::socket::{self, AddressFamily, SockFlag, SockType, SockaddrStorage,
 
 /// Receive buffer each kernel-path socket asks for (SO_RCVBUFFORCE, so
 /// rmem_max does not cap it): bursts queue instead of being dropped.
-const RCVBUF: usize = 4 << 20;
+pub const RCVBUF: usize = 4 << 20;
 const IPV6_FREEBIND: libc::c_int = 78;
 
 #[derive(Debug, thiserror::Error)]
@@ -28,26 +28,34 @@ fn hint(e: &nix::Error) -> &'static str {
     }
 }
 
-/// One SO_REUSEPORT UDP socket bound to `addr`. IP_FREEBIND lets the address
-/// be configured on the interface after xdpdns starts.
-pub fn bind_udp(addr: SocketAddr) -> Result<OwnedFd, BindError> {
-    let err = |source| BindError { addr, source };
-    let family = match addr {
-        SocketAddr::V4(_) => AddressFamily::Inet,
-        SocketAddr::V6(_) => AddressFamily::Inet6,
+/// A non-blocking, close-on-exec UDP socket; IPv6 ones are IPv6-only.
+pub fn udp_socket(v6: bool) -> nix::Result<OwnedFd> {
+    let family = if v6 {
+        AddressFamily::Inet6
+    } else {
+        AddressFamily::Inet
     };
     let fd = socket::socket(
         family,
         SockType::Datagram,
         SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
         None,
-    )
-    .map_err(err)?;
+    )?;
+    if v6 {
+        socket::setsockopt(&fd, sockopt::Ipv6V6Only, &true)?;
+    }
+    Ok(fd)
+}
+
+/// One SO_REUSEPORT UDP socket bound to `addr`. IP_FREEBIND lets the address
+/// be configured on the interface after xdpdns starts.
+pub fn bind_udp(addr: SocketAddr) -> Result<OwnedFd, BindError> {
+    let err = |source| BindError { addr, source };
+    let fd = udp_socket(addr.is_ipv6()).map_err(err)?;
     socket::setsockopt(&fd, sockopt::ReusePort, &true).map_err(err)?;
     match addr {
         SocketAddr::V4(_) => socket::setsockopt(&fd, sockopt::IpFreebind, &true).map_err(err)?,
         SocketAddr::V6(_) => {
-            socket::setsockopt(&fd, sockopt::Ipv6V6Only, &true).map_err(err)?;
             let one: libc::c_int = 1;
             // SAFETY: setsockopt reads one c_int from a live local.
             let r = unsafe {

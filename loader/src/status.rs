@@ -1,15 +1,38 @@
-//! The instance's status: built from the shared state, sent as JSON over the
-//! control socket, printed as a table by `xdpdns status`.
+//! The instance's status: a snapshot of what the run loop's owners hold,
+//! sent as JSON over the control socket, printed as a table by
+//! `xdpdns status`, rendered for Prometheus by `metrics`.
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use xdpdns_common::config::Live;
+use xdpdns_common::ipc::{BackendLive, ForwardSpec};
 use xdpdns_common::stats::{
     DataplaneCounters, DropReason, PathCounters, RingLevels, XskKernelStats,
 };
 
-use crate::state::{Phase, Shared};
+use crate::bpf::XdpCounters;
+use crate::workers::queues::QueueState;
+use crate::workers::supervisor::Phase;
+
+/// What a snapshot is made of, borrowed from the run loop's owners.
+pub struct Sources<'a> {
+    pub instance: &'a str,
+    pub interface: &'a str,
+    pub ifindex: u32,
+    /// (program id, attach mode, pin directory).
+    pub program: (u32, Option<&'static str>, String),
+    pub xdp: XdpCounters,
+    pub uptime: Duration,
+    pub config_path: &'a std::path::Path,
+    pub live: &'a Live,
+    pub queues: &'a BTreeMap<u32, QueueState>,
+    /// Forwarding's spec and its backends' health, if forwarding is on.
+    pub forwarding: Option<(&'a ForwardSpec, &'a [BackendLive])>,
+    pub tcp: TcpStatus,
+}
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Status {
@@ -143,12 +166,12 @@ impl From<&DataplaneCounters> for Counters {
 }
 
 impl Status {
-    pub fn collect(shared: &Shared) -> Status {
-        let queues: Vec<QueueStatus> = shared
-            .queues()
-            .into_iter()
+    pub fn collect(src: &Sources<'_>) -> Status {
+        let queues: Vec<QueueStatus> = src
+            .queues
+            .iter()
             .map(|(queue, q)| QueueStatus {
-                queue,
+                queue: *queue,
                 phase: q.phase,
                 pid: q.pid,
                 uptime_secs: q
@@ -165,20 +188,16 @@ impl Status {
                 counters: (&q.totals()).into(),
             })
             .collect();
-        let (program_id, mode, pin_dir) = shared.program_info().unwrap_or((0, None, String::new()));
-        let mut totals = shared.totals();
+        let mut totals = DataplaneCounters::new();
+        for q in src.queues.values() {
+            totals.accumulate(&q.totals());
+        }
         // The in-flight gauge sums over queues.
-        totals.forward.in_flight = shared
-            .queues()
-            .values()
-            .map(|q| q.live.forward.in_flight)
-            .sum();
-        let live = shared.backend_live();
-        let backends = shared
-            .forwarding()
-            .map(|f| {
-                f.spec()
-                    .backends
+        totals.forward.in_flight = src.queues.values().map(|q| q.live.forward.in_flight).sum();
+        let backends = src
+            .forwarding
+            .map(|(spec, live)| {
+                spec.backends
                     .iter()
                     .enumerate()
                     .map(|(i, b)| {
@@ -186,8 +205,7 @@ impl Status {
                         let l = live.get(i).copied();
                         BackendStatus {
                             address: b.address.to_string(),
-                            pool: f
-                                .spec()
+                            pool: spec
                                 .pools
                                 .get(usize::from(b.pool))
                                 .map(|p| p.name.clone())
@@ -212,9 +230,8 @@ impl Status {
                     .collect()
             })
             .unwrap_or_default();
-        let config = shared.config();
-        let answer = config.answer_spec();
-        let mut labels: Vec<String> = config.rule.iter().map(|r| r.label()).collect();
+        let answer = src.live.answer_spec();
+        let mut labels: Vec<String> = src.live.rule.iter().map(|r| r.label()).collect();
         labels.push(format!("default,action={}", answer.default.name()));
         let rules = labels
             .into_iter()
@@ -224,30 +241,25 @@ impl Status {
                 hits: totals.rule_hits.get(i).copied().unwrap_or(0),
             })
             .collect();
+        let (program_id, mode, pin_dir) = src.program.clone();
         Status {
-            instance: shared.plan.config.instance.clone(),
-            interface: shared.plan.interface.name.clone(),
-            ifindex: shared.plan.interface.ifindex,
+            instance: src.instance.to_string(),
+            interface: src.interface.to_string(),
+            ifindex: src.ifindex,
             xdp_mode: mode.map(str::to_string),
             program_id,
             pin_dir,
-            uptime_secs: shared.started_at.elapsed().as_secs(),
+            uptime_secs: src.uptime.as_secs(),
             ready: queues.iter().all(|q| q.registered),
-            listen: shared.listen().iter().map(|a| a.to_string()).collect(),
-            redirect: shared.config().xdp.redirect,
-            config_path: shared.config_path().display().to_string(),
+            listen: src.live.listen.iter().map(|a| a.to_string()).collect(),
+            redirect: src.live.xdp.redirect,
+            config_path: src.config_path.display().to_string(),
             queues,
             rules,
             backends,
-            tcp: TcpStatus {
-                accepted: shared.tcp.accepted.get(),
-                refused: shared.tcp.refused.get(),
-                queries: shared.tcp.queries.get(),
-                bad_input: shared.tcp.bad_input.get(),
-                backend_failures: shared.tcp.backend_failures.get(),
-            },
-            xdp: shared
-                .xdp_counters()
+            tcp: src.tcp.clone(),
+            xdp: src
+                .xdp
                 .by_outcome
                 .iter()
                 .map(|(o, n)| (o.name().to_string(), *n))

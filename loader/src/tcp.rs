@@ -6,22 +6,117 @@
 //! connections and idle time; bad input closes that connection only.
 
 use std::cell::Cell;
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinHandle;
 use tracing::debug;
 
-use crate::state::Shared;
+use crate::status::TcpStatus;
+
+/// Where TCP queries may go: the default pool's backends and their health.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TcpBackends {
+    /// (address, up) of each member of the default pool.
+    pub members: Vec<(SocketAddr, bool)>,
+    pub idle_timeout: Duration,
+}
+
+/// What every connection of the relay shares.
+struct Relay {
+    counters: TcpCounters,
+    limit: Arc<Semaphore>,
+    backends: watch::Receiver<Arc<TcpBackends>>,
+    next: Cell<usize>,
+}
+
+impl Relay {
+    /// A backend of the default pool for a connection: the next up one.
+    fn backend(&self) -> Option<SocketAddr> {
+        let b = self.backends.borrow();
+        let n = b.members.len();
+        for i in 0..n {
+            let pos = (self.next.get() + i) % n;
+            if let (addr, true) = b.members[pos] {
+                self.next.set(pos + 1);
+                return Some(addr);
+            }
+        }
+        None
+    }
+}
+
+/// The TCP listeners, one task each, following the listen addresses.
+pub struct Tcp {
+    relay: Rc<Relay>,
+    listeners: BTreeMap<SocketAddr, JoinHandle<()>>,
+}
+
+impl Tcp {
+    pub fn new(max_connections: u32, backends: watch::Receiver<Arc<TcpBackends>>) -> Tcp {
+        Tcp {
+            relay: Rc::new(Relay {
+                counters: TcpCounters::default(),
+                limit: Arc::new(Semaphore::new(max_connections as usize)),
+                backends,
+                next: Cell::new(0),
+            }),
+            listeners: BTreeMap::new(),
+        }
+    }
+
+    /// Listens on exactly `addrs`: new ones are bound (all before any old
+    /// one is closed); removed ones close. On a bind error nothing changes.
+    pub fn set_listen(&mut self, addrs: &[SocketAddr]) -> std::io::Result<()> {
+        let mut bound = Vec::new();
+        for a in addrs.iter().filter(|a| !self.listeners.contains_key(a)) {
+            bound.push((*a, bind(*a)?));
+        }
+        for (a, l) in bound {
+            let task = tokio::task::spawn_local(serve(l, self.relay.clone()));
+            self.listeners.insert(a, task);
+        }
+        self.listeners.retain(|a, task| {
+            let keep = addrs.contains(a);
+            if !keep {
+                task.abort();
+            }
+            keep
+        });
+        Ok(())
+    }
+
+    pub fn status(&self) -> TcpStatus {
+        let c = &self.relay.counters;
+        TcpStatus {
+            accepted: c.accepted.get(),
+            refused: c.refused.get(),
+            queries: c.queries.get(),
+            bad_input: c.bad_input.get(),
+            backend_failures: c.backend_failures.get(),
+        }
+    }
+}
+
+impl Drop for Tcp {
+    fn drop(&mut self) {
+        for t in self.listeners.values() {
+            t.abort();
+        }
+    }
+}
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// TCP counters, shown by `status`.
 #[derive(Debug, Default)]
-pub struct TcpCounters {
+struct TcpCounters {
     pub accepted: Cell<u64>,
     pub refused: Cell<u64>,
     pub queries: Cell<u64>,
@@ -36,7 +131,7 @@ impl TcpCounters {
 }
 
 /// Binds a TCP listener for `addr` (while privileged: port 53).
-pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     let s = if addr.is_ipv6() {
         TcpSocket::new_v6()?
     } else {
@@ -58,20 +153,26 @@ fn freebind(s: &TcpSocket, v6: bool) -> std::io::Result<()> {
     Ok(())
 }
 
-pub async fn serve(listener: TcpListener, shared: Rc<Shared>, limit: std::sync::Arc<Semaphore>) {
+async fn serve(listener: TcpListener, relay: Rc<Relay>) {
     loop {
-        let Ok((client, peer)) = listener.accept().await else {
-            continue;
+        let (client, peer) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                // Out of descriptors or memory: back off instead of spinning.
+                debug!(error = %e, "TCP accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
         };
-        let Ok(permit) = limit.clone().try_acquire_owned() else {
-            TcpCounters::bump(&shared.tcp.refused);
+        let Ok(permit) = relay.limit.clone().try_acquire_owned() else {
+            TcpCounters::bump(&relay.counters.refused);
             drop(client);
             continue;
         };
-        TcpCounters::bump(&shared.tcp.accepted);
-        let shared = shared.clone();
+        TcpCounters::bump(&relay.counters.accepted);
+        let relay = relay.clone();
         tokio::task::spawn_local(async move {
-            if let Err(e) = relay(client, &shared).await {
+            if let Err(e) = connection(client, &relay).await {
                 debug!(%peer, error = %e, "TCP connection closed");
             }
             drop(permit);
@@ -79,16 +180,16 @@ pub async fn serve(listener: TcpListener, shared: Rc<Shared>, limit: std::sync::
     }
 }
 
-async fn relay(mut client: TcpStream, shared: &Shared) -> std::io::Result<()> {
-    let idle = Duration::from_millis(u64::from(shared.config().forwarding.tcp_idle_timeout_ms));
-    let Some(backend) = shared.tcp_backend() else {
-        TcpCounters::bump(&shared.tcp.backend_failures);
+async fn connection(mut client: TcpStream, shared: &Relay) -> std::io::Result<()> {
+    let idle = shared.backends.borrow().idle_timeout;
+    let Some(backend) = shared.backend() else {
+        TcpCounters::bump(&shared.counters.backend_failures);
         return Ok(());
     };
     let upstream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(backend)).await {
         Ok(Ok(s)) => s,
         _ => {
-            TcpCounters::bump(&shared.tcp.backend_failures);
+            TcpCounters::bump(&shared.counters.backend_failures);
             return Ok(());
         }
     };
@@ -120,11 +221,11 @@ async fn relay(mut client: TcpStream, shared: &Shared) -> std::io::Result<()> {
                 );
             // A query, not a response: QR clear.
             if !complete || msg[2] & 0x80 != 0 {
-                TcpCounters::bump(&shared.tcp.bad_input);
+                TcpCounters::bump(&shared.counters.bad_input);
                 let _ = abort_tx.send(true);
                 return Ok(());
             }
-            TcpCounters::bump(&shared.tcp.queries);
+            TcpCounters::bump(&shared.counters.queries);
             up_write.write_all(&len).await?;
             up_write.write_all(&msg[..n]).await?;
         }

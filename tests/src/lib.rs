@@ -124,82 +124,50 @@ impl Lab {
         let (s, c) = (self.server_ns.as_str(), self.client_ns.as_str());
         ip(&["netns", "add", s])?;
         ip(&["netns", "add", c])?;
-        ip(&[
-            "-n",
-            s,
-            "link",
-            "add",
-            SERVER_IF,
-            "numtxqueues",
-            "2",
-            "numrxqueues",
-            "2",
-            "type",
-            "veth",
-            "peer",
-            "name",
-            CLIENT_IF,
-            "netns",
-            c,
-            "numtxqueues",
-            "2",
-            "numrxqueues",
-            "2",
-        ])?;
+        self.veth(SERVER_IF, CLIENT_IF)?;
         for (ns, ifname, v4, v6) in [
             (s, SERVER_IF, SERVER_V4, SERVER_V6),
             (c, CLIENT_IF, CLIENT_V4, CLIENT_V6),
         ] {
-            ip(&["-n", ns, "addr", "add", &format!("{v4}/24"), "dev", ifname])?;
-            ip(&[
-                "-n",
-                ns,
-                "addr",
-                "add",
-                &format!("{v6}/64"),
-                "dev",
-                ifname,
-                "nodad",
-            ])?;
-            ip(&["-n", ns, "link", "set", ifname, "up"])?;
+            ns_addr(ns, &format!("{v4}/24"), ifname)?;
+            ns_addr(ns, &format!("{v6}/64"), ifname)?;
             ip(&["-n", ns, "link", "set", "lo", "up"])?;
         }
+        Ok(())
+    }
+
+    /// A veth pair with 2 queues a side, `srv` in the server namespace and
+    /// `cli` in the client's, both up.
+    fn veth(&self, srv: &str, cli: &str) -> anyhow::Result<()> {
+        let (s, c) = (self.server_ns.as_str(), self.client_ns.as_str());
+        let two = ["numtxqueues", "2", "numrxqueues", "2"];
+        let mut args = vec!["-n", s, "link", "add", srv];
+        args.extend(two);
+        args.extend(["type", "veth", "peer", "name", cli, "netns", c]);
+        args.extend(two);
+        ip(&args)?;
+        ip(&["-n", s, "link", "set", srv, "up"])?;
+        ip(&["-n", c, "link", "set", cli, "up"])?;
         // Locally generated UDP on a veth carries partial checksums; a real
         // wire never does. Make the client's frames look like the wire's.
-        sh(Command::new("ip").args(["netns", "exec", c, "ethtool", "-K", CLIENT_IF, "tx", "off"]))?;
+        sh(Command::new("ip").args(["netns", "exec", c, "ethtool", "-K", cli, "tx", "off"]))?;
         Ok(())
     }
 
     /// A second veth pair (`srv1` <-> `cli1`, 192.0.2.129/.130) in the same namespaces.
     pub fn add_second_pair(&self) -> anyhow::Result<()> {
-        let (s, c) = (self.server_ns.as_str(), self.client_ns.as_str());
-        ip(&[
-            "-n",
-            s,
-            "link",
-            "add",
-            "srv1",
-            "numtxqueues",
-            "2",
-            "numrxqueues",
-            "2",
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "cli1",
-            "netns",
-            c,
-            "numtxqueues",
-            "2",
-            "numrxqueues",
-            "2",
-        ])?;
-        ip(&["-n", s, "addr", "add", "192.0.2.129/25", "dev", "srv1"])?;
-        ip(&["-n", c, "addr", "add", "192.0.2.130/25", "dev", "cli1"])?;
-        ip(&["-n", s, "link", "set", "srv1", "up"])?;
-        ip(&["-n", c, "link", "set", "cli1", "up"])?;
-        sh(Command::new("ip").args(["netns", "exec", c, "ethtool", "-K", "cli1", "tx", "off"]))?;
+        self.veth("srv1", "cli1")?;
+        ns_addr(&self.server_ns, "192.0.2.129/25", "srv1")?;
+        ns_addr(&self.client_ns, "192.0.2.130/25", "cli1")?;
+        Ok(())
+    }
+
+    /// Sets the MTU of both ends of the lab's veth pair.
+    pub fn set_mtu(&self, mtu: u32) -> anyhow::Result<()> {
+        let mtu = mtu.to_string();
+        for (ns, ifname) in [(&self.server_ns, SERVER_IF), (&self.client_ns, CLIENT_IF)] {
+            ip(&["-n", ns, "link", "set", ifname, "mtu", &mtu])?;
+        }
         Ok(())
     }
 
@@ -743,12 +711,12 @@ impl Lab {
 
     /// Adds an address to an interface in the client namespace.
     pub fn client_addr(&self, cidr: &str, ifname: &str) -> anyhow::Result<()> {
-        let mut args = vec!["-n", &self.client_ns, "addr", "add", cidr, "dev", ifname];
-        if cidr.contains(':') {
-            args.push("nodad");
-        }
-        ip(&args)?;
-        Ok(())
+        ns_addr(&self.client_ns, cidr, ifname)
+    }
+
+    /// Adds an address to an interface in the server namespace.
+    pub fn server_addr(&self, cidr: &str, ifname: &str) -> anyhow::Result<()> {
+        ns_addr(&self.server_ns, cidr, ifname)
     }
 
     /// Starts knotd in namespace `ns` serving `example.test.` on `listen`
@@ -820,6 +788,16 @@ impl Lab {
         })?;
         Ok(knot)
     }
+}
+
+/// Adds an address to an interface in namespace `ns` (IPv6 without DAD).
+pub fn ns_addr(ns: &str, cidr: &str, ifname: &str) -> anyhow::Result<()> {
+    let mut args = vec!["-n", ns, "addr", "add", cidr, "dev", ifname];
+    if cidr.contains(':') {
+        args.push("nodad");
+    }
+    ip(&args)?;
+    Ok(())
 }
 
 /// A network namespace deleted on drop.

@@ -175,9 +175,7 @@ fn replies_landing_on_the_other_queue_are_answered() -> anyhow::Result<()> {
 #[test]
 fn a_reply_larger_than_a_frame_is_delivered_through_the_kernel() -> anyhow::Result<()> {
     let lab = Lab::new("large")?;
-    for (ns, ifname) in [(&lab.server_ns, SERVER_IF), (&lab.client_ns, CLIENT_IF)] {
-        ip(&["-n", ns, "link", "set", ifname, "mtu", "3000"])?;
-    }
+    lab.set_mtu(3000)?;
     lab.client_addr(&format!("{BACKEND_V4}/24"), CLIENT_IF)?;
     let c = lab.client_ns.clone();
     let _knot = lab.knot(&c, "big", &[&format!("{BACKEND_V4}@53")], 2400)?;
@@ -275,15 +273,7 @@ fn a_backend_behind_a_gateway_is_reached_without_a_configured_mac() -> anyhow::R
         "netns",
         &far,
     ])?;
-    ip(&[
-        "-n",
-        &lab.client_ns,
-        "addr",
-        "add",
-        "198.51.100.1/24",
-        "dev",
-        "gw0",
-    ])?;
+    lab.client_addr("198.51.100.1/24", "gw0")?;
     ip(&["-n", &lab.client_ns, "link", "set", "gw0", "up"])?;
     ip(&["-n", &far, "addr", "add", "198.51.100.10/24", "dev", "far0"])?;
     ip(&["-n", &far, "link", "set", "far0", "up"])?;

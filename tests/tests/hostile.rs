@@ -3,43 +3,28 @@
 
 use std::net::SocketAddr;
 
-use xdpdns_netns_tests::frames::{self, Spec};
+use xdpdns_netns_tests::frames::{self, FrameSpec};
 use xdpdns_netns_tests::*;
 
 #[test]
 fn malformed_frames_are_counted_and_crash_nothing() -> anyhow::Result<()> {
     let lab = Lab::new("hostile")?;
     // Room for frames larger than a UMEM frame can hold.
-    ip(&[
-        "-n",
-        &lab.server_ns,
-        "link",
-        "set",
-        SERVER_IF,
-        "mtu",
-        "3000",
-    ])?;
-    ip(&[
-        "-n",
-        &lab.client_ns,
-        "link",
-        "set",
-        CLIENT_IF,
-        "mtu",
-        "3000",
-    ])?;
+    lab.set_mtu(3000)?;
     let server = lab.start("h", &lab.config("h", ""))?;
     let pids = server.dataplane_pids()?;
     let v4 = format!("@{SERVER_V4}");
     assert_eq!(lab.kdig(&[&v4, "before.example"]), "REFUSED");
 
-    let spec = Spec {
+    let spec = FrameSpec {
         src_mac: mac_of(&lab.client_ns, CLIENT_IF)?,
         dst_mac: mac_of(&lab.server_ns, SERVER_IF)?,
         src: format!("{CLIENT_V4}:40000").parse::<SocketAddr>()?,
         dst: format!("{SERVER_V4}:53").parse::<SocketAddr>()?,
+        vlan: None,
+        zero_udp_checksum: false,
     };
-    let good = frames::udp(&spec, &frames::query(7, "good.example", 1));
+    let good = frames::build(&spec, &frames::query(7, "good.example", 1, None));
     let mut burst: Vec<(&str, Vec<u8>)> = Vec::new();
 
     burst.push(("ethernet header only", good[..14].to_vec()));
@@ -73,17 +58,20 @@ fn malformed_frames_are_counted_and_crash_nothing() -> anyhow::Result<()> {
     f[20] = 0x20; // more fragments
     frames::fix_ipv4_checksum(&mut f);
     burst.push(("first fragment", f));
-    burst.push(("DNS shorter than 12 bytes", frames::udp(&spec, &[0xab; 11])));
-    let mut q = frames::query(8, "x.example", 1);
+    burst.push((
+        "DNS shorter than 12 bytes",
+        frames::build(&spec, &[0xab; 11]),
+    ));
+    let mut q = frames::query(8, "x.example", 1, None);
     q[5] = 0;
-    burst.push(("QDCOUNT 0", frames::udp(&spec, &q)));
-    let mut q = frames::query(9, "", 1)[..12].to_vec();
+    burst.push(("QDCOUNT 0", frames::build(&spec, &q)));
+    let mut q = frames::query(9, ".", 1, None)[..12].to_vec();
     q.extend_from_slice(&[0xc0, 0x0c, 0, 1, 0, 1]);
-    burst.push(("label pointer loop", frames::udp(&spec, &q)));
-    let mut q = frames::query(10, "x.example", 1);
+    burst.push(("label pointer loop", frames::build(&spec, &q)));
+    let mut q = frames::query(10, "x.example", 1, None);
     q[2] |= 0x80;
-    burst.push(("a response (QR=1)", frames::udp(&spec, &q)));
-    burst.push(("random garbage", frames::udp(&spec, &[0x5a; 300])));
+    burst.push(("a response (QR=1)", frames::build(&spec, &q)));
+    burst.push(("random garbage", frames::build(&spec, &[0x5a; 300])));
     let mut f = good.clone();
     f[12..14].copy_from_slice(&[0x88, 0xb5]);
     burst.push(("unknown ethertype", f));
@@ -97,7 +85,7 @@ fn malformed_frames_are_counted_and_crash_nothing() -> anyhow::Result<()> {
         }
     }
     // A frame larger than a UMEM frame holds goes to the kernel path, and is answered.
-    let mut big = frames::query(11, "big.example", 1);
+    let mut big = frames::query(11, "big.example", 1, None);
     big[11] = 1;
     big.extend_from_slice(&[0, 0, 41, 4, 0, 0, 0, 0, 0]);
     let pad = 2200usize;
@@ -105,7 +93,7 @@ fn malformed_frames_are_counted_and_crash_nothing() -> anyhow::Result<()> {
     big.extend_from_slice(&12u16.to_be_bytes()); // EDNS padding option
     big.extend_from_slice(&(pad as u16).to_be_bytes());
     big.extend(std::iter::repeat_n(0u8, pad));
-    let big = frames::udp(&spec, &big);
+    let big = frames::build(&spec, &big);
     assert!(big.len() > 1792);
     frames::send(&sock, &big)?;
 

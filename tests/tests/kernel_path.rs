@@ -9,15 +9,7 @@ use xdpdns_netns_tests::*;
 #[test]
 fn other_destinations_reach_kernel_sockets() -> anyhow::Result<()> {
     let lab = Lab::new("otherdest")?;
-    ip(&[
-        "-n",
-        &lab.server_ns,
-        "addr",
-        "add",
-        "192.0.2.3/24",
-        "dev",
-        SERVER_IF,
-    ])?;
+    lab.server_addr("192.0.2.3/24", SERVER_IF)?;
     let server = lab.start("o", &lab.config("o", ""))?;
     let (other_port, other_addr) = lab.in_ns(true, || {
         let a = UdpSocket::bind(format!("{SERVER_V4}:5353"))?;

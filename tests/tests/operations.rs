@@ -204,15 +204,7 @@ fn past_its_restart_budget_a_queue_stays_on_the_kernel_path() -> anyhow::Result<
 #[test]
 fn reload_applies_valid_changes_and_refuses_the_rest() -> anyhow::Result<()> {
     let lab = Lab::new("reload")?;
-    ip(&[
-        "-n",
-        &lab.server_ns,
-        "addr",
-        "add",
-        "192.0.2.3/24",
-        "dev",
-        SERVER_IF,
-    ])?;
+    lab.server_addr("192.0.2.3/24", SERVER_IF)?;
     let server = lab.start("r", &lab.config("r", ""))?;
     let v4 = format!("@{SERVER_V4}");
     assert_eq!(lab.kdig(&[&v4, "x.blocked.test"]), "REFUSED");

@@ -83,9 +83,20 @@ pub enum FailAction {
     Refused,
 }
 
+impl FailAction {
+    /// The response code to answer with; `None`: send nothing.
+    pub const fn rcode(self) -> Option<crate::dns::Rcode> {
+        match self {
+            FailAction::Drop => None,
+            FailAction::ServFail => Some(crate::dns::Rcode::ServFail),
+            FailAction::Refused => Some(crate::dns::Rcode::Refused),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
-pub struct ForwardingSection {
+pub(crate) struct ForwardingSection {
     /// No reply by then: counted as a timeout and answered per `timeout_action`.
     #[serde(default = "default_timeout_ms")]
     pub timeout_ms: u32,

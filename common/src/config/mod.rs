@@ -7,6 +7,7 @@
 mod backends;
 mod queues;
 mod rules;
+mod split;
 mod types;
 mod validate;
 
@@ -14,15 +15,15 @@ mod validate;
 mod tests;
 
 pub use backends::{
-    BackendConfig, DEFAULT_POOL, FailAction, ForwardingSection, HealthConfig, Policy, PoolConfig,
-    parse_mac,
+    BackendConfig, DEFAULT_POOL, FailAction, HealthConfig, Policy, PoolConfig, parse_mac,
 };
 pub use queues::QueueSelection;
 pub use rules::{Action, AnswerSpec, RuleConfig, RuleSpec};
-pub use types::{
-    Config, ControlSection, DataplaneSection, Listen, MetricsSection, SupervisorSection, XdpMode,
-    XdpSection, XskBindMode, XskSection,
+pub use split::{
+    Config, DataplaneFixed, DataplaneLive, Fixed, ForwardingFixed, ForwardingLive, Live, XdpFixed,
+    XdpLive, XskFixed, XskLive,
 };
+pub use types::{ControlSection, Listen, MetricsSection, SupervisorSection, XdpMode, XskBindMode};
 
 /// A configuration that cannot be used, with the key at fault.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -48,34 +49,9 @@ impl ConfigError {
 impl Config {
     /// Parses and validates a configuration file's text.
     pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
-        let config: Config =
+        let file: types::File =
             toml::from_str(text).map_err(|e| ConfigError::Syntax(e.to_string()))?;
-        config.validate()?;
-        Ok(config)
-    }
-
-    /// The destinations the XDP program redirects to AF_XDP: the listen
-    /// addresses, or none when `xdp.redirect` is off.
-    pub fn redirected(&self) -> Vec<std::net::SocketAddr> {
-        if self.xdp.redirect {
-            self.listen.iter().map(|l| l.address).collect()
-        } else {
-            Vec::new()
-        }
-    }
-
-    /// Bytes of UMEM one dataplane registers.
-    pub fn umem_bytes_per_queue(&self) -> u64 {
-        u64::from(self.xsk.frames) * u64::from(self.xsk.frame_size)
-    }
-
-    /// The rule list the dataplanes evaluate, compiled to wire form.
-    pub fn answer_spec(&self) -> AnswerSpec {
-        rules::compile(
-            &self.rule,
-            self.dataplane.edns_udp_size,
-            self.xsk.verify_checksums,
-            !self.backend.is_empty(),
-        )
+        file.validate()?;
+        Ok(file.into())
     }
 }

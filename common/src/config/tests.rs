@@ -27,16 +27,19 @@ fn invalid_key(text: &str) -> String {
 #[test]
 fn minimal_config_gets_documented_defaults() {
     let c = Config::from_toml(MINIMAL).unwrap();
-    assert_eq!(c.instance, "default");
-    assert_eq!(c.xdp.queues, QueueSelection::All);
-    assert_eq!(c.xdp.mode, XdpMode::Auto);
-    assert_eq!(c.xdp.pin_root, std::path::Path::new("/sys/fs/bpf/xdpdns"));
-    assert_eq!(c.xsk.frames, 4096);
-    assert_eq!(c.xsk.frame_size, 2048);
-    assert_eq!(c.dataplane.user, "nobody");
-    assert!(!c.dataplane.keep_ipc_lock);
-    assert_eq!(c.umem_bytes_per_queue(), 8 << 20);
-    assert_eq!(c.answer_spec().default, Action::Refused);
+    assert_eq!(c.fixed.instance, "default");
+    assert_eq!(c.live.xdp.queues, QueueSelection::All);
+    assert_eq!(c.fixed.xdp.mode, XdpMode::Auto);
+    assert_eq!(
+        c.fixed.xdp.pin_root,
+        std::path::Path::new("/sys/fs/bpf/xdpdns")
+    );
+    assert_eq!(c.fixed.xsk.frames, 4096);
+    assert_eq!(c.fixed.xsk.frame_size, 2048);
+    assert_eq!(c.fixed.dataplane.user, "nobody");
+    assert!(!c.fixed.dataplane.keep_ipc_lock);
+    assert_eq!(c.fixed.umem_bytes_per_queue(), 8 << 20);
+    assert_eq!(c.live.answer_spec().default, Action::Refused);
 }
 
 #[test]
@@ -64,10 +67,10 @@ qtype = "aaaa"
 action = "nxdomain"
 "#;
     let c = Config::from_toml(text).unwrap();
-    assert_eq!(c.xdp.queues, QueueSelection::List(vec![0, 1]));
-    assert_eq!(c.xdp.mode, XdpMode::Generic);
-    assert_eq!(c.listen[1].address, "[2001:db8::1]:5353".parse().unwrap());
-    let spec = c.answer_spec();
+    assert_eq!(c.live.xdp.queues, QueueSelection::List(vec![0, 1]));
+    assert_eq!(c.fixed.xdp.mode, XdpMode::Generic);
+    assert_eq!(c.live.listen[1], "[2001:db8::1]:5353".parse().unwrap());
+    let spec = c.live.answer_spec();
     assert_eq!(
         spec.rules[0].suffix.as_deref(),
         Some(&b"\x07example\x03com\0"[..])
@@ -237,8 +240,8 @@ fn shipped_example_configuration_is_valid() {
         "/../packaging/xdpdns.toml"
     ));
     let c = Config::from_toml(text).expect("packaging/xdpdns.toml must stay valid");
-    assert_eq!(c.instance, "default");
-    assert_eq!(c.listen.len(), 2);
+    assert_eq!(c.fixed.instance, "default");
+    assert_eq!(c.live.listen.len(), 2);
 }
 
 #[test]
@@ -264,13 +267,30 @@ fn every_commented_out_key_of_the_shipped_example_is_valid_with_its_default() {
         .collect();
     let c =
         Config::from_toml(&uncommented.join("\n")).expect("the commented-out keys must be valid");
-    assert_eq!(c.backend.len(), 1);
-    assert_eq!(c.rule.len(), 1);
-    assert!(c.metrics.is_some());
+    assert_eq!(c.live.backend.len(), 1);
+    assert_eq!(c.live.rule.len(), 1);
+    assert!(c.fixed.metrics.is_some());
     let d = Config::from_toml(text).unwrap();
-    assert_eq!(c.forwarding, d.forwarding, "the example shows the defaults");
-    assert_eq!(c.supervisor, d.supervisor, "the example shows the defaults");
-    assert_eq!(c.backend[0].health, Default::default());
+    assert_eq!(
+        c.live.forwarding, d.live.forwarding,
+        "the example shows the defaults"
+    );
+    assert_eq!(
+        (
+            c.fixed.forwarding.port_base,
+            c.fixed.forwarding.max_in_flight
+        ),
+        (
+            d.fixed.forwarding.port_base,
+            d.fixed.forwarding.max_in_flight
+        ),
+        "the example shows the defaults"
+    );
+    assert_eq!(
+        c.live.supervisor, d.live.supervisor,
+        "the example shows the defaults"
+    );
+    assert_eq!(c.live.backend[0].health, Default::default());
 }
 
 #[test]
@@ -281,8 +301,8 @@ fn backends_pools_and_forwarding_parse_with_defaults() {
          [[pool]]\nname = \"v6\"\npolicy = \"consistent-hash\"\n[forwarding]\ntimeout_action = \"servfail\"\n"
     );
     let c = Config::from_toml(&text).unwrap();
-    assert_eq!(c.backend.len(), 2);
-    let b = &c.backend[0];
+    assert_eq!(c.live.backend.len(), 2);
+    let b = &c.live.backend[0];
     assert_eq!(b.pool, "default");
     assert_eq!(b.weight, 1);
     assert!(b.xsk);
@@ -298,10 +318,10 @@ fn backends_pools_and_forwarding_parse_with_defaults() {
         ),
         (1000, 1000, 3, 1)
     );
-    assert_eq!(c.pool[0].policy, Policy::ConsistentHash);
-    assert_eq!(c.forwarding.timeout_ms, 2000);
-    assert_eq!(c.forwarding.timeout_action, FailAction::ServFail);
-    assert_eq!(c.forwarding.all_down_action, FailAction::ServFail);
+    assert_eq!(c.live.pool[0].policy, Policy::ConsistentHash);
+    assert_eq!(c.live.forwarding.timeout_ms, 2000);
+    assert_eq!(c.live.forwarding.timeout_action, FailAction::ServFail);
+    assert_eq!(c.live.forwarding.all_down_action, FailAction::ServFail);
 }
 
 #[test]
@@ -353,13 +373,42 @@ fn backend_errors_name_their_key() {
 #[test]
 fn forwarding_is_the_default_action_only_with_backends() {
     assert_eq!(
-        Config::from_toml(MINIMAL).unwrap().answer_spec().default,
+        Config::from_toml(MINIMAL)
+            .unwrap()
+            .live
+            .answer_spec()
+            .default,
         Action::Refused
     );
     let text = format!(
         "{MINIMAL}\n[[backend]]\naddress = \"192.0.2.2:53\"\n[[rule]]\nqtype = \"ANY\"\naction = \"refused\"\n"
     );
-    let spec = Config::from_toml(&text).unwrap().answer_spec();
+    let spec = Config::from_toml(&text).unwrap().live.answer_spec();
     assert_eq!(spec.default, Action::Forward);
     assert_eq!(spec.rules[0].action, Action::Refused);
+}
+
+#[test]
+fn the_fixed_part_names_every_key_that_differs() {
+    let a = Config::from_toml(MINIMAL).unwrap();
+    assert!(a.fixed.differences(&a.fixed.clone()).is_empty());
+    let b = Config::from_toml(&with(
+        "instance = \"other\"",
+        "mode = \"generic\"\n[xsk]\nframes = 1024\n[dataplane]\nuser = \"daemon\"\n[forwarding]\nport_base = 40000",
+    ))
+    .unwrap();
+    assert_eq!(
+        a.fixed.differences(&b.fixed),
+        [
+            "instance",
+            "xdp.mode",
+            "xsk.frames",
+            "dataplane.user",
+            "forwarding.port_base"
+        ]
+    );
+    // Live settings are not fixed ones.
+    let c = Config::from_toml(&with("", "redirect = false\n[xsk]\nidle_nap_us = 0")).unwrap();
+    assert!(a.fixed.differences(&c.fixed).is_empty());
+    assert_ne!(a.live, c.live);
 }

@@ -5,12 +5,15 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Deserializer, Serialize};
 
-use super::{BackendConfig, ForwardingSection, PoolConfig, QueueSelection, RuleConfig};
+use super::backends::ForwardingSection;
+use super::{BackendConfig, PoolConfig, QueueSelection, RuleConfig};
 
-/// The whole configuration file.
+/// The whole configuration file, as written. The rest of xdpdns sees it
+/// only as a [`super::Config`], split into what is fixed while running and
+/// what reloads live.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
-pub struct Config {
+pub(crate) struct File {
     /// Name of this instance: its pins live in `<pin_root>/<instance>/` and its
     /// runtime files in `<runtime_dir>/<instance>/`. Instances never touch each
     /// other's.
@@ -47,7 +50,7 @@ pub struct Config {
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
-pub struct XdpSection {
+pub(crate) struct XdpSection {
     /// The network interface whose queues are served.
     pub interface: String,
     /// `"all"` or a list of queue ids.
@@ -80,7 +83,7 @@ pub enum XdpMode {
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
-pub struct XskSection {
+pub(crate) struct XskSection {
     /// UMEM frames per queue (a power of two). Each frame holds one packet.
     #[serde(default = "default_frames")]
     pub frames: u32,
@@ -118,7 +121,7 @@ pub enum XskBindMode {
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
-pub struct DataplaneSection {
+pub(crate) struct DataplaneSection {
     /// Dataplanes run as this user (never root).
     #[serde(default = "default_user")]
     pub user: String,

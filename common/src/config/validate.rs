@@ -2,14 +2,15 @@
 
 use std::collections::HashSet;
 
-use super::{Config, ConfigError, QueueSelection, rules};
+use super::types::File;
+use super::{ConfigError, QueueSelection, rules};
 
 const MAX_FRAMES: u32 = 1 << 20;
 const MIN_FRAMES: u32 = 64;
 /// CPU_SETSIZE: the CPUs a `cpu_set_t` holds.
 pub const MAX_CPUS: u32 = 1024;
 
-impl Config {
+impl File {
     pub(super) fn validate(&self) -> Result<(), ConfigError> {
         check_instance(&self.instance)?;
         if !self.runtime_dir.is_absolute() {

@@ -44,3 +44,48 @@ pub fn write_answer(
     }
     Ok(end)
 }
+
+/// Writes the answer to a query that is no longer at hand (it timed out at a
+/// backend) into `buf`: the original query's ID and header flags (opcode,
+/// RD, CD), its question bytes as sent, and OPT if it had one — then the
+/// same writer as every other answer.
+pub fn write_answer_for(
+    buf: &mut [u8],
+    original: &Original<'_>,
+    rcode: Rcode,
+    udp_size: u16,
+) -> Result<usize, DropReason> {
+    let qlen = original.question.len();
+    let end = HEADER_LEN + qlen;
+    if qlen < 5 || end > buf.len() {
+        return Err(DropReason::AnswerTooLarge);
+    }
+    buf[0..2].copy_from_slice(&original.id.to_be_bytes());
+    buf[2..4].copy_from_slice(&original.flags.to_be_bytes());
+    buf[4..12].copy_from_slice(&[0, 1, 0, 0, 0, 0, 0, 0]);
+    buf[HEADER_LEN..end].copy_from_slice(original.question);
+    let q = Query {
+        id: original.id,
+        flags: original.flags,
+        opcode: ((original.flags >> 11) & 0xf) as u8,
+        rd: original.flags & 0x0100 != 0,
+        cd: original.flags & 0x0010 != 0,
+        qname_end: end - 4,
+        qtype: u16::from_be_bytes([buf[end - 4], buf[end - 3]]),
+        qclass: u16::from_be_bytes([buf[end - 2], buf[end - 1]]),
+        question_end: end,
+        edns: original.edns,
+    };
+    write_answer(buf, &q, rcode, udp_size)
+}
+
+/// What is kept of a forwarded query to answer it without the query.
+#[derive(Debug, Clone, Copy)]
+pub struct Original<'q> {
+    pub id: u16,
+    /// The query's header flags word (bytes 2–3).
+    pub flags: u16,
+    /// Question name, type and class, wire format.
+    pub question: &'q [u8],
+    pub edns: Option<super::Edns>,
+}

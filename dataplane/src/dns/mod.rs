@@ -7,7 +7,7 @@ mod query;
 #[doc(hidden)]
 pub mod testing;
 
-pub use answer::write_answer;
+pub use answer::{Original, write_answer, write_answer_for};
 pub use query::{Edns, Query, parse_query};
 
 pub const HEADER_LEN: usize = 12;

@@ -18,6 +18,8 @@ pub struct Edns {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Query {
     pub id: u16,
+    /// The header's flags word (bytes 2–3).
+    pub flags: u16,
     pub opcode: u8,
     pub rd: bool,
     pub cd: bool,
@@ -89,6 +91,7 @@ pub fn parse_query(msg: &[u8]) -> Result<Query, DropReason> {
 
     Ok(Query {
         id: u16::from_be_bytes([msg[0], msg[1]]),
+        flags,
         opcode: ((flags >> 11) & 0xf) as u8,
         rd: flags & 0x0100 != 0,
         cd: flags & 0x0010 != 0,

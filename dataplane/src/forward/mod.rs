@@ -1,17 +1,14 @@
-//! Forwarding queries to backends and their replies to the clients.
+//! Carrying out a forward verdict over UDP, and relaying the replies.
 //!
 //! A query arriving over AF_XDP is re-addressed in place to its backend and
 //! sent on this queue (AF_XDP backends), or sent on this dataplane's UDP
 //! socket to the backend (socket backends); one arriving on a kernel-path
 //! socket always takes the socket. Either way it gets a slot in the shared
-//! in-flight [`table`] and a DNS ID naming the slot. Replies come back over
-//! AF_XDP on any queue (the XDP program redirects our forwarding ports), on
-//! the backend socket, or — when larger than a frame — on this queue's
-//! port-reserving socket; whoever receives one claims the slot and answers
-//! the client the way it came.
-
-pub mod pool;
-pub mod table;
+//! in-flight table (`shm::inflight`) and a DNS ID naming the slot. Replies
+//! come back over AF_XDP on any queue (the XDP program redirects our
+//! forwarding ports), on the backend socket, or — when larger than a frame —
+//! on this queue's port-reserving socket; whoever receives one claims the
+//! slot and answers the client the way it came.
 
 use std::io;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
@@ -19,31 +16,47 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use xdpdns_common::config::FailAction;
 use xdpdns_common::inflight::MAX_QUESTION;
-use xdpdns_common::ipc::{BackendLive, ForwardSpec};
+use xdpdns_common::ipc::ForwardSpec;
 use xdpdns_common::stats::DataplaneCounters;
 
-use crate::dns::{HEADER_LEN, Query};
+use crate::dns::{self, Edns, HEADER_LEN, Query};
 use crate::frame::{self, Headers, Parsed};
-use pool::Pool;
-use table::{Allocator, ClaimError, Client, Entry, Table};
+use crate::pipeline::backends::Backends;
+use crate::shm::ShmError;
+use crate::shm::inflight::{Allocator, ClaimError, Client, Entry, Table};
+use crate::xsk::Fate;
+
+/// Where answers that are not a frame in hand go.
+pub trait Emit {
+    /// Sends `payload` to `to` from the kernel-path socket bound to `local`.
+    fn kernel(&mut self, local: SocketAddr, to: SocketAddr, payload: &[u8]) -> bool;
+    /// Builds an AF_XDP frame with headers `h` around `payload`; false if
+    /// it cannot (no free frame, or not possible right now).
+    fn frame(&mut self, h: &Headers, payload: &[u8]) -> bool;
+}
 
 /// The descriptors that come with a [`ForwardSpec`].
 pub struct ForwardFds {
-    pub table: OwnedFd,
+    /// The in-flight table: with Init only (it lives as long as the instance).
+    pub table: Option<OwnedFd>,
     pub ports: Vec<OwnedFd>,
     pub backends: Vec<OwnedFd>,
 }
 
 impl ForwardFds {
-    /// Splits the descriptors that came with Init or Reconfigure: the
-    /// kernel-path sockets first, then the forwarding ones. `None` if the
-    /// count is wrong.
+    /// Splits the descriptors that came with Init (`with_table`) or
+    /// Reconfigure: the kernel-path sockets first, then the forwarding ones.
+    /// `None` if the count is wrong.
     pub fn split(
         mut fds: Vec<OwnedFd>,
         kernel: usize,
         spec: Option<&ForwardSpec>,
+        with_table: bool,
     ) -> Option<(Vec<OwnedFd>, Option<ForwardFds>)> {
-        let need = kernel + spec.map_or(0, |s| 1 + s.port_sockets as usize + s.backends.len());
+        let need = kernel
+            + spec.map_or(0, |s| {
+                usize::from(with_table) + s.port_sockets as usize + s.backends.len()
+            });
         if fds.len() != need {
             return None;
         }
@@ -52,7 +65,7 @@ impl ForwardFds {
             return Some((fds, None));
         };
         let mut it = rest.into_iter();
-        let table = it.next()?;
+        let table = if with_table { Some(it.next()?) } else { None };
         let ports: Vec<OwnedFd> = it.by_ref().take(s.port_sockets as usize).collect();
         let backends: Vec<OwnedFd> = it.collect();
         Some((
@@ -66,39 +79,34 @@ impl ForwardFds {
     }
 }
 
-/// The outcome of handing a frame to the forwarder.
-#[derive(Debug, PartialEq, Eq)]
-pub enum FrameOutcome {
-    /// Transmit the chunk's bytes `[head, head + len)`.
-    Tx { head: usize, len: usize },
-    /// The frame's content went elsewhere (a socket); recycle the chunk.
-    Consumed,
-    /// Not forwarded: answer locally with this (or drop).
-    Fail(FailAction),
-    /// Discarded; already counted.
-    Discard,
+#[derive(Debug, thiserror::Error)]
+pub enum ForwardError {
+    #[error("the in-flight table: {0}")]
+    Table(#[from] ShmError),
+    #[error("the loader sent no in-flight table")]
+    NoTable,
+    #[error("one socket per backend expected, got {got} for {want}")]
+    Sockets { got: usize, want: usize },
+    #[error("forwarding socket: {0}")]
+    Socket(#[from] io::Error),
 }
 
-/// An answer for a client that is not in a frame yet.
-pub enum Delivery<'a> {
-    /// Build a frame with these headers around `payload`.
-    Xsk { headers: Headers, payload: &'a [u8] },
-    /// Send `payload` to `to` from the kernel-path socket bound to `local`.
-    Kernel {
-        local: SocketAddr,
-        to: SocketAddr,
-        payload: &'a [u8],
-    },
+/// What carrying out a forward verdict for a frame came to.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Sent {
+    /// Transmit the chunk's bytes `[head, head + len)`: the query, re-addressed.
+    Frame { head: usize, len: usize },
+    /// Sent on a socket; the chunk is free.
+    Socket,
+    /// Not forwarded: answer per this action.
+    Failed(FailAction),
 }
 
 pub struct Forwarder {
     queue: u32,
     spec: ForwardSpec,
-    live: Vec<BackendLive>,
     table: Table,
     alloc: Allocator,
-    pools: Vec<Pool>,
-    outstanding: Vec<u32>,
     backend_socks: Vec<UdpSocket>,
     port_socks: Vec<UdpSocket>,
     /// Backend addresses as frames carry them, for matching replies.
@@ -137,55 +145,55 @@ pub fn monotonic_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
+/// Non-blocking UDP sockets from descriptors the loader bound.
+fn udp(fds: Vec<OwnedFd>) -> io::Result<Vec<UdpSocket>> {
+    fds.into_iter()
+        .map(|fd| {
+            let s = UdpSocket::from(fd);
+            // fcntl, not set_nonblocking's ioctl: this also runs under the
+            // seccomp filter (a reconfiguration).
+            let fl = nix::fcntl::fcntl(&s, nix::fcntl::FcntlArg::F_GETFL)?;
+            let fl = nix::fcntl::OFlag::from_bits_retain(fl) | nix::fcntl::OFlag::O_NONBLOCK;
+            nix::fcntl::fcntl(&s, nix::fcntl::FcntlArg::F_SETFL(fl))?;
+            Ok(s)
+        })
+        .collect()
+}
+
 impl Forwarder {
-    pub fn new(queue: u32, spec: ForwardSpec, fds: ForwardFds) -> io::Result<Forwarder> {
+    /// Sets up forwarding at start: maps the in-flight table.
+    pub fn open(queue: u32, spec: ForwardSpec, fds: ForwardFds) -> Result<Forwarder, ForwardError> {
+        let fd = fds.table.as_ref().ok_or(ForwardError::NoTable)?;
+        let table = Table::open(fd.as_fd(), spec.regions, spec.max_in_flight)?;
+        let alloc = table.allocator(queue);
+        Forwarder::with_table(queue, spec, fds, table, alloc)
+    }
+
+    /// Forwarding with a table already mapped (tests and benchmarks use an
+    /// anonymous one).
+    pub fn with_table(
+        queue: u32,
+        spec: ForwardSpec,
+        fds: ForwardFds,
+        table: Table,
+        alloc: Allocator,
+    ) -> Result<Forwarder, ForwardError> {
         if fds.backends.len() != spec.backends.len() {
-            return Err(io::Error::other("one socket per backend expected"));
+            return Err(ForwardError::Sockets {
+                got: fds.backends.len(),
+                want: spec.backends.len(),
+            });
         }
-        let table = Table::open(fds.table.as_fd(), spec.regions, spec.max_in_flight)?;
-        let pools = spec
-            .pools
-            .iter()
-            .map(|p| {
-                let members: Vec<(u16, u32, String)> = p
-                    .members
-                    .iter()
-                    .map(|m| {
-                        let b = &spec.backends[usize::from(*m)];
-                        (*m, b.weight, b.address.to_string())
-                    })
-                    .collect();
-                Pool::new(p.policy, &members)
-            })
-            .collect();
         let backend_keys = spec
             .backends
             .iter()
             .map(|b| (b.address.is_ipv6(), ip16(b.address.ip()), b.address.port()))
             .collect();
-        let n = spec.backends.len();
-        let udp = |fds: Vec<OwnedFd>| -> io::Result<Vec<UdpSocket>> {
-            fds.into_iter()
-                .map(|fd| {
-                    let s = UdpSocket::from(fd);
-                    // fcntl, not set_nonblocking's ioctl: this also runs
-                    // under the seccomp filter (a reconfiguration).
-                    let fl = nix::fcntl::fcntl(&s, nix::fcntl::FcntlArg::F_GETFL)?;
-                    let fl =
-                        nix::fcntl::OFlag::from_bits_retain(fl) | nix::fcntl::OFlag::O_NONBLOCK;
-                    nix::fcntl::fcntl(&s, nix::fcntl::FcntlArg::F_SETFL(fl))?;
-                    Ok(s)
-                })
-                .collect()
-        };
         Ok(Forwarder {
             queue,
-            alloc: table.allocator(queue),
-            live: spec.live.clone(),
-            spec,
             table,
-            pools,
-            outstanding: vec![0; n],
+            alloc,
+            spec,
             backend_socks: udp(fds.backends)?,
             port_socks: udp(fds.ports)?,
             backend_keys,
@@ -193,10 +201,15 @@ impl Forwarder {
         })
     }
 
-    pub fn set_live(&mut self, live: Vec<BackendLive>) {
-        if live.len() == self.live.len() {
-            self.live = live;
-        }
+    /// The forwarder after a reconfiguration: new backends, pools and
+    /// timeouts over the same table and place in it, so queries in flight
+    /// to backends that are kept are still answered.
+    pub fn reconfigured(
+        self,
+        spec: ForwardSpec,
+        fds: ForwardFds,
+    ) -> Result<Forwarder, ForwardError> {
+        Forwarder::with_table(self.queue, spec, fds, self.table, self.alloc)
     }
 
     /// Sockets to watch while idle.
@@ -211,44 +224,6 @@ impl Forwarder {
     pub fn reply_port(&self, port: u16) -> Option<u32> {
         let off = port.checked_sub(self.spec.port_base)?;
         (u32::from(off) < self.spec.regions).then_some(u32::from(off))
-    }
-
-    fn pick(&mut self, qname: &[u8]) -> Option<u16> {
-        let pool = usize::from(self.spec.default_pool);
-        let (live, outstanding) = (&self.live, &self.outstanding);
-        let p = self.pools.get_mut(pool)?;
-        p.pick(
-            qname,
-            |b| live[usize::from(b)].up,
-            |b| outstanding[usize::from(b)],
-        )
-    }
-
-    /// The index of the backend with table tag `tag`.
-    fn index_of(&self, tag: u16) -> Option<usize> {
-        self.spec.backends.iter().position(|b| b.tag == tag)
-    }
-
-    /// Takes over what `old` (the forwarder before a reconfiguration) had
-    /// going: its place in the in-flight table, so queries in flight to
-    /// backends that are kept are still answered, and the per-backend
-    /// counters, re-indexed to the new backend list.
-    pub fn take_over(&mut self, old: Forwarder, c: &mut DataplaneCounters) {
-        let map: Vec<Option<usize>> = self
-            .spec
-            .backends
-            .iter()
-            .map(|b| old.index_of(b.tag))
-            .collect();
-        for (new, o) in map.iter().enumerate() {
-            if let Some(o) = o {
-                self.outstanding[new] = old.outstanding.get(*o).copied().unwrap_or(0);
-            }
-        }
-        c.remap_backends(&map);
-        if old.table.per_queue() == self.table.per_queue() {
-            self.alloc = old.alloc;
-        }
     }
 
     fn entry(&self, backend: u16, client: Client, question: &[u8]) -> Entry {
@@ -268,35 +243,40 @@ impl Forwarder {
 
     /// Takes a slot for `entry`; the query it evicts (the queue's oldest,
     /// when the region is full) is counted as a timeout of its backend.
-    fn insert(&mut self, entry: &Entry, c: &mut DataplaneCounters) -> Option<u16> {
+    fn insert(
+        &mut self,
+        entry: &Entry,
+        backends: &mut Backends,
+        c: &mut DataplaneCounters,
+    ) -> Option<u16> {
         let ins = self.table.insert(&mut self.alloc, entry)?;
         if let Some(tag) = ins.evicted {
             c.forward.evicted += 1;
             // A backend removed by a reload since has no counters left.
-            if let Some(bi) = self.index_of(tag) {
+            if let Some(bi) = backends.index_of(tag) {
                 c.backend(bi).timeouts += 1;
-                self.outstanding[bi] = self.outstanding[bi].saturating_sub(1);
+                backends.done(bi as u16);
             }
         }
         Some(ins.id)
     }
 
-    /// Forwards the query in frame `chunk[head..]` (parsed as `p`, `q`).
+    /// Forwards the query in frame `chunk[head..]` (parsed as `p`, `q`) to
+    /// `backend`.
+    #[allow(clippy::too_many_arguments)]
     pub fn forward_frame(
         &mut self,
         chunk: &mut [u8],
         head: usize,
         p: &Parsed,
         q: &Query,
+        backend: u16,
+        backends: &mut Backends,
         c: &mut DataplaneCounters,
-    ) -> FrameOutcome {
+    ) -> Sent {
         let a = p.addrs(&chunk[head..]);
         let at = head + p.payload();
         let len = p.payload_len;
-        let Some(b) = self.pick(q.qname(&chunk[at..at + len])) else {
-            c.forward.pool_down += 1;
-            return FrameOutcome::Fail(self.spec.all_down_action);
-        };
         let client = Client {
             xsk: true,
             v6: a.v6,
@@ -307,17 +287,24 @@ impl Forwarder {
             local_ip: a.dst_ip,
             local_port: a.dport,
             id: q.id,
+            flags: q.flags,
+            edns: q.edns.is_some(),
+            dnssec_ok: q.edns.is_some_and(|e| e.dnssec_ok),
         };
-        let entry = self.entry(b, client, &chunk[at + HEADER_LEN..at + q.question_end]);
-        let Some(id) = self.insert(&entry, c) else {
-            return FrameOutcome::Fail(FailAction::ServFail);
+        let entry = self.entry(
+            backend,
+            client,
+            &chunk[at + HEADER_LEN..at + q.question_end],
+        );
+        let Some(id) = self.insert(&entry, backends, c) else {
+            return Sent::Failed(FailAction::ServFail);
         };
         chunk[at..at + 2].copy_from_slice(&id.to_be_bytes());
-        let bi = usize::from(b);
+        let bi = usize::from(backend);
         c.backend(bi).queries += 1;
-        self.outstanding[bi] += 1;
+        backends.sent(backend);
         let spec = &self.spec.backends[bi];
-        if let (true, Some(mac)) = (spec.xsk, self.live[bi].mac) {
+        if let (true, Some(mac)) = (spec.xsk, backends.live(backend).and_then(|l| l.mac)) {
             let h = Headers {
                 dst_mac: mac,
                 src_mac: self.spec.local_mac,
@@ -329,7 +316,7 @@ impl Forwarder {
                 dport: spec.address.port(),
             };
             if let Some(start) = frame::write_headers(chunk, at, len, &h) {
-                return FrameOutcome::Tx {
+                return Sent::Frame {
                     head: start,
                     len: at + len - start,
                 };
@@ -338,23 +325,22 @@ impl Forwarder {
         if self.backend_socks[bi].send(&chunk[at..at + len]).is_err() {
             c.forward.send_errors += 1;
         }
-        FrameOutcome::Consumed
+        Sent::Socket
     }
 
     /// Forwards a query that arrived on a kernel-path socket (`local`) from
-    /// `from`; the reply comes back through [`Forwarder::poll`].
+    /// `from` to `backend`; the reply comes back through [`Forwarder::poll`].
+    #[allow(clippy::too_many_arguments)]
     pub fn forward_datagram(
         &mut self,
         msg: &mut [u8],
         q: &Query,
+        backend: u16,
         from: SocketAddr,
         local: SocketAddr,
+        backends: &mut Backends,
         c: &mut DataplaneCounters,
     ) -> Result<(), FailAction> {
-        let Some(b) = self.pick(q.qname(msg)) else {
-            c.forward.pool_down += 1;
-            return Err(self.spec.all_down_action);
-        };
         let client = Client {
             xsk: false,
             v6: from.is_ipv6(),
@@ -365,15 +351,18 @@ impl Forwarder {
             local_ip: ip16(local.ip()),
             local_port: local.port(),
             id: q.id,
+            flags: q.flags,
+            edns: q.edns.is_some(),
+            dnssec_ok: q.edns.is_some_and(|e| e.dnssec_ok),
         };
-        let entry = self.entry(b, client, &msg[HEADER_LEN..q.question_end]);
-        let Some(id) = self.insert(&entry, c) else {
+        let entry = self.entry(backend, client, &msg[HEADER_LEN..q.question_end]);
+        let Some(id) = self.insert(&entry, backends, c) else {
             return Err(FailAction::ServFail);
         };
         msg[0..2].copy_from_slice(&id.to_be_bytes());
-        let bi = usize::from(b);
+        let bi = usize::from(backend);
         c.backend(bi).queries += 1;
-        self.outstanding[bi] += 1;
+        backends.sent(backend);
         if self.backend_socks[bi].send(msg).is_err() {
             c.forward.send_errors += 1;
         }
@@ -387,6 +376,7 @@ impl Forwarder {
         owner: u32,
         backend: u16,
         msg: &mut [u8],
+        backends: &mut Backends,
         c: &mut DataplaneCounters,
     ) -> Option<Entry> {
         if msg.len() < HEADER_LEN || msg[2] & 0x80 == 0 {
@@ -410,7 +400,7 @@ impl Forwarder {
                 bc.replies += 1;
                 bc.observe(us);
                 if owner == self.queue {
-                    self.outstanding[bi] = self.outstanding[bi].saturating_sub(1);
+                    backends.done(backend);
                 }
                 Some(e)
             }
@@ -436,52 +426,55 @@ impl Forwarder {
             .map(|i| i as u16)
     }
 
-    /// A reply that arrived over AF_XDP (its destination is forwarding port
-    /// of queue `owner`): rewritten in place to the client, or sent through
-    /// the kernel path if the client came that way.
+    /// A reply that arrived over AF_XDP (its destination is the forwarding
+    /// port of queue `owner`): rewritten in place to the client, or sent
+    /// through the kernel path if the client came that way.
+    #[allow(clippy::too_many_arguments)]
     pub fn reply_frame(
         &mut self,
         chunk: &mut [u8],
         head: usize,
         p: &Parsed,
         owner: u32,
+        backends: &mut Backends,
         c: &mut DataplaneCounters,
-        deliver: &mut dyn FnMut(Delivery<'_>) -> bool,
-    ) -> FrameOutcome {
+        emit: &mut dyn Emit,
+    ) -> Fate {
         let a = p.addrs(&chunk[head..]);
         let at = head + p.payload();
         let len = p.payload_len;
         let Some(b) = self.backend_at(a.v6, &a.src_ip, a.sport) else {
             c.forward.stray_replies += 1;
-            return FrameOutcome::Discard;
+            return Fate::Recycle;
         };
-        let Some(e) = self.claim(owner, b, &mut chunk[at..at + len], c) else {
-            return FrameOutcome::Discard;
+        let Some(e) = self.claim(owner, b, &mut chunk[at..at + len], backends, c) else {
+            return Fate::Recycle;
         };
         let cl = e.client;
         if cl.xsk {
             let h = client_headers(&cl, self.spec.local_mac);
             if let Some(start) = frame::write_headers(chunk, at, len, &h) {
-                return FrameOutcome::Tx {
+                return Fate::Transmit {
                     head: start,
                     len: at + len - start,
                 };
             }
         }
-        deliver(Delivery::Kernel {
-            local: sockaddr(cl.v6, &cl.local_ip, cl.local_port),
-            to: sockaddr(cl.v6, &cl.ip, cl.port),
-            payload: &chunk[at..at + len],
-        });
-        FrameOutcome::Consumed
+        emit.kernel(
+            sockaddr(cl.v6, &cl.local_ip, cl.local_port),
+            sockaddr(cl.v6, &cl.ip, cl.port),
+            &chunk[at..at + len],
+        );
+        Fate::Recycle
     }
 
     /// Reads replies waiting on the backend and port-reserving sockets and
     /// delivers them. Returns how many were read.
     pub fn poll(
         &mut self,
+        backends: &mut Backends,
         c: &mut DataplaneCounters,
-        deliver: &mut dyn FnMut(Delivery<'_>) -> bool,
+        emit: &mut dyn Emit,
     ) -> usize {
         let mut n = 0;
         for b in 0..self.backend_socks.len() {
@@ -490,7 +483,7 @@ impl Forwarder {
                     break;
                 };
                 n += 1;
-                self.reply_datagram(b as u16, len, false, c, deliver);
+                self.reply_datagram(b as u16, len, false, backends, c, emit);
             }
         }
         for s in 0..self.port_socks.len() {
@@ -503,7 +496,7 @@ impl Forwarder {
                 match self.backend_keys.iter().position(|k| *k == key) {
                     Some(b) => {
                         c.forward.large_replies += 1;
-                        self.reply_datagram(b as u16, len, true, c, deliver);
+                        self.reply_datagram(b as u16, len, true, backends, c, emit);
                     }
                     None => c.forward.stray_replies += 1,
                 }
@@ -517,74 +510,72 @@ impl Forwarder {
         backend: u16,
         len: usize,
         via_kernel: bool,
+        backends: &mut Backends,
         c: &mut DataplaneCounters,
-        deliver: &mut dyn FnMut(Delivery<'_>) -> bool,
+        emit: &mut dyn Emit,
     ) {
         let mut buf = std::mem::take(&mut self.buf);
-        if let Some(e) = self.claim(self.queue, backend, &mut buf[..len], c) {
+        if let Some(e) = self.claim(self.queue, backend, &mut buf[..len], backends, c) {
             let cl = e.client;
             let payload = &buf[..len];
-            let delivered = if cl.xsk && !via_kernel {
-                deliver(Delivery::Xsk {
-                    headers: client_headers(&cl, self.spec.local_mac),
+            let framed = cl.xsk
+                && !via_kernel
+                && emit.frame(&client_headers(&cl, self.spec.local_mac), payload);
+            if !framed {
+                emit.kernel(
+                    sockaddr(cl.v6, &cl.local_ip, cl.local_port),
+                    sockaddr(cl.v6, &cl.ip, cl.port),
                     payload,
-                })
-            } else {
-                false
-            };
-            if !delivered {
-                deliver(Delivery::Kernel {
-                    local: sockaddr(cl.v6, &cl.local_ip, cl.local_port),
-                    to: sockaddr(cl.v6, &cl.ip, cl.port),
-                    payload,
-                });
+                );
             }
         }
         self.buf = buf;
     }
 
-    /// Frees this queue's expired slots; with `timeout_action` servfail,
-    /// answers their clients. Returns how many expired.
+    /// Frees this queue's expired slots; per `timeout_action`, answers
+    /// their clients (with the answer writer every local answer uses).
+    /// Returns how many expired.
     pub fn expire(
         &mut self,
+        backends: &mut Backends,
         c: &mut DataplaneCounters,
-        deliver: &mut dyn FnMut(Delivery<'_>) -> bool,
+        udp_size: u16,
+        emit: &mut dyn Emit,
     ) -> usize {
         let now_ms = monotonic_ns() / 1_000_000;
         let action = self.spec.timeout_action;
         let local_mac = self.spec.local_mac;
-        let outstanding = &mut self.outstanding;
-        let backends = &self.spec.backends;
         self.table.expire(self.queue, now_ms, |e| {
-            if let Some(bi) = backends.iter().position(|b| b.tag == e.backend) {
+            if let Some(bi) = backends.index_of(e.backend) {
                 c.backend(bi).timeouts += 1;
-                outstanding[bi] = outstanding[bi].saturating_sub(1);
+                backends.done(bi as u16);
             }
-            let rcode = match action {
-                FailAction::Drop => return,
-                FailAction::ServFail => 2,
-                FailAction::Refused => 5,
+            let Some(rcode) = action.rcode() else {
+                return;
             };
-            let mut msg = [0u8; HEADER_LEN + MAX_QUESTION];
-            msg[0..2].copy_from_slice(&e.client.id.to_be_bytes());
-            msg[2] = 0x81;
-            msg[3] = rcode;
-            msg[4..6].copy_from_slice(&[0, 1]);
-            let q = e.question();
-            msg[HEADER_LEN..HEADER_LEN + q.len()].copy_from_slice(q);
-            let payload = &msg[..HEADER_LEN + q.len()];
             let cl = e.client;
-            let sent = cl.xsk
-                && deliver(Delivery::Xsk {
-                    headers: client_headers(&cl, local_mac),
+            let original = dns::Original {
+                id: cl.id,
+                flags: cl.flags,
+                question: e.question(),
+                edns: cl.edns.then_some(Edns {
+                    udp_size: 0,
+                    version: 0,
+                    dnssec_ok: cl.dnssec_ok,
+                }),
+            };
+            let mut msg = [0u8; HEADER_LEN + MAX_QUESTION + 11];
+            let Ok(n) = dns::write_answer_for(&mut msg, &original, rcode, udp_size) else {
+                return;
+            };
+            let payload = &msg[..n];
+            let framed = cl.xsk && emit.frame(&client_headers(&cl, local_mac), payload);
+            if !framed {
+                emit.kernel(
+                    sockaddr(cl.v6, &cl.local_ip, cl.local_port),
+                    sockaddr(cl.v6, &cl.ip, cl.port),
                     payload,
-                });
-            if !sent {
-                deliver(Delivery::Kernel {
-                    local: sockaddr(cl.v6, &cl.local_ip, cl.local_port),
-                    to: sockaddr(cl.v6, &cl.ip, cl.port),
-                    payload,
-                });
+                );
             }
         })
     }

@@ -4,7 +4,9 @@
 
 use super::*;
 
-/// Addresses of one leg. IPv4 addresses use the first 4 bytes of `*_ip`.
+/// Addresses of one leg, as a frame carries them (read by
+/// [`Parsed::addrs`], written by [`write_headers`]). IPv4 addresses use the
+/// first 4 bytes of `*_ip`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Headers {
     pub dst_mac: [u8; 6],
@@ -19,15 +21,11 @@ pub struct Headers {
 
 impl Headers {
     /// Bytes of headers in front of the payload.
-    pub fn len(&self) -> usize {
+    pub fn header_len(&self) -> usize {
         ETH_HLEN
             + if self.vlan.is_some() { VLAN_HLEN } else { 0 }
             + if self.v6 { IPV6_HLEN } else { IPV4_HLEN }
             + UDP_HLEN
-    }
-
-    pub fn is_empty(&self) -> bool {
-        false
     }
 }
 
@@ -40,7 +38,7 @@ pub fn write_headers(
     payload_len: usize,
     h: &Headers,
 ) -> Option<usize> {
-    let start = payload_at.checked_sub(h.len())?;
+    let start = payload_at.checked_sub(h.header_len())?;
     let end = payload_at.checked_add(payload_len)?;
     if end > buf.len() || payload_len > 0xffff - 48 {
         return None;
@@ -96,23 +94,10 @@ pub fn write_headers(
     Some(start)
 }
 
-/// The addresses of a parsed frame, as a reply would need them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Addrs {
-    pub src_mac: [u8; 6],
-    pub dst_mac: [u8; 6],
-    pub vlan: Option<u16>,
-    pub v6: bool,
-    pub src_ip: [u8; 16],
-    pub dst_ip: [u8; 16],
-    pub sport: u16,
-    pub dport: u16,
-}
-
 impl Parsed {
     /// Reads the addresses of `frame`, which `self` was parsed from.
-    pub fn addrs(&self, frame: &[u8]) -> Addrs {
-        let mut a = Addrs {
+    pub fn addrs(&self, frame: &[u8]) -> Headers {
+        let mut a = Headers {
             src_mac: frame[6..12].try_into().expect("6 bytes"),
             dst_mac: frame[0..6].try_into().expect("6 bytes"),
             vlan: (self.l3 == ETH_HLEN + VLAN_HLEN)
@@ -171,7 +156,7 @@ mod tests {
                 buf[200..200 + payload.len()].copy_from_slice(payload);
                 let h = headers(v6, vlan);
                 let start = write_headers(&mut buf, 200, payload.len(), &h).unwrap();
-                assert_eq!(start, 200 - h.len());
+                assert_eq!(start, 200 - h.header_len());
                 let got = receive(&buf[start..200 + payload.len()]);
                 assert_eq!(got.payload, payload);
                 assert_eq!(got.vlan, vlan);
@@ -205,23 +190,13 @@ mod tests {
             b"\x12\x34\x01\0\0\x01\0\0\0\0\0\0\x01a\0\0\x01\0\x01",
         );
         let p = parse(&f, true).unwrap();
-        let a = p.addrs(&f);
-        assert_eq!(a.vlan, Some(9));
-        assert!(a.v6);
-        assert_eq!((a.sport, a.dport), (40000, 53));
+        let h = p.addrs(&f);
+        assert_eq!(h.vlan, Some(9));
+        assert!(h.v6);
+        assert_eq!((h.sport, h.dport), (40000, 53));
         let mut buf = vec![0u8; 512];
         let pl = &f[p.payload()..];
         buf[300..300 + pl.len()].copy_from_slice(pl);
-        let h = Headers {
-            dst_mac: a.dst_mac,
-            src_mac: a.src_mac,
-            vlan: a.vlan,
-            v6: a.v6,
-            src_ip: a.src_ip,
-            dst_ip: a.dst_ip,
-            sport: a.sport,
-            dport: a.dport,
-        };
         let start = write_headers(&mut buf, 300, pl.len(), &h).unwrap();
         let mut expected = f.clone();
         expected[p.l3 + 7] = REPLY_TTL; // we always send our own hop limit

@@ -9,7 +9,7 @@ mod reply;
 #[doc(hidden)]
 pub mod testing;
 
-pub use build::{Addrs, Headers, write_headers};
+pub use build::{Headers, write_headers};
 pub use parse::{Family, Parsed, parse};
 pub use reply::write_reply;
 

@@ -40,6 +40,8 @@ fn pseudo(src: IpAddr, dst: IpAddr, udp: &[u8]) -> Vec<u8> {
 /// Options for [`build`].
 #[derive(Clone)]
 pub struct FrameSpec {
+    pub src_mac: [u8; 6],
+    pub dst_mac: [u8; 6],
     pub src: SocketAddr,
     pub dst: SocketAddr,
     pub vlan: Option<u16>,
@@ -49,6 +51,8 @@ pub struct FrameSpec {
 impl FrameSpec {
     pub fn v4() -> Self {
         FrameSpec {
+            src_mac: CLIENT_MAC,
+            dst_mac: SERVER_MAC,
             src: "192.0.2.2:40000".parse().unwrap(),
             dst: "192.0.2.1:53".parse().unwrap(),
             vlan: None,
@@ -57,6 +61,8 @@ impl FrameSpec {
     }
     pub fn v6() -> Self {
         FrameSpec {
+            src_mac: CLIENT_MAC,
+            dst_mac: SERVER_MAC,
             src: "[2001:db8::2]:40000".parse().unwrap(),
             dst: "[2001:db8::1]:53".parse().unwrap(),
             vlan: None,
@@ -68,8 +74,8 @@ impl FrameSpec {
 /// A complete Ethernet frame carrying `payload` as UDP, checksums correct.
 pub fn build(spec: &FrameSpec, payload: &[u8]) -> Vec<u8> {
     let mut f = Vec::new();
-    f.extend_from_slice(&SERVER_MAC);
-    f.extend_from_slice(&CLIENT_MAC);
+    f.extend_from_slice(&spec.dst_mac);
+    f.extend_from_slice(&spec.src_mac);
     if let Some(tci) = spec.vlan {
         f.extend_from_slice(&0x8100u16.to_be_bytes());
         f.extend_from_slice(&tci.to_be_bytes());
@@ -121,8 +127,13 @@ pub struct Received {
 }
 
 pub fn receive(frame: &[u8]) -> Received {
-    assert_eq!(&frame[0..6], &CLIENT_MAC, "destination MAC");
-    assert_eq!(&frame[6..12], &SERVER_MAC, "source MAC");
+    receive_from(frame, SERVER_MAC, CLIENT_MAC)
+}
+
+/// Like [`receive`], for a frame from `src_mac` to `dst_mac`.
+pub fn receive_from(frame: &[u8], src_mac: [u8; 6], dst_mac: [u8; 6]) -> Received {
+    assert_eq!(&frame[0..6], &dst_mac, "destination MAC");
+    assert_eq!(&frame[6..12], &src_mac, "source MAC");
     let mut at = 12;
     let mut vlan = None;
     let mut proto = u16::from_be_bytes([frame[at], frame[at + 1]]);

@@ -6,7 +6,7 @@
 //! publishes are clamped to the ring size, so a wrap (after 4 billion frames)
 //! or a corrupted index can neither panic nor address memory outside the ring.
 //!
-//! The API is transactional, after xdpilone's: [`Producer::reserve`] returns a
+//! The API is transactional (after xdpilone): [`Producer::reserve`] returns a
 //! [`Writer`] that publishes only on [`Writer::commit`] (dropping it publishes
 //! nothing); [`Consumer::peek`] returns a [`Reader`] that hands slots back only
 //! on [`Reader::release`], and only those actually read.
@@ -84,7 +84,7 @@ impl<T: Copy> RingMem<T> {
 }
 
 /// A ring we produce into: fill and TX.
-pub struct Producer<T> {
+pub(super) struct Producer<T> {
     mem: RingMem<T>,
     /// Our next index to publish.
     prod: u32,
@@ -101,10 +101,6 @@ impl<T: Copy> Producer<T> {
         let prod = mem.producer().load(Ordering::Relaxed);
         let cons = mem.consumer().load(Ordering::Acquire);
         Producer { mem, prod, cons }
-    }
-
-    pub fn size(&self) -> u32 {
-        self.mem.size
     }
 
     /// Slots we may write, refreshing the kernel's index if fewer than `want`.
@@ -150,7 +146,7 @@ impl<T: Copy> Producer<T> {
 /// Slots reserved in a [`Producer`]; nothing is visible to the kernel until
 /// [`Writer::commit`].
 #[must_use = "a writer publishes nothing unless committed"]
-pub struct Writer<'r, T: Copy> {
+pub(super) struct Writer<'r, T: Copy> {
     ring: &'r mut Producer<T>,
     start: u32,
     len: u32,
@@ -159,13 +155,9 @@ pub struct Writer<'r, T: Copy> {
 
 impl<T: Copy> Writer<'_, T> {
     /// Slots reserved.
+    #[cfg(test)]
     pub fn capacity(&self) -> u32 {
         self.len
-    }
-
-    /// Slots still free in this reservation.
-    pub fn remaining(&self) -> u32 {
-        self.len - self.written
     }
 
     /// Writes the next slot; returns the value back if the reservation is full.
@@ -195,7 +187,7 @@ impl<T: Copy> Writer<'_, T> {
 }
 
 /// A ring the kernel produces into: RX and completion.
-pub struct Consumer<T> {
+pub(super) struct Consumer<T> {
     mem: RingMem<T>,
     /// The kernel's producer index as last read.
     prod: u32,
@@ -211,10 +203,6 @@ impl<T: Copy> Consumer<T> {
         let prod = mem.producer().load(Ordering::Acquire);
         let cons = mem.consumer().load(Ordering::Relaxed);
         Consumer { mem, prod, cons }
-    }
-
-    pub fn size(&self) -> u32 {
-        self.mem.size
     }
 
     fn available_cached(&self) -> u32 {
@@ -250,7 +238,7 @@ impl<T: Copy> Consumer<T> {
 /// Entries taken from a [`Consumer`]; they go back to the kernel on
 /// [`Reader::release`], the unread ones stay for the next peek.
 #[must_use = "entries are not returned to the kernel unless released"]
-pub struct Reader<'r, T: Copy> {
+pub(super) struct Reader<'r, T: Copy> {
     ring: &'r mut Consumer<T>,
     start: u32,
     len: u32,
@@ -263,6 +251,7 @@ impl<T: Copy> Reader<'_, T> {
         self.len
     }
 
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }

@@ -6,9 +6,10 @@ use std::ptr::NonNull;
 use std::sync::atomic::AtomicU32;
 
 use xdpdns_common::config::XskBindMode;
+use xdpdns_common::stats::RingLevels;
 use xdpdns_common::stats::XskKernelStats;
-use xdpilone::xdp::{XdpDesc, XdpRingOffsets};
 
+use super::pool::FramePool;
 use super::ring::{Consumer, Producer, RingMem};
 use super::sys::{self, Mapping};
 use super::umem::Umem;
@@ -110,21 +111,19 @@ fn bind_hint(e: &io::Error) -> &'static str {
     }
 }
 
-/// One bound AF_XDP socket. The rings and the UMEM are public so the loop can
-/// borrow them at once; each ring owns its mapping, so none can dangle.
+/// One bound AF_XDP socket with its UMEM. Frames are reached only through
+/// [`Xsk::receive`] and [`Xsk::build`]; which chunk is where is the
+/// business of [`Frames`] (see `pool.rs`).
 pub struct Xsk {
-    pub fill: Producer<u64>,
-    pub completion: Consumer<u64>,
-    pub rx: Consumer<XdpDesc>,
-    pub tx: Producer<XdpDesc>,
-    pub umem: Umem,
+    frames: Frames,
     fd: OwnedFd,
     zero_copy: bool,
 }
 
 impl Xsk {
     /// Creates the socket and UMEM, maps the rings and binds to the queue.
-    /// The fill ring is empty: stock it before the socket enters the XSKMAP.
+    /// The fill ring is empty: stock it ([`Xsk::refill`]) before the socket
+    /// enters the XSKMAP.
     pub fn open(cfg: &XskConfig) -> Result<Xsk, XskError> {
         let fd = sys::xdp_socket().map_err(XskError::Socket)?;
         let bytes = u64::from(cfg.frames) * u64::from(cfg.frame_size);
@@ -148,34 +147,36 @@ impl Xsk {
         }
         let off = sys::mmap_offsets(fd.as_fd()).map_err(XskError::Offsets)?;
         let n = cfg.ring_size;
-        let fill = Producer::new(map_ring::<u64>(
-            fd.as_fd(),
-            "fill",
-            &off.fr,
-            n,
-            sys::PGOFF_FILL_RING,
-        )?);
-        let completion = Consumer::new(map_ring::<u64>(
-            fd.as_fd(),
-            "completion",
-            &off.cr,
-            n,
-            sys::PGOFF_COMPLETION_RING,
-        )?);
-        let rx = Consumer::new(map_ring::<XdpDesc>(
-            fd.as_fd(),
-            "rx",
-            &off.rx,
-            n,
-            sys::PGOFF_RX_RING,
-        )?);
-        let tx = Producer::new(map_ring::<XdpDesc>(
-            fd.as_fd(),
-            "tx",
-            &off.tx,
-            n,
-            sys::PGOFF_TX_RING,
-        )?);
+        let rings = Rings {
+            fill: Producer::new(map_ring::<u64>(
+                fd.as_fd(),
+                "fill",
+                &off.fr,
+                n,
+                sys::PGOFF_FILL_RING,
+            )?),
+            completion: Consumer::new(map_ring::<u64>(
+                fd.as_fd(),
+                "completion",
+                &off.cr,
+                n,
+                sys::PGOFF_COMPLETION_RING,
+            )?),
+            rx: Consumer::new(map_ring::<libc::xdp_desc>(
+                fd.as_fd(),
+                "rx",
+                &off.rx,
+                n,
+                sys::PGOFF_RX_RING,
+            )?),
+            tx: Producer::new(map_ring::<libc::xdp_desc>(
+                fd.as_fd(),
+                "tx",
+                &off.tx,
+                n,
+                sys::PGOFF_TX_RING,
+            )?),
+        };
 
         let mode = match cfg.bind_mode {
             XskBindMode::Auto => 0,
@@ -191,11 +192,7 @@ impl Xsk {
         })?;
         let zero_copy = sys::is_zero_copy(fd.as_fd()).map_err(XskError::Options)?;
         Ok(Xsk {
-            fill,
-            completion,
-            rx,
-            tx,
-            umem,
+            frames: Frames::new(rings, umem),
             fd,
             zero_copy,
         })
@@ -205,9 +202,54 @@ impl Xsk {
         self.zero_copy
     }
 
-    /// Makes the kernel process the TX ring (copy mode sends here).
-    pub fn kick_tx(&self) -> io::Result<()> {
-        sys::kick_tx(self.fd.as_fd())
+    /// Bytes of UMEM registered.
+    pub fn umem_bytes(&self) -> usize {
+        self.frames.umem.len()
+    }
+
+    /// Completed transmissions: their chunks are free again. Returns how many.
+    pub fn reclaim(&mut self, max: u32) -> u32 {
+        self.frames.reclaim(max)
+    }
+
+    /// Hands free chunks to the kernel for reception. Returns how many.
+    pub fn refill(&mut self) -> u32 {
+        self.frames.refill()
+    }
+
+    /// Hands up to `max` received frames to `f`, one at a time, as the whole
+    /// chunk with the frame at `[head, head + len)`; `f`'s [`Fate`] says
+    /// whether the chunk is transmitted (an answer written in place) or free.
+    pub fn receive(&mut self, max: u32, f: impl FnMut(&mut [u8], usize, usize) -> Fate) -> Rx {
+        self.frames.receive(max, f)
+    }
+
+    /// Builds a frame in a free chunk: `f` gets the whole chunk and returns
+    /// where the frame is in it, or `None` to give the chunk back. False if
+    /// no chunk was free or `f` declined.
+    pub fn build(&mut self, f: impl FnOnce(&mut [u8]) -> Option<(usize, usize)>) -> bool {
+        self.frames.build(f)
+    }
+
+    /// Moves queued frames into the TX ring and wakes the kernel when
+    /// transmissions are outstanding — deferred while `more_coming` (RX
+    /// still delivers) and fewer than [`KICK_BATCH`] wait: in copy mode
+    /// every kick is a system call that sends the whole batch.
+    pub fn flush(&mut self, more_coming: bool) -> Tx {
+        let zero_copy = self.zero_copy;
+        let fd = self.fd.as_fd();
+        self.frames
+            .flush(more_coming, zero_copy, || sys::kick_tx(fd))
+    }
+
+    /// Whether frames are queued or in the TX ring.
+    pub fn tx_pending(&mut self) -> bool {
+        self.frames.tx_pending()
+    }
+
+    /// Ring occupancy and chunk counts, for the counters.
+    pub fn levels(&mut self) -> RingLevels {
+        self.frames.levels()
     }
 
     /// The kernel's counters for this socket.
@@ -227,6 +269,209 @@ impl Xsk {
 impl AsFd for Xsk {
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.fd.as_fd()
+    }
+}
+
+/// Transmissions are deferred while RX keeps delivering, up to this many.
+pub const KICK_BATCH: u32 = 32;
+
+/// What a receive callback decides about one frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fate {
+    /// Transmit the chunk's bytes `[head, head + len)`.
+    Transmit { head: usize, len: usize },
+    /// The chunk is free again (the frame was dropped, or went elsewhere).
+    Recycle,
+}
+
+/// What one [`Xsk::receive`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Rx {
+    /// Descriptors taken from the RX ring.
+    pub received: u32,
+    /// Of those, descriptors pointing outside the UMEM or past their chunk.
+    pub invalid: u32,
+    /// Transmissions the callback asked for outside its chunk (a bug), dropped.
+    pub bad_transmits: u32,
+}
+
+/// What one [`Xsk::flush`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Tx {
+    /// Frames moved into the TX ring.
+    pub queued: u32,
+    /// Frames still waiting because the TX ring was full.
+    pub waiting: u32,
+    pub kicked: bool,
+    /// The kick failed with something other than EAGAIN/EBUSY/ENOBUFS/EINTR.
+    pub kick_failed: bool,
+}
+
+/// The four rings of one socket.
+pub(super) struct Rings {
+    pub(super) fill: Producer<u64>,
+    pub(super) completion: Consumer<u64>,
+    pub(super) rx: Consumer<libc::xdp_desc>,
+    pub(super) tx: Producer<libc::xdp_desc>,
+}
+
+/// The rings, the UMEM and the pool: all movement of chunks.
+pub(super) struct Frames {
+    rings: Rings,
+    umem: Umem,
+    pool: FramePool,
+}
+
+impl Frames {
+    pub(super) fn new(rings: Rings, umem: Umem) -> Self {
+        let n = umem.frames() as usize;
+        let pool = FramePool::new(umem.chunks(), n);
+        Frames { rings, umem, pool }
+    }
+
+    pub(super) fn reclaim(&mut self, max: u32) -> u32 {
+        let limit = self.umem.len() as u64;
+        let mut done = self.rings.completion.peek(max);
+        let n = done.len();
+        for addr in done.by_ref() {
+            // An address outside the UMEM is not ours to keep.
+            if addr < limit {
+                self.pool.give_back(self.umem.chunk_of(addr));
+            }
+        }
+        done.release();
+        n
+    }
+
+    pub(super) fn refill(&mut self) -> u32 {
+        let want = self.pool.free_count() as u32;
+        if want == 0 {
+            return 0;
+        }
+        let mut w = self.rings.fill.reserve(want);
+        let mut n = 0;
+        while let Some(chunk) = self.pool.take_free() {
+            if let Err(chunk) = w.push(chunk) {
+                self.pool.give_back(chunk);
+                break;
+            }
+            n += 1;
+        }
+        w.commit();
+        n
+    }
+
+    pub(super) fn receive(
+        &mut self,
+        max: u32,
+        mut f: impl FnMut(&mut [u8], usize, usize) -> Fate,
+    ) -> Rx {
+        let Frames { rings, umem, pool } = self;
+        let frame_size = umem.frame_size() as usize;
+        let mut rx = Rx::default();
+        let mut descs = rings.rx.peek(max);
+        rx.received = descs.len();
+        for desc in descs.by_ref() {
+            let base = umem.chunk_of(desc.addr);
+            let head = (desc.addr - base) as usize;
+            let Some(chunk) = umem.frame_mut(base) else {
+                // Outside the UMEM: not a chunk we could recycle.
+                rx.invalid += 1;
+                continue;
+            };
+            if head + desc.len as usize > frame_size {
+                rx.invalid += 1;
+                pool.give_back(base);
+                continue;
+            }
+            match f(chunk, head, desc.len as usize) {
+                Fate::Transmit { head, len } if len > 0 && head + len <= frame_size => {
+                    pool.queue(libc::xdp_desc {
+                        addr: base + head as u64,
+                        len: len as u32,
+                        options: 0,
+                    })
+                }
+                Fate::Transmit { .. } => {
+                    rx.bad_transmits += 1;
+                    pool.give_back(base);
+                }
+                Fate::Recycle => pool.give_back(base),
+            }
+        }
+        descs.release();
+        rx
+    }
+
+    pub(super) fn build(&mut self, f: impl FnOnce(&mut [u8]) -> Option<(usize, usize)>) -> bool {
+        let Some(base) = self.pool.take_free() else {
+            return false;
+        };
+        let frame_size = self.umem.frame_size() as usize;
+        let built = self.umem.frame_mut(base).and_then(f);
+        match built {
+            Some((start, len)) if len > 0 && start + len <= frame_size => {
+                self.pool.queue(libc::xdp_desc {
+                    addr: base + start as u64,
+                    len: len as u32,
+                    options: 0,
+                });
+                true
+            }
+            _ => {
+                self.pool.give_back(base);
+                false
+            }
+        }
+    }
+
+    pub(super) fn flush(
+        &mut self,
+        more_coming: bool,
+        zero_copy: bool,
+        kick: impl FnOnce() -> io::Result<()>,
+    ) -> Tx {
+        let mut tx = Tx::default();
+        let waiting = self.pool.backlog_len() as u32;
+        if waiting > 0 {
+            let mut w = self.rings.tx.reserve(waiting);
+            while let Some(desc) = self.pool.next_queued() {
+                if let Err(desc) = w.push(desc) {
+                    self.pool.requeue(desc);
+                    break;
+                }
+                tx.queued += 1;
+            }
+            w.commit();
+            tx.waiting = self.pool.backlog_len() as u32;
+        }
+        let outstanding = self.rings.tx.outstanding();
+        let batch_ready = !more_coming || outstanding >= KICK_BATCH || tx.waiting > 0;
+        if outstanding > 0 && batch_ready && (self.rings.tx.needs_wakeup() || !zero_copy) {
+            tx.kicked = true;
+            if let Err(e) = kick() {
+                tx.kick_failed = !matches!(
+                    e.raw_os_error(),
+                    Some(libc::EAGAIN | libc::EBUSY | libc::ENOBUFS | libc::EINTR)
+                );
+            }
+        }
+        tx
+    }
+
+    pub(super) fn tx_pending(&mut self) -> bool {
+        self.pool.backlog_len() > 0 || self.rings.tx.outstanding() > 0
+    }
+
+    pub(super) fn levels(&mut self) -> RingLevels {
+        RingLevels {
+            fill: self.rings.fill.outstanding(),
+            rx: self.rings.rx.available(u32::MAX),
+            tx: self.rings.tx.outstanding(),
+            completion: self.rings.completion.available(u32::MAX),
+            free: self.pool.free_count() as u32,
+            tx_backlog: self.pool.backlog_len() as u32,
+        }
     }
 }
 
@@ -255,7 +500,7 @@ fn bind_when_free(fd: BorrowedFd<'_>, cfg: &XskConfig, flags: u16) -> io::Result
 fn map_ring<T: Copy>(
     fd: BorrowedFd<'_>,
     name: &'static str,
-    off: &XdpRingOffsets,
+    off: &libc::xdp_ring_offset,
     entries: u32,
     pgoff: libc::off_t,
 ) -> Result<RingMem<T>, XskError> {

@@ -5,8 +5,6 @@ use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::ptr::NonNull;
 
-use xdpilone::xdp::{SockAddrXdp, XdpMmapOffsets, XdpStatisticsV2, XdpUmemReg};
-
 pub const SOL_XDP: libc::c_int = 283;
 pub const XDP_MMAP_OFFSETS: libc::c_int = 1;
 pub const XDP_RX_RING: libc::c_int = 2;
@@ -57,8 +55,27 @@ fn setsockopt<T>(fd: BorrowedFd<'_>, name: libc::c_int, value: &T) -> io::Result
     .map(drop)
 }
 
-fn getsockopt<T: Default>(fd: BorrowedFd<'_>, name: libc::c_int) -> io::Result<(T, usize)> {
-    let mut value = T::default();
+/// Plain C structs of `linux/if_xdp.h` (libc's), for which all-zero bytes are
+/// a valid value.
+///
+/// # Safety
+///
+/// Implement only for `repr(C)` structs of integers.
+unsafe trait Zeroable: Sized {
+    fn zeroed() -> Self {
+        // SAFETY: the implementor is a repr(C) struct of integers (trait contract).
+        unsafe { std::mem::zeroed() }
+    }
+}
+// SAFETY: repr(C) structs of u32/u64 fields only.
+unsafe impl Zeroable for libc::xdp_mmap_offsets {}
+// SAFETY: as above.
+unsafe impl Zeroable for libc::xdp_statistics {}
+// SAFETY: a u32.
+unsafe impl Zeroable for u32 {}
+
+fn getsockopt<T: Zeroable>(fd: BorrowedFd<'_>, name: libc::c_int) -> io::Result<(T, usize)> {
+    let mut value = T::zeroed();
     let mut len = std::mem::size_of::<T>() as libc::socklen_t;
     // SAFETY: `value` is a live, writable T and `len` its size; the kernel
     // writes at most `len` bytes and reports how many.
@@ -82,7 +99,7 @@ pub fn register_umem(
     len: usize,
     chunk_size: u32,
 ) -> io::Result<()> {
-    let reg = XdpUmemReg {
+    let reg = libc::xdp_umem_reg {
         addr: area.as_ptr() as u64,
         len: len as u64,
         chunk_size,
@@ -99,9 +116,9 @@ pub fn set_ring_size(fd: BorrowedFd<'_>, ring: libc::c_int, entries: u32) -> io:
 }
 
 /// The offsets of the producer, consumer, flags and descriptors of each ring.
-pub fn mmap_offsets(fd: BorrowedFd<'_>) -> io::Result<XdpMmapOffsets> {
-    let (off, len) = getsockopt::<XdpMmapOffsets>(fd, XDP_MMAP_OFFSETS)?;
-    if len != std::mem::size_of::<XdpMmapOffsets>() {
+pub fn mmap_offsets(fd: BorrowedFd<'_>) -> io::Result<libc::xdp_mmap_offsets> {
+    let (off, len) = getsockopt::<libc::xdp_mmap_offsets>(fd, XDP_MMAP_OFFSETS)?;
+    if len != std::mem::size_of::<libc::xdp_mmap_offsets>() {
         // Kernels before 5.4 return the flag-less v1 layout.
         return Err(io::Error::new(
             io::ErrorKind::Unsupported,
@@ -113,26 +130,27 @@ pub fn mmap_offsets(fd: BorrowedFd<'_>) -> io::Result<XdpMmapOffsets> {
 
 /// Binds the socket to (ifindex, queue).
 pub fn bind(fd: BorrowedFd<'_>, ifindex: u32, queue_id: u32, flags: u16) -> io::Result<()> {
-    let addr = SockAddrXdp {
-        flags,
-        ifindex,
-        queue_id,
-        ..SockAddrXdp::default()
+    let addr = libc::sockaddr_xdp {
+        sxdp_family: libc::AF_XDP as u16,
+        sxdp_flags: flags,
+        sxdp_ifindex: ifindex,
+        sxdp_queue_id: queue_id,
+        sxdp_shared_umem_fd: 0,
     };
     // SAFETY: `addr` is a live sockaddr_xdp of the size passed.
     check(unsafe {
         libc::bind(
             fd.as_raw_fd(),
-            (&addr as *const SockAddrXdp).cast(),
-            std::mem::size_of::<SockAddrXdp>() as libc::socklen_t,
+            (&addr as *const libc::sockaddr_xdp).cast(),
+            std::mem::size_of::<libc::sockaddr_xdp>() as libc::socklen_t,
         )
     })
     .map(drop)
 }
 
 /// The kernel's counters for this socket.
-pub fn statistics(fd: BorrowedFd<'_>) -> io::Result<XdpStatisticsV2> {
-    getsockopt::<XdpStatisticsV2>(fd, XDP_STATISTICS).map(|(s, _)| s)
+pub fn statistics(fd: BorrowedFd<'_>) -> io::Result<libc::xdp_statistics> {
+    getsockopt::<libc::xdp_statistics>(fd, XDP_STATISTICS).map(|(s, _)| s)
 }
 
 /// Whether the socket runs in zero-copy mode.
@@ -162,7 +180,7 @@ pub fn kick_tx(fd: BorrowedFd<'_>) -> io::Result<()> {
     }
 }
 
-/// An `mmap` region unmapped on drop.
+/// An `mmap` region of the socket (rings) or its UMEM, unmapped on drop.
 pub struct Mapping {
     ptr: NonNull<u8>,
     len: usize,
@@ -181,16 +199,6 @@ impl Mapping {
             -1,
             0,
         )
-    }
-
-    /// Memory shared with other processes through `fd` (the in-flight table).
-    pub fn map_fd(fd: libc::c_int, len: usize) -> io::Result<Mapping> {
-        Self::map(len, libc::MAP_SHARED, fd, 0)
-    }
-
-    /// Anonymous memory shared across fork and threads (tests).
-    pub fn anonymous_shared(len: usize) -> io::Result<Mapping> {
-        Self::map(len, libc::MAP_SHARED | libc::MAP_ANONYMOUS, -1, 0)
     }
 
     /// One of the socket's rings at page offset `pgoff`.
@@ -233,10 +241,6 @@ impl Mapping {
 
     pub fn len(&self) -> usize {
         self.len
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
     }
 }
 

@@ -7,7 +7,7 @@ use std::ptr::NonNull;
 use super::sys::Mapping;
 
 /// `frames` chunks of `frame_size` bytes (a power of two), in one mapping.
-pub struct Umem {
+pub(super) struct Umem {
     area: Mapping,
     frame_size: u32,
     frames: u32,
@@ -40,22 +40,18 @@ impl Umem {
         self.area.len()
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.area.is_empty()
-    }
-
     pub(super) fn base(&self) -> NonNull<u8> {
         self.area.ptr()
     }
 
     /// The start of the chunk holding UMEM offset `addr`.
     #[inline]
-    pub fn chunk_of(&self, addr: u64) -> u64 {
+    pub(super) fn chunk_of(&self, addr: u64) -> u64 {
         addr & !u64::from(self.frame_size - 1)
     }
 
     /// The offset of every chunk, for stocking the free list.
-    pub fn chunks(&self) -> impl Iterator<Item = u64> + use<> {
+    pub(super) fn chunks(&self) -> impl Iterator<Item = u64> + use<> {
         let size = u64::from(self.frame_size);
         (0..u64::from(self.frames)).map(move |i| i * size)
     }
@@ -66,7 +62,7 @@ impl Umem {
     /// The caller must own the chunk (taken from the RX or completion ring,
     /// not yet given back to the fill or TX ring); the frame pool upholds that.
     #[inline]
-    pub fn frame_mut(&mut self, addr: u64) -> Option<&mut [u8]> {
+    pub(super) fn frame_mut(&mut self, addr: u64) -> Option<&mut [u8]> {
         let chunk_end = self
             .chunk_of(addr)
             .checked_add(u64::from(self.frame_size))?;

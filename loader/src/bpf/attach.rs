@@ -5,7 +5,7 @@
 
 use std::borrow::BorrowMut;
 use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 
 use aya::maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray, XskMap};
 use aya::programs::links::{FdLink, LinkError, PinnedLink};
@@ -117,7 +117,8 @@ pub enum Origin {
 pub struct Attached {
     pins: Pins,
     link: FdLink,
-    xsks: XskMap<MapData>,
+    /// The XSKMAP, handed out per queue as [`XskSlot`]s.
+    xsks: OwnedFd,
     dest_v4: HashMap<MapData, DestV4Key, u32>,
     dest_v6: HashMap<MapData, DestV6Key, u32>,
     stats: PerCpuArray<MapData, u64>,
@@ -142,7 +143,7 @@ pub fn fingerprint(plan: &Plan) -> u64 {
     eat(&plan.max_frame_len.to_le_bytes());
     eat(&xsk_entries(plan).to_le_bytes());
     eat(&plan.interface.ifindex.to_le_bytes());
-    eat(format!("{:?}", plan.config.xdp.mode).as_bytes());
+    eat(format!("{:?}", plan.fixed.xdp.mode).as_bytes());
     h
 }
 
@@ -197,7 +198,7 @@ pub fn attach(plan: &Plan, listen: &[SocketAddr]) -> Result<Attached, BpfError> 
                 ifname,
                 id,
                 mode: mode.name(),
-                instance: plan.config.instance.clone(),
+                instance: plan.fixed.instance.clone(),
             });
         }
     }
@@ -244,7 +245,7 @@ fn try_adopt(plan: &Plan, pins: &Pins, link: FdLink) -> Result<Option<Attached>,
     Ok(Some(Attached {
         pins: pins.clone(),
         link,
-        xsks: XskMap::try_from(open(MAP_XSKS)?).map_err(map_err(MAP_XSKS))?,
+        xsks: map_fd(&open(MAP_XSKS)?)?,
         dest_v4: HashMap::try_from(open(MAP_DEST_V4)?).map_err(map_err(MAP_DEST_V4))?,
         dest_v6: HashMap::try_from(open(MAP_DEST_V6)?).map_err(map_err(MAP_DEST_V6))?,
         stats: PerCpuArray::try_from(open(MAP_STATS)?).map_err(map_err(MAP_STATS))?,
@@ -309,7 +310,7 @@ fn load_and_attach(
     let link_id = match previous {
         Some(link) => prog.attach_to_link(XdpLink::try_from(link)?)?,
         None => prog
-            .attach_to_if_index(plan.interface.ifindex, aya_mode(plan.config.xdp.mode))
+            .attach_to_if_index(plan.interface.ifindex, aya_mode(plan.fixed.xdp.mode))
             .map_err(|source| attach_error(plan, source))?,
     };
     let link = FdLink::try_from(prog.take_link(link_id)?)?;
@@ -333,8 +334,8 @@ fn load_and_attach(
             .map_err(|e| pin_err("link", pins, pins::LINK, e))?;
         FdLink::from(pinned)
     };
+    let xsks = map_fd(&maps[slot(&maps, MAP_XSKS)].1)?;
     let mut take = |name: &'static str| maps.swap_remove(slot(&maps, name)).1;
-    let xsks = XskMap::try_from(take(MAP_XSKS)).map_err(map_err(MAP_XSKS))?;
     let dest_v4 = HashMap::try_from(take(MAP_DEST_V4)).map_err(map_err(MAP_DEST_V4))?;
     let dest_v6 = HashMap::try_from(take(MAP_DEST_V6)).map_err(map_err(MAP_DEST_V6))?;
     let stats = PerCpuArray::try_from(take(MAP_STATS)).map_err(map_err(MAP_STATS))?;
@@ -357,6 +358,52 @@ fn load_and_attach(
     })
 }
 
+/// A duplicate of a map's descriptor.
+fn map_fd(map: &Map) -> Result<OwnedFd, BpfError> {
+    let data = match map {
+        Map::XskMap(d) => d,
+        _ => return Err(BpfError::Missing("an XSKMAP named xsks")),
+    };
+    data.fd()
+        .as_fd()
+        .try_clone_to_owned()
+        .map_err(|e| BpfError::Map {
+            name: MAP_XSKS,
+            source: Box::new(MapError::SyscallError(aya::sys::SyscallError {
+                call: "dup",
+                io_error: e,
+            })),
+        })
+}
+
+/// One queue's slot in the XSKMAP, held by that queue's supervisor: it puts
+/// the dataplane's socket in and takes it out again.
+pub struct XskSlot {
+    map: XskMap<MapData>,
+    queue: u32,
+}
+
+impl XskSlot {
+    /// Puts a dataplane's AF_XDP socket in the slot.
+    pub fn set(&mut self, socket: BorrowedFd<'_>) -> Result<(), BpfError> {
+        self.map
+            .set(self.queue, socket.as_raw_fd(), 0)
+            .map_err(map_err(MAP_XSKS))
+    }
+
+    /// Empties the slot: the queue is on the kernel path from now on. An
+    /// already empty slot is fine.
+    pub fn clear(&mut self) -> Result<(), BpfError> {
+        match self.map.unset(self.queue) {
+            Ok(()) => Ok(()),
+            Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => {
+                Ok(())
+            }
+            Err(e) => Err(map_err(MAP_XSKS)(e)),
+        }
+    }
+}
+
 fn finish(mut a: Attached, plan: &Plan, listen: &[SocketAddr]) -> Result<Attached, BpfError> {
     a.set_destinations(listen)?;
     if let Some((mode, id)) = current_program(plan)? {
@@ -371,7 +418,7 @@ fn attach_error(plan: &Plan, source: ProgramError) -> BpfError {
         ProgramError::SyscallError(s) => s.io_error.raw_os_error(),
         _ => None,
     };
-    let hint = match (errno, plan.config.xdp.mode) {
+    let hint = match (errno, plan.fixed.xdp.mode) {
         (Some(libc::EOPNOTSUPP), ConfigMode::Native) => {
             " (the driver has no native XDP: use xdp.mode = \"auto\" or \"generic\")"
         }
@@ -380,7 +427,7 @@ fn attach_error(plan: &Plan, source: ProgramError) -> BpfError {
     };
     BpfError::Attach {
         ifname: plan.interface.name.clone(),
-        mode: match plan.config.xdp.mode {
+        mode: match plan.fixed.xdp.mode {
             ConfigMode::Auto => "auto",
             ConfigMode::Native => "native",
             ConfigMode::Generic => "generic",
@@ -437,11 +484,18 @@ impl Attached {
         sync_destinations(&mut self.dest_v4, &mut self.dest_v6, listen)
     }
 
-    /// Puts a dataplane's AF_XDP socket in the XSKMAP slot of its queue.
-    pub fn register(&mut self, queue: u32, socket: BorrowedFd<'_>) -> Result<(), BpfError> {
-        self.xsks
-            .set(queue, socket.as_raw_fd(), 0)
-            .map_err(map_err(MAP_XSKS))
+    /// The XSKMAP slot of `queue`, for its supervisor.
+    pub fn xsk_slot(&self, queue: u32) -> Result<XskSlot, BpfError> {
+        let err = map_err(MAP_XSKS);
+        let fd = self.xsks.try_clone().map_err(|e| {
+            err(MapError::SyscallError(aya::sys::SyscallError {
+                call: "dup",
+                io_error: e,
+            }))
+        })?;
+        let data = MapData::from_fd(fd).map_err(map_err(MAP_XSKS))?;
+        let map = XskMap::try_from(Map::XskMap(data)).map_err(map_err(MAP_XSKS))?;
+        Ok(XskSlot { map, queue })
     }
 
     /// The program's per-outcome counters, summed over CPUs.

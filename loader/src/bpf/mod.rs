@@ -5,7 +5,7 @@ mod attach;
 mod maps;
 mod pins;
 
-pub use attach::{Attached, BpfError, attach};
+pub use attach::{Attached, XskSlot, attach};
 pub use maps::XdpCounters;
 
 /// The compiled program, embedded at build time (see build.rs).

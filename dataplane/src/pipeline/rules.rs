@@ -1,5 +1,4 @@
-//! The local answer policy: an ordered rule list with a default action.
-//! Later stages (backends, pools) plug in as further actions.
+//! The rule list: first match wins, else the default action.
 
 use xdpdns_common::config::{Action, AnswerSpec};
 

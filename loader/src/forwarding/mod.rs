@@ -1,25 +1,29 @@
-//! Backends: resolved once at start (source address, pools), kept alive by
-//! health checks and next-hop (MAC) resolution, and handed to dataplanes with
-//! the resources forwarding needs: the shared in-flight table and each
-//! queue's reserved forwarding port.
+//! Backends: resolved at start and on reloads (source address, pools), kept
+//! alive by health checks and next-hop (MAC) resolution ([`health`], whose
+//! tasks report to the run loop), and handed to dataplanes with the
+//! resources forwarding reserves for the instance's life
+//! ([`ForwardResources`]: the shared in-flight table and each queue's
+//! forwarding port).
 
-mod health;
+pub mod health;
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsFd, OwnedFd};
+use std::rc::Rc;
 
 use nix::fcntl::{FcntlArg, SealFlag, fcntl};
 use nix::sys::memfd::{MFdFlags, memfd_create};
-use nix::sys::socket::{self, AddressFamily, SockFlag, SockType, SockaddrStorage, sockopt};
-use xdpdns_common::config::{Config, DEFAULT_POOL};
+use nix::sys::socket::{self, SockaddrStorage, sockopt};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tracing::{error, info};
+use xdpdns_common::config::{DEFAULT_POOL, Live};
 use xdpdns_common::inflight;
 use xdpdns_common::ipc::{BackendLive, BackendSpec, ForwardSpec, PoolSpec};
 
 use crate::plan::Plan;
 use crate::system::netlink;
-
-pub use health::run as run_health;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ForwardError {
@@ -52,17 +56,47 @@ pub enum ForwardError {
         address: SocketAddr,
         source: nix::Error,
     },
+    #[error("cannot duplicate a forwarding descriptor: {0}")]
+    Dup(std::io::Error),
 }
 
-/// Everything forwarding needs, owned by the loader for the instance's life.
-pub struct Forwarding {
-    spec: ForwardSpec,
+/// What forwarding reserves for the instance's life: the in-flight table
+/// (a sealed memfd) and, per served queue, its port-reserving sockets (one
+/// per address family in use). Shared, read-only, with the supervisors.
+pub struct ForwardResources {
     /// The families the port-reserving sockets cover (false = IPv4).
     families: Vec<bool>,
-    /// The shared in-flight table (a sealed memfd).
     table: OwnedFd,
-    /// Per served queue, its port-reserving sockets (one per family in use).
     ports: BTreeMap<u32, Vec<OwnedFd>>,
+}
+
+impl ForwardResources {
+    /// Descriptors for one dataplane of `queue`, in the order the dataplane
+    /// splits them: the table (with Init only), the queue's port sockets.
+    pub fn fds_for(&self, queue: u32, with_table: bool) -> Result<Vec<OwnedFd>, ForwardError> {
+        let dup = |fd: &OwnedFd| fd.as_fd().try_clone_to_owned().map_err(ForwardError::Dup);
+        let mut out = Vec::new();
+        if with_table {
+            out.push(dup(&self.table)?);
+        }
+        for s in self.ports.get(&queue).into_iter().flatten() {
+            out.push(dup(s)?);
+        }
+        Ok(out)
+    }
+}
+
+/// Backends and their state, owned by the run loop.
+pub struct Forwarding {
+    spec: ForwardSpec,
+    resources: Rc<ForwardResources>,
+    /// Health and next-hop MAC of every backend, in spec order.
+    live: Vec<BackendLive>,
+    /// One health-check task per backend.
+    health: Vec<JoinHandle<()>>,
+    /// Bumped whenever the backend list changes: reports of older tasks
+    /// (already in the channel) are ignored.
+    generation: u64,
 }
 
 /// A reloaded [`Forwarding`], and where each new backend was before
@@ -73,13 +107,13 @@ pub struct Reloaded {
 }
 
 /// Resolves backends and reserves what forwarding needs; `None` without backends.
-pub fn prepare(plan: &Plan) -> Result<Option<Forwarding>, ForwardError> {
-    let c = &plan.config;
-    if c.backend.is_empty() {
+pub fn prepare(plan: &Plan, live: &Live) -> Result<Option<Forwarding>, ForwardError> {
+    if live.backend.is_empty() {
         return Ok(None);
     }
-    let (backends, pools) = resolve(c, &[])?;
-    let f = &c.forwarding;
+    let (backends, pools) = resolve(live, &[])?;
+    let f = &plan.fixed.forwarding;
+    let lf = &live.forwarding;
     let regions = plan.interface.queues;
     let table = memfd_create(
         c"xdpdns-inflight",
@@ -99,38 +133,45 @@ pub fn prepare(plan: &Plan) -> Result<Option<Forwarding>, ForwardError> {
     )
     .map_err(ForwardError::Table)?;
     let families = families(&backends);
+    // Every queue the device has: a reload may add queues to xdp.queues.
     let mut ports = BTreeMap::new();
-    for q in &plan.queues {
-        let port = f.port_base + *q as u16;
+    for q in 0..regions {
+        let port = f.port_base + q as u16;
         let mut socks = Vec::new();
         for v6 in &families {
             socks.push(reserve(port, *v6)?);
         }
-        ports.insert(*q, socks);
+        ports.insert(q, socks);
     }
+    let live_state = initial_live(live);
     Ok(Some(Forwarding {
         spec: ForwardSpec {
             backends,
             pools,
             default_pool: 0,
-            timeout_ms: f.timeout_ms,
-            timeout_action: f.timeout_action,
-            all_down_action: f.all_down_action,
+            timeout_ms: lf.timeout_ms,
+            timeout_action: lf.timeout_action,
+            all_down_action: lf.all_down_action,
             port_base: f.port_base,
             max_in_flight: f.max_in_flight,
             regions,
             local_mac: plan.interface.link.mac.unwrap_or_default(),
             port_sockets: families.len() as u32,
-            live: initial_live(c),
+            live: live_state.clone(),
         },
-        families,
-        table,
-        ports,
+        resources: Rc::new(ForwardResources {
+            families,
+            table,
+            ports,
+        }),
+        live: live_state,
+        health: Vec::new(),
+        generation: 0,
     }))
 }
 
 /// Health before the first check: up, with the configured MAC if any.
-fn initial_live(c: &Config) -> Vec<BackendLive> {
+fn initial_live(c: &Live) -> Vec<BackendLive> {
     c.backend
         .iter()
         .map(|b| BackendLive {
@@ -151,7 +192,7 @@ fn families(backends: &[BackendSpec]) -> Vec<bool> {
 /// The backends and pools of `c`, with source addresses resolved. A backend
 /// whose address is in `previous` keeps its tag; new ones get unused tags.
 fn resolve(
-    c: &Config,
+    c: &Live,
     previous: &[BackendSpec],
 ) -> Result<(Vec<BackendSpec>, Vec<PoolSpec>), ForwardError> {
     let mut pools: Vec<PoolSpec> = vec![PoolSpec {
@@ -221,24 +262,13 @@ fn reserve(port: u16, v6: bool) -> Result<OwnedFd, ForwardError> {
         family,
         source,
     };
-    let fd = socket::socket(
-        if v6 {
-            AddressFamily::Inet6
-        } else {
-            AddressFamily::Inet
-        },
-        SockType::Datagram,
-        SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
-        None,
-    )
-    .map_err(err)?;
+    let fd = crate::sockets::udp_socket(v6).map_err(err)?;
     let any: SocketAddr = if v6 {
-        socket::setsockopt(&fd, sockopt::Ipv6V6Only, &true).map_err(err)?;
         (std::net::Ipv6Addr::UNSPECIFIED, port).into()
     } else {
         (std::net::Ipv4Addr::UNSPECIFIED, port).into()
     };
-    let _ = socket::setsockopt(&fd, sockopt::RcvBufForce, &(4usize << 20));
+    let _ = socket::setsockopt(&fd, sockopt::RcvBufForce, &crate::sockets::RCVBUF);
     socket::bind(
         std::os::fd::AsRawFd::as_raw_fd(&fd),
         &SockaddrStorage::from(any),
@@ -260,7 +290,7 @@ impl Forwarding {
         sources.sort();
         sources.dedup();
         let mut out = Vec::new();
-        for q in self.ports.keys() {
+        for q in self.resources.ports.keys() {
             for s in &sources {
                 out.push(SocketAddr::new(*s, self.spec.port_base + *q as u16));
             }
@@ -268,21 +298,32 @@ impl Forwarding {
         out
     }
 
+    /// The spec without health (see [`Forwarding::live`]).
     pub fn spec(&self) -> &ForwardSpec {
         &self.spec
     }
 
-    /// Forwarding under a reloaded configuration `c`: new backends, pools
-    /// and timeouts over the same in-flight table and forwarding ports.
+    pub fn resources(&self) -> Rc<ForwardResources> {
+        self.resources.clone()
+    }
+
+    /// Health and MACs now, in backend order.
+    pub fn live(&self) -> &[BackendLive] {
+        &self.live
+    }
+
+    /// Forwarding under a reloaded configuration: new backends, pools and
+    /// timeouts over the same in-flight table and forwarding ports.
     /// Backends kept (same address) keep their tag and their health.
-    pub fn respec(&self, c: &Config, live: &[BackendLive]) -> Result<Reloaded, ForwardError> {
+    /// Nothing changes until the caller installs the result.
+    pub fn respec(&self, c: &Live) -> Result<Reloaded, ForwardError> {
         let (backends, pools) = resolve(c, &self.spec.backends)?;
+        let families = &self.resources.families;
         if let Some(b) = backends
             .iter()
-            .find(|b| !self.families.contains(&b.address.is_ipv6()))
+            .find(|b| !families.contains(&b.address.is_ipv6()))
         {
-            let have: Vec<&str> = self
-                .families
+            let have: Vec<&str> = families
                 .iter()
                 .map(|v6| if *v6 { "IPv6" } else { "IPv4" })
                 .collect();
@@ -291,28 +332,17 @@ impl Forwarding {
                 have: have.join(" and "),
             });
         }
-        let dup = |fd: &OwnedFd| {
-            fd.try_clone().map_err(|e| {
-                ForwardError::Table(nix::Error::from_raw(
-                    e.raw_os_error().unwrap_or(libc::EBADF),
-                ))
-            })
-        };
-        let mut ports = BTreeMap::new();
-        for (q, socks) in &self.ports {
-            ports.insert(*q, socks.iter().map(dup).collect::<Result<Vec<_>, _>>()?);
-        }
         // New index -> old index, for counters and health.
         let map: Vec<Option<usize>> = backends
             .iter()
             .map(|b| self.spec.backends.iter().position(|o| o.tag == b.tag))
             .collect();
-        let live = backends
+        let live: Vec<BackendLive> = backends
             .iter()
             .zip(&map)
             .zip(initial_live(c))
             .map(|((b, old), fresh)| {
-                match old.map(|o| (&self.spec.backends[o], live.get(o))) {
+                match old.map(|o| (&self.spec.backends[o], self.live.get(o))) {
                     // A kept backend keeps its health, and its MAC unless
                     // the configuration now names one.
                     Some((ob, Some(l))) if ob.xsk == b.xsk => BackendLive {
@@ -330,66 +360,106 @@ impl Forwarding {
             timeout_ms: f.timeout_ms,
             timeout_action: f.timeout_action,
             all_down_action: f.all_down_action,
-            live,
+            live: live.clone(),
             ..self.spec.clone()
         };
         Ok(Reloaded {
             forwarding: Forwarding {
                 spec,
-                families: self.families.clone(),
-                table: dup(&self.table)?,
-                ports,
+                resources: self.resources.clone(),
+                live,
+                health: Vec::new(),
+                generation: self.generation + 1,
             },
             map,
         })
     }
 
-    /// The spec for a dataplane starting now, with current health and MACs.
-    pub fn spec_with(&self, live: &[BackendLive]) -> ForwardSpec {
-        let mut s = self.spec.clone();
-        s.live = live.to_vec();
-        s
+    /// (Re)starts one health-check task per backend of `config` (the live
+    /// configuration this forwarding was built from), reporting to `tx`.
+    pub fn start_health(
+        &mut self,
+        config: &Live,
+        ifindex: u32,
+        tx: &mpsc::UnboundedSender<health::Report>,
+    ) {
+        self.stop_health();
+        for (i, (b, spec)) in config.backend.iter().zip(&self.spec.backends).enumerate() {
+            let task = health::Task {
+                index: i,
+                generation: self.generation,
+                backend: b.clone(),
+                source: spec.source,
+                ifindex,
+                up: self.live.get(i).is_none_or(|l| l.up),
+                report: tx.clone(),
+            };
+            self.health.push(tokio::task::spawn_local(task.run()));
+        }
     }
 
-    /// Descriptors for one dataplane, in the order `ForwardFds::split`
-    /// expects: the table, the queue's port sockets, fresh backend sockets.
-    pub fn fds_for(&self, queue: u32) -> Result<Vec<OwnedFd>, ForwardError> {
-        let dup = |fd: &OwnedFd| {
-            fd.as_fd().try_clone_to_owned().map_err(|e| {
-                ForwardError::Table(nix::Error::from_raw(
-                    e.raw_os_error().unwrap_or(libc::EBADF),
-                ))
-            })
+    pub fn stop_health(&mut self) {
+        for t in self.health.drain(..) {
+            t.abort();
+        }
+    }
+
+    /// Applies a health report; true if the backend's state changed. Logs
+    /// when a whole pool goes down or comes back.
+    pub fn apply(&mut self, r: &health::Report) -> bool {
+        if r.generation != self.generation {
+            return false;
+        }
+        let Some(current) = self.live.get(r.index) else {
+            return false;
         };
-        let mut out = vec![dup(&self.table)?];
-        for s in self.ports.get(&queue).into_iter().flatten() {
-            out.push(dup(s)?);
+        if *current == r.live {
+            return false;
         }
-        for b in &self.spec.backends {
-            out.push(backend_socket(b)?);
+        let before = self.pools_down();
+        self.live[r.index] = r.live;
+        let after = self.pools_down();
+        for (p, pool) in self.spec.pools.iter().enumerate() {
+            if !before.contains(&p) && after.contains(&p) {
+                error!(pool = %pool.name, action = ?self.spec.all_down_action, "every backend of the pool is down");
+            } else if before.contains(&p) && !after.contains(&p) {
+                info!(pool = %pool.name, "the pool has a backend up again");
+            }
         }
-        Ok(out)
+        true
+    }
+
+    /// Indices of pools with members, all down.
+    fn pools_down(&self) -> Vec<usize> {
+        self.spec
+            .pools
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| {
+                !p.members.is_empty()
+                    && p.members
+                        .iter()
+                        .all(|m| !self.live.get(usize::from(*m)).is_some_and(|l| l.up))
+            })
+            .map(|(i, _)| i)
+            .collect()
+    }
+}
+
+impl Drop for Forwarding {
+    fn drop(&mut self) {
+        self.stop_health();
     }
 }
 
 /// A UDP socket from `source` connected to the backend: replies come back
 /// on it through the kernel stack (its ephemeral port is not redirected).
-fn backend_socket(b: &BackendSpec) -> Result<OwnedFd, ForwardError> {
+pub fn backend_socket(b: &BackendSpec) -> Result<OwnedFd, ForwardError> {
     let err = |source| ForwardError::Socket {
         address: b.address,
         source,
     };
-    let fd = socket::socket(
-        if b.address.is_ipv6() {
-            AddressFamily::Inet6
-        } else {
-            AddressFamily::Inet
-        },
-        SockType::Datagram,
-        SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
-        None,
-    )
-    .map_err(err)?;
+    let fd = crate::sockets::udp_socket(b.address.is_ipv6()).map_err(err)?;
     let raw = std::os::fd::AsRawFd::as_raw_fd(&fd);
     let _ = socket::setsockopt(&fd, sockopt::IpFreebind, &true);
     socket::bind(raw, &SockaddrStorage::from(SocketAddr::new(b.source, 0))).map_err(err)?;

@@ -33,7 +33,7 @@ pub struct Template {
 impl Template {
     pub fn new(plan: &Plan) -> Result<Template, SpawnError> {
         let mut keep = vec![Capability::CAP_NET_RAW];
-        if plan.config.dataplane.keep_ipc_lock {
+        if plan.fixed.dataplane.keep_ipc_lock {
             keep.push(Capability::CAP_IPC_LOCK);
         }
         // The dataplane sees only what it needs from our environment.

@@ -16,12 +16,12 @@
 //! reused slot. All slot contents are atomic words: no data races even while
 //! a claim and a reuse overlap (the CAS then fails and the read is discarded).
 
-use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd};
-use std::ptr::NonNull;
+use std::os::fd::BorrowedFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use xdpdns_common::inflight::{MAX_QUESTION, SLOT_WORDS};
+
+use super::{SharedRegion, ShmError};
 
 const FREE: u64 = 0;
 const IN_USE: u64 = 1;
@@ -43,6 +43,12 @@ pub struct Client {
     pub local_port: u16,
     /// The client's DNS ID.
     pub id: u16,
+    /// The query's header flags word (opcode, RD, CD), for answers made
+    /// without the backend (timeouts).
+    pub flags: u16,
+    /// The query had an OPT record; with DO set.
+    pub edns: bool,
+    pub dnssec_ok: bool,
 }
 
 /// One in-flight query.
@@ -78,20 +84,11 @@ pub enum ClaimError {
 
 /// Shared memory holding `queues × per_queue` slots.
 pub struct Table {
-    base: NonNull<AtomicU64>,
-    len_words: usize,
+    region: SharedRegion,
     per_queue: u32,
     shift: u32,
     regions: u32,
-    _mapping: Option<crate::xsk::SharedMapping>,
 }
-
-// SAFETY: the table is plain shared memory accessed only through atomics;
-// the mapping it owns is only unmapped on drop.
-unsafe impl Send for Table {}
-// SAFETY: every access to the slots goes through `&AtomicU64` (shared
-// references to atomics are the intended way to share them).
-unsafe impl Sync for Table {}
 
 /// A slot taken for a new query.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -110,44 +107,31 @@ pub struct Allocator {
 
 impl Table {
     /// Maps the table the loader created (`fd`) for `regions` queues.
-    pub fn open(fd: BorrowedFd<'_>, regions: u32, per_queue: u32) -> io::Result<Table> {
+    pub fn open(fd: BorrowedFd<'_>, regions: u32, per_queue: u32) -> Result<Table, ShmError> {
         let len = xdpdns_common::inflight::table_bytes(regions, per_queue) as usize;
-        let mapping = crate::xsk::SharedMapping::map_fd(fd.as_raw_fd(), len)?;
-        let base = mapping.ptr().cast();
-        // SAFETY: the mapping is `len` bytes, page-aligned, and moves with the table.
-        Ok(unsafe { Table::new(base, len / 8, regions, per_queue, Some(mapping)) })
+        Table::new(SharedRegion::map(fd, len)?, regions, per_queue)
     }
 
     /// A table in anonymous shared memory (tests, or a single process).
-    pub fn anonymous(regions: u32, per_queue: u32) -> io::Result<Table> {
+    pub fn anonymous(regions: u32, per_queue: u32) -> Result<Table, ShmError> {
         let len = xdpdns_common::inflight::table_bytes(regions, per_queue) as usize;
-        let mapping = crate::xsk::SharedMapping::anonymous_shared(len)?;
-        let base = mapping.ptr().cast();
-        // SAFETY: as for `open`.
-        Ok(unsafe { Table::new(base, len / 8, regions, per_queue, Some(mapping)) })
+        Table::new(SharedRegion::anonymous(len)?, regions, per_queue)
     }
 
-    /// # Safety
-    ///
-    /// `base` must point to `len_words` zero-initialised or table-formatted
-    /// `AtomicU64`s that outlive the table (or be owned by `mapping`).
-    unsafe fn new(
-        base: NonNull<AtomicU64>,
-        len_words: usize,
-        regions: u32,
-        per_queue: u32,
-        mapping: Option<crate::xsk::SharedMapping>,
-    ) -> Table {
-        assert!(per_queue.is_power_of_two() && per_queue <= 4096);
-        assert!(len_words >= regions as usize * per_queue as usize * SLOT_WORDS);
-        Table {
-            base,
-            len_words,
+    fn new(region: SharedRegion, regions: u32, per_queue: u32) -> Result<Table, ShmError> {
+        let want = regions as usize * per_queue as usize * SLOT_WORDS;
+        if !per_queue.is_power_of_two() || per_queue > 4096 || region.words().len() < want {
+            return Err(ShmError::Size {
+                have: region.words().len() as u64 * 8,
+                want: want as u64 * 8,
+            });
+        }
+        Ok(Table {
+            region,
             per_queue,
             shift: per_queue.trailing_zeros(),
             regions,
-            _mapping: mapping,
-        }
+        })
     }
 
     pub fn per_queue(&self) -> u32 {
@@ -164,11 +148,7 @@ impl Table {
             return None;
         }
         let start = (queue as usize * self.per_queue as usize + index as usize) * SLOT_WORDS;
-        if start + SLOT_WORDS > self.len_words {
-            return None;
-        }
-        // SAFETY: in bounds (checked); the memory lives as long as `self`.
-        Some(unsafe { std::slice::from_raw_parts(self.base.as_ptr().add(start), SLOT_WORDS) })
+        self.region.words().get(start..start + SLOT_WORDS)
     }
 
     /// The backend-leg DNS ID of slot `index` at generation `gen`.
@@ -288,13 +268,17 @@ fn pack(bytes: &[u8]) -> u64 {
 
 fn write_entry(w: &[AtomicU64], e: &Entry) {
     let c = &e.client;
-    let flags = u64::from(c.xsk) | (u64::from(c.v6) << 1) | (u64::from(c.vlan.is_some()) << 2);
+    let flags = u64::from(c.xsk)
+        | (u64::from(c.v6) << 1)
+        | (u64::from(c.vlan.is_some()) << 2)
+        | (u64::from(c.edns) << 3)
+        | (u64::from(c.dnssec_ok) << 4);
     let put = |i: usize, v: u64| w[i].store(v, Ordering::Relaxed);
     put(1, e.deadline_ms);
     put(2, e.sent_ns);
     put(
         3,
-        u64::from(e.backend) | (u64::from(c.id) << 16) | (flags << 32),
+        u64::from(e.backend) | (u64::from(c.id) << 16) | (flags << 32) | (u64::from(c.flags) << 48),
     );
     put(
         4,
@@ -350,6 +334,9 @@ fn read_entry(w: &[AtomicU64]) -> Entry {
             local_ip,
             local_port: (w4 >> 32) as u16,
             id: (w3 >> 16) as u16,
+            flags: (w3 >> 48) as u16,
+            edns: flags & 8 != 0,
+            dnssec_ok: flags & 16 != 0,
         },
         question_len,
         question,

@@ -3,20 +3,42 @@
 //! consecutive answers bring it back. For AF_XDP backends each round also
 //! resolves the next hop's MAC (route, then neighbour table); the check's own
 //! packets make the kernel resolve a missing neighbour. A backend whose MAC is
-//! unknown is down, and the log says why.
+//! unknown is down, and the log says why. Each round's result goes to the run
+//! loop as a [`Report`]; the task owns nothing else.
 
 use std::hash::{BuildHasher, Hasher};
-use std::net::SocketAddr;
-use std::rc::Rc;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
 use tracing::{info, warn};
-use xdpdns_common::config::HealthConfig;
+use xdpdns_common::config::{BackendConfig, HealthConfig};
 use xdpdns_common::ipc::BackendLive;
 
-use crate::state::Shared;
 use crate::system::netlink;
+
+/// One round's verdict on one backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Report {
+    pub index: usize,
+    /// The backend list the task was started for (see `Forwarding`).
+    pub generation: u64,
+    pub live: BackendLive,
+}
+
+/// The health check of one backend.
+pub struct Task {
+    pub index: usize,
+    pub generation: u64,
+    pub backend: BackendConfig,
+    pub source: IpAddr,
+    /// The AF_XDP interface: its next hop must be found there.
+    pub ifindex: u32,
+    /// The state to start from (a reload carries it over).
+    pub up: bool,
+    pub report: mpsc::UnboundedSender<Report>,
+}
 
 /// The health state machine of one backend.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -126,60 +148,58 @@ fn next_hop_mac(addr: SocketAddr, ifindex: u32) -> Result<[u8; 6], String> {
     }
 }
 
-/// Checks backend `index` until shutdown, pushing changes to the dataplanes.
-pub async fn run(index: usize, shared: Rc<Shared>) {
-    let mut stop = shared.stop.clone();
-    let config = shared.config();
-    let Some(b) = config.backend.get(index).cloned() else {
-        return;
-    };
-    let Some(source) = shared.backend_source(index) else {
-        return;
-    };
-    let sock = match UdpSocket::bind(SocketAddr::new(source, 0)).await {
-        Ok(s) => s,
-        Err(e) => {
-            warn!(backend = %b.address, error = %e, "health check socket");
-            return;
-        }
-    };
-    if let Err(e) = sock.connect(b.address).await {
-        warn!(backend = %b.address, error = %e, "health check socket");
-    }
-    // A restart by a reload carries the backend's state over.
-    let mut health = Health::new();
-    health.up = shared.backend_live().get(index).is_none_or(|l| l.up);
-    let mut interval =
-        tokio::time::interval(Duration::from_millis(u64::from(b.health.interval_ms)));
-    let mut last_reason = String::new();
-    loop {
-        tokio::select! {
-            _ = interval.tick() => {}
-            _ = stop.changed() => return,
-        }
-        let ok = probe(&sock, &b.health).await;
-        let changed = health.record(ok, &b.health);
-        let (mac, reason) = match (b.xsk, b.mac) {
-            (false, _) => (None, String::new()),
-            (true, Some(m)) => (Some(m), String::new()),
-            (true, None) => match next_hop_mac(b.address, shared.plan.interface.ifindex) {
-                Ok(m) => (Some(m), String::new()),
-                Err(why) => (None, why),
-            },
+impl Task {
+    /// Checks the backend until aborted or the run loop is gone.
+    pub async fn run(self) {
+        let b = &self.backend;
+        let sock = match UdpSocket::bind(SocketAddr::new(self.source, 0)).await {
+            Ok(s) => s,
+            Err(e) => {
+                warn!(backend = %b.address, error = %e, "health check socket");
+                return;
+            }
         };
-        let up = health.up && (!b.xsk || mac.is_some());
-        if changed {
-            if health.up {
-                info!(backend = %b.address, "health check: up");
-            } else {
-                warn!(backend = %b.address, failures = b.health.failures, "health check: down");
+        if let Err(e) = sock.connect(b.address).await {
+            warn!(backend = %b.address, error = %e, "health check socket");
+        }
+        let mut health = Health::new();
+        health.up = self.up;
+        let mut interval =
+            tokio::time::interval(Duration::from_millis(u64::from(b.health.interval_ms)));
+        let mut last_reason = String::new();
+        loop {
+            interval.tick().await;
+            let ok = probe(&sock, &b.health).await;
+            let changed = health.record(ok, &b.health);
+            let (mac, reason) = match (b.xsk, b.mac) {
+                (false, _) => (None, String::new()),
+                (true, Some(m)) => (Some(m), String::new()),
+                (true, None) => match next_hop_mac(b.address, self.ifindex) {
+                    Ok(m) => (Some(m), String::new()),
+                    Err(why) => (None, why),
+                },
+            };
+            let up = health.up && (!b.xsk || mac.is_some());
+            if changed {
+                if health.up {
+                    info!(backend = %b.address, "health check: up");
+                } else {
+                    warn!(backend = %b.address, failures = b.health.failures, "health check: down");
+                }
+            }
+            if !reason.is_empty() && reason != last_reason {
+                warn!(backend = %b.address, %reason, "AF_XDP backend treated as down: its next-hop MAC is unknown");
+            }
+            last_reason = reason;
+            let report = Report {
+                index: self.index,
+                generation: self.generation,
+                live: BackendLive { up, mac },
+            };
+            if self.report.send(report).is_err() {
+                return;
             }
         }
-        if !reason.is_empty() && reason != last_reason {
-            warn!(backend = %b.address, %reason, "AF_XDP backend treated as down: its next-hop MAC is unknown");
-        }
-        last_reason = reason;
-        shared.set_backend_live(index, BackendLive { up, mac });
     }
 }
 

@@ -1,10 +1,23 @@
 use super::*;
 use crate::dns::testing::query;
+use crate::frame::Headers;
 use crate::frame::testing::{FrameSpec, build, receive};
-use xdpdns_common::config::{Action, RuleSpec};
+use xdpdns_common::config::{Action, AnswerSpec, RuleSpec};
 
-fn answerer() -> Answerer {
-    Answerer::new(&AnswerSpec {
+/// Answers nothing beside the frame in hand.
+pub(crate) struct NoEmit;
+
+impl Emit for NoEmit {
+    fn kernel(&mut self, _: SocketAddr, _: SocketAddr, _: &[u8]) -> bool {
+        false
+    }
+    fn frame(&mut self, _: &Headers, _: &[u8]) -> bool {
+        false
+    }
+}
+
+fn spec(verify_checksums: bool) -> AnswerSpec {
+    AnswerSpec {
         rules: vec![RuleSpec {
             suffix: Some(xdpdns_common::dns::name_to_wire("dropme.test.").unwrap()),
             qtype: None,
@@ -12,17 +25,37 @@ fn answerer() -> Answerer {
         }],
         default: Action::Refused,
         edns_udp_size: 1232,
-        verify_checksums: true,
-    })
+        verify_checksums,
+    }
 }
 
-/// Runs a frame through the answerer with `room` spare bytes after it.
-fn run(frame: &[u8], room: usize) -> Result<Vec<u8>, DropReason> {
+fn engine() -> Engine {
+    Engine::new(Pipeline::new(&spec(true), None), None, true)
+}
+
+/// Runs a frame through `e` with `room` spare bytes after it: the reply, or
+/// the drop reason counted.
+fn run_with(e: &mut Engine, frame: &[u8], room: usize) -> Result<Vec<u8>, DropReason> {
     let mut buf = frame.to_vec();
     buf.resize(frame.len() + room, 0xee);
-    let n = answerer().answer_frame(&mut buf, frame.len())?;
-    buf.truncate(n);
-    Ok(buf)
+    let mut c = DataplaneCounters::new();
+    match e.frame(&mut buf, 0, frame.len(), &mut c, &mut NoEmit) {
+        Fate::Transmit { head, len } => Ok(buf[head..head + len].to_vec()),
+        Fate::Recycle => {
+            let counted: Vec<DropReason> = DropReason::ALL
+                .iter()
+                .copied()
+                .filter(|r| c.xsk.dropped_for(*r) > 0)
+                .collect();
+            assert_eq!(counted.len(), 1, "exactly one drop counted: {counted:?}");
+            assert_eq!(c.xsk.received, 1);
+            Err(counted[0])
+        }
+    }
+}
+
+fn run(frame: &[u8], room: usize) -> Result<Vec<u8>, DropReason> {
+    run_with(&mut engine(), frame, room)
 }
 
 fn rcode(msg: &[u8]) -> u8 {
@@ -118,73 +151,6 @@ fn rule_drop_sends_nothing() {
     assert_eq!(
         run(&build(&FrameSpec::v4(), &q), 0),
         Err(DropReason::RuleDrop)
-    );
-}
-
-#[test]
-fn rule_hits_are_counted_per_rule_and_default() {
-    let mut a = answerer();
-    for name in ["a.dropme.test.", "b.dropme.test.", "other.example."] {
-        let f = build(&FrameSpec::v4(), &query(1, name, 1, None));
-        let _ = a.answer_frame(&mut f.clone(), f.len());
-    }
-    assert_eq!(a.rule_hits(), &[2, 1]);
-}
-
-#[test]
-fn a_reconfiguration_keeps_rule_hits_only_if_the_rules_stay() {
-    let mut a = answerer();
-    let f = build(&FrameSpec::v4(), &query(1, "a.dropme.test.", 1, None));
-    let _ = a.answer_frame(&mut f.clone(), f.len());
-    let mut spec = AnswerSpec {
-        rules: vec![RuleSpec {
-            suffix: Some(xdpdns_common::dns::name_to_wire("dropme.test.").unwrap()),
-            qtype: None,
-            action: Action::Drop,
-        }],
-        default: Action::Refused,
-        edns_udp_size: 4096,
-        verify_checksums: true,
-    };
-    assert_eq!(
-        Answerer::replacing(&a, &spec).rule_hits(),
-        &[1, 0],
-        "same rules, other EDNS size"
-    );
-    spec.rules[0].action = Action::NxDomain;
-    assert_eq!(Answerer::replacing(&a, &spec).rule_hits(), &[0, 0]);
-}
-
-#[test]
-fn kernel_path_answers_bare_messages() {
-    let q = query(0x1234, "example.", 1, Some((1232, 0, false)));
-    let mut buf = q.clone();
-    buf.resize(512, 0);
-    let n = answerer().answer_message(&mut buf, q.len()).unwrap();
-    assert_eq!(n, 12 + 9 + 4 + 11);
-    assert_eq!(rcode(&buf[..n]), 5);
-}
-
-#[test]
-fn answers_that_do_not_fit_are_dropped_not_written_past_the_buffer() {
-    let q = query(1, "example.", 1, None);
-    // A query whose OPT we must answer, in a buffer too short for our OPT.
-    let mut m = q.clone();
-    m[11] = 1;
-    m.extend_from_slice(&[0, 0, 41, 4, 0, 0, 0, 0, 0]); // 9 bytes: rdlen missing
-    assert_eq!(
-        answerer().answer_message(&mut m.clone(), m.len()),
-        Err(DropReason::DnsTruncated)
-    );
-    m.extend_from_slice(&[0, 0]);
-    let len = m.len();
-    let mut short = m.clone();
-    short.truncate(len);
-    // Exactly the OPT size: fits (11 bytes replace 11 bytes).
-    assert!(answerer().answer_message(&mut short, len).is_ok());
-    assert_eq!(
-        answerer().answer_message(&mut m[..len - 1].to_vec(), len),
-        Err(DropReason::DnsTruncated)
     );
 }
 
@@ -390,7 +356,8 @@ fn random_corruption_never_panics() {
         seed ^= seed << 5;
         seed
     };
-    let mut a = answerer();
+    let mut a = engine();
+    let mut c = DataplaneCounters::new();
     for i in 0..50_000 {
         let mut f = base[i % 2].clone();
         for _ in 0..(1 + next() % 4) {
@@ -399,36 +366,77 @@ fn random_corruption_never_panics() {
         }
         let len = f.len() - (next() as usize % 3).min(f.len());
         f.resize(f.len() + (next() as usize % 32), 0);
-        let _ = a.answer_frame(&mut f, len);
+        let _ = a.frame(&mut f, 0, len, &mut c, &mut NoEmit);
         let mut m = f[42..].to_vec();
         let mlen = m.len().min(len.saturating_sub(42));
-        let _ = a.answer_message(&mut m, mlen);
+        let _ = a.pipeline.decide(&mut m, mlen, &mut c);
     }
 }
 
 #[test]
 fn checksum_verification_can_be_turned_off_but_headers_are_still_checked() {
-    let mut lax = Answerer::new(&AnswerSpec {
-        rules: vec![],
-        default: Action::Refused,
-        edns_udp_size: 1232,
-        verify_checksums: false,
-    });
+    let mut lax = Engine::new(Pipeline::new(&spec(false), None), None, false);
     let mut f = build(&FrameSpec::v4(), &query(1, "example.", 1, None));
     f[40] ^= 0x55; // UDP checksum, as a veth peer's partial checksum would look
-    let n = lax.answer_frame(&mut f.clone(), f.len()).expect("answered");
-    let mut buf = f.clone();
-    let n2 = lax.answer_frame(&mut buf, f.len()).unwrap();
-    assert_eq!(n, n2);
-    buf.truncate(n2);
+    let reply = run_with(&mut lax, &f, 0).expect("answered");
     assert_eq!(
-        rcode(&receive(&buf).payload),
+        rcode(&receive(&reply).payload),
         5,
         "the reply's own checksum is computed"
     );
     f[24] ^= 0xff;
+    assert_eq!(run_with(&mut lax, &f, 0), Err(DropReason::BadIpHeader));
+}
+
+#[test]
+fn a_forwarded_query_and_its_reply_are_rewritten_in_place() {
+    use crate::testing::{BACKEND, BACKEND_MAC, SOURCE, backend_reply, forwarding_engine};
+    let mut e = forwarding_engine(0);
+    let q = query(0xbeef, "www.example.com.", 1, Some((1232, 0, true)));
+    let client = build(&FrameSpec::v4(), &q);
+    let mut c = DataplaneCounters::new();
+
+    let mut buf = client.clone();
+    buf.resize(2048 - 256, 0);
+    let Fate::Transmit { head, len } = e.frame(&mut buf, 0, client.len(), &mut c, &mut NoEmit)
+    else {
+        panic!("not forwarded: {c:?}")
+    };
+    let out = buf[head..head + len].to_vec();
+    let fwd = crate::testing::receive_from(&out, crate::testing::SERVER_MAC, BACKEND_MAC);
+    assert_eq!(fwd.dst, BACKEND.parse().unwrap());
+    assert_eq!(fwd.src.ip().to_string(), SOURCE);
+    assert_eq!(fwd.src.port(), 30000, "queue 0's forwarding port");
     assert_eq!(
-        lax.answer_frame(&mut f.clone(), f.len()),
-        Err(DropReason::BadIpHeader)
+        &fwd.payload[2..],
+        &q[2..],
+        "the query as the client sent it"
     );
+    assert_eq!(c.backends[0].queries, 1);
+
+    let reply = backend_reply(&out);
+    let mut buf = reply.clone();
+    buf.resize(2048 - 256, 0);
+    let Fate::Transmit { head, len } = e.frame(&mut buf, 0, reply.len(), &mut c, &mut NoEmit)
+    else {
+        panic!("reply not relayed: {c:?}")
+    };
+    let back = receive(&buf[head..head + len]);
+    let spec = FrameSpec::v4();
+    assert_eq!((back.src, back.dst), (spec.dst, spec.src));
+    assert_eq!(
+        &back.payload[..2],
+        &[0xbe, 0xef],
+        "the client's ID restored"
+    );
+    assert_eq!(back.payload[2] & 0x80, 0x80);
+    assert_eq!(c.backends[0].replies, 1);
+
+    // The same reply again is a duplicate: claimed once only.
+    let mut buf = reply.clone();
+    assert_eq!(
+        e.frame(&mut buf, 0, reply.len(), &mut c, &mut NoEmit),
+        Fate::Recycle
+    );
+    assert_eq!(c.forward.duplicate_replies, 1);
 }

@@ -1,0 +1,171 @@
+//! The dataplane's packet paths around the [`Pipeline`]: an AF_XDP frame
+//! ([`Engine::frame`]) and a kernel-socket datagram ([`Engine::datagram`])
+//! are parsed down to their DNS message, [`Pipeline::decide`] decides, and
+//! the verdict is carried out — an answer written in place, a query
+//! re-addressed to its backend, or a counted drop. Backend replies arriving
+//! as frames are relayed here too. The worker loop, the criterion benchmark
+//! and the no-allocation test all call these two functions.
+
+use std::net::SocketAddr;
+
+use xdpdns_common::stats::{DataplaneCounters, DropReason};
+
+use crate::forward::{Emit, Forwarder, Sent};
+use crate::frame;
+use crate::pipeline::{Pipeline, Verdict};
+use crate::xsk::Fate;
+
+/// What becomes of a kernel-path datagram.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Datagram {
+    /// Send back the first `n` bytes of the buffer.
+    Answer(usize),
+    /// Forwarded to a backend; its reply is relayed later.
+    Forwarded,
+    /// Nothing to send; counted.
+    Dropped,
+}
+
+/// The decision and what carries it out.
+pub struct Engine {
+    pub pipeline: Pipeline,
+    pub forwarder: Option<Forwarder>,
+    verify_checksums: bool,
+}
+
+impl Engine {
+    pub fn new(pipeline: Pipeline, forwarder: Option<Forwarder>, verify_checksums: bool) -> Engine {
+        Engine {
+            pipeline,
+            forwarder,
+            verify_checksums,
+        }
+    }
+
+    pub fn set_verify_checksums(&mut self, verify: bool) {
+        self.verify_checksums = verify;
+    }
+
+    /// One received AF_XDP frame, `chunk[head..head + len]` in a chunk the
+    /// caller owns: answered in place, forwarded, a backend's reply relayed,
+    /// or dropped and counted.
+    #[inline]
+    pub fn frame(
+        &mut self,
+        chunk: &mut [u8],
+        head: usize,
+        len: usize,
+        c: &mut DataplaneCounters,
+        emit: &mut dyn Emit,
+    ) -> Fate {
+        c.xsk.received += 1;
+        match self.frame_inner(chunk, head, len, c, emit) {
+            Ok(fate) => fate,
+            Err(reason) => {
+                c.xsk.drop(reason);
+                Fate::Recycle
+            }
+        }
+    }
+
+    fn frame_inner(
+        &mut self,
+        chunk: &mut [u8],
+        head: usize,
+        len: usize,
+        c: &mut DataplaneCounters,
+        emit: &mut dyn Emit,
+    ) -> Result<Fate, DropReason> {
+        let bytes = chunk
+            .get(head..head + len)
+            .ok_or(DropReason::FrameTruncated)?;
+        let p = frame::parse(bytes, self.verify_checksums)?;
+        if let Some(f) = self.forwarder.as_mut() {
+            let dport = u16::from_be_bytes([chunk[head + p.l4 + 2], chunk[head + p.l4 + 3]]);
+            if let Some(owner) = f.reply_port(dport) {
+                let Some(backends) = self.pipeline.backends() else {
+                    return Ok(Fate::Recycle);
+                };
+                return Ok(f.reply_frame(chunk, head, &p, owner, backends, c, emit));
+            }
+        }
+        let at = head + p.payload();
+        let answer = |n: usize, chunk: &mut [u8]| Fate::Transmit {
+            head,
+            len: frame::write_reply(&mut chunk[head..], &p, n),
+        };
+        let (backend, query) = match self.pipeline.decide(&mut chunk[at..], p.payload_len, c) {
+            Verdict::Answer(n) => return Ok(answer(n, chunk)),
+            Verdict::Drop(reason) => return Err(reason),
+            Verdict::Forward { backend, query } => (backend, query),
+        };
+        let sent = match (self.forwarder.as_mut(), self.pipeline.backends()) {
+            (Some(f), Some(backends)) => {
+                f.forward_frame(chunk, head, &p, &query, backend, backends, c)
+            }
+            _ => Sent::Failed(xdpdns_common::config::FailAction::Refused),
+        };
+        match sent {
+            Sent::Frame { head, len } => Ok(Fate::Transmit { head, len }),
+            Sent::Socket => Ok(Fate::Recycle),
+            Sent::Failed(action) => match self.pipeline.fail(&mut chunk[at..], &query, action) {
+                Verdict::Answer(n) => Ok(answer(n, chunk)),
+                Verdict::Drop(reason) => Err(reason),
+                Verdict::Forward { .. } => Err(DropReason::FailDrop),
+            },
+        }
+    }
+
+    /// One datagram `buf[..len]` from `from`, received on the kernel-path
+    /// socket bound to `local`; `buf` is the room an answer may use.
+    #[inline]
+    pub fn datagram(
+        &mut self,
+        buf: &mut [u8],
+        len: usize,
+        from: SocketAddr,
+        local: SocketAddr,
+        c: &mut DataplaneCounters,
+    ) -> Datagram {
+        if from.port() == 0 {
+            c.kernel.drop(DropReason::BadSource);
+            return Datagram::Dropped;
+        }
+        let verdict = match self.pipeline.decide(buf, len, c) {
+            Verdict::Forward { backend, query } => {
+                let sent = match (self.forwarder.as_mut(), self.pipeline.backends()) {
+                    (Some(f), Some(backends)) => f.forward_datagram(
+                        &mut buf[..len],
+                        &query,
+                        backend,
+                        from,
+                        local,
+                        backends,
+                        c,
+                    ),
+                    _ => Err(xdpdns_common::config::FailAction::Refused),
+                };
+                match sent {
+                    Ok(()) => return Datagram::Forwarded,
+                    Err(action) => self.pipeline.fail(buf, &query, action),
+                }
+            }
+            v => v,
+        };
+        match verdict {
+            Verdict::Answer(n) => Datagram::Answer(n),
+            Verdict::Drop(reason) => {
+                c.kernel.drop(reason);
+                Datagram::Dropped
+            }
+            // `fail` never forwards.
+            Verdict::Forward { .. } => {
+                c.kernel.drop(DropReason::FailDrop);
+                Datagram::Dropped
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests;

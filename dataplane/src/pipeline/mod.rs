@@ -1,0 +1,153 @@
+//! The one packet pipeline. Whatever brought a query — an AF_XDP frame, a
+//! kernel-socket datagram, a TCP message — [`Pipeline::decide`] decides its
+//! fate: answered in place, forwarded to a chosen backend, or dropped with a
+//! counted reason. Transports only move bytes and carry the verdict out;
+//! when forwarding then fails (no slot, a timeout), [`Pipeline::fail`]
+//! answers with the same answer writer as every local answer.
+
+pub mod backends;
+pub mod policy;
+pub mod rules;
+
+#[cfg(test)]
+mod tests;
+
+use xdpdns_common::config::{Action, AnswerSpec, FailAction, RuleSpec};
+use xdpdns_common::dns::Rcode;
+use xdpdns_common::ipc::ForwardSpec;
+use xdpdns_common::stats::{DataplaneCounters, DropReason};
+
+use crate::dns::{self, OPCODE_QUERY, Query};
+use backends::Backends;
+use rules::Rules;
+
+/// What becomes of a query.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// An answer of this many bytes was written over the query.
+    Answer(usize),
+    /// Send it to this backend (an index into the forwarding spec).
+    Forward { backend: u16, query: Query },
+    /// Send nothing; counted under this reason.
+    Drop(DropReason),
+}
+
+/// Rules, answer settings and backends: everything a verdict depends on.
+pub struct Pipeline {
+    rules: Rules,
+    /// Queries per rule (the last slot is the default action).
+    hits: Box<[u64]>,
+    /// The rules as configured, to tell whether a new spec changes them.
+    rule_specs: Vec<RuleSpec>,
+    udp_size: u16,
+    backends: Option<Backends>,
+}
+
+impl Pipeline {
+    pub fn new(answer: &AnswerSpec, forward: Option<&ForwardSpec>) -> Pipeline {
+        let rules = Rules::new(answer);
+        Pipeline {
+            hits: vec![0; rules.slots()].into_boxed_slice(),
+            rules,
+            rule_specs: answer.rules.clone(),
+            udp_size: answer.edns_udp_size,
+            backends: forward.map(Backends::new),
+        }
+    }
+
+    /// The pipeline after a reconfiguration: rule hits are kept if the rules
+    /// are the same (the loader resets its totals only when they change),
+    /// and what is outstanding with kept backends stays counted.
+    pub fn reconfigured(
+        old: &Pipeline,
+        answer: &AnswerSpec,
+        forward: Option<&ForwardSpec>,
+    ) -> Pipeline {
+        let mut p = Pipeline::new(answer, forward);
+        if p.rule_specs == old.rule_specs && p.hits.len() == old.hits.len() {
+            p.hits.copy_from_slice(&old.hits);
+        }
+        if let (Some(new), Some(old)) = (p.backends.as_mut(), old.backends.as_ref()) {
+            new.take_over(old);
+        }
+        p
+    }
+
+    /// Decides about the DNS message `buf[..len]`; `buf` is the room an
+    /// answer may use.
+    #[inline]
+    pub fn decide(&mut self, buf: &mut [u8], len: usize, c: &mut DataplaneCounters) -> Verdict {
+        let Some(msg) = buf.get(..len) else {
+            return Verdict::Drop(DropReason::DnsTruncated);
+        };
+        let q = match dns::parse_query(msg) {
+            Ok(q) => q,
+            Err(reason) => return Verdict::Drop(reason),
+        };
+        if q.opcode != OPCODE_QUERY {
+            return self.answer(buf, &q, Rcode::NotImp);
+        }
+        let (rule, action) = self.rules.decide(msg, &q);
+        self.hits[rule] += 1;
+        match action {
+            Action::Forward => self.forward(buf, q, c),
+            Action::Drop => Verdict::Drop(DropReason::RuleDrop),
+            other => match other.rcode() {
+                Some(rcode) => self.answer(buf, &q, rcode),
+                None => Verdict::Drop(DropReason::RuleDrop),
+            },
+        }
+    }
+
+    /// Picks a backend; with the whole pool down, the pool's failure
+    /// action is the verdict.
+    fn forward(&mut self, buf: &mut [u8], q: Query, c: &mut DataplaneCounters) -> Verdict {
+        let Some(b) = self.backends.as_mut() else {
+            // A rule forwards, but no backend is configured.
+            return self.fail(buf, &q, FailAction::Refused);
+        };
+        match b.pick(q.qname(buf)) {
+            Some(backend) => Verdict::Forward { backend, query: q },
+            None => {
+                c.forward.pool_down += 1;
+                let action = b.all_down_action();
+                self.fail(buf, &q, action)
+            }
+        }
+    }
+
+    /// The answer (or silence) for a query that could not be forwarded:
+    /// `action` written over the query in `buf`.
+    pub fn fail(&self, buf: &mut [u8], q: &Query, action: FailAction) -> Verdict {
+        match action.rcode() {
+            Some(rcode) => self.answer(buf, q, rcode),
+            None => Verdict::Drop(DropReason::FailDrop),
+        }
+    }
+
+    fn answer(&self, buf: &mut [u8], q: &Query, rcode: Rcode) -> Verdict {
+        match dns::write_answer(buf, q, rcode, self.udp_size) {
+            Ok(n) => Verdict::Answer(n),
+            Err(reason) => Verdict::Drop(reason),
+        }
+    }
+
+    /// Backends configured (0 without forwarding).
+    pub fn backend_count(&self) -> usize {
+        self.backends.as_ref().map_or(0, Backends::len)
+    }
+
+    pub fn backends(&mut self) -> Option<&mut Backends> {
+        self.backends.as_mut()
+    }
+
+    /// UDP payload size advertised in our OPT records.
+    pub fn udp_size(&self) -> u16 {
+        self.udp_size
+    }
+
+    /// Queries per rule since the rules last changed; the last slot is the default.
+    pub fn rule_hits(&self) -> &[u64] {
+        &self.hits
+    }
+}

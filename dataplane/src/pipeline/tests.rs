@@ -1,0 +1,183 @@
+use super::*;
+use crate::dns::testing::query;
+use xdpdns_common::config::RuleSpec;
+use xdpdns_common::ipc::BackendLive;
+
+fn answer_spec(rules: Vec<RuleSpec>, default: Action) -> AnswerSpec {
+    AnswerSpec {
+        rules,
+        default,
+        edns_udp_size: 1232,
+        verify_checksums: true,
+    }
+}
+
+fn drop_rule() -> RuleSpec {
+    RuleSpec {
+        suffix: Some(xdpdns_common::dns::name_to_wire("dropme.test.").unwrap()),
+        qtype: None,
+        action: Action::Drop,
+    }
+}
+
+fn forward_spec(backends: usize) -> ForwardSpec {
+    crate::testing::forward_spec(backends)
+}
+
+fn decide(p: &mut Pipeline, msg: &[u8], room: usize) -> (Verdict, Vec<u8>) {
+    let mut buf = msg.to_vec();
+    buf.resize(msg.len() + room, 0);
+    let v = p.decide(&mut buf, msg.len(), &mut DataplaneCounters::new());
+    (v, buf)
+}
+
+fn rcode(msg: &[u8]) -> u8 {
+    msg[3] & 0x0f
+}
+
+#[test]
+fn bare_messages_are_answered_in_place() {
+    let mut p = Pipeline::new(&answer_spec(vec![], Action::Refused), None);
+    let q = query(0x1234, "example.", 1, Some((1232, 0, false)));
+    let (v, buf) = decide(&mut p, &q, 512);
+    assert_eq!(v, Verdict::Answer(12 + 9 + 4 + 11));
+    assert_eq!(rcode(&buf), 5);
+}
+
+#[test]
+fn rule_hits_are_counted_per_rule_and_default() {
+    let mut p = Pipeline::new(&answer_spec(vec![drop_rule()], Action::Refused), None);
+    for name in ["a.dropme.test.", "b.dropme.test.", "other.example."] {
+        decide(&mut p, &query(1, name, 1, None), 0);
+    }
+    assert_eq!(p.rule_hits(), &[2, 1]);
+    let (v, _) = decide(&mut p, &query(1, "x.dropme.test.", 1, None), 0);
+    assert_eq!(v, Verdict::Drop(DropReason::RuleDrop));
+}
+
+#[test]
+fn a_reconfiguration_keeps_rule_hits_only_if_the_rules_stay() {
+    let mut p = Pipeline::new(&answer_spec(vec![drop_rule()], Action::Refused), None);
+    decide(&mut p, &query(1, "a.dropme.test.", 1, None), 0);
+    let mut spec = answer_spec(vec![drop_rule()], Action::Refused);
+    spec.edns_udp_size = 4096;
+    assert_eq!(
+        Pipeline::reconfigured(&p, &spec, None).rule_hits(),
+        &[1, 0],
+        "same rules, other EDNS size"
+    );
+    spec.rules[0].action = Action::NxDomain;
+    assert_eq!(Pipeline::reconfigured(&p, &spec, None).rule_hits(), &[0, 0]);
+}
+
+#[test]
+fn answers_that_do_not_fit_are_dropped_not_written_past_the_buffer() {
+    let mut p = Pipeline::new(&answer_spec(vec![], Action::Refused), None);
+    let mut m = query(1, "example.", 1, None);
+    m[11] = 1;
+    m.extend_from_slice(&[0, 0, 41, 4, 0, 0, 0, 0, 0]); // 9 bytes: rdlen missing
+    assert_eq!(
+        decide(&mut p, &m, 0).0,
+        Verdict::Drop(DropReason::DnsTruncated)
+    );
+    m.extend_from_slice(&[0, 0]);
+    // Exactly the OPT size: fits (11 bytes replace 11 bytes).
+    assert!(matches!(decide(&mut p, &m, 0).0, Verdict::Answer(_)));
+    let len = m.len();
+    let mut short = m.clone();
+    let v = p.decide(&mut short[..len - 1], len, &mut DataplaneCounters::new());
+    assert_eq!(v, Verdict::Drop(DropReason::DnsTruncated));
+}
+
+#[test]
+fn forwarding_picks_a_backend_and_a_dead_pool_gets_its_failure_action() {
+    let spec = forward_spec(2);
+    let mut p = Pipeline::new(&answer_spec(vec![], Action::Forward), Some(&spec));
+    let q = query(7, "www.example.", 1, None);
+    let picks: Vec<_> = (0..4)
+        .map(|_| match decide(&mut p, &q, 0).0 {
+            Verdict::Forward { backend, query } => {
+                assert_eq!(query.id, 7);
+                backend
+            }
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(picks, [0, 1, 0, 1], "round robin over the default pool");
+
+    let down = BackendLive {
+        up: false,
+        mac: None,
+    };
+    p.backends().unwrap().set_live(vec![down; 2]);
+    let mut c = DataplaneCounters::new();
+    let mut buf = query(7, "www.example.", 1, Some((4096, 0, true)));
+    buf[2] |= 0x01; // RD
+    buf[3] |= 0x10; // CD
+    let len = buf.len();
+    let v = p.decide(&mut buf, len, &mut c);
+    let Verdict::Answer(n) = v else {
+        panic!("{v:?}")
+    };
+    assert_eq!(c.forward.pool_down, 1);
+    let a = &buf[..n];
+    assert_eq!(rcode(a), 2, "SERVFAIL");
+    assert_eq!(a[2] & 0x01, 1, "RD echoed");
+    assert_eq!(a[3] & 0x10, 0x10, "CD echoed");
+    assert_eq!(&a[10..12], &[0, 1], "with our OPT");
+}
+
+#[test]
+fn a_forwarding_rule_without_backends_is_refused() {
+    let mut p = Pipeline::new(&answer_spec(vec![], Action::Forward), None);
+    let (v, buf) = decide(&mut p, &query(1, "a.", 1, None), 0);
+    assert!(matches!(v, Verdict::Answer(_)), "{v:?}");
+    assert_eq!(rcode(&buf), 5);
+}
+
+#[test]
+fn failure_actions_answer_with_the_same_writer_or_drop() {
+    let p = Pipeline::new(&answer_spec(vec![], Action::Refused), None);
+    let mut buf = query(3, "x.example.", 28, Some((1232, 0, true)));
+    let len = buf.len();
+    buf.resize(200, 0);
+    let q = crate::dns::parse_query(&buf[..len]).unwrap();
+    let Verdict::Answer(n) = p.fail(&mut buf, &q, FailAction::Refused) else {
+        panic!()
+    };
+    assert_eq!(rcode(&buf[..n]), 5);
+    assert_eq!(buf[n - 11 + 7], 0x80, "DO copied into our OPT");
+    assert_eq!(
+        p.fail(&mut buf, &q, FailAction::Drop),
+        Verdict::Drop(DropReason::FailDrop)
+    );
+}
+
+#[test]
+fn answers_without_the_query_echo_its_flags_and_edns() {
+    let q = query(0xabcd, "late.example.", 16, None);
+    let mut out = [0u8; 300];
+    let original = dns::Original {
+        id: 0x4321,
+        flags: 0x0110, // RD, CD
+        question: &q[12..],
+        edns: Some(dns::Edns {
+            udp_size: 0,
+            version: 0,
+            dnssec_ok: true,
+        }),
+    };
+    let n = dns::write_answer_for(&mut out, &original, Rcode::ServFail, 1232).unwrap();
+    let a = &out[..n];
+    assert_eq!(&a[..2], &[0x43, 0x21]);
+    assert_eq!(a[2], 0x81, "QR, RD");
+    assert_eq!(a[3], 0x12, "CD, SERVFAIL");
+    assert_eq!(&a[12..12 + q.len() - 12], &q[12..], "question as asked");
+    assert_eq!(&a[4..12], &[0, 1, 0, 0, 0, 0, 0, 1]);
+    assert_eq!(a[n - 11 + 7], 0x80, "DO");
+    let short = dns::Original {
+        question: &q[12..14],
+        ..original
+    };
+    assert!(dns::write_answer_for(&mut out, &short, Rcode::ServFail, 1232).is_err());
+}
