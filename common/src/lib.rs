@@ -7,6 +7,7 @@
 
 pub mod config;
 pub mod dns;
+pub mod hash;
 pub mod inflight;
 pub mod ipc;
 #[cfg(feature = "logging")]

@@ -22,8 +22,9 @@ use crate::status::{Counters, Status};
 type Labels = Vec<(String, String)>;
 const MAX_REQUEST: usize = 8 * 1024;
 
-pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    TcpListener::bind(addr).await
+pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let l = crate::sockets::tcp_listener(addr, 128).map_err(std::io::Error::other)?;
+    TcpListener::from_std(l)
 }
 
 pub async fn serve(listener: TcpListener, run_loop: mpsc::UnboundedSender<Ask>) {

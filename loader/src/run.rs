@@ -274,7 +274,6 @@ impl Running {
         let metrics_task = match &self.plan.fixed.metrics {
             Some(m) => {
                 let listener = metrics::bind(m.address)
-                    .await
                     .with_context(|| format!("metrics.address: cannot listen on {}", m.address))?;
                 info!(address = %m.address, "Prometheus metrics at /metrics");
                 Some(tokio::task::spawn_local(metrics::serve(

@@ -1,84 +1,162 @@
-//! Kernel-path UDP sockets, bound by the loader while privileged (port 53
-//! needs no capability in the dataplanes) and handed to them.
+//! Every socket the loader makes, one constructor per kind: [`udp`] (the
+//! kernel-path listeners, forwarding's port reservations, backend and
+//! health-check sockets) and [`tcp_listener`]. All are non-blocking and
+//! close-on-exec; IPv6 ones are IPv6-only. They are bound here, while the
+//! loader is privileged (port 53), and handed to whoever uses them.
 
+use std::io;
 use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 
-use nix::sys::socket::{self, AddressFamily, SockFlag, SockType, SockaddrStorage, sockopt};
+use nix::sys::socket::{self as nix_socket, sockopt};
+use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
-/// Receive buffer each kernel-path socket asks for (SO_RCVBUFFORCE, so
-/// rmem_max does not cap it): bursts queue instead of being dropped.
+/// Receive buffer the busy UDP sockets ask for (SO_RCVBUFFORCE, so rmem_max
+/// does not cap it): bursts queue instead of being dropped.
 pub const RCVBUF: usize = 4 << 20;
-const IPV6_FREEBIND: libc::c_int = 78;
 
 #[derive(Debug, thiserror::Error)]
-#[error("cannot bind the kernel-path socket for {addr}: {source}{hint}", hint = hint(source))]
-pub struct BindError {
+#[error("cannot {what} the socket for {addr}: {source}{hint}", hint = hint(source))]
+pub struct SocketError {
+    pub what: &'static str,
     pub addr: SocketAddr,
-    pub source: nix::Error,
+    pub source: io::Error,
 }
 
-fn hint(e: &nix::Error) -> &'static str {
-    match e {
-        nix::Error::EACCES => " (ports below ip_unprivileged_port_start need CAP_NET_BIND_SERVICE)",
-        nix::Error::EADDRINUSE => {
+fn hint(e: &io::Error) -> &'static str {
+    match e.raw_os_error() {
+        Some(libc::EACCES) => " (ports below ip_unprivileged_port_start need CAP_NET_BIND_SERVICE)",
+        Some(libc::EADDRINUSE) => {
             " (another process holds this address without SO_REUSEPORT, or another xdpdns instance does)"
         }
         _ => "",
     }
 }
 
-/// A non-blocking, close-on-exec UDP socket; IPv6 ones are IPv6-only.
-pub fn udp_socket(v6: bool) -> nix::Result<OwnedFd> {
-    let family = if v6 {
-        AddressFamily::Inet6
+/// Options of a UDP socket.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Udp {
+    /// SO_REUSEPORT: one socket per dataplane on the same address.
+    pub reuse_port: bool,
+    /// IP_FREEBIND: the address may be configured after xdpdns starts.
+    pub freebind: bool,
+    /// A large receive buffer (best effort: needs CAP_NET_ADMIN).
+    pub big_rcvbuf: bool,
+    /// Connect to this peer after binding.
+    pub connect: Option<SocketAddr>,
+}
+
+fn socket(addr: SocketAddr, ty: Type, proto: Protocol) -> io::Result<Socket> {
+    let domain = if addr.is_ipv6() {
+        Domain::IPV6
     } else {
-        AddressFamily::Inet
+        Domain::IPV4
     };
-    let fd = socket::socket(
-        family,
-        SockType::Datagram,
-        SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
-        None,
-    )?;
+    let s = Socket::new(domain, ty.nonblocking().cloexec(), Some(proto))?;
+    if addr.is_ipv6() {
+        s.set_only_v6(true)?;
+    }
+    Ok(s)
+}
+
+fn freebind(s: &Socket, v6: bool) -> io::Result<()> {
     if v6 {
-        socket::setsockopt(&fd, sockopt::Ipv6V6Only, &true)?;
+        s.set_freebind_v6(true)
+    } else {
+        s.set_freebind_v4(true)
     }
-    Ok(fd)
 }
 
-/// One SO_REUSEPORT UDP socket bound to `addr`. IP_FREEBIND lets the address
-/// be configured on the interface after xdpdns starts.
-pub fn bind_udp(addr: SocketAddr) -> Result<OwnedFd, BindError> {
-    let err = |source| BindError { addr, source };
-    let fd = udp_socket(addr.is_ipv6()).map_err(err)?;
-    socket::setsockopt(&fd, sockopt::ReusePort, &true).map_err(err)?;
-    match addr {
-        SocketAddr::V4(_) => socket::setsockopt(&fd, sockopt::IpFreebind, &true).map_err(err)?,
-        SocketAddr::V6(_) => {
-            let one: libc::c_int = 1;
-            // SAFETY: setsockopt reads one c_int from a live local.
-            let r = unsafe {
-                libc::setsockopt(
-                    fd.as_raw_fd(),
-                    libc::IPPROTO_IPV6,
-                    IPV6_FREEBIND,
-                    (&one as *const libc::c_int).cast(),
-                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-                )
-            };
-            if r < 0 {
-                return Err(err(nix::Error::last()));
-            }
-        }
+/// A UDP socket bound to `addr` with `opts`.
+pub fn udp(addr: SocketAddr, opts: Udp) -> Result<OwnedFd, SocketError> {
+    let err = |what| move |source| SocketError { what, addr, source };
+    let s = socket(addr, Type::DGRAM, Protocol::UDP).map_err(err("create"))?;
+    if opts.reuse_port {
+        s.set_reuse_port(true).map_err(err("configure"))?;
     }
-    // Best effort: without CAP_NET_ADMIN the default buffer stays.
-    let _ = socket::setsockopt(&fd, sockopt::RcvBufForce, &RCVBUF);
-    socket::bind(fd.as_raw_fd(), &SockaddrStorage::from(addr)).map_err(err)?;
-    Ok(fd)
+    if opts.freebind {
+        freebind(&s, addr.is_ipv6()).map_err(err("configure"))?;
+    }
+    let fd = OwnedFd::from(s);
+    if opts.big_rcvbuf {
+        // Best effort: without CAP_NET_ADMIN the default buffer stays.
+        let _ = nix_socket::setsockopt(&fd, sockopt::RcvBufForce, &RCVBUF);
+    }
+    let s = Socket::from(fd);
+    s.bind(&SockAddr::from(addr)).map_err(err("bind"))?;
+    if let Some(peer) = opts.connect {
+        s.connect(&SockAddr::from(peer)).map_err(err("connect"))?;
+    }
+    Ok(s.into())
 }
 
-/// One socket per listen address, in the same order.
-pub fn bind_all(addrs: &[SocketAddr]) -> Result<Vec<OwnedFd>, BindError> {
-    addrs.iter().map(|a| bind_udp(*a)).collect()
+/// One SO_REUSEPORT, free-bind UDP socket per listen address, in order.
+pub fn kernel_path(addrs: &[SocketAddr]) -> Result<Vec<OwnedFd>, SocketError> {
+    let opts = Udp {
+        reuse_port: true,
+        freebind: true,
+        big_rcvbuf: true,
+        connect: None,
+    };
+    addrs.iter().map(|a| udp(*a, opts)).collect()
+}
+
+/// A listening TCP socket on `addr` (free-bind, SO_REUSEADDR).
+pub fn tcp_listener(addr: SocketAddr, backlog: i32) -> Result<std::net::TcpListener, SocketError> {
+    let err = |what| move |source| SocketError { what, addr, source };
+    let s = socket(addr, Type::STREAM, Protocol::TCP).map_err(err("create"))?;
+    s.set_reuse_address(true).map_err(err("configure"))?;
+    freebind(&s, addr.is_ipv6()).map_err(err("configure"))?;
+    s.bind(&SockAddr::from(addr)).map_err(err("bind"))?;
+    s.listen(backlog).map_err(err("listen on"))?;
+    Ok(s.into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsFd;
+
+    #[test]
+    fn udp_sockets_bind_connect_and_share_a_port_with_reuseport() {
+        let opts = Udp {
+            reuse_port: true,
+            freebind: true,
+            ..Udp::default()
+        };
+        let a = udp("127.0.0.1:0".parse().unwrap(), opts).unwrap();
+        let port =
+            nix_socket::getsockname::<nix_socket::SockaddrIn>(std::os::fd::AsRawFd::as_raw_fd(&a))
+                .unwrap()
+                .port();
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let b = udp(addr, opts).expect("a second reuseport socket on the same address");
+        assert!(nix_socket::getsockopt(&b.as_fd(), sockopt::ReusePort).unwrap());
+        // Without SO_REUSEPORT the port is taken, and the error says so.
+        let e = udp(addr, Udp::default()).unwrap_err();
+        assert!(e.to_string().contains("another process holds"), "{e}");
+        let c = udp(
+            "127.0.0.1:0".parse().unwrap(),
+            Udp {
+                connect: Some(addr),
+                ..Udp::default()
+            },
+        )
+        .unwrap();
+        let peer =
+            nix_socket::getpeername::<nix_socket::SockaddrIn>(std::os::fd::AsRawFd::as_raw_fd(&c))
+                .unwrap();
+        assert_eq!(peer.port(), port);
+        let v6 = udp("[::1]:0".parse().unwrap(), Udp::default()).unwrap();
+        assert!(nix_socket::getsockopt(&v6.as_fd(), sockopt::Ipv6V6Only).unwrap());
+    }
+
+    #[test]
+    fn tcp_listeners_accept() {
+        let l = tcp_listener("127.0.0.1:0".parse().unwrap(), 16).unwrap();
+        let addr = l.local_addr().unwrap();
+        l.set_nonblocking(false).unwrap();
+        let _c = std::net::TcpStream::connect(addr).unwrap();
+        assert!(l.accept().is_ok());
+    }
 }

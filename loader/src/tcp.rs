@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinHandle;
 use tracing::debug;
@@ -132,25 +132,8 @@ impl TcpCounters {
 
 /// Binds a TCP listener for `addr` (while privileged: port 53).
 fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    let s = if addr.is_ipv6() {
-        TcpSocket::new_v6()?
-    } else {
-        TcpSocket::new_v4()?
-    };
-    s.set_reuseaddr(true)?;
-    freebind(&s, addr.is_ipv6())?;
-    s.bind(addr)?;
-    s.listen(1024)
-}
-
-/// IP_FREEBIND, as for the UDP sockets: the address may come later.
-fn freebind(s: &TcpSocket, v6: bool) -> std::io::Result<()> {
-    use std::os::fd::AsFd;
-    if v6 {
-        nix::sys::socket::setsockopt(&s.as_fd(), nix::sys::socket::sockopt::Ipv6V6Only, &true)?;
-    }
-    nix::sys::socket::setsockopt(&s.as_fd(), nix::sys::socket::sockopt::IpFreebind, &true)?;
-    Ok(())
+    let l = crate::sockets::tcp_listener(addr, 1024).map_err(std::io::Error::other)?;
+    TcpListener::from_std(l)
 }
 
 async fn serve(listener: TcpListener, relay: Rc<Relay>) {

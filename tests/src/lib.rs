@@ -24,8 +24,89 @@ pub const SERVER_V6: &str = "2001:db8::1";
 pub const CLIENT_V6: &str = "2001:db8::2";
 pub const SERVER_IF: &str = "srv0";
 pub const CLIENT_IF: &str = "cli0";
+/// The dataplanes' user in every lab (from the lab's own user database).
+pub const DATAPLANE_USER: &str = "xdpdns-dp";
+/// The loader's user when a test runs it unprivileged (see [`Users`]).
+pub const LOADER_USER: &str = "xdpdns";
 
 static SEQ: AtomicU32 = AtomicU32::new(0);
+
+/// Fails with one clear line unless running as root: every test here needs
+/// network namespaces, XDP and bpffs. (`cargo test` skips them: they are
+/// `#[ignore]`d; `make test` runs them with `--ignored`.)
+pub fn require_root() -> anyhow::Result<()> {
+    // SAFETY: geteuid has no arguments.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("this test needs root (network namespaces, XDP, bpffs): run it with `make test`");
+    }
+    Ok(())
+}
+
+/// The users a lab's processes see: the host's user database plus the
+/// xdpdns users with free ids, in files bind-mounted over /etc/passwd and
+/// /etc/group in a private mount namespace for the processes that need them
+/// (the loader, `xdpdns check`). The host's database is never changed.
+#[derive(Debug, Clone)]
+pub struct Users {
+    pub loader_uid: u32,
+    pub dataplane_uid: u32,
+    passwd: PathBuf,
+    group: PathBuf,
+}
+
+impl Users {
+    fn create(dir: &Path) -> anyhow::Result<Users> {
+        let passwd = fs::read_to_string("/etc/passwd")?;
+        let group = fs::read_to_string("/etc/group")?;
+        let taken = |text: &str, id: u32| {
+            text.lines()
+                .any(|l| l.split(':').nth(2) == Some(id.to_string().as_str()))
+        };
+        let mut free = (61000u32..64000).filter(|id| !taken(&passwd, *id) && !taken(&group, *id));
+        let (loader_uid, dataplane_uid) = (
+            free.next().context("no free uid")?,
+            free.next().context("no free uid")?,
+        );
+        let mut p = passwd.trim_end().to_string();
+        let mut g = group.trim_end().to_string();
+        for (name, id) in [(LOADER_USER, loader_uid), (DATAPLANE_USER, dataplane_uid)] {
+            p.push_str(&format!(
+                "\n{name}:x:{id}:{id}:{name}:/nonexistent:/usr/sbin/nologin"
+            ));
+            g.push_str(&format!("\n{name}:x:{id}:"));
+        }
+        let users = Users {
+            loader_uid,
+            dataplane_uid,
+            passwd: dir.join("passwd"),
+            group: dir.join("group"),
+        };
+        fs::write(&users.passwd, p + "\n")?;
+        fs::write(&users.group, g + "\n")?;
+        Ok(users)
+    }
+
+    /// A command prefix that runs the rest with these users visible.
+    pub fn prefix(&self) -> Vec<std::ffi::OsString> {
+        let mut v: Vec<std::ffi::OsString> = [
+            "unshare",
+            "--mount",
+            "--propagation",
+            "private",
+            "--",
+            "sh",
+            "-ec",
+            "mount --bind \"$1\" /etc/passwd; mount --bind \"$2\" /etc/group; shift 2; exec \"$@\"",
+            "sh",
+        ]
+        .into_iter()
+        .map(Into::into)
+        .collect();
+        v.push(self.passwd.clone().into());
+        v.push(self.group.clone().into());
+        v
+    }
+}
 
 /// Directory holding `xdpdns` and `xdpdns-dataplane`: $XDPDNS_BIN_DIR, or
 /// the cargo target directory these tests were built into.
@@ -96,10 +177,12 @@ pub struct Lab {
     pub dir: PathBuf,
     pub pin_root: PathBuf,
     pub runtime_dir: PathBuf,
+    pub users: Users,
 }
 
 impl Lab {
     pub fn new(test: &str) -> anyhow::Result<Lab> {
+        require_root()?;
         let name = format!(
             "xdt-{test}-{}-{}",
             std::process::id(),
@@ -107,6 +190,7 @@ impl Lab {
         );
         let dir = std::env::temp_dir().join(&name);
         fs::create_dir_all(&dir)?;
+        let users = Users::create(&dir)?;
         let lab = Lab {
             server_ns: format!("{name}-s"),
             client_ns: format!("{name}-c"),
@@ -114,6 +198,7 @@ impl Lab {
             runtime_dir: dir.join("run"),
             dir,
             name,
+            users,
         };
         // From here on, Drop cleans up whatever was made.
         lab.build().context("building the veth lab")?;
@@ -224,7 +309,7 @@ pin_root = "{pins}"
 frames = 512
 {xsk_extra}
 [dataplane]
-user = "nobody"
+user = "{DATAPLANE_USER}"
 stats_interval_ms = 200
 [[listen]]
 address = "{SERVER_V4}:53"
@@ -246,6 +331,7 @@ address = "[{SERVER_V6}]:53"
     pub fn xdpdns(&self, args: &[&str]) -> Output {
         Command::new("nsenter")
             .arg(format!("--net=/run/netns/{}", self.server_ns))
+            .args(self.users.prefix())
             .arg(bin("xdpdns"))
             .args(args)
             .env("NO_COLOR", "1")
@@ -276,6 +362,7 @@ address = "[{SERVER_V6}]:53"
         let child = Command::new("nsenter")
             .arg(format!("--net=/run/netns/{}", self.server_ns))
             .args(wrap)
+            .args(self.users.prefix())
             .arg(bin("xdpdns"))
             .args(["run", "--config"])
             .arg(&path)

@@ -3,6 +3,7 @@
 use xdpdns_netns_tests::*;
 
 #[test]
+#[ignore = "needs root: run by make test"]
 fn kdig_gets_refused_over_af_xdp_on_ipv4_and_ipv6() -> anyhow::Result<()> {
     let lab = Lab::new("answers")?;
     let mut server = lab.start("a", &lab.config("a", ""))?;
@@ -40,6 +41,7 @@ fn kdig_gets_refused_over_af_xdp_on_ipv4_and_ipv6() -> anyhow::Result<()> {
 }
 
 #[test]
+#[ignore = "needs root: run by make test"]
 fn rules_answer_before_the_default() -> anyhow::Result<()> {
     let lab = Lab::new("rules")?;
     let rules = r#"
@@ -59,6 +61,7 @@ action = "noerror"
 }
 
 #[test]
+#[ignore = "needs root: run by make test"]
 fn dataplanes_run_unprivileged_with_cap_net_raw_only() -> anyhow::Result<()> {
     let lab = Lab::new("privs")?;
     let server = lab.start("p", &lab.config("p", ""))?;

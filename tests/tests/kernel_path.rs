@@ -7,6 +7,7 @@ use std::time::Duration;
 use xdpdns_netns_tests::*;
 
 #[test]
+#[ignore = "needs root: run by make test"]
 fn other_destinations_reach_kernel_sockets() -> anyhow::Result<()> {
     let lab = Lab::new("otherdest")?;
     lab.server_addr("192.0.2.3/24", SERVER_IF)?;
@@ -41,6 +42,7 @@ fn other_destinations_reach_kernel_sockets() -> anyhow::Result<()> {
 }
 
 #[test]
+#[ignore = "needs root: run by make test"]
 fn a_queue_without_a_socket_is_served_through_the_kernel_path() -> anyhow::Result<()> {
     let lab = Lab::new("nosock")?;
     // Only queue 0 gets a dataplane; the client sends on queue 1.
@@ -68,6 +70,7 @@ fn a_queue_without_a_socket_is_served_through_the_kernel_path() -> anyhow::Resul
 }
 
 #[test]
+#[ignore = "needs root: run by make test"]
 fn redirection_can_be_switched_off_and_on_live() -> anyhow::Result<()> {
     let lab = Lab::new("redirect")?;
     let server = lab.start("r", &lab.config_full("r", "redirect = false", "", ""))?;

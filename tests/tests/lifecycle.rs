@@ -18,6 +18,7 @@ fn pins(dir: &Path) -> Vec<String> {
 }
 
 #[test]
+#[ignore = "needs root: run by make test"]
 fn sigterm_detaches_unpins_and_leaves_no_process() -> anyhow::Result<()> {
     let lab = Lab::new("sigterm")?;
     let mut server = lab.start("t", &lab.config("t", ""))?;
@@ -50,6 +51,7 @@ fn sigterm_detaches_unpins_and_leaves_no_process() -> anyhow::Result<()> {
 }
 
 #[test]
+#[ignore = "needs root: run by make test"]
 fn second_instances_leave_the_first_alone() -> anyhow::Result<()> {
     let lab = Lab::new("twoinst")?;
     lab.add_second_pair()?;
@@ -118,6 +120,7 @@ fn second_instances_leave_the_first_alone() -> anyhow::Result<()> {
 }
 
 #[test]
+#[ignore = "needs root: run by make test"]
 fn restarted_loader_adopts_its_pinned_program() -> anyhow::Result<()> {
     let lab = Lab::new("adopt")?;
     let config = lab.config("a", "");

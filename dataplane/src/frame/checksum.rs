@@ -64,17 +64,7 @@ fn nonzero(c: u16) -> u16 {
 mod tests {
     use super::*;
 
-    /// RFC 1071 computed the slow, obvious way: 16-bit words, end-around carry
-    /// after every addition.
-    fn reference(data: &[u8]) -> u16 {
-        let mut sum: u32 = 0;
-        for pair in data.chunks(2) {
-            let word = (u32::from(pair[0]) << 8) | u32::from(*pair.get(1).unwrap_or(&0));
-            sum += word;
-            sum = (sum & 0xffff) + (sum >> 16);
-        }
-        !(sum as u16)
-    }
+    use crate::frame::testing::reference_checksum as reference;
 
     #[test]
     fn rfc1071_example() {

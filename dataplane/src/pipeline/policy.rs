@@ -3,6 +3,7 @@
 //! are down (health check, or no MAC for AF_XDP) are skipped.
 
 use xdpdns_common::config::Policy;
+use xdpdns_common::hash::{Fnv1a, mix64};
 
 /// One pool's members and the state its policy keeps.
 pub struct Pool {
@@ -20,18 +21,14 @@ pub struct Pool {
 /// Virtual nodes per unit of weight on the hash ring.
 const VNODES: u32 = 64;
 
+/// A case-insensitive hash of `bytes` (a name, or a member's key), spread
+/// over the ring.
 fn fnv(bytes: &[u8], seed: u64) -> u64 {
-    let mut h = 0xcbf2_9ce4_8422_2325 ^ seed;
+    let mut h = Fnv1a::with_seed(seed);
     for b in bytes {
-        h ^= u64::from(b.to_ascii_lowercase());
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        h.write_u8(b.to_ascii_lowercase());
     }
-    // Finalise (splitmix64) so nearby inputs spread over the ring.
-    h ^= h >> 30;
-    h = h.wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    h ^= h >> 27;
-    h = h.wrapping_mul(0x94d0_49bb_1331_11eb);
-    h ^ (h >> 31)
+    mix64(h.finish())
 }
 
 impl Pool {

@@ -132,19 +132,13 @@ pub struct Attached {
 /// FNV-1a over the object and the parameters it is loaded with: equal
 /// fingerprints mean an identical program and maps.
 pub fn fingerprint(plan: &Plan) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    let mut eat = |bytes: &[u8]| {
-        for b in bytes {
-            h ^= u64::from(*b);
-            h = h.wrapping_mul(0x0000_0100_0000_01b3);
-        }
-    };
-    eat(OBJECT);
-    eat(&plan.max_frame_len.to_le_bytes());
-    eat(&xsk_entries(plan).to_le_bytes());
-    eat(&plan.interface.ifindex.to_le_bytes());
-    eat(format!("{:?}", plan.fixed.xdp.mode).as_bytes());
-    h
+    let mut h = xdpdns_common::hash::Fnv1a::new();
+    h.write(OBJECT);
+    h.write(&plan.max_frame_len.to_le_bytes());
+    h.write(&xsk_entries(plan).to_le_bytes());
+    h.write(&plan.interface.ifindex.to_le_bytes());
+    h.write(format!("{:?}", plan.fixed.xdp.mode).as_bytes());
+    h.finish()
 }
 
 fn xsk_entries(plan: &Plan) -> u32 {

@@ -152,16 +152,21 @@ impl Task {
     /// Checks the backend until aborted or the run loop is gone.
     pub async fn run(self) {
         let b = &self.backend;
-        let sock = match UdpSocket::bind(SocketAddr::new(self.source, 0)).await {
+        let opts = crate::sockets::Udp {
+            connect: Some(b.address),
+            ..crate::sockets::Udp::default()
+        };
+        let sock = match crate::sockets::udp(SocketAddr::new(self.source, 0), opts)
+            .map_err(|e| e.to_string())
+            .and_then(|fd| {
+                UdpSocket::from_std(std::net::UdpSocket::from(fd)).map_err(|e| e.to_string())
+            }) {
             Ok(s) => s,
             Err(e) => {
                 warn!(backend = %b.address, error = %e, "health check socket");
                 return;
             }
         };
-        if let Err(e) = sock.connect(b.address).await {
-            warn!(backend = %b.address, error = %e, "health check socket");
-        }
         let mut health = Health::new();
         health.up = self.up;
         let mut interval =

@@ -14,7 +14,6 @@ use std::rc::Rc;
 
 use nix::fcntl::{FcntlArg, SealFlag, fcntl};
 use nix::sys::memfd::{MFdFlags, memfd_create};
-use nix::sys::socket::{self, SockaddrStorage, sockopt};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tracing::{error, info};
@@ -23,6 +22,7 @@ use xdpdns_common::inflight;
 use xdpdns_common::ipc::{BackendLive, BackendSpec, ForwardSpec, PoolSpec};
 
 use crate::plan::Plan;
+use crate::sockets;
 use crate::system::netlink;
 
 #[derive(Debug, thiserror::Error)]
@@ -43,7 +43,7 @@ pub enum ForwardError {
     PortTaken {
         port: u16,
         family: &'static str,
-        source: nix::Error,
+        source: sockets::SocketError,
     },
     #[error("cannot create the in-flight table: {0}")]
     Table(nix::Error),
@@ -51,11 +51,8 @@ pub enum ForwardError {
         "backend {address}: the running instance forwards over {have} only (its forwarding ports are reserved for that): restart xdpdns to add another address family"
     )]
     NewFamily { address: SocketAddr, have: String },
-    #[error("backend socket for {address}: {source}")]
-    Socket {
-        address: SocketAddr,
-        source: nix::Error,
-    },
+    #[error("backend socket: {0}")]
+    Socket(sockets::SocketError),
     #[error("cannot duplicate a forwarding descriptor: {0}")]
     Dup(std::io::Error),
 }
@@ -256,25 +253,20 @@ fn resolve(
 
 /// Binds the forwarding port for one family on every address, exclusively.
 fn reserve(port: u16, v6: bool) -> Result<OwnedFd, ForwardError> {
-    let family = if v6 { "IPv6" } else { "IPv4" };
-    let err = |source| ForwardError::PortTaken {
-        port,
-        family,
-        source,
-    };
-    let fd = crate::sockets::udp_socket(v6).map_err(err)?;
     let any: SocketAddr = if v6 {
         (std::net::Ipv6Addr::UNSPECIFIED, port).into()
     } else {
         (std::net::Ipv4Addr::UNSPECIFIED, port).into()
     };
-    let _ = socket::setsockopt(&fd, sockopt::RcvBufForce, &crate::sockets::RCVBUF);
-    socket::bind(
-        std::os::fd::AsRawFd::as_raw_fd(&fd),
-        &SockaddrStorage::from(any),
-    )
-    .map_err(err)?;
-    Ok(fd)
+    let opts = sockets::Udp {
+        big_rcvbuf: true,
+        ..sockets::Udp::default()
+    };
+    sockets::udp(any, opts).map_err(|e| ForwardError::PortTaken {
+        port,
+        family: if v6 { "IPv6" } else { "IPv4" },
+        source: e,
+    })
 }
 
 impl Forwarding {
@@ -455,14 +447,10 @@ impl Drop for Forwarding {
 /// A UDP socket from `source` connected to the backend: replies come back
 /// on it through the kernel stack (its ephemeral port is not redirected).
 pub fn backend_socket(b: &BackendSpec) -> Result<OwnedFd, ForwardError> {
-    let err = |source| ForwardError::Socket {
-        address: b.address,
-        source,
+    let opts = sockets::Udp {
+        freebind: true,
+        connect: Some(b.address),
+        ..sockets::Udp::default()
     };
-    let fd = crate::sockets::udp_socket(b.address.is_ipv6()).map_err(err)?;
-    let raw = std::os::fd::AsRawFd::as_raw_fd(&fd);
-    let _ = socket::setsockopt(&fd, sockopt::IpFreebind, &true);
-    socket::bind(raw, &SockaddrStorage::from(SocketAddr::new(b.source, 0))).map_err(err)?;
-    socket::connect(raw, &SockaddrStorage::from(b.address)).map_err(err)?;
-    Ok(fd)
+    sockets::udp(SocketAddr::new(b.source, 0), opts).map_err(ForwardError::Socket)
 }

@@ -253,7 +253,7 @@ impl Supervisor {
     /// The sockets a dataplane gets with Init (`with_table`) or Reconfigure:
     /// one kernel-path socket per listen address, then forwarding's.
     fn sockets(&self, spec: &DataplaneSpec, with_table: bool) -> Result<Vec<OwnedFd>, String> {
-        let mut fds = sockets::bind_all(&spec.listen).map_err(|e| e.to_string())?;
+        let mut fds = sockets::kernel_path(&spec.listen).map_err(|e| e.to_string())?;
         if let (Some(res), Some(f)) = (&self.ctx.forward, &spec.forward) {
             fds.extend(
                 res.fds_for(self.queue, with_table)
