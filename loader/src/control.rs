@@ -116,3 +116,80 @@ pub async fn request(path: &Path, req: &Request) -> anyhow::Result<Response> {
     reader.read_line(&mut answer).await?;
     serde_json::from_str(&answer).context("malformed answer from the instance")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn tempdir() -> PathBuf {
+        let d = std::env::temp_dir().join(format!(
+            "xdpdns-control-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn requests_reach_the_run_loop_and_answers_come_back() {
+        let dir = tempdir();
+        let path = dir.join("control.sock");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let local = tokio::task::LocalSet::new();
+        local.block_on(&rt, async {
+            let listener = bind(&path, None).unwrap();
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o660);
+            let (tx, mut rx) = mpsc::unbounded_channel::<Ask>();
+            tokio::task::spawn_local(serve(listener, tx));
+            // A stand-in for the run loop.
+            tokio::task::spawn_local(async move {
+                while let Some(ask) = rx.recv().await {
+                    let r = match ask.request {
+                        Request::RestartQueue { queue } => {
+                            Response::Done(vec![format!("q{queue}")])
+                        }
+                        other => Response::Error(format!("{other:?}")),
+                    };
+                    let _ = ask.reply.send(r);
+                }
+            });
+            match request(&path, &Request::RestartQueue { queue: 3 })
+                .await
+                .unwrap()
+            {
+                Response::Done(lines) => assert_eq!(lines, ["q3"]),
+                other => panic!("{other:?}"),
+            }
+            // Garbage gets an error answer, and the server keeps serving.
+            let mut s = UnixStream::connect(&path).await.unwrap();
+            s.write_all(b"{\"command\":\"explode\"}\n").await.unwrap();
+            let mut answer = String::new();
+            BufReader::new(s).read_line(&mut answer).await.unwrap();
+            assert!(answer.contains("bad request"), "{answer}");
+            assert!(matches!(
+                request(&path, &Request::Status).await.unwrap(),
+                Response::Error(_)
+            ));
+        });
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn without_a_run_loop_the_answer_is_an_error() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let (tx, rx) = mpsc::unbounded_channel::<Ask>();
+        drop(rx);
+        match rt.block_on(ask(&tx, Request::Status)) {
+            Response::Error(e) => assert!(e.contains("shutting down")),
+            other => panic!("{other:?}"),
+        }
+    }
+}

@@ -373,3 +373,62 @@ fn per_queue(
         xsk_kernel.set(labels(&[("queue", queue), ("event", event)]), n);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn value(text: &str, series: &str) -> Option<f64> {
+        text.lines()
+            .find(|l| l.starts_with(series))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+    }
+
+    #[test]
+    fn the_exposition_carries_every_family_with_labels() {
+        let text = render(&crate::status::tests::snapshot());
+        assert_eq!(
+            value(&text, "xdpdns_received_total{queue=\"1\",path=\"xsk\"}"),
+            Some(20.0)
+        );
+        assert_eq!(
+            value(
+                &text,
+                "xdpdns_dropped_total{queue=\"0\",path=\"xsk\",reason=\"dns_short\"}"
+            ),
+            Some(1.0)
+        );
+        assert_eq!(value(&text, "xdpdns_dataplane_up{queue=\"0\"}"), Some(1.0));
+        assert_eq!(
+            value(
+                &text,
+                "xdpdns_rule_hits_total{rule=\"suffix=blocked.test.,action=nxdomain\"}"
+            ),
+            Some(4.0)
+        );
+        assert_eq!(
+            value(
+                &text,
+                "xdpdns_backend_replies_total{backend=\"192.0.2.10:53\",pool=\"default\"}"
+            ),
+            Some(8.0)
+        );
+        assert_eq!(
+            value(
+                &text,
+                "xdpdns_backend_latency_seconds_count{backend=\"192.0.2.10:53\",pool=\"default\"}"
+            ),
+            Some(2.0)
+        );
+        assert!(
+            text.contains("xdpdns_backend_latency_seconds_bucket{le=\"0.0005\",backend=\"192.0.2.10:53\",pool=\"default\"} 2")
+                || text.contains("xdpdns_backend_latency_seconds_bucket{backend=\"192.0.2.10:53\",pool=\"default\",le=\"0.0005\"} 2"),
+            "{text}"
+        );
+        assert_eq!(
+            value(&text, "xdpdns_forward_in_flight{queue=\"1\"}"),
+            Some(4.0)
+        );
+        assert_eq!(value(&text, "xdpdns_ready"), Some(1.0));
+    }
+}

@@ -329,3 +329,54 @@ fn check_executable(path: &Path) -> Result<(), String> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(interface: &str, extra: &str) -> Config {
+        Config::from_toml(&format!(
+            "[xdp]\ninterface = \"{interface}\"\npin_root = \"/sys/fs/bpf/xdpdns-plan-test\"\n\
+             [xsk]\nframes = 256\n[dataplane]\nuser = \"daemon\"\nbinary = \"/bin/true\"\n{extra}\n\
+             [[listen]]\naddress = \"127.0.0.1:5353\"\n"
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_plan_resolves_against_this_machine_and_describes_itself() {
+        let c = config("lo", "");
+        let plan = Plan::resolve(&c).unwrap_or_else(|p| panic!("{p}"));
+        assert_eq!(plan.interface.name, "lo");
+        assert!(plan.interface.queues >= 1);
+        assert_eq!(plan.queues, (0..plan.interface.queues).collect::<Vec<_>>());
+        assert_eq!(plan.umem_per_queue, 256 * 2048);
+        assert_eq!(plan.max_frame_len, 2048 - 256);
+        assert!(!plan.low_ports, "5353 needs no CAP_NET_BIND_SERVICE");
+        assert_eq!(plan.account.name, "daemon");
+        assert_eq!(
+            plan.pin_dir,
+            Path::new("/sys/fs/bpf/xdpdns-plan-test/default")
+        );
+        let d = plan.describe(&c.live);
+        assert!(d.contains("interface     lo (ifindex"), "{d}");
+        assert!(d.contains("listen        127.0.0.1:5353"), "{d}");
+        assert!(d.contains("/bin/true as daemon"), "{d}");
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let c = config("xdt-no-such0", "");
+        let mut c2 = c.clone();
+        c2.fixed.dataplane.user = "xdt-no-such-user".into();
+        c2.fixed.dataplane.binary = Some("/nonexistent/dp".into());
+        let p = Plan::resolve(&c2).unwrap_err().to_string();
+        assert!(p.contains("no interface \"xdt-no-such0\""), "{p}");
+        assert!(p.contains("no user \"xdt-no-such-user\""), "{p}");
+        assert!(p.contains("dataplane.binary: /nonexistent/dp"), "{p}");
+        let mut c3 = config("lo", "");
+        c3.live.xdp.queues = xdpdns_common::config::QueueSelection::List(vec![700]);
+        let p = Plan::resolve(&c3).unwrap_err().to_string();
+        assert!(p.contains("xdp.queues: queue 700 does not exist"), "{p}");
+    }
+}

@@ -417,3 +417,129 @@ impl Status {
         s
     }
 }
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use std::time::Instant;
+    use xdpdns_common::config::Config;
+    use xdpdns_common::ipc::{BackendSpec, PoolSpec};
+
+    fn live() -> Live {
+        Config::from_toml(
+            "[xdp]\ninterface = \"eth0\"\n[[listen]]\naddress = \"192.0.2.1:53\"\n\
+             [[rule]]\nqname_suffix = \"blocked.test.\"\naction = \"nxdomain\"\n\
+             [[backend]]\naddress = \"192.0.2.10:53\"\n",
+        )
+        .unwrap()
+        .live
+    }
+
+    fn queue(received: u64, replies: u64) -> QueueState {
+        let mut q = QueueState::new();
+        q.phase = Phase::Running;
+        q.pid = Some(100);
+        q.started_at = Some(Instant::now());
+        q.registered_at = Some(Instant::now());
+        q.zero_copy = Some(false);
+        q.base.xsk.received = received;
+        q.live.xsk.answered = received;
+        q.live.xsk.drop(DropReason::DnsShort);
+        q.live.rule_hits = vec![2, received - 2];
+        q.live.size_backends(1);
+        q.live.backends[0].replies = replies;
+        q.live.backends[0].observe(300);
+        q.live.forward.in_flight = 4;
+        q
+    }
+
+    fn forward() -> ForwardSpec {
+        ForwardSpec {
+            backends: vec![BackendSpec {
+                tag: 0,
+                address: "192.0.2.10:53".parse().unwrap(),
+                source: "192.0.2.1".parse().unwrap(),
+                xsk: true,
+                weight: 1,
+                pool: 0,
+            }],
+            pools: vec![PoolSpec {
+                name: "default".into(),
+                policy: Default::default(),
+                members: vec![0],
+            }],
+            default_pool: 0,
+            timeout_ms: 1000,
+            timeout_action: xdpdns_common::config::FailAction::Drop,
+            all_down_action: xdpdns_common::config::FailAction::ServFail,
+            port_base: 30000,
+            max_in_flight: 64,
+            regions: 2,
+            local_mac: [2, 0, 0, 0, 0, 1],
+            port_sockets: 1,
+            live: Vec::new(),
+        }
+    }
+
+    pub(crate) fn snapshot() -> Status {
+        let live = live();
+        let queues: BTreeMap<u32, QueueState> = [(0, queue(10, 3)), (1, queue(20, 5))].into();
+        let fwd = forward();
+        let health = [BackendLive {
+            up: true,
+            mac: Some([2, 0, 0, 0, 0, 0x0b]),
+        }];
+        Status::collect(&Sources {
+            instance: "t",
+            interface: "veth0",
+            ifindex: 7,
+            program: (42, Some("native"), "/sys/fs/bpf/x/t".into()),
+            xdp: XdpCounters::default(),
+            uptime: Duration::from_secs(9),
+            config_path: std::path::Path::new("/etc/xdpdns/t.toml"),
+            live: &live,
+            queues: &queues,
+            forwarding: Some((&fwd, &health)),
+            tcp: TcpStatus::default(),
+        })
+    }
+
+    #[test]
+    fn a_snapshot_sums_queues_and_names_rules_and_backends() {
+        let s = snapshot();
+        assert!(s.ready);
+        assert_eq!(s.queues.len(), 2);
+        assert_eq!(s.totals.xsk.received, 30);
+        assert_eq!(s.totals.xsk.dropped["dns_short"], 2);
+        assert_eq!(s.totals.forward.in_flight, 8, "the gauge sums over queues");
+        assert_eq!(s.rules.len(), 2);
+        assert_eq!(s.rules[0].label, "suffix=blocked.test.,action=nxdomain");
+        assert_eq!(s.rules[0].hits, 4);
+        assert_eq!(s.rules[1].label, "default,action=forward");
+        assert_eq!(s.rules[1].hits, 26);
+        let b = &s.backends[0];
+        assert_eq!((b.replies, b.up), (8, true));
+        assert_eq!(b.mac.as_deref(), Some("02:00:00:00:00:0b"));
+        assert_eq!(b.latency_avg_us, 600 / 8);
+        assert_eq!(s.queues[0].xsk_mode.as_deref(), Some("copy"));
+        // It survives the control socket's JSON.
+        let back: Status = serde_json::from_str(&serde_json::to_string(&s).unwrap()).unwrap();
+        assert_eq!(back.totals.xsk.received, 30);
+    }
+
+    #[test]
+    fn the_table_shows_queues_drops_rules_and_backends() {
+        let t = snapshot().render();
+        assert!(
+            t.contains("instance t  interface veth0 (ifindex 7)  XDP native (program 42)"),
+            "{t}"
+        );
+        assert!(t.contains("drops    dns_short=2"), "{t}");
+        assert!(t.contains("[default,action=forward]=26"), "{t}");
+        assert!(
+            t.contains("backend  192.0.2.10:53 pool default af_xdp UP"),
+            "{t}"
+        );
+        assert!(t.contains("in_flight=8"), "{t}");
+    }
+}

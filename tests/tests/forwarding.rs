@@ -634,3 +634,41 @@ fn backends_are_added_swapped_and_removed_live_under_load() -> anyhow::Result<()
     );
     Ok(())
 }
+
+#[test]
+#[ignore = "needs root: run by make test"]
+fn a_listen_address_added_by_a_reload_is_served_over_udp_and_tcp() -> anyhow::Result<()> {
+    let (lab, _knot) = backend_lab("tcpreload")?;
+    lab.server_addr("192.0.2.3/24", SERVER_IF)?;
+    let b = backend(&format!("{BACKEND_V4}:53"), "");
+    let server = lab.start("r", &lab.config("r", &b))?;
+    server.wait_status("backend up", |s| {
+        s["backends"][0]["up"] == true && s["backends"][0]["mac"].is_string()
+    })?;
+    let tcp = |at: &str| lab.kdig_output(&[&format!("@{at}"), "+tcp", "www.example.test", "A"]);
+    assert!(
+        !answer_has(&tcp("192.0.2.3"), ZONE_A),
+        "not a listen address yet"
+    );
+    let said = reload(
+        &server,
+        &lab.config("r", &format!("[[listen]]\naddress = \"192.0.2.3:53\"\n{b}")),
+    )?;
+    assert!(said.contains("listen addresses"), "{said}");
+    let out = tcp("192.0.2.3");
+    assert!(answer_has(&out, ZONE_A) && out.contains("(TCP)"), "{out}");
+    let out = lab.kdig_output(&["@192.0.2.3", "www.example.test", "A"]);
+    assert!(answer_has(&out, ZONE_A) && out.contains("(UDP)"), "{out}");
+    // And removed again: TCP stops with UDP.
+    reload(&server, &lab.config("r", &b))?;
+    assert!(
+        !answer_has(&tcp("192.0.2.3"), ZONE_A),
+        "no longer listened on"
+    );
+    let out = tcp(SERVER_V4);
+    assert!(
+        answer_has(&out, ZONE_A),
+        "the other address still is:\n{out}"
+    );
+    Ok(())
+}
