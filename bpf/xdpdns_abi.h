@@ -15,22 +15,56 @@
 #define XDPDNS_MAP_STATS    stats
 /* One u64: the loader's fingerprint of the object and its load parameters. */
 #define XDPDNS_MAP_META     meta
+/* Client ACL, double-buffered: the loader fills the inactive pair, then flips. */
+#define XDPDNS_MAP_ACL_V4_0 acl_v4_0
+#define XDPDNS_MAP_ACL_V4_1 acl_v4_1
+#define XDPDNS_MAP_ACL_V6_0 acl_v6_0
+#define XDPDNS_MAP_ACL_V6_1 acl_v6_1
+/* One u32 of settings the loader changes live (see XDPDNS_SETTING_*). */
+#define XDPDNS_MAP_SETTINGS settings
+/* Backends (address, port) whose replies the program redirects. */
+#define XDPDNS_MAP_BACKENDS_V4 backends_v4
+#define XDPDNS_MAP_BACKENDS_V6 backends_v6
+/* Per-CPU counters per listen address (XDPDNS_LISTEN_STAT_*). */
+#define XDPDNS_MAP_LISTEN_STATS listen_stats
 
 /* Default size of the XSKMAP; the loader resizes it to the device's queue count. */
 #define XDPDNS_MAX_QUEUES 64
-/* Capacity of each destination map (listen addresses, later backend reply ports). */
+/* Capacity of each destination map (listen addresses and forwarding sources). */
 #define XDPDNS_MAX_DESTINATIONS 4096
+/* Listen addresses the per-listen counters cover. */
+#define XDPDNS_MAX_LISTEN 256
+/* Prefixes per ACL trie, backends per backend map. */
+#define XDPDNS_MAX_ACL 4096
+#define XDPDNS_MAX_BACKENDS 4096
 
 /* Kernel constant: copy-mode AF_XDP places frames this far into a UMEM chunk. */
 #define XDPDNS_XDP_PACKET_HEADROOM 256
 
-/* Values stored in the destination maps: why the destination is ours. */
-#define XDPDNS_DEST_LISTEN 1
+/* Destination map values: kind in the low 16 bits, listen index above. */
+#define XDPDNS_DEST_LISTEN  1 /* a listen address: ACL, then AF_XDP */
+#define XDPDNS_DEST_FORWARD 2 /* a forwarding source address (port 0): replies */
+
+/* The settings word: which ACL pair is active, what denial does, whether
+ * query checksums are verified. One u32, so the loader changes it at once. */
+#define XDPDNS_SETTING_ACL_SLOT    1 /* bit: the _1 tries are active */
+#define XDPDNS_SETTING_ACL_REFUSED 2 /* bit: denied queries get REFUSED */
+#define XDPDNS_SETTING_VERIFY_CSUM 4 /* bit: verify queries' UDP checksums */
+#define XDPDNS_SETTING_NO_TX       8 /* bit: XDP_TX does not reach the wire (a veth
+                                      * whose peer runs no XDP): what would be
+                                      * answered here goes to the kernel stack */
+
+/* Per-listen counters, XDPDNS_LISTEN_STAT_COUNT per listen index. */
+#define XDPDNS_LISTEN_STAT_ALLOWED     0 /* passed the ACL */
+#define XDPDNS_LISTEN_STAT_ACL_DROPPED 1 /* outside the ACL: dropped */
+#define XDPDNS_LISTEN_STAT_ACL_REFUSED 2 /* outside the ACL: REFUSED sent */
+#define XDPDNS_LISTEN_STAT_COUNT       3
 
 /*
  * Per-CPU counters, one slot per outcome. Exactly one slot is incremented per
- * frame the program sees. Only REDIRECT hands a frame to AF_XDP; every other
- * outcome is XDP_PASS (the kernel stack). The program never drops.
+ * frame the program sees. REDIRECT hands a frame to AF_XDP; ACL_DROPPED and
+ * NOT_BACKEND are XDP_DROP, ACL_REFUSED is XDP_TX (an answer built in place);
+ * every other outcome is XDP_PASS (the kernel stack).
  */
 #define XDPDNS_STAT_REDIRECT     0 /* to the receiving queue's AF_XDP socket */
 #define XDPDNS_STAT_NO_SOCKET    1 /* ours, but the queue has no socket: kernel path */
@@ -42,6 +76,14 @@
 #define XDPDNS_STAT_IPV4_OPTIONS 7 /* IHL > 5 */
 #define XDPDNS_STAT_IPV6_EXT     8 /* any IPv6 extension header */
 #define XDPDNS_STAT_TRUNCATED    9 /* headers cut short, or a bad IP version/IHL */
-#define XDPDNS_STAT_COUNT       10
+#define XDPDNS_STAT_ACL_DROPPED 10 /* a query from outside the ACL: dropped */
+#define XDPDNS_STAT_ACL_REFUSED 11 /* a query from outside the ACL: REFUSED in XDP */
+#define XDPDNS_STAT_NOT_BACKEND 12 /* to a forwarding port, not from a backend: dropped */
+#define XDPDNS_STAT_BAD_CSUM    13 /* a query whose UDP checksum does not verify: the
+                                    * kernel judges it (offloaded partial: accepted) */
+#define XDPDNS_STAT_UNVERIFIED  14 /* a query too long to verify here: kernel path */
+#define XDPDNS_STAT_ACL_TO_KERNEL  15 /* outside the ACL, REFUSED wanted but no XDP_TX
+                                    * here (SETTING_NO_TX): the kernel path answers */
+#define XDPDNS_STAT_COUNT       16
 
 #endif /* XDPDNS_ABI_H */

@@ -36,6 +36,7 @@ ip -n $SRV link add demo0 numtxqueues 2 numrxqueues 2 type veth peer name demo1 
 ip -n $SRV addr add 192.0.2.1/24 dev demo0
 ip -n $SRV addr add 2001:db8::1/64 dev demo0 nodad
 ip -n $CLI addr add 192.0.2.2/24 dev demo1
+ip -n $CLI addr add 192.0.2.99/24 dev demo1   # a client the ACL leaves out
 ip -n $CLI addr add 2001:db8::2/64 dev demo1 nodad
 for ns in $SRV $CLI; do ip -n $ns link set lo up; done
 ip -n $SRV link set demo0 up
@@ -55,6 +56,12 @@ sed -e 's/^interface = .*/interface = "demo0"/' \
     -e 's|^pin_root = .*|pin_root = "/sys/fs/bpf/xdpdns-demo"|' \
     -e "s/^frames = .*/frames = $frames/" \
     packaging/xdpdns.toml > "$CONFIG"
+# The default ACL (dnsdist's: loopback and private ranges) leaves out the
+# lab's documentation prefixes: allow the lab's client, and only it.
+cat >> "$CONFIG" <<'EOF'
+[acl]
+allow = ["127.0.0.0/8", "::1/128", "192.0.2.2/32", "2001:db8::2/128"]
+EOF
 
 step "configuration ($CONFIG)"
 grep -v '^\s*#' "$CONFIG" | grep -v '^\s*$'
@@ -78,6 +85,8 @@ for q in "@192.0.2.1 www.example.com A" "@2001:db8::1 www.example.com AAAA +edns
     # shellcheck disable=SC2086
     ip netns exec $CLI kdig +retry=0 +timeout=2 $q | grep -E 'status|Flags|EDNS|Version|QUESTION|IN\s|Received|From' || true
 done
+echo "\$ kdig -b 192.0.2.99 @192.0.2.1 www.example.com   (outside the ACL: dropped in XDP)"
+ip netns exec $CLI kdig +retry=0 +timeout=1 -b 192.0.2.99 @192.0.2.1 www.example.com 2>&1 | grep -E 'status|timeout' || true
 echo "... and 200 more, over both queues"
 for i in $(seq 100); do
     ip netns exec $CLI kdig +retry=0 +timeout=1 @192.0.2.1 "q$i.example.net" >/dev/null &

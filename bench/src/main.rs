@@ -8,7 +8,10 @@
 //! BENCH_RUNS (3, the median is kept), BENCH_SERVERS (all; comma-separated
 //! names), BENCH_DNSPERF_SECS (10), BENCH_FRAMES (2048), BENCH_BATCH (64),
 //! BENCH_SERVER_CPU (0), BENCH_GEN_CPU (1), BENCH_FWD_RATES (100000,300000:
-//! the forwarding cases, whose knotd backend shares the generator's CPU).
+//! the forwarding cases, whose knotd backend shares the generator's CPU),
+//! BENCH_FORWARDING (lines for the forwarding cases' `[forwarding]`, e.g.
+//! `ports = 1`), BENCH_XSK_EXTRA and BENCH_EXTRA (lines for `[xsk]` and the
+//! end of the REFUSED cases' configuration): levers compared in one run.
 //!
 //! The forwarding cases (xdpdns-fwd-afxdp, xdpdns-fwd-socket, dnsdist-fwd)
 //! relay every query to one knotd backend in the client namespace.

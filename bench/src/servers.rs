@@ -124,9 +124,17 @@ pub fn start(
             } else {
                 ""
             };
-            let xsk = format!("batch_size = {batch}");
+            let xsk = format!(
+                "batch_size = {batch}\n{}",
+                std::env::var("BENCH_XSK_EXTRA").unwrap_or_default()
+            );
             let config = lab
-                .config_full("bench", xdp, &xsk, "")
+                .config_full(
+                    "bench",
+                    xdp,
+                    &xsk,
+                    &std::env::var("BENCH_EXTRA").unwrap_or_default(),
+                )
                 .replace("frames = 512", &format!("frames = {frames}"))
                 .replace("stats_interval_ms = 200", "stats_interval_ms = 1000");
             Running::Xdpdns(Box::new(lab.start_with("bench", &config, wrap)?))
@@ -137,9 +145,12 @@ pub fn start(
             } else {
                 "false"
             };
-            let backend = format!(
+            let mut backend = format!(
                 "[[backend]]\naddress = \"{BACKEND}:53\"\nxsk = {xsk}\n[backend.health]\nqname = \"www.example.test.\"\n"
             );
+            if let Ok(lines) = std::env::var("BENCH_FORWARDING") {
+                backend.push_str(&format!("[forwarding]\n{lines}\n"));
+            }
             let config = lab
                 .config_full("bench", "", &format!("batch_size = {batch}"), &backend)
                 .replace("frames = 512", &format!("frames = {frames}"))

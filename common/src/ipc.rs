@@ -14,7 +14,7 @@ use crate::config::{AnswerSpec, FailAction, Policy, XskBindMode};
 use crate::stats::DataplaneCounters;
 
 /// Bumped whenever a message changes shape; both sides must agree.
-pub const PROTOCOL_VERSION: u32 = 4;
+pub const PROTOCOL_VERSION: u32 = 5;
 
 /// The dataplane finds its end of the socketpair at this descriptor.
 pub const CONTROL_FD: i32 = 3;
@@ -22,18 +22,26 @@ pub const CONTROL_FD: i32 = 3;
 /// Largest message either side sends or accepts.
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
 
-/// Most descriptors one message may carry.
-pub const MAX_FDS: usize = 64;
+/// Most descriptors one message carries (the kernel's SCM_MAX_FD is 253).
+/// More follow in [`ToDataplane::MoreFds`] messages.
+pub const MAX_FDS: usize = 250;
+
+/// Most descriptors a dataplane accepts with one Init or Reconfigure.
+pub const MAX_DESCRIPTORS: u32 = 16384;
 
 /// What the loader tells a dataplane.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum ToDataplane {
-    /// First message. Carries one UDP socket per `kernel_sockets` entry, in
-    /// that order, bound by the loader for the kernel path.
+    /// First message. Its `descriptors` are: one UDP socket per
+    /// `kernel_sockets` entry, in that order, bound by the loader for the
+    /// kernel path; then forwarding's (see [`ForwardSpec`]). The first
+    /// [`MAX_FDS`] come with it, the rest in `MoreFds` right after.
     Init(Box<DataplaneInit>),
-    /// New answer rules and kernel-path sockets (a reload). Carries one UDP
-    /// socket per `kernel_sockets` entry, replacing the previous ones.
+    /// New answer rules and kernel-path sockets (a reload), replacing the
+    /// previous ones; descriptors as for Init, without the in-flight table.
     Reconfigure(Box<Reconfigure>),
+    /// More descriptors of the Init or Reconfigure just sent.
+    MoreFds,
     /// Health and next-hop MAC of every backend, in `ForwardSpec` order.
     Backends(Vec<BackendLive>),
     /// Finish what is in flight and exit 0.
@@ -41,9 +49,9 @@ pub enum ToDataplane {
 }
 
 /// Where unanswered queries go. Comes with Init or Reconfigure; its
-/// descriptors follow the kernel-path sockets: the in-flight table (memfd),
-/// the queue's port-reserving sockets (`port_sockets` of them), then one
-/// connected UDP socket per backend.
+/// descriptors follow the kernel-path sockets: the in-flight table (memfd,
+/// with Init only), then `backend_sockets` connected UDP sockets per
+/// backend, in backend order.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ForwardSpec {
     pub backends: Vec<BackendSpec>,
@@ -53,16 +61,22 @@ pub struct ForwardSpec {
     pub timeout_ms: u32,
     pub timeout_action: FailAction,
     pub all_down_action: FailAction,
-    /// Queue N sends to backends from port `port_base + N`.
+    /// AF_XDP forwarding draws a source port per query from
+    /// `port_base .. port_base + ports` (shared by all queues).
     pub port_base: u16,
+    pub ports: u32,
+    /// Connected sockets per backend (one drawn per query).
+    pub backend_sockets: u32,
+    /// UMEM frame size and the interface MTU: what a reply arriving over
+    /// AF_XDP can be at most (forwarded queries ask for no more).
+    pub frame_size: u32,
+    pub mtu: u32,
     /// Slots per queue in the in-flight table.
     pub max_in_flight: u32,
     /// Queue regions in the table (the device's queue count).
     pub regions: u32,
     /// The interface's MAC: source of every frame we build.
     pub local_mac: [u8; 6],
-    /// How many port-reserving sockets come with this message (1 or 2).
-    pub port_sockets: u32,
     /// Initial health and MACs.
     pub live: Vec<BackendLive>,
 }
@@ -88,6 +102,14 @@ pub struct PoolSpec {
     pub members: Vec<u16>,
 }
 
+impl ForwardSpec {
+    /// The descriptors forwarding adds to an Init (`with_table`) or a
+    /// Reconfigure.
+    pub fn descriptors(&self, with_table: bool) -> usize {
+        usize::from(with_table) + self.backends.len() * self.backend_sockets as usize
+    }
+}
+
 /// A backend's state as the loader sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BackendLive {
@@ -101,6 +123,8 @@ pub struct Reconfigure {
     pub answer: AnswerSpec,
     pub kernel_sockets: Vec<SocketAddr>,
     pub forward: Option<ForwardSpec>,
+    /// Descriptors that come with it (this message and `MoreFds`).
+    pub descriptors: u32,
 }
 
 /// Everything a dataplane needs to serve its queue.
@@ -121,6 +145,8 @@ pub struct DataplaneInit {
     /// The local address of each kernel-path socket passed with this message.
     pub kernel_sockets: Vec<SocketAddr>,
     pub forward: Option<ForwardSpec>,
+    /// Descriptors that come with it (this message and `MoreFds`).
+    pub descriptors: u32,
 }
 
 /// What a dataplane tells the loader.
@@ -205,6 +231,7 @@ mod tests {
             answer: cfg.live.answer_spec(),
             kernel_sockets: vec!["192.0.2.1:53".parse().unwrap()],
             forward: None,
+            descriptors: 1,
         }
     }
 

@@ -13,4 +13,5 @@ pub mod ipc;
 #[cfg(feature = "logging")]
 pub mod logging;
 pub mod maps;
+pub mod net;
 pub mod stats;

@@ -13,17 +13,82 @@ pub const MAP_DEST_V6: &str = "dest_v6";
 pub const MAP_STATS: &str = "stats";
 /// Name of the one-entry array holding the loader's fingerprint.
 pub const MAP_META: &str = "meta";
+/// Names of the ACL tries: `[family][slot]`, v4 first.
+pub const MAP_ACL: [[&str; 2]; 2] = [["acl_v4_0", "acl_v4_1"], ["acl_v6_0", "acl_v6_1"]];
+/// Name of the one-entry array of live settings ([`Settings`]).
+pub const MAP_SETTINGS: &str = "settings";
+/// Names of the backend maps (replies are redirected only from these).
+pub const MAP_BACKENDS_V4: &str = "backends_v4";
+pub const MAP_BACKENDS_V6: &str = "backends_v6";
+/// Name of the per-listen, per-CPU counters.
+pub const MAP_LISTEN_STATS: &str = "listen_stats";
 /// Name of the program in the object.
 pub const PROGRAM_NAME: &str = "xdpdns";
 /// Name of the read-only global holding the largest frame AF_XDP can take.
 pub const GLOBAL_MAX_FRAME_LEN: &str = "max_frame_len";
+/// Names of the read-only globals holding the forwarding port range.
+pub const GLOBAL_FWD_PORT_LO: &str = "fwd_port_lo";
+pub const GLOBAL_FWD_PORTS: &str = "fwd_ports";
 
 /// Kernel constant `XDP_PACKET_HEADROOM`: copy-mode frames start this far into a chunk.
 pub const XDP_PACKET_HEADROOM: u32 = 256;
 /// Capacity of each destination map.
 pub const MAX_DESTINATIONS: u32 = 4096;
-/// Value stored for a listen address.
+/// Listen addresses the per-listen counters cover (and the most there may be).
+pub const MAX_LISTEN: u32 = 256;
+/// Prefixes per ACL trie; backends per backend map.
+pub const MAX_ACL: u32 = 4096;
+pub const MAX_BACKENDS: u32 = 4096;
+/// Destination map values: the kind in the low 16 bits, for a listen
+/// address its index (in the configuration's order) above.
 pub const DEST_LISTEN: u32 = 1;
+pub const DEST_FORWARD: u32 = 2;
+
+/// A listen address's destination value.
+pub const fn dest_listen(index: u16) -> u32 {
+    DEST_LISTEN | ((index as u32) << 16)
+}
+
+/// The live settings word.
+pub struct Settings;
+
+impl Settings {
+    /// The `_1` ACL tries are active.
+    pub const ACL_SLOT: u32 = 1;
+    /// Queries from outside the ACL are answered REFUSED (else dropped).
+    pub const ACL_REFUSED: u32 = 2;
+    /// Queries' UDP checksums are verified before redirection.
+    pub const VERIFY_CSUM: u32 = 4;
+    /// XDP_TX does not reach the wire here (a veth): REFUSED for clients
+    /// outside the ACL comes from the kernel path instead.
+    pub const NO_TX: u32 = 8;
+}
+
+/// Per-listen counters, [`ListenStat::COUNT`] per listen index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u32)]
+pub enum ListenStat {
+    Allowed = 0,
+    AclDropped = 1,
+    AclRefused = 2,
+}
+
+impl ListenStat {
+    pub const COUNT: u32 = 3;
+    pub const ALL: [ListenStat; 3] = [
+        ListenStat::Allowed,
+        ListenStat::AclDropped,
+        ListenStat::AclRefused,
+    ];
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            ListenStat::Allowed => "allowed",
+            ListenStat::AclDropped => "acl_dropped",
+            ListenStat::AclRefused => "acl_refused",
+        }
+    }
+}
 
 /// Key of `dest_v4`: address and port in network byte order.
 #[repr(C)]
@@ -103,10 +168,16 @@ pub enum XdpOutcome {
     Ipv4Options = 7,
     Ipv6Ext = 8,
     Truncated = 9,
+    AclDropped = 10,
+    AclRefused = 11,
+    NotBackend = 12,
+    BadCsum = 13,
+    Unverified = 14,
+    AclKernel = 15,
 }
 
 impl XdpOutcome {
-    pub const COUNT: usize = 10;
+    pub const COUNT: usize = 16;
     pub const ALL: [XdpOutcome; Self::COUNT] = [
         XdpOutcome::Redirect,
         XdpOutcome::NoSocket,
@@ -118,6 +189,12 @@ impl XdpOutcome {
         XdpOutcome::Ipv4Options,
         XdpOutcome::Ipv6Ext,
         XdpOutcome::Truncated,
+        XdpOutcome::AclDropped,
+        XdpOutcome::AclRefused,
+        XdpOutcome::NotBackend,
+        XdpOutcome::BadCsum,
+        XdpOutcome::Unverified,
+        XdpOutcome::AclKernel,
     ];
 
     /// Stable lower-case name, used in status output and metric labels.
@@ -133,6 +210,12 @@ impl XdpOutcome {
             XdpOutcome::Ipv4Options => "ipv4_options",
             XdpOutcome::Ipv6Ext => "ipv6_ext",
             XdpOutcome::Truncated => "truncated",
+            XdpOutcome::AclDropped => "acl_dropped",
+            XdpOutcome::AclRefused => "acl_refused",
+            XdpOutcome::NotBackend => "not_backend",
+            XdpOutcome::BadCsum => "bad_csum",
+            XdpOutcome::Unverified => "unverified",
+            XdpOutcome::AclKernel => "acl_to_kernel",
         }
     }
 
@@ -140,6 +223,8 @@ impl XdpOutcome {
     pub const fn verdict(self) -> &'static str {
         match self {
             XdpOutcome::Redirect => "redirect",
+            XdpOutcome::AclDropped | XdpOutcome::NotBackend => "drop",
+            XdpOutcome::AclRefused => "tx",
             _ => "pass",
         }
     }
@@ -178,6 +263,40 @@ mod tests {
             MAX_DESTINATIONS.to_string()
         );
         assert_eq!(define("XDPDNS_DEST_LISTEN"), DEST_LISTEN.to_string());
+        assert_eq!(define("XDPDNS_DEST_FORWARD"), DEST_FORWARD.to_string());
+        assert_eq!(define("XDPDNS_MAX_LISTEN"), MAX_LISTEN.to_string());
+        assert_eq!(define("XDPDNS_MAX_ACL"), MAX_ACL.to_string());
+        assert_eq!(define("XDPDNS_MAX_BACKENDS"), MAX_BACKENDS.to_string());
+        assert_eq!(define("XDPDNS_MAP_SETTINGS"), MAP_SETTINGS);
+        assert_eq!(define("XDPDNS_MAP_BACKENDS_V4"), MAP_BACKENDS_V4);
+        assert_eq!(define("XDPDNS_MAP_BACKENDS_V6"), MAP_BACKENDS_V6);
+        assert_eq!(define("XDPDNS_MAP_LISTEN_STATS"), MAP_LISTEN_STATS);
+        for (f, fam) in ["V4", "V6"].iter().enumerate() {
+            for (slot, name) in MAP_ACL[f].iter().enumerate() {
+                assert_eq!(define(&format!("XDPDNS_MAP_ACL_{fam}_{slot}")), *name);
+            }
+        }
+        assert_eq!(
+            define("XDPDNS_SETTING_ACL_SLOT"),
+            Settings::ACL_SLOT.to_string()
+        );
+        assert_eq!(
+            define("XDPDNS_SETTING_ACL_REFUSED"),
+            Settings::ACL_REFUSED.to_string()
+        );
+        assert_eq!(
+            define("XDPDNS_SETTING_VERIFY_CSUM"),
+            Settings::VERIFY_CSUM.to_string()
+        );
+        assert_eq!(define("XDPDNS_SETTING_NO_TX"), Settings::NO_TX.to_string());
+        assert_eq!(
+            define("XDPDNS_LISTEN_STAT_COUNT"),
+            ListenStat::COUNT.to_string()
+        );
+        for st in ListenStat::ALL {
+            let name = format!("XDPDNS_LISTEN_STAT_{}", st.name().to_ascii_uppercase());
+            assert_eq!(define(&name), (st as u32).to_string(), "{name}");
+        }
         assert_eq!(define("XDPDNS_STAT_COUNT"), XdpOutcome::COUNT.to_string());
         for outcome in XdpOutcome::ALL {
             let name = format!("XDPDNS_STAT_{}", outcome.name().to_ascii_uppercase());

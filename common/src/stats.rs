@@ -44,6 +44,7 @@ drop_reasons! {
     AnswerTooLarge => "answer_too_large", "The answer would not fit the buffer.";
     RuleDrop => "rule_drop", "A rule's action was drop.";
     FailDrop => "fail_drop", "Not forwarded (pool down, no slot, timeout) and the failure action is drop.";
+    AclDenied => "acl_denied", "The client is outside the ACL and its action is drop (kernel path, TCP; XDP counts its own).";
     SendFailed => "send_failed", "The answer could not be sent (no socket for its address, or the send failed).";
 }
 
@@ -150,6 +151,9 @@ pub struct DataplaneCounters {
     pub iterations: u64,
     /// Kernel-socket sends that failed.
     pub kernel_send_errors: u64,
+    /// Queries from clients outside the ACL answered REFUSED (kernel path, TCP).
+    #[serde(default)]
+    pub acl_refused: u64,
     pub xsk_kernel: XskKernelStats,
     pub rings: RingLevels,
     /// Queries answered or dropped per rule, in rule order; the last entry is
@@ -218,8 +222,13 @@ pub struct ForwardCounters {
     /// Queries in flight now (a gauge; returns to 0 when load stops).
     pub in_flight: u64,
     /// Queries given up unanswered to make room for new ones: the queue's
-    /// region of the in-flight table was full, so its oldest entry went.
+    /// region of the in-flight table was full and they were a quarter of
+    /// `timeout_ms` old.
     pub evicted: u64,
+    /// Queries dropped, not forwarded: the queue's region was full of
+    /// younger queries in flight (overload), or no index cell was free.
+    #[serde(default)]
+    pub no_slot: u64,
     /// Every backend of the pool was down.
     pub pool_down: u64,
     /// Replies matching no query: wrong ID, unknown source, stale.
@@ -238,6 +247,7 @@ impl ForwardCounters {
     fn accumulate(&mut self, o: &ForwardCounters) {
         self.in_flight = o.in_flight;
         self.evicted += o.evicted;
+        self.no_slot += o.no_slot;
         self.pool_down += o.pool_down;
         self.stray_replies += o.stray_replies;
         self.duplicate_replies += o.duplicate_replies;
@@ -295,6 +305,7 @@ impl DataplaneCounters {
         self.sleeps += other.sleeps;
         self.iterations += other.iterations;
         self.kernel_send_errors += other.kernel_send_errors;
+        self.acl_refused += other.acl_refused;
         self.xsk_kernel.accumulate(&other.xsk_kernel);
         self.rings = other.rings;
         if self.rule_hits.len() < other.rule_hits.len() {

@@ -12,7 +12,9 @@ use criterion::{Criterion, Throughput, black_box, criterion_group, criterion_mai
 use xdpdns_common::stats::DataplaneCounters;
 use xdpdns_dataplane::forward::Emit;
 use xdpdns_dataplane::frame::Headers;
-use xdpdns_dataplane::testing::{FrameSpec, build, forwarding_engine, local_engine, query};
+use xdpdns_dataplane::testing::{
+    FrameSpec, PEER, build, forwarding_engine, local_engine, query, turn_round,
+};
 use xdpdns_dataplane::xsk::Fate;
 
 struct NoEmit;
@@ -24,23 +26,6 @@ impl Emit for NoEmit {
     fn frame(&mut self, _: &Headers, _: &[u8]) -> bool {
         false
     }
-}
-
-/// The backend's reply to a forwarded IPv4 frame, made in `out` the cheapest
-/// valid way: MACs, addresses and ports swapped (the IPv4 header checksum
-/// does not change), QR set, UDP checksum 0 (none, allowed over IPv4).
-fn turn_round(fwd: &[u8], out: &mut [u8]) -> usize {
-    let out = &mut out[..fwd.len()];
-    out.copy_from_slice(fwd);
-    out[..6].copy_from_slice(&fwd[6..12]);
-    out[6..12].copy_from_slice(&fwd[..6]);
-    out[26..30].copy_from_slice(&fwd[30..34]);
-    out[30..34].copy_from_slice(&fwd[26..30]);
-    out[34..36].copy_from_slice(&fwd[36..38]);
-    out[36..38].copy_from_slice(&fwd[34..36]);
-    out[40..42].copy_from_slice(&[0, 0]);
-    out[44] |= 0x80;
-    fwd.len()
 }
 
 fn bench(c: &mut Criterion) {
@@ -118,7 +103,7 @@ fn bench(c: &mut Criterion) {
     g.bench_function("decide/refused/10-rules", |b| {
         b.iter(|| {
             buf[..msg.len()].copy_from_slice(&msg);
-            black_box(e.pipeline.decide(&mut buf, msg.len(), &mut counters))
+            black_box(e.pipeline.decide(&mut buf, msg.len(), PEER, &mut counters))
         })
     });
     g.finish();

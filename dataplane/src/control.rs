@@ -8,8 +8,8 @@ use std::time::Duration;
 use nix::errno::Errno;
 use nix::sys::socket::{self, ControlMessage, ControlMessageOwned, MsgFlags, SockType, sockopt};
 use xdpdns_common::ipc::{
-    self, CONTROL_FD, DataplaneInit, FromDataplane, IpcError, MAX_FDS, MAX_MESSAGE_BYTES,
-    PROTOCOL_VERSION, SetupFailure, ToDataplane, XskReady,
+    self, CONTROL_FD, DataplaneInit, FromDataplane, IpcError, MAX_DESCRIPTORS, MAX_FDS,
+    MAX_MESSAGE_BYTES, PROTOCOL_VERSION, SetupFailure, ToDataplane, XskReady,
 };
 use xdpdns_common::stats::DataplaneCounters;
 
@@ -81,13 +81,31 @@ impl Control {
                         theirs: init.protocol,
                     });
                 }
+                let fds = self.rest_of(fds, init.descriptors)?;
                 Ok((*init, fds))
             }
             ToDataplane::Shutdown => Err(ControlError::Closed),
-            ToDataplane::Reconfigure(_) | ToDataplane::Backends(_) => {
-                Err(ControlError::Unexpected("a message before Init"))
+            _ => Err(ControlError::Unexpected("a message before Init")),
+        }
+    }
+
+    /// The descriptors of a message announcing `want`: `fds` came with it,
+    /// the rest follow in MoreFds messages the loader sends right after.
+    pub fn rest_of(&self, mut fds: Vec<OwnedFd>, want: u32) -> Result<Vec<OwnedFd>, ControlError> {
+        if want > MAX_DESCRIPTORS {
+            return Err(ControlError::Unexpected("too many descriptors announced"));
+        }
+        while fds.len() < want as usize {
+            match self.receive(MsgFlags::empty())? {
+                Some((ToDataplane::MoreFds, more)) if !more.is_empty() => fds.extend(more),
+                Some(_) => return Err(ControlError::Unexpected("descriptors missing")),
+                None => return Err(ControlError::Closed),
             }
         }
+        if fds.len() != want as usize {
+            return Err(ControlError::Unexpected("more descriptors than announced"));
+        }
+        Ok(fds)
     }
 
     /// A message (with its descriptors) if one is waiting; `Ok(None)` if none is.

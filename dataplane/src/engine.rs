@@ -12,7 +12,7 @@ use xdpdns_common::stats::{DataplaneCounters, DropReason};
 
 use crate::forward::{Emit, Forwarder, Sent};
 use crate::frame;
-use crate::pipeline::{Pipeline, Verdict};
+use crate::pipeline::{Peer, Pipeline, Transport, Verdict};
 use crate::xsk::Fate;
 
 /// What becomes of a kernel-path datagram.
@@ -30,20 +30,14 @@ pub enum Datagram {
 pub struct Engine {
     pub pipeline: Pipeline,
     pub forwarder: Option<Forwarder>,
-    verify_checksums: bool,
 }
 
 impl Engine {
-    pub fn new(pipeline: Pipeline, forwarder: Option<Forwarder>, verify_checksums: bool) -> Engine {
+    pub fn new(pipeline: Pipeline, forwarder: Option<Forwarder>) -> Engine {
         Engine {
             pipeline,
             forwarder,
-            verify_checksums,
         }
-    }
-
-    pub fn set_verify_checksums(&mut self, verify: bool) {
-        self.verify_checksums = verify;
     }
 
     /// One received AF_XDP frame, `chunk[head..head + len]` in a chunk the
@@ -79,14 +73,16 @@ impl Engine {
         let bytes = chunk
             .get(head..head + len)
             .ok_or(DropReason::FrameTruncated)?;
-        let p = frame::parse(bytes, self.verify_checksums)?;
+        // Queries' checksums were judged by the XDP program (a mismatch
+        // never gets here: the kernel judges it); replies' are ours to check.
+        let p = frame::parse(bytes)?;
         if let Some(f) = self.forwarder.as_mut() {
             let dport = u16::from_be_bytes([chunk[head + p.l4 + 2], chunk[head + p.l4 + 3]]);
-            if let Some(owner) = f.reply_port(dport) {
-                let Some(backends) = self.pipeline.backends() else {
-                    return Ok(Fate::Recycle);
-                };
-                return Ok(f.reply_frame(chunk, head, &p, owner, backends, c, emit));
+            if f.is_reply_port(dport) {
+                if !frame::udp_checksum_ok(&chunk[head..head + len], &p, true) {
+                    return Err(DropReason::BadChecksum);
+                }
+                return Ok(f.reply_frame(chunk, head, &p, c, emit));
             }
         }
         let at = head + p.payload();
@@ -94,7 +90,14 @@ impl Engine {
             head,
             len: frame::write_reply(&mut chunk[head..], &p, n),
         };
-        let (backend, query) = match self.pipeline.decide(&mut chunk[at..], p.payload_len, c) {
+        let peer = Peer {
+            ip: p.source_ip(&chunk[head..]),
+            transport: Transport::Xsk,
+        };
+        let (backend, query) = match self
+            .pipeline
+            .decide(&mut chunk[at..], p.payload_len, peer, c)
+        {
             Verdict::Answer(n) => return Ok(answer(n, chunk)),
             Verdict::Drop(reason) => return Err(reason),
             Verdict::Forward { backend, query } => (backend, query),
@@ -131,7 +134,11 @@ impl Engine {
             c.kernel.drop(DropReason::BadSource);
             return Datagram::Dropped;
         }
-        let verdict = match self.pipeline.decide(buf, len, c) {
+        let peer = Peer {
+            ip: from.ip(),
+            transport: Transport::Udp,
+        };
+        let verdict = match self.pipeline.decide(buf, len, peer, c) {
             Verdict::Forward { backend, query } => {
                 let sent = match (self.forwarder.as_mut(), self.pipeline.backends()) {
                     (Some(f), Some(backends)) => f.forward_datagram(

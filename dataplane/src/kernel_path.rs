@@ -126,6 +126,38 @@ impl KernelPath {
         self.sockets.iter().map(|s| s.as_fd())
     }
 
+    /// Watches every socket (tokens `Kernel(i)`).
+    pub fn watch(&self, poller: &crate::poller::Poller) -> io::Result<()> {
+        for (i, s) in self.sockets.iter().enumerate() {
+            poller.add(s.as_fd(), crate::poller::Token::Kernel(i as u32))?;
+        }
+        Ok(())
+    }
+
+    /// Answers what waits on socket `i`, at most `rounds` batches.
+    pub fn serve_one(
+        &mut self,
+        i: u32,
+        engine: &mut Engine,
+        counters: &mut DataplaneCounters,
+        rounds: usize,
+    ) -> usize {
+        let (Some(s), Some(local)) = (self.sockets.get(i as usize), self.addrs.get(i as usize))
+        else {
+            return 0;
+        };
+        let (fd, local) = (s.as_raw_fd(), *local);
+        let mut total = 0;
+        for _ in 0..rounds {
+            let n = serve_once(fd, local, &mut self.batch, engine, counters);
+            total += n;
+            if n < BATCH {
+                break;
+            }
+        }
+        total
+    }
+
     pub fn is_empty(&self) -> bool {
         self.sockets.is_empty()
     }

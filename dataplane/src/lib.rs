@@ -14,6 +14,7 @@ pub mod forward;
 pub mod frame;
 pub mod kernel_path;
 pub mod pipeline;
+pub mod poller;
 pub mod privileges;
 pub mod sandbox;
 pub mod shm;

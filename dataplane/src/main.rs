@@ -97,7 +97,6 @@ fn run() -> anyhow::Result<()> {
     let engine = Engine::new(
         Pipeline::new(&init.answer, init.forward.as_ref()),
         forwarder,
-        init.answer.verify_checksums,
     );
     let mut worker = Worker::new(
         xsk,
@@ -110,7 +109,8 @@ fn run() -> anyhow::Result<()> {
             idle_nap: Duration::from_micros(u64::from(init.idle_nap_us)),
         },
         stop,
-    );
+    )
+    .context("setting up the loop")?;
     let stocked = worker.stock_fill_ring();
     worker
         .control()

@@ -23,14 +23,17 @@ pub enum SandboxError {
 /// Every system call the dataplane may make after setup.
 pub const ALLOWED: &[(&str, libc::c_long)] = &[
     // The loop: rings are memory; sockets and waiting are system calls.
-    #[cfg(target_arch = "x86_64")]
-    ("poll", libc::SYS_poll),
-    ("ppoll", libc::SYS_ppoll),
+    ("epoll_wait", libc::SYS_epoll_wait),
+    ("epoll_pwait", libc::SYS_epoll_pwait),
+    // Reconfigure: the new sockets join the epoll set.
+    ("epoll_ctl", libc::SYS_epoll_ctl),
     ("sendto", libc::SYS_sendto),
     ("recvfrom", libc::SYS_recvfrom),
     ("recvmmsg", libc::SYS_recvmmsg),
     ("sendmmsg", libc::SYS_sendmmsg),
     ("getsockopt", libc::SYS_getsockopt),
+    // Reconfigure: the local port of each new backend socket.
+    ("getsockname", libc::SYS_getsockname),
     // The control socket: counters out, Reconfigure/Shutdown in.
     ("sendmsg", libc::SYS_sendmsg),
     ("recvmsg", libc::SYS_recvmsg),

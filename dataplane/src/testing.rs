@@ -38,7 +38,21 @@ pub fn answer_spec(rules: usize, default: Action) -> AnswerSpec {
             .collect(),
         default,
         edns_udp_size: 1232,
-        verify_checksums: true,
+        acl: open_acl(),
+    }
+}
+
+/// A client on the kernel path, inside the default ACL.
+pub const PEER: crate::pipeline::Peer = crate::pipeline::Peer {
+    ip: std::net::IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 0, 2)),
+    transport: crate::pipeline::Transport::Udp,
+};
+
+/// An ACL that lets everyone in.
+pub fn open_acl() -> xdpdns_common::config::Acl {
+    xdpdns_common::config::Acl {
+        allow: vec!["0.0.0.0/0".parse().unwrap(), "::/0".parse().unwrap()],
+        action: xdpdns_common::config::AclAction::Drop,
     }
 }
 
@@ -74,10 +88,13 @@ pub fn forward_spec(backends: usize) -> ForwardSpec {
         timeout_action: FailAction::ServFail,
         all_down_action: FailAction::ServFail,
         port_base: 30000,
+        ports: 1024,
+        backend_sockets: 2,
+        frame_size: 2048,
+        mtu: 1500,
         max_in_flight: 4096,
         regions: 2,
         local_mac: SERVER_MAC,
-        port_sockets: 0,
         live: vec![
             BackendLive {
                 up: true,
@@ -93,7 +110,6 @@ pub fn local_engine(rules: usize) -> Engine {
     Engine::new(
         Pipeline::new(&answer_spec(rules, Action::Refused), None),
         None,
-        true,
     )
 }
 
@@ -103,18 +119,22 @@ pub fn forwarding_engine(rules: usize) -> Engine {
     let spec = forward_spec(1);
     let table = Table::anonymous(spec.regions, spec.max_in_flight).expect("anonymous table");
     let alloc = table.allocator(0);
-    // Socket backends' socket; AF_XDP backends with a MAC never use it.
-    let sock = UdpSocket::bind("127.0.0.1:0").expect("loopback socket");
+    // Socket backends' sockets; AF_XDP backends with a MAC never use them.
+    let socks = (0..spec.backend_sockets)
+        .map(|_| {
+            UdpSocket::bind("127.0.0.1:0")
+                .expect("loopback socket")
+                .into()
+        })
+        .collect();
     let fds = ForwardFds {
         table: None,
-        ports: Vec::new(),
-        backends: vec![sock.into()],
+        backends: vec![socks],
     };
     let f = Forwarder::with_table(0, spec.clone(), fds, table, alloc).expect("forwarder");
     Engine::new(
         Pipeline::new(&answer_spec(rules, Action::Forward), Some(&spec)),
         Some(f),
-        true,
     )
 }
 
@@ -133,4 +153,22 @@ pub fn backend_reply(forwarded: &[u8]) -> Vec<u8> {
         zero_udp_checksum: false,
     };
     build(&spec, &payload)
+}
+
+/// The backend's reply to a forwarded IPv4 frame, made in `out` without
+/// allocating, the cheapest valid way: MACs, addresses and ports swapped
+/// (the IPv4 header checksum does not change), QR set, UDP checksum 0 (none,
+/// allowed over IPv4). Returns its length.
+pub fn turn_round(fwd: &[u8], out: &mut [u8]) -> usize {
+    let out = &mut out[..fwd.len()];
+    out.copy_from_slice(fwd);
+    out[..6].copy_from_slice(&fwd[6..12]);
+    out[6..12].copy_from_slice(&fwd[..6]);
+    out[26..30].copy_from_slice(&fwd[30..34]);
+    out[30..34].copy_from_slice(&fwd[26..30]);
+    out[34..36].copy_from_slice(&fwd[36..38]);
+    out[36..38].copy_from_slice(&fwd[34..36]);
+    out[40..42].copy_from_slice(&[0, 0]);
+    out[44] |= 0x80;
+    fwd.len()
 }

@@ -1,12 +1,12 @@
-//! The per-queue loop: completion → fill → RX → answer → TX, then the kernel
-//! sockets, then counters; sleeps in poll() only when there is nothing to do.
+//! The per-queue loop: completion → fill → RX → decide → TX, then whatever
+//! sockets epoll reports ready (kernel path, backends, control), then
+//! counters; sleeps in epoll_wait only when there is nothing to do.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use xdpdns_common::ipc::ToDataplane;
 use xdpdns_common::stats::{DataplaneCounters, DropReason};
 
@@ -16,19 +16,25 @@ use crate::forward::{Emit, ForwardFds};
 use crate::frame::Headers;
 use crate::kernel_path::KernelPath;
 use crate::pipeline::Pipeline;
+use crate::poller::{Poller, Token};
 use crate::xsk::Xsk;
 
-/// Empty loop iterations before sleeping in poll().
+/// Empty loop iterations before sleeping.
 const SPINS_BEFORE_SLEEP: u32 = 32;
-/// While busy, the kernel sockets are also checked every this many iterations
-/// (each check is a recvmmsg system call; poll() covers them when idle).
-const KERNEL_CHECK_EVERY: u32 = 128;
+/// While busy, the sockets are also checked every this many iterations (an
+/// epoll_wait that does not block; sleeping covers them when idle).
+const SOCKET_CHECK_EVERY: u32 = 128;
 /// While busy, the clock is read every this many iterations.
 const CLOCK_EVERY: u32 = 64;
-/// After this long without work the loop blocks in poll() instead of napping.
+/// After this long without work the loop blocks instead of napping.
 const NAP_WINDOW: Duration = Duration::from_millis(2);
 /// How long a shutdown waits for queued answers to leave.
 const DRAIN: Duration = Duration::from_millis(200);
+/// How often the forwarder's region is swept (timeouts, answered queries).
+const SWEEP_EVERY: Duration = Duration::from_millis(10);
+/// Where a payload goes in a chunk when a whole frame is built around it:
+/// after the kernel's headroom and room for the largest headers.
+const BUILD_AT: usize = 256 + 66;
 
 /// How the loop paces itself.
 #[derive(Debug, Clone, Copy)]
@@ -37,7 +43,7 @@ pub struct Tuning {
     pub batch: u32,
     /// How often counters go to the loader.
     pub stats_interval: Duration,
-    /// Nap when a busy queue runs dry (zero: block in poll() at once).
+    /// Nap when a busy queue runs dry (zero: block at once).
     pub idle_nap: Duration,
 }
 
@@ -55,6 +61,7 @@ pub struct Worker {
     engine: Engine,
     kernel: KernelPath,
     control: Control,
+    poller: Poller,
     counters: DataplaneCounters,
     batch: u32,
     stats_interval: Duration,
@@ -62,12 +69,6 @@ pub struct Worker {
     /// Nap length when the queue just went quiet; `None` blocks at once.
     nap: Option<Duration>,
 }
-
-/// How often the forwarder's expired queries are swept.
-const EXPIRE_EVERY: Duration = Duration::from_millis(10);
-/// Where a payload goes in a chunk when a whole frame is built around it:
-/// after the kernel's headroom and room for the largest headers.
-const BUILD_AT: usize = 256 + 66;
 
 /// Answers sent through a kernel-path socket.
 struct KernelOnly<'a>(&'a KernelPath);
@@ -101,6 +102,16 @@ impl Emit for Outbox<'_> {
             Some((start, BUILD_AT + payload.len() - start))
         })
     }
+    fn has_frame(&self) -> bool {
+        self.xsk.has_free_chunk()
+    }
+}
+
+/// What serving the ready sockets found.
+#[derive(Default)]
+struct Served {
+    datagrams: u32,
+    control: bool,
 }
 
 impl Worker {
@@ -111,25 +122,37 @@ impl Worker {
         control: Control,
         tuning: Tuning,
         stop: Arc<AtomicBool>,
-    ) -> Self {
+    ) -> std::io::Result<Self> {
         let Tuning {
             batch,
             stats_interval,
             idle_nap,
         } = tuning;
+        let mut xsk = xsk;
+        if engine.forwarder.is_some() {
+            xsk.reserve_for_builds();
+        }
+        let poller = Poller::new()?;
+        poller.add(std::os::fd::AsFd::as_fd(&xsk), Token::Xsk)?;
+        poller.add(control.fd(), Token::Control)?;
+        kernel.watch(&poller)?;
+        if let Some(f) = &engine.forwarder {
+            f.watch(&poller)?;
+        }
         let mut counters = DataplaneCounters::new();
         counters.size_backends(engine.pipeline.backend_count());
-        Worker {
+        Ok(Worker {
             xsk,
             engine,
             kernel,
             control,
+            poller,
             counters,
             batch,
             stats_interval,
             stop,
             nap: (idle_nap > Duration::ZERO).then_some(idle_nap),
-        }
+        })
     }
 
     pub fn xsk(&self) -> &Xsk {
@@ -149,26 +172,35 @@ impl Worker {
         let mut next_report = Instant::now() + self.stats_interval;
         let mut idle = 0u32;
         let mut iteration = 0u32;
-        let mut kernel_ready = true;
+        let mut sockets_ready = true;
         let mut last_work = Instant::now();
-        let mut next_expire = Instant::now();
+        let mut next_sweep = Instant::now();
         loop {
             if self.stop.load(Ordering::Relaxed) {
                 return Ok(self.finish(Exit::Shutdown));
             }
             iteration = iteration.wrapping_add(1);
             self.counters.iterations += 1;
-            let reclaimed = self.xsk.reclaim(self.batch * 2);
+            let reclaimed = self.xsk.reclaim(u32::MAX);
             let refilled = self.xsk.refill();
-            let received = self.receive();
-            let mut work = reclaimed + refilled + received + self.transmit(received > 0);
-            // Kernel sockets: while they deliver, every iteration; otherwise
-            // now and then (poll() watches them when the loop sleeps).
-            if kernel_ready || iteration.is_multiple_of(KERNEL_CHECK_EVERY) {
-                let n = self.serve_sockets();
-                kernel_ready = n > 0;
-                work += n;
+            let mut work = reclaimed + refilled;
+            // Sockets first — backends' replies finish work already in
+            // flight, so an overloaded queue keeps answering at capacity and
+            // the excess waits (and is dropped) in the RX ring instead of
+            // being forwarded for nothing. While they deliver, every
+            // iteration; otherwise now and then (sleeping watches them).
+            if sockets_ready || iteration.is_multiple_of(SOCKET_CHECK_EVERY) {
+                let served = self.serve_ready(Duration::ZERO);
+                sockets_ready = served.datagrams > 0;
+                work += served.datagrams;
+                if served.control
+                    && let Some(exit) = self.listen()?
+                {
+                    return Ok(self.finish(exit));
+                }
             }
+            let received = self.receive();
+            work += received + self.transmit(received > 0);
             if work > 0 && !iteration.is_multiple_of(CLOCK_EVERY) {
                 continue;
             }
@@ -176,9 +208,9 @@ impl Worker {
             if work > 0 {
                 last_work = now;
             }
-            if self.engine.forwarder.is_some() && now >= next_expire {
-                next_expire = now + EXPIRE_EVERY;
-                self.expire();
+            if self.engine.forwarder.is_some() && now >= next_sweep {
+                next_sweep = now + SWEEP_EVERY;
+                self.sweep();
             }
             if now >= next_report {
                 next_report = now + self.stats_interval;
@@ -195,12 +227,6 @@ impl Worker {
                 continue;
             }
             idle = 0;
-            if (!self.kernel.is_empty() || self.engine.forwarder.is_some())
-                && self.serve_sockets() > 0
-            {
-                kernel_ready = true;
-                continue;
-            }
             // Recently busy: nap instead of blocking, so the next packets
             // arrive as one batch rather than one wake-up each.
             if let Some(nap) = self.nap
@@ -208,38 +234,58 @@ impl Worker {
             {
                 self.counters.sleeps += 1;
                 std::thread::sleep(nap);
+                sockets_ready = true;
                 continue;
             }
-            let timeout = next_report.saturating_duration_since(now);
+            let timeout = next_report
+                .min(next_sweep)
+                .saturating_duration_since(now)
+                .max(Duration::from_millis(1));
             self.counters.sleeps += 1;
-            let (kernel, control) = self.sleep(timeout);
-            kernel_ready = kernel;
-            if control && let Some(exit) = self.listen()? {
+            let served = self.serve_ready(timeout);
+            sockets_ready = served.datagrams > 0;
+            if served.control
+                && let Some(exit) = self.listen()?
+            {
                 return Ok(self.finish(exit));
             }
         }
     }
 
-    /// Kernel-path sockets, then the forwarder's: returns datagrams handled.
-    fn serve_sockets(&mut self) -> u32 {
-        let mut n = self.kernel.serve(&mut self.engine, &mut self.counters, 4);
-        let Engine {
-            pipeline,
-            forwarder,
+    /// Waits up to `timeout` for sockets and serves the ready ones.
+    fn serve_ready(&mut self, timeout: Duration) -> Served {
+        let Worker {
+            xsk,
+            engine,
+            kernel,
+            poller,
+            counters,
             ..
-        } = &mut self.engine;
-        if let (Some(f), Some(backends)) = (forwarder.as_mut(), pipeline.backends()) {
-            let mut out = Outbox {
-                xsk: &mut self.xsk,
-                kernel: &self.kernel,
-            };
-            n += f.poll(backends, &mut self.counters, &mut out);
+        } = self;
+        let mut served = Served::default();
+        for token in poller.wait(timeout) {
+            match *token {
+                Token::Xsk => {}
+                Token::Control => served.control = true,
+                Token::Kernel(i) => {
+                    served.datagrams += kernel.serve_one(i, engine, counters, 4) as u32;
+                }
+                Token::Backend(b, s) => {
+                    if let Some(f) = engine.forwarder.as_mut() {
+                        let mut out = Outbox {
+                            xsk: &mut *xsk,
+                            kernel: &*kernel,
+                        };
+                        served.datagrams += f.serve_socket(b, s, counters, &mut out) as u32;
+                    }
+                }
+            }
         }
-        n as u32
+        served
     }
 
-    /// Sweeps this queue's expired forwarded queries.
-    fn expire(&mut self) {
+    /// Sweeps this queue's region of the in-flight table.
+    fn sweep(&mut self) {
         let Engine {
             pipeline,
             forwarder,
@@ -251,7 +297,7 @@ impl Worker {
                 xsk: &mut self.xsk,
                 kernel: &self.kernel,
             };
-            f.expire(backends, &mut self.counters, udp_size, &mut out);
+            f.sweep(backends, &mut self.counters, udp_size, &mut out);
         }
     }
 
@@ -294,32 +340,6 @@ impl Worker {
         tx.queued
     }
 
-    /// Sleeps until a socket is readable or `timeout`; returns whether the
-    /// kernel sockets and the control socket are readable.
-    fn sleep(&mut self, timeout: Duration) -> (bool, bool) {
-        let mut fds: Vec<PollFd<'_>> = Vec::with_capacity(2 + self.kernel.fds().count());
-        fds.push(PollFd::new(
-            std::os::fd::AsFd::as_fd(&self.xsk),
-            PollFlags::POLLIN,
-        ));
-        fds.push(PollFd::new(self.control.fd(), PollFlags::POLLIN));
-        fds.extend(
-            self.kernel
-                .fds()
-                .chain(self.engine.forwarder.iter().flat_map(|f| f.fds()))
-                .map(|fd| PollFd::new(fd, PollFlags::POLLIN)),
-        );
-        let ms = PollTimeout::try_from(timeout.as_millis().min(60_000) as u32)
-            .unwrap_or(PollTimeout::MAX);
-        if poll(&mut fds, ms).is_err() {
-            return (true, true);
-        }
-        let ready = |fd: &PollFd<'_>| fd.revents().is_some_and(|r| !r.is_empty());
-        let control = ready(&fds[1]);
-        let kernel = fds[2..].iter().any(ready);
-        (kernel, control)
-    }
-
     /// Sends counters and handles pending control messages.
     fn report_and_listen(&mut self) -> Result<Option<Exit>, ControlError> {
         self.refresh_gauges();
@@ -339,6 +359,7 @@ impl Worker {
                 Ok(Some((ToDataplane::Shutdown, _))) => return Ok(Some(Exit::Shutdown)),
                 Ok(Some((ToDataplane::Reconfigure(r), fds))) => {
                     let r = *r;
+                    let fds = self.control.rest_of(fds, r.descriptors)?;
                     let (sockets, forward) =
                         ForwardFds::split(fds, r.kernel_sockets.len(), r.forward.as_ref(), false)
                             .ok_or(ControlError::Unexpected(
@@ -353,6 +374,9 @@ impl Worker {
                 }
                 Ok(Some((ToDataplane::Init(_), _))) => {
                     return Err(ControlError::Unexpected("second Init"));
+                }
+                Ok(Some((ToDataplane::MoreFds, _))) => {
+                    return Err(ControlError::Unexpected("descriptors without a message"));
                 }
                 Err(ControlError::Closed) => return Ok(Some(Exit::LoaderGone)),
                 Err(e) => return Err(e),
@@ -370,9 +394,7 @@ impl Worker {
         forward: Option<xdpdns_common::ipc::ForwardSpec>,
         forward_fds: Option<ForwardFds>,
     ) {
-        self.kernel.serve(&mut self.engine, &mut self.counters, 64);
-        // Replies waiting on the old backend sockets.
-        self.serve_sockets();
+        self.serve_ready(Duration::ZERO);
         let pipeline = Pipeline::reconfigured(&self.engine.pipeline, answer, forward.as_ref());
         // Per-backend counters follow their backend to its new index.
         if let (Some(new), Some(old)) = (forward.as_ref(), self.engine.pipeline.backends()) {
@@ -382,7 +404,7 @@ impl Worker {
             self.counters.size_backends(map.len());
         }
         self.engine.pipeline = pipeline;
-        self.engine.set_verify_checksums(answer.verify_checksums);
+        // The old sockets close (and leave the epoll set) as they drop.
         self.kernel = KernelPath::new(sockets, addrs);
         let old = self.engine.forwarder.take();
         self.engine.forwarder = match (old, forward, forward_fds) {
@@ -395,6 +417,16 @@ impl Worker {
             },
             _ => None,
         };
+        let watched = self
+            .kernel
+            .watch(&self.poller)
+            .and_then(|()| match &self.engine.forwarder {
+                Some(f) => f.watch(&self.poller),
+                None => Ok(()),
+            });
+        if let Err(e) = watched {
+            tracing::error!(error = %e, "cannot watch the new sockets");
+        }
         tracing::info!(
             rules = answer.rules.len(),
             kernel_sockets = self.kernel.fds().count(),

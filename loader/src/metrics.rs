@@ -184,13 +184,31 @@ pub fn render(s: &Status) -> String {
     );
 
     for (outcome, n) in &s.xdp {
-        let verdict = if outcome == "redirect" {
-            "redirect"
-        } else {
-            "pass"
-        };
+        let verdict = xdpdns_common::maps::XdpOutcome::ALL
+            .iter()
+            .find(|o| o.name() == outcome)
+            .map_or("pass", |o| o.verdict());
         xdp.set(labels(&[("outcome", outcome), ("verdict", verdict)]), *n);
     }
+    let listen = CounterFamily::new(
+        &mut reg,
+        "listen_queries",
+        "Frames to a listen address judged by the XDP program's ACL, by outcome (allowed, acl_dropped, acl_refused)",
+    );
+    for l in &s.acl.listen {
+        for (outcome, n) in [
+            ("allowed", l.allowed),
+            ("acl_dropped", l.acl_dropped),
+            ("acl_refused", l.acl_refused),
+        ] {
+            listen.set(labels(&[("listen", &l.address), ("outcome", outcome)]), n);
+        }
+    }
+    let acl_refused = CounterFamily::new(
+        &mut reg,
+        "acl_refused",
+        "Kernel-path queries from outside the ACL answered REFUSED, by queue",
+    );
     for q in &s.queues {
         let queue = q.queue.to_string();
         per_queue(
@@ -202,6 +220,7 @@ pub fn render(s: &Status) -> String {
             &xsk_kernel,
         );
         tx_short.set(labels(&[("queue", &queue)]), q.counters.tx_ring_short);
+        acl_refused.set(labels(&[("queue", &queue)]), q.counters.acl_refused);
         kicks.set(labels(&[("queue", &queue)]), q.counters.kicks);
         restarts.set(labels(&[("queue", &queue)]), u64::from(q.restarts));
         up.set(labels(&[("queue", &queue)]), i64::from(q.registered));
@@ -258,6 +277,7 @@ pub fn render(s: &Status) -> String {
             ("bad_reply", f.bad_replies),
             ("large_reply", f.large_replies),
             ("send_error", f.send_errors),
+            ("no_slot", f.no_slot),
         ] {
             fwd.set(labels(&[("event", event)]), n);
         }
@@ -281,6 +301,7 @@ pub fn render(s: &Status) -> String {
         for (event, n) in [
             ("accepted", s.tcp.accepted),
             ("refused", s.tcp.refused),
+            ("acl_denied", s.tcp.acl_denied),
             ("query", s.tcp.queries),
             ("bad_input", s.tcp.bad_input),
             ("backend_failure", s.tcp.backend_failures),
@@ -430,5 +451,12 @@ mod tests {
             Some(4.0)
         );
         assert_eq!(value(&text, "xdpdns_ready"), Some(1.0));
+        assert_eq!(
+            value(
+                &text,
+                "xdpdns_listen_queries_total{listen=\"192.0.2.1:53\",outcome=\"acl_dropped\"}"
+            ),
+            Some(2.0)
+        );
     }
 }

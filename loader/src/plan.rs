@@ -162,6 +162,49 @@ impl Plan {
             }
         };
 
+        let f = &fixed.forwarding;
+        if f.enabled {
+            let ours = u32::from(f.port_base)..=u32::from(f.port_base) + f.ports - 1;
+            match crate::system::sysctl::local_port_range() {
+                Ok(eph)
+                    if ours.start() <= &u32::from(*eph.end())
+                        && &u32::from(*eph.start()) <= ours.end() =>
+                {
+                    problems.push(format!(
+                        "forwarding.port_base/ports: {}..={} overlaps ip_local_port_range {}..={}, where the \
+                         kernel picks other programs' source ports (one could take ours before we start, \
+                         and we would narrow theirs): move the range below {} or above {}",
+                        ours.start(),
+                        ours.end(),
+                        eph.start(),
+                        eph.end(),
+                        eph.start(),
+                        eph.end()
+                    ));
+                }
+                Ok(_) => {}
+                Err(e) => warnings.push(e),
+            }
+        }
+        if live.acl.open_to_a_family() {
+            warnings.push(format!(
+                "acl.allow admits {}: anyone who reaches this address may query{} — make sure that is intended",
+                match (
+                    live.acl.allow.iter().any(|p| p.is_everything() && p.is_ipv4()),
+                    live.acl.allow.iter().any(|p| p.is_everything() && !p.is_ipv4())
+                ) {
+                    (true, true) => "every IPv4 and IPv6 address",
+                    (true, false) => "every IPv4 address",
+                    _ => "every IPv6 address",
+                },
+                if live.backend.is_empty() {
+                    ""
+                } else {
+                    " and have it forwarded (an open resolver if a backend recurses)"
+                }
+            ));
+        }
+
         let port_start = capabilities::unprivileged_port_start();
         let low_ports = live.listen.iter().any(|l| l.port() < port_start);
         let pin_dir = fixed.xdp.pin_root.join(&fixed.instance);
@@ -218,6 +261,19 @@ impl Plan {
         line("xdp mode", format!("{:?}", c.xdp.mode).to_lowercase());
         for l in &live.listen {
             line("listen", format!("{l} (UDP: AF_XDP and kernel sockets)"));
+        }
+        line("acl", live.acl.describe());
+        if c.forwarding.enabled {
+            line(
+                "forwarding",
+                format!(
+                    "source ports {}..={} ({} drawn at random per query), {} sockets per socket backend",
+                    c.forwarding.port_base,
+                    u32::from(c.forwarding.port_base) + c.forwarding.ports - 1,
+                    c.forwarding.ports,
+                    c.forwarding.backend_sockets
+                ),
+            );
         }
         line(
             "umem",
@@ -362,6 +418,41 @@ mod tests {
         assert!(d.contains("interface     lo (ifindex"), "{d}");
         assert!(d.contains("listen        127.0.0.1:5353"), "{d}");
         assert!(d.contains("/bin/true as daemon"), "{d}");
+        assert!(
+            d.contains("acl           127.0.0.0/8, ::1/128, 10.0.0.0/8"),
+            "the effective ACL is printed: {d}"
+        );
+        assert!(!d.contains("acl.allow admits"), "{d}");
+    }
+
+    #[test]
+    fn an_open_acl_is_warned_about() {
+        let c = config("lo", "[acl]\nallow = [\"0.0.0.0/0\", \"::/0\"]");
+        let plan = Plan::resolve(&c).unwrap_or_else(|p| panic!("{p}"));
+        let d = plan.describe(&c.live);
+        assert!(
+            d.contains("acl.allow admits every IPv4 and IPv6 address"),
+            "{d}"
+        );
+    }
+
+    #[test]
+    fn a_forwarding_range_inside_the_ephemeral_ports_is_refused() {
+        let eph = crate::system::sysctl::local_port_range().unwrap();
+        let mut c = config(
+            "lo",
+            "[[backend]]\naddress = \"127.0.0.1:53\"\nsource = \"127.0.0.1\"",
+        );
+        c.fixed.forwarding.port_base = *eph.start();
+        c.fixed.forwarding.ports = 16;
+        let p = Plan::resolve(&c).unwrap_err().to_string();
+        assert!(p.contains("overlaps ip_local_port_range"), "{p}");
+        // The default range (30000..=31023) is below Linux's default 32768.
+        if *eph.start() > 31023 {
+            c.fixed.forwarding.port_base = 30000;
+            c.fixed.forwarding.ports = 1024;
+            Plan::resolve(&c).unwrap_or_else(|p| panic!("{p}"));
+        }
     }
 
     #[test]

@@ -24,6 +24,10 @@ pub struct Changes {
     pub backends: bool,
     /// TCP settings read per connection changed.
     pub tcp: bool,
+    /// The new ACL, if it changed (swapped at once in the XDP program).
+    pub acl: Option<String>,
+    /// xdp.tx_answers changed.
+    pub tx_answers: bool,
 }
 
 impl Changes {
@@ -71,6 +75,12 @@ impl Changes {
         if self.tcp {
             out.push("TCP idle timeout updated (new connections)".into());
         }
+        if let Some(acl) = &self.acl {
+            out.push(format!("ACL replaced: {acl}"));
+        }
+        if self.tx_answers {
+            out.push("xdp.tx_answers updated".into());
+        }
         for s in &self.on_next_start {
             out.push(format!("{s} applies to dataplanes started from now on (`xdpdns restart-queue` applies it now)"));
         }
@@ -102,6 +112,10 @@ pub fn diff(
         c.redirected = Some(new.redirected());
     }
     c.rules = old.rule != new.rule;
+    if old.acl != new.acl {
+        c.acl = Some(new.acl.describe());
+    }
+    c.tx_answers = old.xdp.tx_answers != new.xdp.tx_answers;
     c.answer = c.rules || old.answer_spec() != new.answer_spec();
     let old_q = old.xdp.queues.resolve(device_queues)?;
     let new_q = new
@@ -257,6 +271,24 @@ mod tests {
         assert!(c.listen.is_none());
         assert!(c.describe()[0].contains("kernel path"));
         assert_eq!(diff(&b, &a, 2).unwrap().redirected.unwrap().len(), 1);
+    }
+
+    #[test]
+    fn the_acl_and_tx_answers_change_live_and_say_so() {
+        let a = cfg("", "");
+        let b = cfg(
+            "tx_answers = \"never\"",
+            "[acl]\nallow = [\"0.0.0.0/0\"]\naction = \"refused\"\n",
+        );
+        let c = diff(&a, &b, 2).unwrap();
+        assert!(c.tx_answers);
+        let lines = c.describe().join("\n");
+        assert!(
+            lines.contains("ACL replaced: 0.0.0.0/0 (others: REFUSED)"),
+            "{lines}"
+        );
+        assert!(lines.contains("xdp.tx_answers"), "{lines}");
+        assert!(diff(&a, &a, 2).unwrap().acl.is_none());
     }
 
     #[test]

@@ -9,7 +9,6 @@
 //! channels ([`DataplaneSpec`], backend health) that the supervisors follow.
 
 use std::collections::BTreeSet;
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -21,8 +20,9 @@ use tracing::{error, info, warn};
 use xdpdns_common::config::Live;
 use xdpdns_common::ipc::BackendLive;
 use xdpdns_common::maps::XdpOutcome;
+use xdpdns_common::net::PrefixSet;
 
-use crate::bpf::{self, Attached};
+use crate::bpf::{self, Attached, Steering};
 use crate::control::{self, Ask, Request, Response};
 use crate::forwarding::{self, Forwarding, health};
 use crate::instance::{self, Instance};
@@ -30,7 +30,7 @@ use crate::metrics;
 use crate::plan::Plan;
 use crate::reload;
 use crate::status::{Sources, Status};
-use crate::system::{bpffs, capabilities, memlock};
+use crate::system::{bpffs, capabilities, memlock, nofile};
 use crate::tcp::{Tcp, TcpBackends};
 use crate::workers::DataplaneSpec;
 use crate::workers::queues::{Notice, Queues};
@@ -46,10 +46,10 @@ pub async fn run(plan: Plan, live: Live, config_path: PathBuf) -> anyhow::Result
     for w in &plan.warnings {
         warn!("{w}");
     }
-    preflight(&plan)?;
+    preflight(&plan, &live)?;
     let instance = Instance::acquire(&plan.fixed.instance, &plan.runtime_dir)?;
     let forwarding = forwarding::prepare(&plan, &live).context("preparing forwarding")?;
-    let attached = bpf::attach(&plan, &destinations(&live, forwarding.as_ref()))
+    let attached = bpf::attach(&plan, &steering(&plan, &live, forwarding.as_ref()))
         .context("attaching the XDP program")?;
     info!(
         interface = %plan.interface.name,
@@ -92,7 +92,7 @@ pub async fn run(plan: Plan, live: Live, config_path: PathBuf) -> anyhow::Result
     result
 }
 
-fn preflight(plan: &Plan) -> anyhow::Result<()> {
+fn preflight(plan: &Plan, live: &Live) -> anyhow::Result<()> {
     let c = &plan.fixed;
     let missing = capabilities::missing(&capabilities::needed(
         plan.low_ports,
@@ -113,21 +113,48 @@ fn preflight(plan: &Plan) -> anyhow::Result<()> {
             bail!(m);
         }
     }
+    let files = nofile::raise_soft_to_hard().context("raising RLIMIT_NOFILE")?;
+    let f = &c.forwarding;
+    if f.enabled {
+        let families: u64 = if live.backend.iter().any(|b| b.address.is_ipv4())
+            && live.backend.iter().any(|b| b.address.is_ipv6())
+        {
+            2
+        } else {
+            1
+        };
+        let per_dataplane =
+            live.listen.len() as u64 + live.backend.len() as u64 * u64::from(f.backend_sockets);
+        let need = nofile::need(
+            families * u64::from(f.ports),
+            per_dataplane,
+            if f.tcp {
+                u64::from(f.tcp_max_connections)
+            } else {
+                0
+            },
+        );
+        if let Some(m) = nofile::shortfall(need, files) {
+            bail!(m);
+        }
+    }
     if bpffs::ensure(&c.xdp.pin_root)? {
         info!(mount = bpffs::DEFAULT_MOUNT, "mounted a BPF filesystem");
     }
     Ok(())
 }
 
-/// Everything the XDP program redirects under `live` with `forwarding`.
-fn destinations(live: &Live, forwarding: Option<&Forwarding>) -> Vec<SocketAddr> {
-    let mut d = live.redirected();
-    if live.xdp.redirect
-        && let Some(f) = forwarding
-    {
-        d.extend(f.destinations());
+/// What the XDP program is told under `live` with `forwarding`, on `plan`'s interface.
+fn steering(plan: &Plan, live: &Live, forwarding: Option<&Forwarding>) -> Steering {
+    let xsk = live.xdp.redirect.then_some(forwarding).flatten();
+    Steering {
+        listen: live.redirected(),
+        forward_sources: xsk.map(Forwarding::xsk_sources).unwrap_or_default(),
+        backends: xsk.map(Forwarding::xsk_backends).unwrap_or_default(),
+        acl: live.acl.clone(),
+        verify_checksums: live.xsk.verify_checksums,
+        no_tx: !live.xdp.tx_answers.enabled(plan.interface.link.veth),
     }
-    d
 }
 
 /// What dataplanes are given, from the live configuration and forwarding.
@@ -165,6 +192,7 @@ fn tcp_backends(live: &Live, forwarding: Option<&Forwarding>) -> TcpBackends {
     TcpBackends {
         members,
         idle_timeout: Duration::from_millis(u64::from(live.forwarding.tcp_idle_timeout_ms)),
+        acl: PrefixSet::new(&live.acl.allow),
     }
 }
 
@@ -416,6 +444,7 @@ impl Running {
             queues: self.queues.states(),
             forwarding: self.forwarding.as_ref().map(|f| (f.spec(), f.live())),
             tcp: self.tcp.as_ref().map(Tcp::status).unwrap_or_default(),
+            listen_counters: self.program.listen_counters(self.live.redirected().len()),
         })
     }
 
@@ -456,17 +485,16 @@ impl Running {
             t.set_listen(&new.listen)
                 .map_err(|e| format!("binding TCP on the new listen addresses: {e}"))?;
         }
-        // Destinations: new addresses are added before old ones go, so an
-        // address kept across the change is never missing.
-        if changes.redirected.is_some() || reloaded.is_some() {
-            let fwd = reloaded
-                .as_ref()
-                .map(|r| &r.forwarding)
-                .or(self.forwarding.as_ref());
-            self.program
-                .set_destinations(&destinations(&new, fwd))
-                .map_err(|e| e.to_string())?;
-        }
+        // Steering: new addresses are added before old ones go, so an
+        // address kept across the change is never missing, and the new ACL
+        // takes over in one step.
+        let fwd = reloaded
+            .as_ref()
+            .map(|r| &r.forwarding)
+            .or(self.forwarding.as_ref());
+        self.program
+            .steer(&steering(&self.plan, &new, fwd))
+            .map_err(|e| e.to_string())?;
         if let Some(r) = reloaded {
             self.queues.remap_backends(&r.map);
             let mut f = r.forwarding;
@@ -541,6 +569,10 @@ impl Running {
             no_socket = x.get(XdpOutcome::NoSocket),
             too_large = x.get(XdpOutcome::TooLarge),
             other_dest = x.get(XdpOutcome::OtherDest),
+            acl_dropped = x.get(XdpOutcome::AclDropped),
+            acl_refused = x.get(XdpOutcome::AclRefused) + x.get(XdpOutcome::AclKernel),
+            bad_csum = x.get(XdpOutcome::BadCsum),
+            not_backend = x.get(XdpOutcome::NotBackend),
             "XDP program summary"
         );
     }

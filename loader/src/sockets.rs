@@ -44,6 +44,21 @@ pub struct Udp {
     pub big_rcvbuf: bool,
     /// Connect to this peer after binding.
     pub connect: Option<SocketAddr>,
+    /// Only holds the port: a filter drops everything that arrives and the
+    /// receive buffer is the smallest the kernel allows.
+    pub deaf: bool,
+}
+
+/// A classic BPF program of one instruction, `ret #0`: accept no bytes of
+/// any packet, so nothing is ever queued on the socket.
+fn drop_everything(s: &Socket) -> io::Result<()> {
+    s.attach_filter(&[socket2::SockFilter::new(
+        (libc::BPF_RET | libc::BPF_K) as u16,
+        0,
+        0,
+        0,
+    )])?;
+    s.set_recv_buffer_size(0)
 }
 
 fn socket(addr: SocketAddr, ty: Type, proto: Protocol) -> io::Result<Socket> {
@@ -77,6 +92,9 @@ pub fn udp(addr: SocketAddr, opts: Udp) -> Result<OwnedFd, SocketError> {
     if opts.freebind {
         freebind(&s, addr.is_ipv6()).map_err(err("configure"))?;
     }
+    if opts.deaf {
+        drop_everything(&s).map_err(err("configure"))?;
+    }
     let fd = OwnedFd::from(s);
     if opts.big_rcvbuf {
         // Best effort: without CAP_NET_ADMIN the default buffer stays.
@@ -96,7 +114,7 @@ pub fn kernel_path(addrs: &[SocketAddr]) -> Result<Vec<OwnedFd>, SocketError> {
         reuse_port: true,
         freebind: true,
         big_rcvbuf: true,
-        connect: None,
+        ..Udp::default()
     };
     addrs.iter().map(|a| udp(*a, opts)).collect()
 }
@@ -149,6 +167,39 @@ mod tests {
         assert_eq!(peer.port(), port);
         let v6 = udp("[::1]:0".parse().unwrap(), Udp::default()).unwrap();
         assert!(nix_socket::getsockopt(&v6.as_fd(), sockopt::Ipv6V6Only).unwrap());
+    }
+
+    #[test]
+    fn deaf_sockets_hold_their_port_and_receive_nothing() {
+        let deaf = udp(
+            "127.0.0.1:0".parse().unwrap(),
+            Udp {
+                deaf: true,
+                ..Udp::default()
+            },
+        )
+        .unwrap();
+        let deaf = std::net::UdpSocket::from(deaf);
+        let addr = deaf.local_addr().unwrap();
+        // The port is held: nobody else binds it.
+        assert!(udp(addr, Udp::default()).is_err());
+        let tx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        for _ in 0..10 {
+            tx.send_to(b"hello", addr).unwrap();
+        }
+        // A control socket proves datagrams to loopback arrive promptly.
+        let rx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        tx.send_to(b"hello", rx.local_addr().unwrap()).unwrap();
+        rx.set_read_timeout(Some(std::time::Duration::from_secs(2)))
+            .unwrap();
+        let mut buf = [0u8; 16];
+        assert_eq!(rx.recv(&mut buf).unwrap(), 5);
+        let mut buf = [0u8; 16];
+        assert_eq!(
+            deaf.recv(&mut buf).unwrap_err().kind(),
+            io::ErrorKind::WouldBlock,
+            "the filter drops everything"
+        );
     }
 
     #[test]

@@ -9,6 +9,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use xdpdns_common::config::Live;
 use xdpdns_common::ipc::{BackendLive, ForwardSpec};
+use xdpdns_common::maps::ListenStat;
 use xdpdns_common::stats::{
     DataplaneCounters, DropReason, PathCounters, RingLevels, XskKernelStats,
 };
@@ -32,6 +33,8 @@ pub struct Sources<'a> {
     /// Forwarding's spec and its backends' health, if forwarding is on.
     pub forwarding: Option<(&'a ForwardSpec, &'a [BackendLive])>,
     pub tcp: TcpStatus,
+    /// The XDP program's counters per listen address, by [`ListenStat`].
+    pub listen_counters: Vec<[u64; ListenStat::COUNT as usize]>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -51,6 +54,7 @@ pub struct Status {
     pub redirect: bool,
     /// The file the running configuration came from.
     pub config_path: String,
+    pub acl: AclStatus,
     pub queues: Vec<QueueStatus>,
     /// Queries per rule, in order; the last is the default action.
     pub rules: Vec<RuleStatus>,
@@ -59,6 +63,25 @@ pub struct Status {
     /// The XDP program's frames per outcome.
     pub xdp: BTreeMap<String, u64>,
     pub totals: Counters,
+}
+
+/// Who may query, and what the XDP program counted per listen address.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AclStatus {
+    pub allow: Vec<String>,
+    /// drop / refused.
+    pub action: String,
+    /// The allow list admits every address of some family.
+    pub open: bool,
+    pub listen: Vec<ListenStatus>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ListenStatus {
+    pub address: String,
+    pub allowed: u64,
+    pub acl_dropped: u64,
+    pub acl_refused: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -82,6 +105,8 @@ pub struct BackendStatus {
 pub struct TcpStatus {
     pub accepted: u64,
     pub refused: u64,
+    /// Connections closed at once: the client is outside the ACL.
+    pub acl_denied: u64,
     pub queries: u64,
     pub bad_input: u64,
     pub backend_failures: u64,
@@ -127,6 +152,8 @@ pub struct Counters {
     pub sleeps: u64,
     pub iterations: u64,
     pub kernel_send_errors: u64,
+    /// Queries outside the ACL answered REFUSED by a dataplane (kernel path).
+    pub acl_refused: u64,
     pub xsk_kernel: XskKernelStats,
     pub rings: RingLevels,
     pub forward: xdpdns_common::stats::ForwardCounters,
@@ -158,6 +185,7 @@ impl From<&DataplaneCounters> for Counters {
             sleeps: c.sleeps,
             iterations: c.iterations,
             kernel_send_errors: c.kernel_send_errors,
+            acl_refused: c.acl_refused,
             xsk_kernel: c.xsk_kernel.clone(),
             rings: c.rings,
             forward: c.forward.clone(),
@@ -242,6 +270,24 @@ impl Status {
             })
             .collect();
         let (program_id, mode, pin_dir) = src.program.clone();
+        let acl = &src.live.acl;
+        let acl = AclStatus {
+            allow: acl.allow.iter().map(|p| p.to_string()).collect(),
+            action: acl.action.name().to_string(),
+            open: acl.open_to_a_family(),
+            listen: src
+                .live
+                .redirected()
+                .iter()
+                .zip(src.listen_counters.iter().chain(std::iter::repeat(&[0; 3])))
+                .map(|(a, c)| ListenStatus {
+                    address: a.to_string(),
+                    allowed: c[ListenStat::Allowed as usize],
+                    acl_dropped: c[ListenStat::AclDropped as usize],
+                    acl_refused: c[ListenStat::AclRefused as usize],
+                })
+                .collect(),
+        };
         Status {
             instance: src.instance.to_string(),
             interface: src.interface.to_string(),
@@ -254,6 +300,7 @@ impl Status {
             listen: src.live.listen.iter().map(|a| a.to_string()).collect(),
             redirect: src.live.xdp.redirect,
             config_path: src.config_path.display().to_string(),
+            acl,
             queues,
             rules,
             backends,
@@ -284,6 +331,24 @@ impl Status {
         );
         let _ = writeln!(s, "listen   {}", self.listen.join(", "));
         let _ = writeln!(s, "pins     {}", self.pin_dir);
+        let _ = writeln!(
+            s,
+            "acl      {} (outside: {}){}",
+            self.acl.allow.join(", "),
+            self.acl.action,
+            if self.acl.open {
+                "  OPEN TO EVERY ADDRESS"
+            } else {
+                ""
+            }
+        );
+        for l in &self.acl.listen {
+            let _ = writeln!(
+                s,
+                "         {} allowed={} acl_dropped={} acl_refused={}",
+                l.address, l.allowed, l.acl_dropped, l.acl_refused
+            );
+        }
         let _ = writeln!(
             s,
             "\n{:>5} {:<12} {:>8} {:>7} {:>8} {:<9} {:>11} {:>11} {:>9} {:>9} {:>9} {:>6} {:>6} {:>6}",
@@ -473,10 +538,13 @@ pub(crate) mod tests {
             timeout_action: xdpdns_common::config::FailAction::Drop,
             all_down_action: xdpdns_common::config::FailAction::ServFail,
             port_base: 30000,
+            ports: 1024,
+            backend_sockets: 4,
+            frame_size: 2048,
+            mtu: 1500,
             max_in_flight: 64,
             regions: 2,
             local_mac: [2, 0, 0, 0, 0, 1],
-            port_sockets: 1,
             live: Vec::new(),
         }
     }
@@ -501,6 +569,7 @@ pub(crate) mod tests {
             queues: &queues,
             forwarding: Some((&fwd, &health)),
             tcp: TcpStatus::default(),
+            listen_counters: vec![[7, 2, 0]],
         })
     }
 
@@ -522,6 +591,14 @@ pub(crate) mod tests {
         assert_eq!(b.mac.as_deref(), Some("02:00:00:00:00:0b"));
         assert_eq!(b.latency_avg_us, 600 / 8);
         assert_eq!(s.queues[0].xsk_mode.as_deref(), Some("copy"));
+        assert_eq!(s.acl.action, "drop");
+        assert!(!s.acl.open, "the default ACL is not open");
+        assert_eq!(s.acl.listen.len(), 1);
+        assert_eq!(s.acl.listen[0].address, "192.0.2.1:53");
+        assert_eq!(
+            (s.acl.listen[0].allowed, s.acl.listen[0].acl_dropped),
+            (7, 2)
+        );
         // It survives the control socket's JSON.
         let back: Status = serde_json::from_str(&serde_json::to_string(&s).unwrap()).unwrap();
         assert_eq!(back.totals.xsk.received, 30);
@@ -541,5 +618,6 @@ pub(crate) mod tests {
             "{t}"
         );
         assert!(t.contains("in_flight=8"), "{t}");
+        assert!(t.contains("192.0.2.1:53 allowed=7 acl_dropped=2"), "{t}");
     }
 }

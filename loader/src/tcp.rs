@@ -18,14 +18,20 @@ use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinHandle;
 use tracing::debug;
 
+use xdpdns_common::net::PrefixSet;
+
 use crate::status::TcpStatus;
 
-/// Where TCP queries may go: the default pool's backends and their health.
-#[derive(Debug, Clone, Default, PartialEq)]
+/// Who may connect, and where TCP queries may go: the default pool's
+/// backends and their health.
+#[derive(Debug, Clone, Default)]
 pub struct TcpBackends {
     /// (address, up) of each member of the default pool.
     pub members: Vec<(SocketAddr, bool)>,
     pub idle_timeout: Duration,
+    /// Clients outside the ACL are closed at once (either ACL action: a
+    /// TCP client is not a spoofing risk, but the service is not theirs).
+    pub acl: PrefixSet,
 }
 
 /// What every connection of the relay shares.
@@ -97,6 +103,7 @@ impl Tcp {
         TcpStatus {
             accepted: c.accepted.get(),
             refused: c.refused.get(),
+            acl_denied: c.acl_denied.get(),
             queries: c.queries.get(),
             bad_input: c.bad_input.get(),
             backend_failures: c.backend_failures.get(),
@@ -119,6 +126,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 struct TcpCounters {
     pub accepted: Cell<u64>,
     pub refused: Cell<u64>,
+    pub acl_denied: Cell<u64>,
     pub queries: Cell<u64>,
     pub bad_input: Cell<u64>,
     pub backend_failures: Cell<u64>,
@@ -147,6 +155,11 @@ async fn serve(listener: TcpListener, relay: Rc<Relay>) {
                 continue;
             }
         };
+        if !relay.backends.borrow().acl.contains(peer.ip()) {
+            TcpCounters::bump(&relay.counters.acl_denied);
+            drop(client);
+            continue;
+        }
         let Ok(permit) = relay.limit.clone().try_acquire_owned() else {
             TcpCounters::bump(&relay.counters.refused);
             drop(client);

@@ -22,6 +22,9 @@ pub const SERVER_V4: &str = "192.0.2.1";
 pub const CLIENT_V4: &str = "192.0.2.2";
 pub const SERVER_V6: &str = "2001:db8::1";
 pub const CLIENT_V6: &str = "2001:db8::2";
+/// The ACL lab configurations get: the lab's documentation prefixes, which
+/// dnsdist's default list (ours too) leaves out.
+pub const LAB_ACL: &str = "[acl]\nallow = [\"192.0.2.0/24\", \"2001:db8::/64\"]\n";
 pub const SERVER_IF: &str = "srv0";
 pub const CLIENT_IF: &str = "cli0";
 /// The dataplanes' user in every lab (from the lab's own user database).
@@ -290,7 +293,9 @@ impl Lab {
         self.config_full(instance, "", "", extra)
     }
 
-    /// A configuration with extra lines in [xdp] and [xsk] too.
+    /// A configuration with extra lines in [xdp] and [xsk] too. Unless
+    /// `extra` has an `[acl]` of its own, the lab's documentation prefixes
+    /// (which the default ACL leaves out) are allowed: [`LAB_ACL`].
     pub fn config_full(
         &self,
         instance: &str,
@@ -315,9 +320,11 @@ stats_interval_ms = 200
 address = "{SERVER_V4}:53"
 [[listen]]
 address = "[{SERVER_V6}]:53"
-{extra}"#,
+{extra}
+{acl}"#,
             run = self.runtime_dir.display(),
             pins = self.pin_root.display(),
+            acl = if extra.contains("[acl]") { "" } else { LAB_ACL },
         )
     }
 
@@ -943,4 +950,174 @@ impl Lab {
         ]))?;
         Ok(k)
     }
+}
+
+/// One query as a [`RecordingBackend`] saw it.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub from: std::net::SocketAddr,
+    pub id: u16,
+    /// The question name in wire form (labels), lower-cased.
+    pub qname: Vec<u8>,
+}
+
+/// A tiny DNS server in the client namespace that answers every query
+/// NOERROR (its question echoed, no records) and records who asked: the
+/// source port and ID of each forwarded query.
+pub struct RecordingBackend {
+    pub addr: std::net::SocketAddr,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<anyhow::Result<Vec<Seen>>>>,
+}
+
+impl RecordingBackend {
+    pub fn start(lab: &Lab, addr: &str) -> anyhow::Result<RecordingBackend> {
+        let addr: std::net::SocketAddr = addr.parse()?;
+        let sock = lab.in_ns(false, || Ok(std::net::UdpSocket::bind(addr)?))?;
+        sock.set_read_timeout(Some(Duration::from_millis(100)))?;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || -> anyhow::Result<Vec<Seen>> {
+            let mut seen = Vec::new();
+            let mut buf = [0u8; 4096];
+            while !flag.load(Ordering::Relaxed) {
+                let (n, from) = match sock.recv_from(&mut buf) {
+                    Ok(r) => r,
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                        ) =>
+                    {
+                        continue;
+                    }
+                    Err(e) => return Err(e.into()),
+                };
+                let q = &buf[..n];
+                let Some(end) = question_end(q) else {
+                    continue;
+                };
+                seen.push(Seen {
+                    from,
+                    id: u16::from_be_bytes([q[0], q[1]]),
+                    qname: q[12..end - 4].to_ascii_lowercase(),
+                });
+                let mut reply = q[..end].to_vec();
+                reply[2] |= 0x80; // QR
+                reply[3] = 0x80; // RA, NOERROR
+                reply[6..12].fill(0); // no records (the query's OPT dropped)
+                let _ = sock.send_to(&reply, from);
+            }
+            Ok(seen)
+        });
+        Ok(RecordingBackend {
+            addr,
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// Stops answering and returns what was seen, in arrival order.
+    pub fn finish(mut self) -> anyhow::Result<Vec<Seen>> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread
+            .take()
+            .expect("finished once")
+            .join()
+            .map_err(|_| anyhow::anyhow!("the recording backend panicked"))?
+    }
+}
+
+impl Drop for RecordingBackend {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The end of the (single, uncompressed) question of a DNS message.
+fn question_end(m: &[u8]) -> Option<usize> {
+    if m.len() < 12 || m[4..6] != [0, 1] {
+        return None;
+    }
+    let mut at = 12;
+    loop {
+        let l = usize::from(*m.get(at)?);
+        if l == 0 {
+            at += 1;
+            break;
+        }
+        if l > 63 {
+            return None;
+        }
+        at += 1 + l;
+    }
+    (at + 4 <= m.len()).then_some(at + 4)
+}
+
+/// How forwarded queries' source ports and IDs are spread.
+#[derive(Debug)]
+pub struct Spread {
+    pub queries: usize,
+    pub distinct_ports: usize,
+    /// Pairs of successive queries on one port.
+    pub pairs: usize,
+    /// Of those, the pairs whose IDs differ by 1..=8 (what a counter does).
+    pub counter_like: usize,
+}
+
+impl Spread {
+    pub fn of(seen: &[Seen]) -> Spread {
+        let mut last: std::collections::HashMap<u16, u16> = Default::default();
+        let (mut pairs, mut counter_like) = (0, 0);
+        for s in seen {
+            if let Some(prev) = last.insert(s.from.port(), s.id) {
+                pairs += 1;
+                if (1..=8).contains(&s.id.wrapping_sub(prev)) {
+                    counter_like += 1;
+                }
+            }
+        }
+        Spread {
+            queries: seen.len(),
+            distinct_ports: last.len(),
+            pairs,
+            counter_like,
+        }
+    }
+
+    /// Successive IDs on one port look like a counter in under 1 % of pairs.
+    pub fn ids_look_random(&self) -> bool {
+        self.pairs > 0 && self.counter_like * 100 < self.pairs
+    }
+}
+
+impl Lab {
+    /// `GET path` from an HTTP server in the server namespace; the body.
+    pub fn http_get(&self, addr: &str, path: &str) -> anyhow::Result<String> {
+        let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        let addr = addr.to_string();
+        let text = self.in_ns(true, move || {
+            use std::io::Write;
+            let mut c = std::net::TcpStream::connect(addr.as_str())?;
+            c.set_read_timeout(Some(Duration::from_secs(5)))?;
+            c.write_all(request.as_bytes())?;
+            let mut t = String::new();
+            c.read_to_string(&mut t)?;
+            Ok(t)
+        })?;
+        let (head, body) = text
+            .split_once("\r\n\r\n")
+            .with_context(|| format!("not an HTTP response: {text:?}"))?;
+        anyhow::ensure!(head.contains(" 200 "), "{head}");
+        Ok(body.to_string())
+    }
+}
+
+/// The value of one Prometheus series (`name{labels}` exactly as exposed).
+pub fn series(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
 }

@@ -177,7 +177,7 @@ fn replies_landing_on_the_other_queue_are_answered() -> anyhow::Result<()> {
 
 #[test]
 #[ignore = "needs root: run by make test"]
-fn a_reply_larger_than_a_frame_is_delivered_through_the_kernel() -> anyhow::Result<()> {
+fn replies_are_sized_to_the_frames_that_carry_them() -> anyhow::Result<()> {
     let lab = Lab::new("large")?;
     lab.set_mtu(3000)?;
     lab.client_addr(&format!("{BACKEND_V4}/24"), CLIENT_IF)?;
@@ -190,6 +190,39 @@ fn a_reply_larger_than_a_frame_is_delivered_through_the_kernel() -> anyhow::Resu
     server.wait_status("backend up with a MAC", |s| {
         s["backends"][0]["up"] == true && s["backends"][0]["mac"].is_string()
     })?;
+    // Over AF_XDP a reply can be no larger than a UMEM frame: the query
+    // asks the backend for no more, and the client gets its TC answer...
+    let out = lab.kdig_output(&[
+        &format!("@{SERVER_V4}"),
+        "+bufsize=4096",
+        "+ignore",
+        "big.example.test",
+        "TXT",
+    ]);
+    assert!(out.contains(" tc") && out.contains("(UDP)"), "{out}");
+    // ... and the whole answer over TCP.
+    let out = lab.kdig_output(&[
+        &format!("@{SERVER_V4}"),
+        "+bufsize=4096",
+        "big.example.test",
+        "TXT",
+    ]);
+    assert!(
+        out.contains("NOERROR") && out.contains("xxxxxxxxxx") && out.contains("(TCP)"),
+        "{out}"
+    );
+    let s = server.status()?;
+    assert_eq!(xdp(&s, "too_large"), 0, "nothing oversized arrived: {s:#}");
+
+    // Over a socket the reply can be large; it is larger than a frame
+    // toward the client, so the kernel socket carries it.
+    reload(
+        &server,
+        &lab.config("l", &backend(&format!("{BACKEND_V4}:53"), "xsk = false")),
+    )?;
+    server.wait_status("socket backend up", |s| {
+        s["backends"][0]["up"] == true && s["backends"][0]["xsk"] == false
+    })?;
     let out = lab.kdig_output(&[
         &format!("@{SERVER_V4}"),
         "+bufsize=4096",
@@ -198,17 +231,15 @@ fn a_reply_larger_than_a_frame_is_delivered_through_the_kernel() -> anyhow::Resu
         "TXT",
     ]);
     assert!(
-        out.contains("NOERROR") && out.contains("xxxxxxxxxx"),
-        "{out}"
+        out.contains("NOERROR") && out.contains("xxxxxxxxxx") && !out.contains(" tc"),
+        "the whole answer over UDP: {out}"
     );
-    assert!(!out.contains(" tc"), "not truncated: {out}");
-    let s = server.wait_status("large reply counted", |s| {
+    server.wait_status("large reply counted", |s| {
         s["totals"]["forward"]["large_replies"]
             .as_u64()
             .unwrap_or(0)
             >= 1
     })?;
-    assert!(xdp(&s, "too_large") >= 1, "{s:#}");
     Ok(())
 }
 
@@ -357,64 +388,6 @@ fn a_silent_backend_times_out_and_nothing_leaks() -> anyhow::Result<()> {
     })?;
     assert_eq!(s["backends"][0]["replies"], 0, "{s:#}");
     drop(silent);
-    Ok(())
-}
-
-#[test]
-#[ignore = "needs root: run by make test"]
-fn hostile_replies_are_dropped_and_counted() -> anyhow::Result<()> {
-    let lab = Lab::new("hostile-reply")?;
-    lab.client_addr("192.0.2.13/24", CLIENT_IF)?;
-    let fake = lab.in_ns(false, || Ok(std::net::UdpSocket::bind("192.0.2.13:53")?))?;
-    // A second socket elsewhere, to send replies from the wrong source.
-    let other = lab.in_ns(false, || Ok(std::net::UdpSocket::bind("192.0.2.2:5353")?))?;
-    let cfg = lab.config(
-        "x",
-        "[[backend]]\naddress = \"192.0.2.13:53\"\n[backend.health]\ninterval_ms = 600000\n[forwarding]\ntimeout_ms = 3000\n",
-    );
-    let server = lab.start("x", &cfg)?;
-    server.wait_status("backend resolved", |s| s["backends"][0]["mac"].is_string())?;
-    // The first query the fake backend sees is the health check; skip it.
-    fake.set_read_timeout(Some(Duration::from_secs(5)))?;
-    let responder = std::thread::spawn(move || -> anyhow::Result<()> {
-        let mut buf = [0u8; 1500];
-        loop {
-            let (n, from) = fake.recv_from(&mut buf)?;
-            let q = &buf[..n];
-            if q.windows(8).any(|w| w == b"\x07hostile") {
-                let mut good = q.to_vec();
-                good[2] |= 0x80;
-                good[3] = 3; // NXDOMAIN: distinguishable from anything local
-                // Same slot, another generation: what a guessing attacker sends.
-                let mut wrong_id = good.clone();
-                wrong_id[0] ^= 0x80;
-                let mut wrong_q = good.clone();
-                let at = good.len() - 6;
-                wrong_q[at] ^= 0x20; // flips the case of a question byte
-                fake.send_to(&wrong_id, from)?;
-                fake.send_to(&good[..5], from)?;
-                fake.send_to(&wrong_q, from)?;
-                other.send_to(&good, from)?; // right port and ID, wrong source
-                std::thread::sleep(Duration::from_millis(50));
-                fake.send_to(&good, from)?;
-                fake.send_to(&good, from)?; // a duplicate
-                return Ok(());
-            }
-        }
-    });
-    let status = lab.kdig(&[&format!("@{SERVER_V4}"), "hostile.example.test"]);
-    responder.join().expect("responder")?;
-    assert_eq!(
-        status, "NXDOMAIN",
-        "only the genuine reply reached the client"
-    );
-    let s = server.wait_status("hostile replies counted", |s| {
-        let f = &s["totals"]["forward"];
-        f["stray_replies"].as_u64().unwrap_or(0) >= 2
-            && f["bad_replies"].as_u64().unwrap_or(0) >= 2
-            && f["duplicate_replies"].as_u64().unwrap_or(0) >= 1
-    })?;
-    assert_eq!(s["backends"][0]["replies"], 1, "{s:#}");
     Ok(())
 }
 

@@ -26,7 +26,21 @@ fn sigterm_detaches_unpins_and_leaves_no_process() -> anyhow::Result<()> {
     assert_eq!(
         pins(&pin_dir),
         [
-            "dest_v4", "dest_v6", "link", "meta", "prog", "stats", "xsks"
+            "acl_v4_0",
+            "acl_v4_1",
+            "acl_v6_0",
+            "acl_v6_1",
+            "backends_v4",
+            "backends_v6",
+            "dest_v4",
+            "dest_v6",
+            "link",
+            "listen_stats",
+            "meta",
+            "prog",
+            "settings",
+            "stats",
+            "xsks"
         ]
     );
     assert!(lab.server_has_xdp(SERVER_IF));

@@ -105,12 +105,22 @@ pub(crate) struct ForwardingSection {
     /// The answer when every backend of the pool is down.
     #[serde(default = "default_all_down_action")]
     pub all_down_action: FailAction,
-    /// Queue N forwards from port `port_base + N`, reserved by a socket.
+    /// Forwarded queries leave from a port drawn at random per query from
+    /// `port_base .. port_base + ports`, shared by all queues; the loader
+    /// reserves every one with a socket.
     #[serde(default = "default_port_base")]
     pub port_base: u16,
+    #[serde(default = "default_ports")]
+    pub ports: u32,
+    /// Sockets per backend and dataplane for socket backends (`xsk =
+    /// false`): one is drawn per query, so replies come back to one of as
+    /// many kernel-chosen ports.
+    #[serde(default = "default_backend_sockets")]
+    pub backend_sockets: u32,
     /// Queries one queue may have in flight (a power of two, at most 4096).
-    /// When a query would exceed it, the queue's oldest unanswered query is
-    /// given up (counted as `evicted` and as a timeout of its backend).
+    /// Beyond it, an unanswered query older than `timeout_ms / 4` is given
+    /// up for the new one (counted as `evicted` and as a timeout of its
+    /// backend); with none that old, the new query is dropped (`no_slot`).
     #[serde(default = "default_max_in_flight")]
     pub max_in_flight: u32,
     /// Accept DNS over TCP on the listen addresses and relay it to the
@@ -145,6 +155,8 @@ impl Default for ForwardingSection {
             timeout_action: default_timeout_action(),
             all_down_action: default_all_down_action(),
             port_base: default_port_base(),
+            ports: default_ports(),
+            backend_sockets: default_backend_sockets(),
             max_in_flight: default_max_in_flight(),
             tcp: true,
             tcp_max_connections: default_tcp_max_connections(),
@@ -190,6 +202,12 @@ fn default_all_down_action() -> FailAction {
 }
 fn default_port_base() -> u16 {
     30000
+}
+fn default_ports() -> u32 {
+    1024
+}
+fn default_backend_sockets() -> u32 {
+    64
 }
 fn default_max_in_flight() -> u32 {
     4096
@@ -330,7 +348,57 @@ pub(super) fn check(
     if fwd.port_base < 1024 {
         return Err(ConfigError::invalid(
             "forwarding.port_base",
-            "must be at least 1024 (queue N uses port_base + N)",
+            "must be at least 1024 (the forwarding ports start there)",
+        ));
+    }
+    if !(1..=32768).contains(&fwd.ports) {
+        return Err(ConfigError::invalid(
+            "forwarding.ports",
+            format!("{} must be from 1 to 32768", fwd.ports),
+        ));
+    }
+    let end = u32::from(fwd.port_base) + fwd.ports;
+    if end > 65536 {
+        return Err(ConfigError::invalid(
+            "forwarding.ports",
+            format!(
+                "port_base {} + ports {} runs past port 65535: lower one of them",
+                fwd.port_base, fwd.ports
+            ),
+        ));
+    }
+    if let Some(l) = listen
+        .iter()
+        .find(|l| (u32::from(fwd.port_base)..end).contains(&u32::from(l.port())))
+    {
+        return Err(ConfigError::invalid(
+            "forwarding.port_base",
+            format!(
+                "the forwarding ports {}..={} include listen port {} ({l}): move one of them",
+                fwd.port_base,
+                end - 1,
+                l.port()
+            ),
+        ));
+    }
+    if !(1..=1024).contains(&fwd.backend_sockets) {
+        return Err(ConfigError::invalid(
+            "forwarding.backend_sockets",
+            format!("{} must be from 1 to 1024", fwd.backend_sockets),
+        ));
+    }
+    // Every dataplane gets backend_sockets sockets per backend.
+    let per_dataplane =
+        backends.len() as u64 * u64::from(fwd.backend_sockets) + listen.len() as u64 + 1;
+    if per_dataplane > u64::from(crate::ipc::MAX_DESCRIPTORS) {
+        return Err(ConfigError::invalid(
+            "forwarding.backend_sockets",
+            format!(
+                "{} backends x {} sockets each is more than the {} descriptors a dataplane takes: lower it",
+                backends.len(),
+                fwd.backend_sockets,
+                crate::ipc::MAX_DESCRIPTORS
+            ),
         ));
     }
     Ok(())

@@ -4,6 +4,7 @@
 //! rejected and then validates, so a `Config` value is always usable. Every
 //! error names the key at fault and what to do about it.
 
+mod acl;
 mod backends;
 mod queues;
 mod rules;
@@ -14,6 +15,7 @@ mod validate;
 #[cfg(test)]
 mod tests;
 
+pub use acl::{Acl, AclAction, DEFAULT_ALLOW, MAX_ACL_PREFIXES};
 pub use backends::{
     BackendConfig, DEFAULT_POOL, FailAction, HealthConfig, Policy, PoolConfig, parse_mac,
 };
@@ -23,7 +25,9 @@ pub use split::{
     Config, DataplaneFixed, DataplaneLive, Fixed, ForwardingFixed, ForwardingLive, Live, XdpFixed,
     XdpLive, XskFixed, XskLive,
 };
-pub use types::{ControlSection, Listen, MetricsSection, SupervisorSection, XdpMode, XskBindMode};
+pub use types::{
+    ControlSection, Listen, MetricsSection, SupervisorSection, TxAnswers, XdpMode, XskBindMode,
+};
 
 /// A configuration that cannot be used, with the key at fault.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

@@ -65,8 +65,9 @@ pub struct AnswerSpec {
     pub default: Action,
     /// UDP payload size advertised in our OPT records.
     pub edns_udp_size: u16,
-    /// Drop AF_XDP frames with a wrong UDP checksum.
-    pub verify_checksums: bool,
+    /// Who may be answered on the kernel path and over TCP (AF_XDP frames
+    /// were judged by the XDP program already).
+    pub acl: crate::config::Acl,
 }
 
 impl RuleConfig {
@@ -121,8 +122,8 @@ pub(super) fn check(index: usize, rule: &RuleConfig) -> Result<(), super::Config
 pub(super) fn compile(
     rules: &[RuleConfig],
     edns_udp_size: u16,
-    verify_checksums: bool,
     forward: bool,
+    acl: &crate::config::Acl,
 ) -> AnswerSpec {
     AnswerSpec {
         rules: rules
@@ -142,6 +143,6 @@ pub(super) fn compile(
             Action::Refused
         },
         edns_udp_size,
-        verify_checksums,
+        acl: acl.clone(),
     }
 }

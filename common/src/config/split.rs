@@ -8,11 +8,12 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use super::acl::{Acl, AclAction};
 use super::backends::ForwardingSection;
 use super::types::{DataplaneSection, File, XdpSection, XskSection};
 use super::{
     AnswerSpec, BackendConfig, ControlSection, FailAction, MetricsSection, PoolConfig,
-    QueueSelection, RuleConfig, SupervisorSection, XdpMode, XskBindMode, rules,
+    QueueSelection, RuleConfig, SupervisorSection, TxAnswers, XdpMode, XskBindMode, rules,
 };
 
 /// A validated configuration.
@@ -66,6 +67,8 @@ pub struct ForwardingFixed {
     /// Backends are configured (forwarding on).
     pub enabled: bool,
     pub port_base: u16,
+    pub ports: u32,
+    pub backend_sockets: u32,
     pub max_in_flight: u32,
     pub tcp: bool,
     pub tcp_max_connections: u32,
@@ -83,12 +86,14 @@ pub struct Live {
     pub backend: Vec<BackendConfig>,
     pub pool: Vec<PoolConfig>,
     pub forwarding: ForwardingLive,
+    pub acl: Acl,
 }
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct XdpLive {
     pub queues: QueueSelection,
     pub redirect: bool,
+    pub tx_answers: TxAnswers,
 }
 
 /// Loop tuning; the last two apply as dataplanes (re)start.
@@ -132,6 +137,7 @@ impl From<File> for Config {
             backend,
             pool,
             forwarding,
+            acl,
         } = f;
         let XdpSection {
             interface,
@@ -139,6 +145,7 @@ impl From<File> for Config {
             mode,
             pin_root,
             redirect,
+            tx_answers,
         } = xdp;
         let XskSection {
             frames,
@@ -162,11 +169,18 @@ impl From<File> for Config {
             timeout_action,
             all_down_action,
             port_base,
+            ports,
+            backend_sockets,
             max_in_flight,
             tcp,
             tcp_max_connections,
             tcp_idle_timeout_ms,
         } = forwarding;
+        // Validated before the conversion.
+        let acl = acl.compile().unwrap_or(Acl {
+            allow: Vec::new(),
+            action: AclAction::Drop,
+        });
         Config {
             fixed: Fixed {
                 instance,
@@ -192,13 +206,19 @@ impl From<File> for Config {
                 forwarding: ForwardingFixed {
                     enabled: !backend.is_empty(),
                     port_base,
+                    ports,
+                    backend_sockets,
                     max_in_flight,
                     tcp,
                     tcp_max_connections,
                 },
             },
             live: Live {
-                xdp: XdpLive { queues, redirect },
+                xdp: XdpLive {
+                    queues,
+                    redirect,
+                    tx_answers,
+                },
                 xsk: XskLive {
                     verify_checksums,
                     batch_size,
@@ -220,6 +240,7 @@ impl From<File> for Config {
                     all_down_action,
                     tcp_idle_timeout_ms,
                 },
+                acl,
             },
         }
     }
@@ -263,6 +284,8 @@ impl Fixed {
                 ForwardingFixed {
                     enabled,
                     port_base,
+                    ports,
+                    backend_sockets,
                     max_in_flight,
                     tcp,
                     tcp_max_connections,
@@ -293,6 +316,11 @@ impl Fixed {
                 "backend (turning forwarding on or off)",
             ),
             (port_base != &of.port_base, "forwarding.port_base"),
+            (ports != &of.ports, "forwarding.ports"),
+            (
+                backend_sockets != &of.backend_sockets,
+                "forwarding.backend_sockets",
+            ),
             (
                 max_in_flight != &of.max_in_flight,
                 "forwarding.max_in_flight",
@@ -325,8 +353,8 @@ impl Live {
         rules::compile(
             &self.rule,
             self.dataplane.edns_udp_size,
-            self.xsk.verify_checksums,
             !self.backend.is_empty(),
+            &self.acl,
         )
     }
 }

@@ -412,3 +412,118 @@ fn the_fixed_part_names_every_key_that_differs() {
     assert!(a.fixed.differences(&c.fixed).is_empty());
     assert_ne!(a.live, c.live);
 }
+
+#[test]
+fn the_acl_defaults_to_dnsdists_private_ranges_and_parses() {
+    let c = Config::from_toml(MINIMAL).unwrap();
+    let acl = &c.live.acl;
+    assert_eq!(acl.action, AclAction::Drop);
+    let allow: Vec<String> = acl.allow.iter().map(|p| p.to_string()).collect();
+    assert_eq!(allow, acl::DEFAULT_ALLOW);
+    assert!(!acl.open_to_a_family());
+    let allowed = |ip: &str| {
+        let ip: std::net::IpAddr = ip.parse().unwrap();
+        acl.allow.iter().any(|p| p.contains(ip))
+    };
+    assert!(allowed("10.1.2.3") && allowed("::1") && allowed("fd00::1"));
+    assert!(!allowed("192.0.2.7") && !allowed("2001:db8::1") && !allowed("8.8.8.8"));
+
+    let open = Config::from_toml(&with(
+        "",
+        "[acl]\nallow = [\"0.0.0.0/0\", \"::/0\", \"0.0.0.0/0\"]\naction = \"refused\"",
+    ))
+    .unwrap();
+    assert!(open.live.acl.open_to_everyone());
+    assert_eq!(open.live.acl.allow.len(), 2, "duplicates collapse");
+    assert_eq!(open.live.acl.action, AclAction::Refused);
+    let nobody = Config::from_toml(&with("", "[acl]\nallow = []")).unwrap();
+    assert!(nobody.live.acl.allow.is_empty());
+}
+
+#[test]
+fn bad_acls_are_refused_with_their_key() {
+    for (acl, key) in [
+        ("allow = [\"10.0.0.0/33\"]", "acl.allow[0]"),
+        ("allow = [\"10.0.0.0/8\", \"nonsense\"]", "acl.allow[1]"),
+        ("allow = [\"10.0.0.1/8\"]", "acl.allow[0]"),
+    ] {
+        assert_eq!(
+            invalid_key(&with("", &format!("[acl]\n{acl}"))),
+            key,
+            "{acl}"
+        );
+    }
+    let many: Vec<String> = (0..=acl::MAX_ACL_PREFIXES)
+        .map(|i| format!("\"10.{}.{}.0/24\"", i / 256, i % 256))
+        .collect();
+    assert_eq!(
+        invalid_key(&with("", &format!("[acl]\nallow = [{}]", many.join(",")))),
+        "acl.allow"
+    );
+    let e = err(&with("", "[acl]\naction = \"reject\""));
+    assert!(e.to_string().contains("drop"), "{e}");
+    let e = err(&with("", "[acl]\nallow = []\ndeny = []"));
+    assert!(e.to_string().contains("unknown field"), "{e}");
+}
+
+#[test]
+fn the_forwarding_port_range_is_checked() {
+    let fwd = |body: &str| {
+        format!("{MINIMAL}\n[[backend]]\naddress = \"192.0.2.2:53\"\n[forwarding]\n{body}\n")
+    };
+    let c = Config::from_toml(&fwd("")).unwrap();
+    assert_eq!(
+        (
+            c.fixed.forwarding.port_base,
+            c.fixed.forwarding.ports,
+            c.fixed.forwarding.backend_sockets
+        ),
+        (30000, 1024, 64)
+    );
+    for (body, key) in [
+        ("port_base = 65000\nports = 1024", "forwarding.ports"),
+        ("port_base = 64512\nports = 1025", "forwarding.ports"),
+        ("ports = 0", "forwarding.ports"),
+        ("ports = 40000", "forwarding.ports"),
+        ("port_base = 100", "forwarding.port_base"),
+        ("port_base = 1", "forwarding.port_base"),
+        ("backend_sockets = 0", "forwarding.backend_sockets"),
+        ("backend_sockets = 5000", "forwarding.backend_sockets"),
+    ] {
+        assert_eq!(invalid_key(&fwd(body)), key, "{body}");
+    }
+    // The last port may be 65535; one past is refused (it wrapped to 0).
+    assert!(Config::from_toml(&fwd("port_base = 64512\nports = 1024")).is_ok());
+    // A listen port inside the range is refused.
+    let text = "[xdp]\ninterface = \"eth0\"\n[[listen]]\naddress = \"192.0.2.1:30010\"\n\
+         [[backend]]\naddress = \"192.0.2.2:53\"\n";
+    let e = err(text);
+    assert!(e.to_string().contains("include listen port 30010"), "{e}");
+}
+
+#[test]
+fn more_listen_addresses_than_the_program_counts_are_refused() {
+    let mut text = String::from("[xdp]\ninterface = \"eth0\"\n");
+    for i in 0..=crate::maps::MAX_LISTEN {
+        text.push_str(&format!(
+            "[[listen]]\naddress = \"10.0.{}.{}:53\"\n",
+            i / 250,
+            i % 250 + 1
+        ));
+    }
+    assert_eq!(invalid_key(&text), "listen");
+}
+
+#[test]
+fn socket_pools_must_fit_what_a_dataplane_takes() {
+    let mut text = format!("{MINIMAL}\n[forwarding]\nbackend_sockets = 1024\n");
+    for i in 0..15 {
+        text.push_str(&format!(
+            "[[backend]]\naddress = \"192.0.2.{}:53\"\n",
+            10 + i
+        ));
+    }
+    assert!(Config::from_toml(&text).is_ok(), "15 x 1024 + listen fit");
+    text.push_str("[[backend]]\naddress = \"192.0.2.99:53\"\n");
+    assert_eq!(invalid_key(&text), "forwarding.backend_sockets");
+}

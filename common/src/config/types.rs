@@ -46,6 +46,8 @@ pub(crate) struct File {
     pub pool: Vec<PoolConfig>,
     #[serde(default)]
     pub forwarding: ForwardingSection,
+    #[serde(default)]
+    pub acl: super::acl::AclSection,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -66,6 +68,36 @@ pub(crate) struct XdpSection {
     /// their sockets (for comparison, or to take AF_XDP out of service live).
     #[serde(default = "default_true")]
     pub redirect: bool,
+    /// Whether the program may answer by itself (XDP_TX: REFUSED for
+    /// clients outside the ACL). `auto`: yes, except on a veth, whose peer
+    /// receives such frames only while it runs an XDP program of its own;
+    /// there the kernel path answers instead.
+    #[serde(default)]
+    pub tx_answers: TxAnswers,
+}
+
+/// Whether the XDP program sends answers itself (XDP_TX).
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum TxAnswers {
+    /// Yes, unless the interface is a veth.
+    #[default]
+    Auto,
+    /// Yes (a veth whose peer runs XDP, e.g. another AF_XDP program).
+    Always,
+    /// No: the kernel path answers.
+    Never,
+}
+
+impl TxAnswers {
+    /// Whether XDP_TX is used on an interface that is (or is not) a veth.
+    pub fn enabled(self, veth: bool) -> bool {
+        match self {
+            TxAnswers::Auto => !veth,
+            TxAnswers::Always => true,
+            TxAnswers::Never => false,
+        }
+    }
 }
 
 /// How the XDP program is attached.

@@ -143,6 +143,7 @@ impl File {
         }
         let listen: Vec<_> = self.listen.iter().map(|l| l.address).collect();
         super::backends::check(&self.backend, &self.pool, &self.forwarding, &listen)?;
+        self.acl.compile()?;
         Ok(())
     }
 
@@ -151,6 +152,16 @@ impl File {
             return Err(ConfigError::invalid(
                 "listen",
                 "no [[listen]] address: add one, e.g. [[listen]] address = \"192.0.2.1:53\"",
+            ));
+        }
+        if self.listen.len() > crate::maps::MAX_LISTEN as usize {
+            return Err(ConfigError::invalid(
+                "listen",
+                format!(
+                    "{} addresses; at most {} (the XDP program counts each one)",
+                    self.listen.len(),
+                    crate::maps::MAX_LISTEN
+                ),
             ));
         }
         let mut seen = HashSet::new();

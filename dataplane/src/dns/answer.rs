@@ -75,6 +75,7 @@ pub fn write_answer_for(
         qclass: u16::from_be_bytes([buf[end - 2], buf[end - 1]]),
         question_end: end,
         edns: original.edns,
+        opt_size_at: None,
     };
     write_answer(buf, &q, rcode, udp_size)
 }

@@ -30,6 +30,8 @@ pub struct Query {
     /// Where the question section ends (answers are written from here).
     pub question_end: usize,
     pub edns: Option<Edns>,
+    /// Where the OPT record's UDP payload size is in the message.
+    pub opt_size_at: Option<usize>,
 }
 
 impl Query {
@@ -72,6 +74,7 @@ pub fn parse_query(msg: &[u8]) -> Result<Query, DropReason> {
         at = skip_record(msg, at)?.next;
     }
     let mut edns = None;
+    let mut opt_size_at = None;
     for _ in 0..arcount {
         let rr = skip_record(msg, at)?;
         if rr.rtype == TYPE_OPT {
@@ -85,6 +88,7 @@ pub fn parse_query(msg: &[u8]) -> Result<Query, DropReason> {
                 version: (ttl >> 16) as u8,
                 dnssec_ok: ttl & 0x8000 != 0,
             });
+            opt_size_at = Some(at + rr.name_len + 2);
         }
         at = rr.next;
     }
@@ -100,6 +104,7 @@ pub fn parse_query(msg: &[u8]) -> Result<Query, DropReason> {
         qclass,
         question_end,
         edns,
+        opt_size_at,
     })
 }
 

@@ -1,30 +1,44 @@
 //! Carrying out a forward verdict over UDP, and relaying the replies.
 //!
-//! A query arriving over AF_XDP is re-addressed in place to its backend and
-//! sent on this queue (AF_XDP backends), or sent on this dataplane's UDP
-//! socket to the backend (socket backends); one arriving on a kernel-path
-//! socket always takes the socket. Either way it gets a slot in the shared
-//! in-flight table (`shm::inflight`) and a DNS ID naming the slot. Replies
-//! come back over AF_XDP on any queue (the XDP program redirects our
-//! forwarding ports), on the backend socket, or — when larger than a frame —
-//! on this queue's port-reserving socket; whoever receives one claims the
-//! slot and answers the client the way it came.
+//! Every forwarded query gets a slot in the shared in-flight table
+//! (`shm::inflight`) and leaves with a **key** nobody off-path can predict
+//! ([`keys`]): over AF_XDP, a source port drawn per query from the
+//! instance's forwarding range (shared by all queues; the XDP program
+//! redirects replies to the range) and a random DNS ID; over a socket (socket
+//! backends, and queries that came over the kernel path), one of the
+//! backend's sockets drawn per query — each with its own kernel-chosen
+//! port — and a random ID. A reply is claimed with its key on whatever queue
+//! or socket it arrives, checked against the backend, the question and QR,
+//! and relayed to the client the way the client came. Queries over AF_XDP
+//! ask the backend for no larger a reply than a frame and the backend leg's
+//! MTU carry (larger answers come back truncated; the client retries over
+//! TCP): nothing needs IP fragments on the way back. A query that goes
+//! unanswered for several of its backend's latencies ([`latency`]) is
+//! presumed lost, and its slot may go to a new query; younger ones keep
+//! theirs, and past the queue's limit new queries are dropped.
+
+pub mod keys;
+pub mod latency;
 
 use std::io;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 
 use xdpdns_common::config::FailAction;
 use xdpdns_common::inflight::MAX_QUESTION;
 use xdpdns_common::ipc::ForwardSpec;
+use xdpdns_common::maps::XDP_PACKET_HEADROOM;
 use xdpdns_common::stats::DataplaneCounters;
 
 use crate::dns::{self, Edns, HEADER_LEN, Query};
-use crate::frame::{self, Headers, Parsed};
+use crate::frame::{self, ETH_HLEN, Headers, IPV4_HLEN, IPV6_HLEN, Parsed, UDP_HLEN, VLAN_HLEN};
 use crate::pipeline::backends::Backends;
+use crate::poller::{Poller, Token};
 use crate::shm::ShmError;
-use crate::shm::inflight::{Allocator, ClaimError, Client, Entry, Table};
+use crate::shm::inflight::{self, Allocator, ClaimError, Claimed, Client, Entry, Swept, Table};
 use crate::xsk::Fate;
+use keys::{Draws, below};
+use latency::Latency;
 
 /// Where answers that are not a frame in hand go.
 pub trait Emit {
@@ -33,14 +47,20 @@ pub trait Emit {
     /// Builds an AF_XDP frame with headers `h` around `payload`; false if
     /// it cannot (no free frame, or not possible right now).
     fn frame(&mut self, h: &Headers, payload: &[u8]) -> bool;
+    /// Whether [`Emit::frame`] has a free frame to build in now. Replies
+    /// waiting on a socket stay there while it has not: read, they would
+    /// take the slow kernel path (or be lost).
+    fn has_frame(&self) -> bool {
+        true
+    }
 }
 
 /// The descriptors that come with a [`ForwardSpec`].
 pub struct ForwardFds {
     /// The in-flight table: with Init only (it lives as long as the instance).
     pub table: Option<OwnedFd>,
-    pub ports: Vec<OwnedFd>,
-    pub backends: Vec<OwnedFd>,
+    /// Per backend, its connected sockets.
+    pub backends: Vec<Vec<OwnedFd>>,
 }
 
 impl ForwardFds {
@@ -53,10 +73,7 @@ impl ForwardFds {
         spec: Option<&ForwardSpec>,
         with_table: bool,
     ) -> Option<(Vec<OwnedFd>, Option<ForwardFds>)> {
-        let need = kernel
-            + spec.map_or(0, |s| {
-                usize::from(with_table) + s.port_sockets as usize + s.backends.len()
-            });
+        let need = kernel + spec.map_or(0, |s| s.descriptors(with_table));
         if fds.len() != need {
             return None;
         }
@@ -66,16 +83,11 @@ impl ForwardFds {
         };
         let mut it = rest.into_iter();
         let table = if with_table { Some(it.next()?) } else { None };
-        let ports: Vec<OwnedFd> = it.by_ref().take(s.port_sockets as usize).collect();
-        let backends: Vec<OwnedFd> = it.collect();
-        Some((
-            fds,
-            Some(ForwardFds {
-                table,
-                ports,
-                backends,
-            }),
-        ))
+        let per = s.backend_sockets as usize;
+        let backends = (0..s.backends.len())
+            .map(|_| it.by_ref().take(per).collect())
+            .collect();
+        Some((fds, Some(ForwardFds { table, backends })))
     }
 }
 
@@ -85,8 +97,8 @@ pub enum ForwardError {
     Table(#[from] ShmError),
     #[error("the loader sent no in-flight table")]
     NoTable,
-    #[error("one socket per backend expected, got {got} for {want}")]
-    Sockets { got: usize, want: usize },
+    #[error("{want} sockets per backend expected")]
+    Sockets { want: u32 },
     #[error("forwarding socket: {0}")]
     Socket(#[from] io::Error),
 }
@@ -102,16 +114,41 @@ pub enum Sent {
     Failed(FailAction),
 }
 
+/// One backend's sockets and the local port of each.
+struct Pool {
+    socks: Vec<UdpSocket>,
+    ports: Vec<u16>,
+}
+
+/// Datagrams read from one backend socket per call, and the largest accepted.
+const RECV_PER_CALL: usize = 64;
+const RECV_BUF: usize = 16 * 1024;
+
 pub struct Forwarder {
     queue: u32,
     spec: ForwardSpec,
     table: Table,
     alloc: Allocator,
-    backend_socks: Vec<UdpSocket>,
-    port_socks: Vec<UdpSocket>,
+    draws: Draws,
+    pools: Vec<Pool>,
     /// Backend addresses as frames carry them, for matching replies.
     backend_keys: Vec<(bool, [u8; 16], u16)>,
+    /// Per slot of our region, the backend (tag) of the query we put there
+    /// and have not seen answered yet: a sweep that finds the slot free
+    /// learns the query is done, wherever its reply was claimed.
+    mine: Vec<Option<u16>>,
+    latency: Latency,
     buf: Box<[u8]>,
+}
+
+/// What a forwarder keeps across a reconfiguration.
+struct Kept {
+    queue: u32,
+    table: Table,
+    alloc: Allocator,
+    draws: Draws,
+    mine: Vec<Option<u16>>,
+    latency: Latency,
 }
 
 fn ip16(ip: IpAddr) -> [u8; 16] {
@@ -145,19 +182,35 @@ pub fn monotonic_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
-/// Non-blocking UDP sockets from descriptors the loader bound.
-fn udp(fds: Vec<OwnedFd>) -> io::Result<Vec<UdpSocket>> {
-    fds.into_iter()
-        .map(|fd| {
-            let s = UdpSocket::from(fd);
-            // fcntl, not set_nonblocking's ioctl: this also runs under the
-            // seccomp filter (a reconfiguration).
-            let fl = nix::fcntl::fcntl(&s, nix::fcntl::FcntlArg::F_GETFL)?;
-            let fl = nix::fcntl::OFlag::from_bits_retain(fl) | nix::fcntl::OFlag::O_NONBLOCK;
-            nix::fcntl::fcntl(&s, nix::fcntl::FcntlArg::F_SETFL(fl))?;
-            Ok(s)
-        })
-        .collect()
+/// Non-blocking UDP sockets from descriptors the loader bound, with the
+/// local port of each.
+fn pool(fds: Vec<OwnedFd>) -> io::Result<Pool> {
+    let mut p = Pool {
+        socks: Vec::with_capacity(fds.len()),
+        ports: Vec::with_capacity(fds.len()),
+    };
+    for fd in fds {
+        let s = UdpSocket::from(fd);
+        // fcntl, not set_nonblocking's ioctl: this also runs under the
+        // seccomp filter (a reconfiguration).
+        let fl = nix::fcntl::fcntl(&s, nix::fcntl::FcntlArg::F_GETFL)?;
+        let fl = nix::fcntl::OFlag::from_bits_retain(fl) | nix::fcntl::OFlag::O_NONBLOCK;
+        nix::fcntl::fcntl(&s, nix::fcntl::FcntlArg::F_SETFL(fl))?;
+        p.ports.push(s.local_addr()?.port());
+        p.socks.push(s);
+    }
+    Ok(p)
+}
+
+/// The largest UDP payload that leaves or arrives on an AF_XDP leg of
+/// family `v6` in one frame: what the interface MTU and a UMEM frame (after
+/// the kernel's headroom, with room for a VLAN tag) both hold.
+pub fn wire_room(spec: &ForwardSpec, v6: bool) -> usize {
+    let ip = if v6 { IPV6_HLEN } else { IPV4_HLEN };
+    let frame = (spec.frame_size.saturating_sub(XDP_PACKET_HEADROOM) as usize)
+        .saturating_sub(ETH_HLEN + VLAN_HLEN + ip + UDP_HLEN);
+    let mtu = (spec.mtu as usize).saturating_sub(ip + UDP_HLEN);
+    frame.min(mtu)
 }
 
 impl Forwarder {
@@ -178,26 +231,57 @@ impl Forwarder {
         table: Table,
         alloc: Allocator,
     ) -> Result<Forwarder, ForwardError> {
-        if fds.backends.len() != spec.backends.len() {
-            return Err(ForwardError::Sockets {
-                got: fds.backends.len(),
-                want: spec.backends.len(),
-            });
+        let kept = Kept {
+            queue,
+            mine: vec![None; table.per_queue() as usize],
+            table,
+            alloc,
+            draws: Draws::new()?,
+            latency: Latency::default(),
+        };
+        Forwarder::build(kept, spec, fds)
+    }
+
+    fn build(kept: Kept, spec: ForwardSpec, fds: ForwardFds) -> Result<Forwarder, ForwardError> {
+        let Kept {
+            queue,
+            table,
+            alloc,
+            draws,
+            mine,
+            mut latency,
+        } = kept;
+        latency.track(spec.backends.iter().map(|b| b.tag));
+        let want = spec.backend_sockets;
+        if fds.backends.len() != spec.backends.len()
+            || fds
+                .backends
+                .iter()
+                .any(|b| b.len() != want as usize || b.is_empty())
+        {
+            return Err(ForwardError::Sockets { want });
         }
         let backend_keys = spec
             .backends
             .iter()
             .map(|b| (b.address.is_ipv6(), ip16(b.address.ip()), b.address.port()))
             .collect();
+        let pools = fds
+            .backends
+            .into_iter()
+            .map(pool)
+            .collect::<io::Result<_>>()?;
         Ok(Forwarder {
             queue,
             table,
             alloc,
+            draws,
+            pools,
             spec,
-            backend_socks: udp(fds.backends)?,
-            port_socks: udp(fds.ports)?,
             backend_keys,
-            buf: vec![0u8; 65536].into_boxed_slice(),
+            mine,
+            latency,
+            buf: vec![0u8; RECV_BUF].into_boxed_slice(),
         })
     }
 
@@ -209,21 +293,38 @@ impl Forwarder {
         spec: ForwardSpec,
         fds: ForwardFds,
     ) -> Result<Forwarder, ForwardError> {
-        Forwarder::with_table(self.queue, spec, fds, self.table, self.alloc)
+        let kept = Kept {
+            queue: self.queue,
+            table: self.table,
+            alloc: self.alloc,
+            draws: self.draws,
+            mine: self.mine,
+            latency: self.latency,
+        };
+        Forwarder::build(kept, spec, fds)
     }
 
-    /// Sockets to watch while idle.
-    pub fn fds(&self) -> impl Iterator<Item = BorrowedFd<'_>> {
-        self.backend_socks
-            .iter()
-            .chain(&self.port_socks)
-            .map(|s| s.as_fd())
+    /// Watches every backend socket.
+    pub fn watch(&self, poller: &Poller) -> io::Result<()> {
+        for (b, p) in self.pools.iter().enumerate() {
+            for (s, sock) in p.socks.iter().enumerate() {
+                poller.add(sock.as_fd(), Token::Backend(b as u16, s as u32))?;
+            }
+        }
+        Ok(())
     }
 
-    /// The queue owning forwarding port `port`, if it is one.
-    pub fn reply_port(&self, port: u16) -> Option<u32> {
-        let off = port.checked_sub(self.spec.port_base)?;
-        (u32::from(off) < self.spec.regions).then_some(u32::from(off))
+    /// Whether `port` is one of the forwarding ports (a reply's destination).
+    #[inline]
+    pub fn is_reply_port(&self, port: u16) -> bool {
+        port.checked_sub(self.spec.port_base)
+            .is_some_and(|off| u32::from(off) < self.spec.ports)
+    }
+
+    /// Which queries in flight a new one (sent `now`) may push out: those
+    /// presumed lost by [`Latency`].
+    fn evictable(latency: &Latency, timeout_ms: u32, now: u64) -> impl Fn(u16, u64) -> bool + '_ {
+        move |tag, sent| now.saturating_sub(sent) > latency.lost_after_ns(tag, timeout_ms)
     }
 
     fn entry(&self, backend: u16, client: Client, question: &[u8]) -> Entry {
@@ -241,24 +342,26 @@ impl Forwarder {
         }
     }
 
-    /// Takes a slot for `entry`; the query it evicts (the queue's oldest,
-    /// when the region is full) is counted as a timeout of its backend.
-    fn insert(
-        &mut self,
-        entry: &Entry,
-        backends: &mut Backends,
-        c: &mut DataplaneCounters,
-    ) -> Option<u16> {
-        let ins = self.table.insert(&mut self.alloc, entry)?;
-        if let Some(tag) = ins.evicted {
-            c.forward.evicted += 1;
-            // A backend removed by a reload since has no counters left.
-            if let Some(bi) = backends.index_of(tag) {
-                c.backend(bi).timeouts += 1;
-                backends.done(bi as u16);
-            }
+    /// A key for AF_XDP: a port of the shared range and an ID, both random.
+    fn xsk_key(draws: &mut Draws, base: u16, ports: u32) -> impl FnMut() -> u32 + '_ {
+        move || {
+            let r = draws.draw();
+            inflight::key(base + below(r as u32, ports) as u16, (r >> 32) as u16)
         }
-        Some(ins.id)
+    }
+
+    /// A key for a socket of backend `b`: one of its sockets at random (its
+    /// port) and a random ID; `chosen` learns which socket.
+    fn socket_key<'a>(
+        pool: &'a Pool,
+        draws: &'a mut Draws,
+        chosen: &'a mut usize,
+    ) -> impl FnMut() -> u32 + 'a {
+        move || {
+            let r = draws.draw();
+            *chosen = below(r as u32, pool.socks.len() as u32) as usize;
+            inflight::key(pool.ports[*chosen], (r >> 32) as u16)
+        }
     }
 
     /// Forwards the query in frame `chunk[head..]` (parsed as `p`, `q`) to
@@ -296,40 +399,121 @@ impl Forwarder {
             client,
             &chunk[at + HEADER_LEN..at + q.question_end],
         );
-        let Some(id) = self.insert(&entry, backends, c) else {
-            return Sent::Failed(FailAction::ServFail);
-        };
-        chunk[at..at + 2].copy_from_slice(&id.to_be_bytes());
         let bi = usize::from(backend);
-        c.backend(bi).queries += 1;
-        backends.sent(backend);
+        let mac = backends.live(backend).and_then(|l| l.mac);
         let spec = &self.spec.backends[bi];
-        if let (true, Some(mac)) = (spec.xsk, backends.live(backend).and_then(|l| l.mac)) {
+        if let (true, Some(mac)) = (spec.xsk, mac) {
+            let v6 = spec.address.is_ipv6();
+            let (src, dst, dport) = (
+                ip16(spec.source),
+                ip16(spec.address.ip()),
+                spec.address.port(),
+            );
+            let room = wire_room(&self.spec, v6);
+            let ins = {
+                let evict = Self::evictable(&self.latency, self.spec.timeout_ms, entry.sent_ns);
+                let mut draw = Self::xsk_key(&mut self.draws, self.spec.port_base, self.spec.ports);
+                self.table.insert(&mut self.alloc, &entry, evict, &mut draw)
+            };
+            let Some(key) = self.settle(ins, entry.backend, backends, c) else {
+                return Sent::Failed(FailAction::Drop);
+            };
+            let msg = &mut chunk[at..at + len];
+            msg[0..2].copy_from_slice(&(key as u16).to_be_bytes());
+            clamp_udp_size(msg, q, room);
+            c.backend(bi).queries += 1;
+            backends.sent(backend);
             let h = Headers {
                 dst_mac: mac,
                 src_mac: self.spec.local_mac,
                 vlan: None,
-                v6: spec.address.is_ipv6(),
-                src_ip: ip16(spec.source),
-                dst_ip: ip16(spec.address.ip()),
-                sport: self.spec.port_base + self.queue as u16,
-                dport: spec.address.port(),
+                v6,
+                src_ip: src,
+                dst_ip: dst,
+                sport: (key >> 16) as u16,
+                dport,
             };
-            if let Some(start) = frame::write_headers(chunk, at, len, &h) {
-                return Sent::Frame {
+            return match frame::write_headers(chunk, at, len, &h) {
+                Some(start) => Sent::Frame {
                     head: start,
                     len: at + len - start,
-                };
-            }
+                },
+                None => Sent::Failed(FailAction::ServFail),
+            };
         }
-        if self.backend_socks[bi].send(&chunk[at..at + len]).is_err() {
+        match self.send(&mut chunk[at..at + len], &entry, backend, backends, c) {
+            Ok(()) => Sent::Socket,
+            Err(a) => Sent::Failed(a),
+        }
+    }
+
+    /// Bookkeeping of a slot just taken for a query to backend `tag`: the
+    /// query it evicted (the queue's oldest, when the region was full)
+    /// counts as a timeout of its backend; one answered elsewhere since the
+    /// last sweep is done. `None` (counted): no slot was free — the queue
+    /// has `max_in_flight` queries in flight, none old enough to give up:
+    /// the query is dropped, as a saturated server drops what it cannot
+    /// take (the client retries; answering would only add to the load).
+    fn settle(
+        &mut self,
+        ins: Result<inflight::Inserted, inflight::InsertError>,
+        tag: u16,
+        backends: &mut Backends,
+        c: &mut DataplaneCounters,
+    ) -> Option<u32> {
+        let Ok(ins) = ins else {
+            c.forward.no_slot += 1;
+            return None;
+        };
+        if let Some(evicted) = ins.evicted {
+            c.forward.evicted += 1;
+            if let Some(bi) = backends.index_of(evicted) {
+                c.backend(bi).timeouts += 1;
+                backends.done(bi as u16);
+            }
+        } else if let Some(Some(old)) = self.mine.get(ins.index as usize)
+            && let Some(bi) = backends.index_of(*old)
+        {
+            backends.done(bi as u16);
+        }
+        if let Some(m) = self.mine.get_mut(ins.index as usize) {
+            *m = Some(tag);
+        }
+        Some(ins.key)
+    }
+
+    /// Sends `msg` (the query, `entry` its record) on one of `backend`'s
+    /// sockets, drawn at random, with a random ID.
+    fn send(
+        &mut self,
+        msg: &mut [u8],
+        entry: &Entry,
+        backend: u16,
+        backends: &mut Backends,
+        c: &mut DataplaneCounters,
+    ) -> Result<(), FailAction> {
+        let bi = usize::from(backend);
+        let mut chosen = 0;
+        let ins = {
+            let pool = &self.pools[bi];
+            let evict = Self::evictable(&self.latency, self.spec.timeout_ms, entry.sent_ns);
+            let mut draw = Self::socket_key(pool, &mut self.draws, &mut chosen);
+            self.table.insert(&mut self.alloc, entry, evict, &mut draw)
+        };
+        let Some(key) = self.settle(ins, entry.backend, backends, c) else {
+            return Err(FailAction::Drop);
+        };
+        msg[0..2].copy_from_slice(&(key as u16).to_be_bytes());
+        c.backend(bi).queries += 1;
+        backends.sent(backend);
+        if self.pools[bi].socks[chosen].send(msg).is_err() {
             c.forward.send_errors += 1;
         }
-        Sent::Socket
+        Ok(())
     }
 
     /// Forwards a query that arrived on a kernel-path socket (`local`) from
-    /// `from` to `backend`; the reply comes back through [`Forwarder::poll`].
+    /// `from` to `backend`, over one of its sockets.
     #[allow(clippy::too_many_arguments)]
     pub fn forward_datagram(
         &mut self,
@@ -356,53 +540,44 @@ impl Forwarder {
             dnssec_ok: q.edns.is_some_and(|e| e.dnssec_ok),
         };
         let entry = self.entry(backend, client, &msg[HEADER_LEN..q.question_end]);
-        let Some(id) = self.insert(&entry, backends, c) else {
-            return Err(FailAction::ServFail);
-        };
-        msg[0..2].copy_from_slice(&id.to_be_bytes());
-        let bi = usize::from(backend);
-        c.backend(bi).queries += 1;
-        backends.sent(backend);
-        if self.backend_socks[bi].send(msg).is_err() {
-            c.forward.send_errors += 1;
-        }
-        Ok(())
+        self.send(msg, &entry, backend, backends, c)
     }
 
-    /// Matches a reply and rewrites `msg` for its client: the client's ID is
-    /// restored. Returns the entry, or `None` (counted) if it matches nothing.
+    /// Matches a reply that arrived with `key` from `backend` and rewrites
+    /// `msg` for its client: the client's ID is restored. Returns the entry,
+    /// or `None` (counted) if it matches nothing.
     fn claim(
         &mut self,
-        owner: u32,
+        key: u32,
         backend: u16,
         msg: &mut [u8],
-        backends: &mut Backends,
         c: &mut DataplaneCounters,
-    ) -> Option<Entry> {
+    ) -> Option<Claimed> {
         if msg.len() < HEADER_LEN || msg[2] & 0x80 == 0 {
             c.forward.bad_replies += 1;
             return None;
         }
-        let id = u16::from_be_bytes([msg[0], msg[1]]);
-        // The question must be the one we sent: a reply with the right ID
+        // The question must be the one we sent: a reply with the right key
         // but another question is hostile and must not consume the slot.
+        // Error replies without a question (FORMERR, SERVFAIL, NOTIMP,
+        // REFUSED with QDCOUNT 0) are what backends send for queries they
+        // cannot parse; dnsdist relays them, and so do we.
+        let questionless_error = msg[4..6] == [0, 0] && matches!(msg[3] & 0x0f, 1 | 2 | 4 | 5);
         let question_ok = |e: &Entry| {
             let q = e.question();
-            msg.get(HEADER_LEN..HEADER_LEN + q.len()) == Some(q)
+            questionless_error || msg.get(HEADER_LEN..HEADER_LEN + q.len()) == Some(q)
         };
         let tag = self.spec.backends[usize::from(backend)].tag;
-        match self.table.claim_if(owner, id, tag, question_ok) {
-            Ok(e) => {
-                msg[0..2].copy_from_slice(&e.client.id.to_be_bytes());
-                let bi = usize::from(backend);
-                let us = monotonic_ns().saturating_sub(e.sent_ns) / 1000;
-                let bc = c.backend(bi);
+        match self.table.claim_if(key, tag, question_ok) {
+            Ok(claimed) => {
+                msg[0..2].copy_from_slice(&claimed.entry.client.id.to_be_bytes());
+                let ns = monotonic_ns().saturating_sub(claimed.entry.sent_ns);
+                self.latency.observe(tag, ns);
+                let us = ns / 1000;
+                let bc = c.backend(usize::from(backend));
                 bc.replies += 1;
                 bc.observe(us);
-                if owner == self.queue {
-                    backends.done(backend);
-                }
-                Some(e)
+                Some(claimed)
             }
             Err(ClaimError::Taken) => {
                 c.forward.duplicate_replies += 1;
@@ -426,17 +601,20 @@ impl Forwarder {
             .map(|i| i as u16)
     }
 
-    /// A reply that arrived over AF_XDP (its destination is the forwarding
-    /// port of queue `owner`): rewritten in place to the client, or sent
-    /// through the kernel path if the client came that way.
+    /// The largest reply the client's leg takes in one frame.
+    fn client_room(&self, cl: &Client) -> usize {
+        wire_room(&self.spec, cl.v6)
+    }
+
+    /// A reply that arrived over AF_XDP (its destination is a forwarding
+    /// port): rewritten in place to the client, or sent through the kernel
+    /// path if the client came that way or it is too large for its wire.
     #[allow(clippy::too_many_arguments)]
     pub fn reply_frame(
         &mut self,
         chunk: &mut [u8],
         head: usize,
         p: &Parsed,
-        owner: u32,
-        backends: &mut Backends,
         c: &mut DataplaneCounters,
         emit: &mut dyn Emit,
     ) -> Fate {
@@ -447,11 +625,16 @@ impl Forwarder {
             c.forward.stray_replies += 1;
             return Fate::Recycle;
         };
-        let Some(e) = self.claim(owner, b, &mut chunk[at..at + len], backends, c) else {
+        if len < HEADER_LEN {
+            c.forward.bad_replies += 1;
+            return Fate::Recycle;
+        }
+        let key = inflight::key(a.dport, u16::from_be_bytes([chunk[at], chunk[at + 1]]));
+        let Some(claimed) = self.claim(key, b, &mut chunk[at..at + len], c) else {
             return Fate::Recycle;
         };
-        let cl = e.client;
-        if cl.xsk {
+        let cl = claimed.entry.client;
+        if cl.xsk && len <= self.client_room(&cl) {
             let h = client_headers(&cl, self.spec.local_mac);
             if let Some(start) = frame::write_headers(chunk, at, len, &h) {
                 return Fate::Transmit {
@@ -459,6 +642,9 @@ impl Forwarder {
                     len: at + len - start,
                 };
             }
+        }
+        if cl.xsk {
+            c.forward.large_replies += 1;
         }
         emit.kernel(
             sockaddr(cl.v6, &cl.local_ip, cl.local_port),
@@ -468,84 +654,114 @@ impl Forwarder {
         Fate::Recycle
     }
 
-    /// Reads replies waiting on the backend and port-reserving sockets and
-    /// delivers them. Returns how many were read.
-    pub fn poll(
+    /// Reads the replies waiting on socket `s` of backend `b` and delivers
+    /// them. Returns how many were read.
+    pub fn serve_socket(
         &mut self,
-        backends: &mut Backends,
+        b: u16,
+        s: u32,
         c: &mut DataplaneCounters,
         emit: &mut dyn Emit,
     ) -> usize {
+        let Some(pool) = self.pools.get(usize::from(b)) else {
+            return 0;
+        };
+        let Some(sock) = pool.socks.get(s as usize) else {
+            return 0;
+        };
+        let port = pool.ports[s as usize];
+        let fd = sock.as_raw_fd();
+        let mut buf = std::mem::take(&mut self.buf);
         let mut n = 0;
-        for b in 0..self.backend_socks.len() {
-            for _ in 0..64 {
-                let Ok(len) = self.backend_socks[b].recv(&mut self.buf) else {
-                    break;
-                };
-                n += 1;
-                self.reply_datagram(b as u16, len, false, backends, c, emit);
+        while n < RECV_PER_CALL && emit.has_frame() {
+            // SAFETY: recv writes at most `buf.len()` bytes into the live buffer.
+            let r = unsafe {
+                libc::recv(
+                    fd,
+                    buf.as_mut_ptr().cast(),
+                    buf.len(),
+                    libc::MSG_DONTWAIT | libc::MSG_TRUNC,
+                )
+            };
+            if r < 0 {
+                break;
             }
-        }
-        for s in 0..self.port_socks.len() {
-            for _ in 0..64 {
-                let Ok((len, from)) = self.port_socks[s].recv_from(&mut self.buf) else {
-                    break;
-                };
-                n += 1;
-                let key = (from.is_ipv6(), ip16(from.ip()), from.port());
-                match self.backend_keys.iter().position(|k| *k == key) {
-                    Some(b) => {
-                        c.forward.large_replies += 1;
-                        self.reply_datagram(b as u16, len, true, backends, c, emit);
-                    }
-                    None => c.forward.stray_replies += 1,
-                }
+            n += 1;
+            let len = r as usize;
+            if len > buf.len() {
+                // Larger than we take: not a reply to a query we sent.
+                c.forward.bad_replies += 1;
+                continue;
             }
+            self.reply_datagram(b, port, &mut buf[..len], c, emit);
         }
+        self.buf = buf;
         n
     }
 
     fn reply_datagram(
         &mut self,
         backend: u16,
-        len: usize,
-        via_kernel: bool,
-        backends: &mut Backends,
+        port: u16,
+        msg: &mut [u8],
         c: &mut DataplaneCounters,
         emit: &mut dyn Emit,
     ) {
-        let mut buf = std::mem::take(&mut self.buf);
-        if let Some(e) = self.claim(self.queue, backend, &mut buf[..len], backends, c) {
-            let cl = e.client;
-            let payload = &buf[..len];
-            let framed = cl.xsk
-                && !via_kernel
-                && emit.frame(&client_headers(&cl, self.spec.local_mac), payload);
-            if !framed {
-                emit.kernel(
-                    sockaddr(cl.v6, &cl.local_ip, cl.local_port),
-                    sockaddr(cl.v6, &cl.ip, cl.port),
-                    payload,
-                );
-            }
+        if msg.len() < HEADER_LEN {
+            c.forward.bad_replies += 1;
+            return;
         }
-        self.buf = buf;
+        let key = inflight::key(port, u16::from_be_bytes([msg[0], msg[1]]));
+        let Some(claimed) = self.claim(key, backend, msg, c) else {
+            return;
+        };
+        let cl = claimed.entry.client;
+        let payload = &*msg;
+        let framed = cl.xsk
+            && payload.len() <= self.client_room(&cl)
+            && emit.frame(&client_headers(&cl, self.spec.local_mac), payload);
+        if cl.xsk && !framed {
+            c.forward.large_replies += 1;
+        }
+        if !framed {
+            emit.kernel(
+                sockaddr(cl.v6, &cl.local_ip, cl.local_port),
+                sockaddr(cl.v6, &cl.ip, cl.port),
+                payload,
+            );
+        }
     }
 
-    /// Frees this queue's expired slots; per `timeout_action`, answers
-    /// their clients (with the answer writer every local answer uses).
-    /// Returns how many expired.
-    pub fn expire(
+    /// Walks this queue's region: learns which queries were answered
+    /// (wherever), frees the expired ones and, per `timeout_action`, answers
+    /// their clients with the answer writer every local answer uses.
+    pub fn sweep(
         &mut self,
         backends: &mut Backends,
         c: &mut DataplaneCounters,
         udp_size: u16,
         emit: &mut dyn Emit,
-    ) -> usize {
+    ) {
         let now_ms = monotonic_ns() / 1_000_000;
         let action = self.spec.timeout_action;
         let local_mac = self.spec.local_mac;
-        self.table.expire(self.queue, now_ms, |e| {
+        let mine = &mut self.mine;
+        self.table.sweep(self.queue, now_ms, |index, swept| {
+            let Some(slot) = mine.get_mut(index as usize) else {
+                return;
+            };
+            let e = match swept {
+                Swept::Free => {
+                    if let Some(tag) = slot.take()
+                        && let Some(bi) = backends.index_of(tag)
+                    {
+                        backends.done(bi as u16);
+                    }
+                    return;
+                }
+                Swept::Expired(e) => e,
+            };
+            *slot = None;
             if let Some(bi) = backends.index_of(e.backend) {
                 c.backend(bi).timeouts += 1;
                 backends.done(bi as u16);
@@ -577,12 +793,26 @@ impl Forwarder {
                     payload,
                 );
             }
-        })
+        });
     }
 
     /// Refreshes the in-flight gauge.
     pub fn gauge(&self, c: &mut DataplaneCounters) {
         c.forward.in_flight = u64::from(self.table.in_flight(self.queue));
+    }
+}
+
+/// Asks the backend for no larger a UDP reply than `room` (if the query
+/// asked for more): the OPT record's payload size, rewritten in place.
+fn clamp_udp_size(msg: &mut [u8], q: &Query, room: usize) {
+    let (Some(at), Some(e)) = (q.opt_size_at, q.edns) else {
+        return;
+    };
+    let room = room.clamp(512, usize::from(u16::MAX)) as u16;
+    if e.udp_size > room
+        && let Some(field) = msg.get_mut(at..at + 2)
+    {
+        field.copy_from_slice(&room.to_be_bytes());
     }
 }
 

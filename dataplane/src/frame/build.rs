@@ -95,6 +95,20 @@ pub fn write_headers(
 }
 
 impl Parsed {
+    /// The source address of `frame`, which `self` was parsed from.
+    #[inline]
+    pub fn source_ip(&self, frame: &[u8]) -> std::net::IpAddr {
+        let ip = &frame[self.l3..self.l4];
+        match self.family {
+            Family::V4 => std::net::IpAddr::from([ip[12], ip[13], ip[14], ip[15]]),
+            Family::V6 => {
+                let mut a = [0u8; 16];
+                a.copy_from_slice(&ip[8..24]);
+                std::net::IpAddr::from(a)
+            }
+        }
+    }
+
     /// Reads the addresses of `frame`, which `self` was parsed from.
     pub fn addrs(&self, frame: &[u8]) -> Headers {
         let mut a = Headers {
@@ -189,7 +203,7 @@ mod tests {
             &spec,
             b"\x12\x34\x01\0\0\x01\0\0\0\0\0\0\x01a\0\0\x01\0\x01",
         );
-        let p = parse(&f, true).unwrap();
+        let p = parse(&f).unwrap();
         let h = p.addrs(&f);
         assert_eq!(h.vlan, Some(9));
         assert!(h.v6);

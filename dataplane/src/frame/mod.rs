@@ -10,7 +10,7 @@ mod reply;
 pub mod testing;
 
 pub use build::{Headers, write_headers};
-pub use parse::{Family, Parsed, parse};
+pub use parse::{Family, Parsed, parse, udp_checksum_ok};
 pub use reply::write_reply;
 
 pub const ETH_HLEN: usize = 14;

@@ -12,14 +12,32 @@ pub mod rules;
 #[cfg(test)]
 mod tests;
 
-use xdpdns_common::config::{Action, AnswerSpec, FailAction, RuleSpec};
+use xdpdns_common::config::{AclAction, Action, AnswerSpec, FailAction, RuleSpec};
 use xdpdns_common::dns::Rcode;
 use xdpdns_common::ipc::ForwardSpec;
+use xdpdns_common::net::PrefixSet;
 use xdpdns_common::stats::{DataplaneCounters, DropReason};
 
 use crate::dns::{self, OPCODE_QUERY, Query};
 use backends::Backends;
 use rules::Rules;
+
+/// Where a query came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// An AF_XDP frame: the XDP program applied the ACL already.
+    Xsk,
+    /// A kernel-path UDP socket.
+    Udp,
+    Tcp,
+}
+
+/// Who asked, and how.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Peer {
+    pub ip: std::net::IpAddr,
+    pub transport: Transport,
+}
 
 /// What becomes of a query.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,6 +52,9 @@ pub enum Verdict {
 
 /// Rules, answer settings and backends: everything a verdict depends on.
 pub struct Pipeline {
+    /// Clients allowed (kernel path and TCP; XDP enforces it for frames).
+    acl: PrefixSet,
+    acl_action: AclAction,
     rules: Rules,
     /// Queries per rule (the last slot is the default action).
     hits: Box<[u64]>,
@@ -47,6 +68,8 @@ impl Pipeline {
     pub fn new(answer: &AnswerSpec, forward: Option<&ForwardSpec>) -> Pipeline {
         let rules = Rules::new(answer);
         Pipeline {
+            acl: PrefixSet::new(&answer.acl.allow),
+            acl_action: answer.acl.action,
             hits: vec![0; rules.slots()].into_boxed_slice(),
             rules,
             rule_specs: answer.rules.clone(),
@@ -73,17 +96,31 @@ impl Pipeline {
         p
     }
 
-    /// Decides about the DNS message `buf[..len]`; `buf` is the room an
-    /// answer may use.
+    /// Decides about the DNS message `buf[..len]` from `peer`; `buf` is
+    /// the room an answer may use.
     #[inline]
-    pub fn decide(&mut self, buf: &mut [u8], len: usize, c: &mut DataplaneCounters) -> Verdict {
+    pub fn decide(
+        &mut self,
+        buf: &mut [u8],
+        len: usize,
+        peer: Peer,
+        c: &mut DataplaneCounters,
+    ) -> Verdict {
         let Some(msg) = buf.get(..len) else {
             return Verdict::Drop(DropReason::DnsTruncated);
         };
+        let denied = peer.transport != Transport::Xsk && !self.acl.contains(peer.ip);
+        if denied && self.acl_action == AclAction::Drop {
+            return Verdict::Drop(DropReason::AclDenied);
+        }
         let q = match dns::parse_query(msg) {
             Ok(q) => q,
             Err(reason) => return Verdict::Drop(reason),
         };
+        if denied {
+            c.acl_refused += 1;
+            return self.answer(buf, &q, Rcode::Refused);
+        }
         if q.opcode != OPCODE_QUERY {
             return self.answer(buf, &q, Rcode::NotImp);
         }

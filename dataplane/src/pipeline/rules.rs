@@ -96,7 +96,7 @@ mod tests {
                 .collect(),
             default: Action::Refused,
             edns_udp_size: 1232,
-            verify_checksums: true,
+            acl: crate::testing::open_acl(),
         })
     }
 

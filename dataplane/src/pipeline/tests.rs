@@ -1,5 +1,6 @@
 use super::*;
 use crate::dns::testing::query;
+use crate::testing::PEER;
 use xdpdns_common::config::RuleSpec;
 use xdpdns_common::ipc::BackendLive;
 
@@ -8,7 +9,7 @@ fn answer_spec(rules: Vec<RuleSpec>, default: Action) -> AnswerSpec {
         rules,
         default,
         edns_udp_size: 1232,
-        verify_checksums: true,
+        acl: crate::testing::open_acl(),
     }
 }
 
@@ -27,7 +28,7 @@ fn forward_spec(backends: usize) -> ForwardSpec {
 fn decide(p: &mut Pipeline, msg: &[u8], room: usize) -> (Verdict, Vec<u8>) {
     let mut buf = msg.to_vec();
     buf.resize(msg.len() + room, 0);
-    let v = p.decide(&mut buf, msg.len(), &mut DataplaneCounters::new());
+    let v = p.decide(&mut buf, msg.len(), PEER, &mut DataplaneCounters::new());
     (v, buf)
 }
 
@@ -85,7 +86,12 @@ fn answers_that_do_not_fit_are_dropped_not_written_past_the_buffer() {
     assert!(matches!(decide(&mut p, &m, 0).0, Verdict::Answer(_)));
     let len = m.len();
     let mut short = m.clone();
-    let v = p.decide(&mut short[..len - 1], len, &mut DataplaneCounters::new());
+    let v = p.decide(
+        &mut short[..len - 1],
+        len,
+        PEER,
+        &mut DataplaneCounters::new(),
+    );
     assert_eq!(v, Verdict::Drop(DropReason::DnsTruncated));
 }
 
@@ -115,7 +121,7 @@ fn forwarding_picks_a_backend_and_a_dead_pool_gets_its_failure_action() {
     buf[2] |= 0x01; // RD
     buf[3] |= 0x10; // CD
     let len = buf.len();
-    let v = p.decide(&mut buf, len, &mut c);
+    let v = p.decide(&mut buf, len, PEER, &mut c);
     let Verdict::Answer(n) = v else {
         panic!("{v:?}")
     };
@@ -180,4 +186,46 @@ fn answers_without_the_query_echo_its_flags_and_edns() {
         ..original
     };
     assert!(dns::write_answer_for(&mut out, &short, Rcode::ServFail, 1232).is_err());
+}
+
+#[test]
+fn the_acl_judges_kernel_path_and_tcp_clients_but_not_frames() {
+    let mut spec = answer_spec(vec![], Action::Refused);
+    spec.acl = xdpdns_common::config::Acl {
+        allow: vec!["10.0.0.0/8".parse().unwrap()],
+        action: xdpdns_common::config::AclAction::Drop,
+    };
+    let mut p = Pipeline::new(&spec, None);
+    let q = query(1, "a.example.", 1, None);
+    let outside = |transport| Peer {
+        ip: "198.51.100.1".parse().unwrap(),
+        transport,
+    };
+    let run = |p: &mut Pipeline, peer| {
+        let mut buf = q.clone();
+        p.decide(&mut buf, q.len(), peer, &mut DataplaneCounters::new())
+    };
+    assert!(matches!(run(&mut p, PEER), Verdict::Answer(_)), "inside");
+    assert_eq!(
+        run(&mut p, outside(Transport::Udp)),
+        Verdict::Drop(DropReason::AclDenied)
+    );
+    assert_eq!(
+        run(&mut p, outside(Transport::Tcp)),
+        Verdict::Drop(DropReason::AclDenied)
+    );
+    assert!(
+        matches!(run(&mut p, outside(Transport::Xsk)), Verdict::Answer(_)),
+        "frames were judged in XDP"
+    );
+    spec.acl.action = xdpdns_common::config::AclAction::Refused;
+    let mut p = Pipeline::new(&spec, None);
+    let mut buf = query(1, "a.example.", 1, None);
+    let len = buf.len();
+    let mut c = DataplaneCounters::new();
+    let v = p.decide(&mut buf, len, outside(Transport::Udp), &mut c);
+    assert!(matches!(v, Verdict::Answer(_)));
+    assert_eq!(rcode(&buf), 5, "REFUSED");
+    assert_eq!(c.acl_refused, 1);
+    assert_eq!(p.rule_hits(), &[0], "not counted as a rule's");
 }

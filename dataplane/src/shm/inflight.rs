@@ -1,32 +1,57 @@
 //! The in-flight table: queries forwarded to a backend and not yet answered,
 //! in memory shared by every dataplane of the instance.
 //!
-//! Each region is a ring: the owner's cursor advances one slot per query, so
-//! the slot under it holds the oldest query of the region. If that query is
-//! still unanswered when the cursor comes round, it is evicted (given up,
-//! counted), as dnsdist reuses its oldest IDs: insertion is O(1) and an
-//! overloaded backend cannot clog the table for a whole timeout.
+//! Each query leaves with a **key** — the source port and DNS ID it is sent
+//! with — that the forwarder draws at random per query (see `forward::keys`),
+//! so an off-path attacker who has seen any number of earlier keys cannot
+//! predict the next. A reply arrives with the same key on whatever queue RSS
+//! picks; the **index** (a direct-mapped array of cells, four per slot) turns
+//! the key back into its slot in O(1). A freshly drawn key whose cell is
+//! taken is simply drawn again, so the index needs no probing and no
+//! tombstones.
+//!
+//! Slots live in one region per queue. Each region is a ring: the owner's
+//! cursor advances one slot per query, so the slot under it holds the oldest
+//! query of the region; if that is still unanswered when the cursor comes
+//! round, it is evicted (given up, counted), as dnsdist reuses its oldest
+//! IDs: insertion is O(1) and an overloaded backend cannot clog the table.
 //!
 //! Queue `q` owns region `q` and alone inserts into it and expires it; any
-//! dataplane may claim a slot when the backend's reply reaches it (replies
-//! arrive on whatever queue RSS picks). A claim is one compare-and-swap on the
-//! slot's state word, so a duplicate reply finds the slot already free. The
-//! state word carries a generation that changes on every insert, and the
-//! backend-leg DNS ID carries its low bits, so a late reply cannot claim a
-//! reused slot. All slot contents are atomic words: no data races even while
-//! a claim and a reuse overlap (the CAS then fails and the read is discarded).
+//! dataplane may claim a slot when the backend's reply reaches it. A claim is
+//! one compare-and-swap on the slot's state word, so a duplicate reply finds
+//! the slot already free. The state word carries a generation that changes
+//! on every insert and the index cell carries its low bits, so a late reply
+//! cannot claim a reused slot. All slot contents are atomic words: no data
+//! races even while a claim and a reuse overlap (the CAS then fails and the
+//! read is discarded).
+//!
+//! What a hostile writer can do here, and what it cannot: see `shm` (every
+//! index, length and slot number read back is bounds-checked, and a reply
+//! must match the key, backend and question stored with the query).
 
 use std::os::fd::BorrowedFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use xdpdns_common::inflight::{MAX_QUESTION, SLOT_WORDS};
+use xdpdns_common::inflight::{
+    MAX_QUESTION, MAX_SLOTS, SLOT_HEADER_WORDS, SLOT_WORDS, index_cells,
+};
 
 use super::{SharedRegion, ShmError};
 
 const FREE: u64 = 0;
 const IN_USE: u64 = 1;
-/// Words before the question.
-const HEADER_WORDS: usize = 10;
+/// A key whose cell is taken is drawn again at most this often.
+const KEY_DRAWS: usize = 8;
+
+// Index cells: valid | claimed | generation tag (8 bits) | slot (22 bits) |
+// key (32 bits). A claimed cell stays until its slot is reused, so a second
+// reply with the same key is known for a duplicate.
+const CELL_VALID: u64 = 1 << 63;
+const CELL_CLAIMED: u64 = 1 << 62;
+const TAG_BITS: u32 = 8;
+const TAG_SHIFT: u32 = 54;
+const SLOT_SHIFT: u32 = 32;
+const SLOT_MASK: u64 = MAX_SLOTS - 1;
 
 /// Where the answer for a forwarded query must go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,40 +94,83 @@ impl Entry {
     }
 }
 
+/// A key: the source port (high 16 bits) and DNS ID (low 16 bits) a query
+/// is sent with.
+pub fn key(port: u16, id: u16) -> u32 {
+    (u32::from(port) << 16) | u32::from(id)
+}
+
 /// Why a reply could not be matched.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ClaimError {
-    /// The slot is in use for this ID, but the caller's check refused it
+    /// The slot is in use for this key, but the caller's check refused it
     /// (e.g. another question): the slot stays for the real reply.
     Mismatch,
-    /// No such slot, or its generation or backend does not match: a stray,
+    /// No query was sent with this key, or not to this backend: a stray,
     /// forged or very late reply.
     Unknown,
-    /// The slot was free or claimed by someone else first: a duplicate.
+    /// The slot was freed (answered, expired) or claimed by someone else
+    /// first: a duplicate.
     Taken,
 }
 
-/// Shared memory holding `queues × per_queue` slots.
-pub struct Table {
-    region: SharedRegion,
-    per_queue: u32,
-    shift: u32,
-    regions: u32,
+/// Slots [`Table::insert`] tries before refusing a query.
+pub const PROBES: u32 = 8;
+
+/// Why a query got no slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InsertError {
+    /// Every slot tried holds a query still in flight and too young to give
+    /// up: the queue is at its limit.
+    Busy,
+    /// No free index cell for any key drawn (vanishingly rare).
+    NoCell,
+    /// The allocator's queue has no region.
+    NoRegion,
 }
 
 /// A slot taken for a new query.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Inserted {
-    /// The DNS ID to send the query with.
-    pub id: u16,
-    /// The backend of the oldest query, evicted unanswered to make room.
+    /// The key (port, ID) to send the query with.
+    pub key: u32,
+    /// The slot in the owner's region.
+    pub index: u32,
+    /// The backend (tag) of the oldest query, evicted unanswered to make room.
     pub evicted: Option<u16>,
+}
+
+/// A reply's slot, claimed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Claimed {
+    pub entry: Entry,
+    /// The queue whose region the slot is in.
+    pub owner: u32,
+}
+
+/// What a sweep of the owner's region finds in a slot.
+#[derive(Debug)]
+pub enum Swept<'a> {
+    /// Free: answered, expired or evicted since it was last used.
+    Free,
+    /// Its deadline passed: freed now.
+    Expired(&'a Entry),
 }
 
 /// The owner's cursor: the next slot of its region to use.
 pub struct Allocator {
     queue: u32,
     next: u32,
+}
+
+/// Shared memory holding `regions × per_queue` slots and their index.
+pub struct Table {
+    region: SharedRegion,
+    per_queue: u32,
+    regions: u32,
+    /// Word offset of the index.
+    index_at: usize,
+    index_mask: usize,
 }
 
 impl Table {
@@ -112,15 +180,18 @@ impl Table {
         Table::new(SharedRegion::map(fd, len)?, regions, per_queue)
     }
 
-    /// A table in anonymous shared memory (tests, or a single process).
+    /// A table in anonymous shared memory (tests, benchmarks, a single process).
     pub fn anonymous(regions: u32, per_queue: u32) -> Result<Table, ShmError> {
         let len = xdpdns_common::inflight::table_bytes(regions, per_queue) as usize;
         Table::new(SharedRegion::anonymous(len)?, regions, per_queue)
     }
 
     fn new(region: SharedRegion, regions: u32, per_queue: u32) -> Result<Table, ShmError> {
-        let want = regions as usize * per_queue as usize * SLOT_WORDS;
-        if !per_queue.is_power_of_two() || per_queue > 4096 || region.words().len() < want {
+        let slots = u64::from(regions) * u64::from(per_queue);
+        let index_at = slots as usize * SLOT_WORDS;
+        let cells = index_cells(regions, per_queue) as usize;
+        let want = index_at + cells;
+        if !per_queue.is_power_of_two() || slots > MAX_SLOTS || region.words().len() < want {
             return Err(ShmError::Size {
                 have: region.words().len() as u64 * 8,
                 want: want as u64 * 8,
@@ -129,8 +200,9 @@ impl Table {
         Ok(Table {
             region,
             per_queue,
-            shift: per_queue.trailing_zeros(),
             regions,
+            index_at,
+            index_mask: cells - 1,
         })
     }
 
@@ -142,7 +214,7 @@ impl Table {
         Allocator { queue, next: 0 }
     }
 
-    /// The words of slot `index` (global), or `None` if out of range.
+    /// The words of one slot, or `None` if out of range.
     fn slot(&self, queue: u32, index: u32) -> Option<&[AtomicU64]> {
         if queue >= self.regions || index >= self.per_queue {
             return None;
@@ -151,66 +223,131 @@ impl Table {
         self.region.words().get(start..start + SLOT_WORDS)
     }
 
-    /// The backend-leg DNS ID of slot `index` at generation `gen`.
-    fn id(&self, index: u32, generation: u64) -> u16 {
-        let gen_bits = 16 - self.shift;
-        let low = (generation & ((1u64 << gen_bits) - 1)) as u32;
-        ((low << self.shift) | index) as u16
+    /// The index cell of `key`. Keys are drawn at random, so their bits are
+    /// uniform; the multiplication only folds the port into the ID.
+    fn cell(&self, key: u32) -> &AtomicU64 {
+        let h = (u64::from(key).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 32) as usize;
+        &self.region.words()[self.index_at + (h & self.index_mask)]
     }
 
-    /// Stores `entry` in the slot under the allocator's cursor, evicting the
-    /// query there if it is still in flight (the region's oldest). `None`
-    /// only if the allocator's queue has no region.
-    pub fn insert(&self, alloc: &mut Allocator, entry: &Entry) -> Option<Inserted> {
-        let index = alloc.next;
-        let words = self.slot(alloc.queue, index)?;
-        alloc.next = (alloc.next + 1) & (self.per_queue - 1);
-        let state = words[0].load(Ordering::Acquire);
-        // Only the owner turns a slot IN_USE; others only free it, keeping
-        // the generation. So after this the slot is free at `state`'s
-        // generation, whoever freed it.
-        let freed = (state & !0xff) | FREE;
-        let mut evicted = None;
-        if state & 0xff == IN_USE {
+    fn cell_value(key: u32, gslot: u64, generation: u64) -> u64 {
+        CELL_VALID
+            | ((generation & ((1 << TAG_BITS) - 1)) << TAG_SHIFT)
+            | ((gslot & SLOT_MASK) << SLOT_SHIFT)
+            | u64::from(key)
+    }
+
+    /// Empties the cell of the query that was in `words` at `generation`
+    /// (claimed or not), unless it already names something else.
+    fn clear_cell(&self, words: &[AtomicU64], gslot: u64, generation: u64) {
+        let key = words[10].load(Ordering::Relaxed) as u32;
+        let v = Self::cell_value(key, gslot, generation);
+        let cell = self.cell(key);
+        let now = cell.load(Ordering::Acquire);
+        if now & !CELL_CLAIMED == v {
+            let _ = cell.compare_exchange(now, 0, Ordering::AcqRel, Ordering::Relaxed);
+        }
+    }
+
+    /// Stores `entry` in a slot of the allocator's region, with a key from
+    /// `draw` (drawn again while its index cell is taken). From the cursor
+    /// on, up to [`PROBES`] slots are tried: a free one is taken; one whose
+    /// query is still in flight is taken only if `evictable(backend tag,
+    /// sent_ns)` says it is presumed lost (it is given up: evicted); others
+    /// are skipped. Under overload the region stays full of queries that will
+    /// be answered, and new ones are refused ([`InsertError::Busy`]) instead
+    /// of pushing those out for nothing.
+    pub fn insert(
+        &self,
+        alloc: &mut Allocator,
+        entry: &Entry,
+        evictable: impl Fn(u16, u64) -> bool,
+        mut draw: impl FnMut() -> u32,
+    ) -> Result<Inserted, InsertError> {
+        let mut chosen = None;
+        for _ in 0..PROBES.min(self.per_queue) {
+            let index = alloc.next;
+            let words = self.slot(alloc.queue, index).ok_or(InsertError::NoRegion)?;
+            alloc.next = (alloc.next + 1) & (self.per_queue - 1);
+            let state = words[0].load(Ordering::Acquire);
+            if state & 0xff != IN_USE {
+                chosen = Some((index, words, state, None));
+                break;
+            }
             let backend = words[3].load(Ordering::Relaxed) as u16;
-            if words[0]
+            if !evictable(backend, words[2].load(Ordering::Relaxed)) {
+                continue;
+            }
+            // Only the owner turns a slot IN_USE; others only free it,
+            // keeping the generation. After this the slot is free at
+            // `state`'s generation, whoever freed it.
+            let freed = (state & !0xff) | FREE;
+            let evicted = words[0]
                 .compare_exchange(state, freed, Ordering::AcqRel, Ordering::Acquire)
                 .is_ok()
-            {
-                evicted = Some(backend);
-            }
+                .then_some(backend);
+            chosen = Some((index, words, freed, evicted));
+            break;
+        }
+        let (index, words, state, evicted) = chosen.ok_or(InsertError::Busy)?;
+        let gslot = u64::from(alloc.queue) * u64::from(self.per_queue) + u64::from(index);
+        let freed = (state & !0xff) | FREE;
+        // The previous query's cell goes, whoever freed the slot.
+        if state >> 32 != 0 {
+            self.clear_cell(words, gslot, state >> 32);
         }
         let generation = (freed >> 32).wrapping_add(1) & 0xffff_ffff;
-        write_entry(words, entry);
+        let key = (0..KEY_DRAWS)
+            .map(|_| draw())
+            .find(|k| {
+                self.cell(*k)
+                    .compare_exchange(
+                        0,
+                        Self::cell_value(*k, gslot, generation),
+                        Ordering::AcqRel,
+                        Ordering::Relaxed,
+                    )
+                    .is_ok()
+            })
+            .ok_or(InsertError::NoCell)?;
+        write_entry(words, entry, key);
         // Publishes the entry: its words happen-before any claimer's read.
         words[0].store((generation << 32) | IN_USE, Ordering::Release);
-        Some(Inserted {
-            id: self.id(index, generation),
+        Ok(Inserted {
+            key,
+            index,
             evicted,
         })
     }
 
-    /// Claims the slot a reply to `queue`'s port with DNS ID `id` from
-    /// `backend` belongs to, freeing it. Exactly one claimer succeeds.
-    pub fn claim(&self, queue: u32, id: u16, backend: u16) -> Result<Entry, ClaimError> {
-        self.claim_if(queue, id, backend, |_| true)
-    }
-
-    /// Like [`Table::claim`], but only if `check` accepts the entry.
+    /// Claims the slot of the query sent with `key` to `backend`, freeing
+    /// it, if `check` accepts the entry. Exactly one claimer succeeds.
     pub fn claim_if(
         &self,
-        queue: u32,
-        id: u16,
+        key: u32,
         backend: u16,
         check: impl FnOnce(&Entry) -> bool,
-    ) -> Result<Entry, ClaimError> {
-        let index = u32::from(id) & (self.per_queue - 1);
-        let words = self.slot(queue, index).ok_or(ClaimError::Unknown)?;
+    ) -> Result<Claimed, ClaimError> {
+        let cell = self.cell(key);
+        let v = cell.load(Ordering::Acquire);
+        if v & CELL_VALID == 0 || v as u32 != key {
+            return Err(ClaimError::Unknown);
+        }
+        if v & CELL_CLAIMED != 0 {
+            return Err(ClaimError::Taken);
+        }
+        let gslot = (v >> SLOT_SHIFT) & SLOT_MASK;
+        let tag = (v >> TAG_SHIFT) & ((1 << TAG_BITS) - 1);
+        let per_queue = u64::from(self.per_queue);
+        let (owner, index) = ((gslot / per_queue) as u32, (gslot % per_queue) as u32);
+        let words = self.slot(owner, index).ok_or(ClaimError::Unknown)?;
         let state = words[0].load(Ordering::Acquire);
         if state & 0xff != IN_USE {
             return Err(ClaimError::Taken);
         }
-        if self.id(index, state >> 32) != id {
+        if (state >> 32) & ((1 << TAG_BITS) - 1) != tag
+            || words[10].load(Ordering::Relaxed) as u32 != key
+        {
             return Err(ClaimError::Unknown);
         }
         let entry = read_entry(words);
@@ -223,19 +360,30 @@ impl Table {
         let freed = (state & !0xff) | FREE;
         words[0]
             .compare_exchange(state, freed, Ordering::AcqRel, Ordering::Acquire)
-            .map(|_| entry)
-            .map_err(|_| ClaimError::Taken)
+            .map_err(|_| ClaimError::Taken)?;
+        let _ = cell.compare_exchange(v, v | CELL_CLAIMED, Ordering::AcqRel, Ordering::Relaxed);
+        Ok(Claimed { entry, owner })
     }
 
-    /// Frees the owner's slots whose deadline passed, handing each to `f`.
-    pub fn expire(&self, queue: u32, now_ms: u64, mut f: impl FnMut(&Entry)) -> usize {
-        let mut n = 0;
+    /// Claims the slot of `key` (tests).
+    pub fn claim(&self, key: u32, backend: u16) -> Result<Claimed, ClaimError> {
+        self.claim_if(key, backend, |_| true)
+    }
+
+    /// Walks the owner's region: frees the slots whose deadline passed and
+    /// reports them, and reports every free slot (so the owner learns which
+    /// of its queries were answered on other queues).
+    pub fn sweep(&self, queue: u32, now_ms: u64, mut f: impl FnMut(u32, Swept<'_>)) {
         for index in 0..self.per_queue {
             let Some(words) = self.slot(queue, index) else {
                 break;
             };
             let state = words[0].load(Ordering::Acquire);
-            if state & 0xff != IN_USE || words[1].load(Ordering::Relaxed) > now_ms {
+            if state & 0xff != IN_USE {
+                f(index, Swept::Free);
+                continue;
+            }
+            if words[1].load(Ordering::Relaxed) > now_ms {
                 continue;
             }
             let entry = read_entry(words);
@@ -244,11 +392,13 @@ impl Table {
                 .compare_exchange(state, freed, Ordering::AcqRel, Ordering::Acquire)
                 .is_ok()
             {
-                f(&entry);
-                n += 1;
+                let gslot = u64::from(queue) * u64::from(self.per_queue) + u64::from(index);
+                self.clear_cell(words, gslot, state >> 32);
+                f(index, Swept::Expired(&entry));
+            } else {
+                f(index, Swept::Free);
             }
         }
-        n
     }
 
     /// Slots of `queue` in flight now.
@@ -266,7 +416,7 @@ fn pack(bytes: &[u8]) -> u64 {
     u64::from_le_bytes(b)
 }
 
-fn write_entry(w: &[AtomicU64], e: &Entry) {
+fn write_entry(w: &[AtomicU64], e: &Entry, key: u32) {
     let c = &e.client;
     let flags = u64::from(c.xsk)
         | (u64::from(c.v6) << 1)
@@ -292,9 +442,10 @@ fn write_entry(w: &[AtomicU64], e: &Entry) {
     put(7, pack(&c.ip[8..]));
     put(8, pack(&c.local_ip[..8]));
     put(9, pack(&c.local_ip[8..]));
+    put(10, u64::from(key));
     let q = e.question();
     for (i, chunk) in q.chunks(8).enumerate() {
-        put(HEADER_WORDS + i, pack(chunk));
+        put(SLOT_HEADER_WORDS + i, pack(chunk));
     }
 }
 
@@ -317,7 +468,7 @@ fn read_entry(w: &[AtomicU64]) -> Entry {
         .chunks_mut(8)
         .enumerate()
     {
-        let bytes = get(HEADER_WORDS + i).to_le_bytes();
+        let bytes = get(SLOT_HEADER_WORDS + i).to_le_bytes();
         chunk.copy_from_slice(&bytes[..chunk.len()]);
     }
     Entry {

@@ -231,6 +231,21 @@ impl Xsk {
         self.frames.build(f)
     }
 
+    /// Keeps an eighth of the chunks out of the fill ring for
+    /// [`Xsk::build`]: frames built from scratch (answers to replies that
+    /// came over sockets, timeout answers) take them. Without a reserve a
+    /// full RX ring and a full fill ring hold every chunk under overload,
+    /// and those answers would wait or take the slow kernel path. Only a
+    /// dataplane that builds frames (one that forwards) wants it.
+    pub fn reserve_for_builds(&mut self) {
+        self.frames.reserve = (self.frames.umem.frames() as usize / 8).max(8);
+    }
+
+    /// Whether a chunk is free for [`Xsk::build`].
+    pub fn has_free_chunk(&self) -> bool {
+        self.frames.pool.free_count() > 0
+    }
+
     /// Moves queued frames into the TX ring and wakes the kernel when
     /// transmissions are outstanding — deferred while `more_coming` (RX
     /// still delivers) and fewer than [`KICK_BATCH`] wait: in copy mode
@@ -320,13 +335,20 @@ pub(super) struct Frames {
     rings: Rings,
     umem: Umem,
     pool: FramePool,
+    /// Chunks refill leaves free (see [`Xsk::reserve_for_builds`]).
+    reserve: usize,
 }
 
 impl Frames {
     pub(super) fn new(rings: Rings, umem: Umem) -> Self {
         let n = umem.frames() as usize;
         let pool = FramePool::new(umem.chunks(), n);
-        Frames { rings, umem, pool }
+        Frames {
+            rings,
+            umem,
+            pool,
+            reserve: 0,
+        }
     }
 
     pub(super) fn reclaim(&mut self, max: u32) -> u32 {
@@ -344,13 +366,15 @@ impl Frames {
     }
 
     pub(super) fn refill(&mut self) -> u32 {
-        let want = self.pool.free_count() as u32;
+        let want = self.pool.free_count().saturating_sub(self.reserve) as u32;
         if want == 0 {
             return 0;
         }
         let mut w = self.rings.fill.reserve(want);
         let mut n = 0;
-        while let Some(chunk) = self.pool.take_free() {
+        while n < want
+            && let Some(chunk) = self.pool.take_free()
+        {
             if let Err(chunk) = w.push(chunk) {
                 self.pool.give_back(chunk);
                 break;
@@ -366,7 +390,9 @@ impl Frames {
         max: u32,
         mut f: impl FnMut(&mut [u8], usize, usize) -> Fate,
     ) -> Rx {
-        let Frames { rings, umem, pool } = self;
+        let Frames {
+            rings, umem, pool, ..
+        } = self;
         let frame_size = umem.frame_size() as usize;
         let mut rx = Rx::default();
         let mut descs = rings.rx.peek(max);

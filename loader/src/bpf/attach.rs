@@ -3,11 +3,9 @@
 //! through its pinned link if not, attach fresh if there is none — and refuse
 //! if a program this instance does not own holds the interface.
 
-use std::borrow::BorrowMut;
-use std::net::SocketAddr;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 
-use aya::maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray, XskMap};
+use aya::maps::{Array, Map, MapData, MapError, XskMap};
 use aya::programs::links::{FdLink, LinkError, PinnedLink};
 use aya::programs::xdp::XdpLink;
 use aya::programs::{ProgramError, Xdp, XdpMode};
@@ -15,17 +13,33 @@ use aya::{Ebpf, EbpfError, EbpfLoader};
 use tracing::{info, warn};
 use xdpdns_common::config::XdpMode as ConfigMode;
 use xdpdns_common::maps::{
-    DEST_LISTEN, DestKey, DestV4Key, DestV6Key, GLOBAL_MAX_FRAME_LEN, MAP_DEST_V4, MAP_DEST_V6,
-    MAP_META, MAP_STATS, MAP_XSKS, PROGRAM_NAME,
+    GLOBAL_FWD_PORT_LO, GLOBAL_FWD_PORTS, GLOBAL_MAX_FRAME_LEN, ListenStat, MAP_ACL,
+    MAP_BACKENDS_V4, MAP_BACKENDS_V6, MAP_DEST_V4, MAP_DEST_V6, MAP_LISTEN_STATS, MAP_META,
+    MAP_SETTINGS, MAP_STATS, MAP_XSKS, PROGRAM_NAME,
 };
 
 use super::OBJECT;
 use super::maps::XdpCounters;
 use super::pins::{self, Pins};
+use super::tables::{Steering, Tables, map_err};
 use crate::plan::Plan;
 use crate::system::netlink::{self, XdpAttachMode};
 
-const MAP_NAMES: [&str; 5] = [MAP_XSKS, MAP_DEST_V4, MAP_DEST_V6, MAP_STATS, MAP_META];
+const MAP_NAMES: [&str; 13] = [
+    MAP_XSKS,
+    MAP_DEST_V4,
+    MAP_DEST_V6,
+    MAP_STATS,
+    MAP_META,
+    MAP_ACL[0][0],
+    MAP_ACL[0][1],
+    MAP_ACL[1][0],
+    MAP_ACL[1][1],
+    MAP_SETTINGS,
+    MAP_BACKENDS_V4,
+    MAP_BACKENDS_V6,
+    MAP_LISTEN_STATS,
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum BpfError {
@@ -95,13 +109,6 @@ impl From<LinkError> for BpfError {
     }
 }
 
-fn map_err(name: &'static str) -> impl FnOnce(MapError) -> BpfError {
-    move |source| BpfError::Map {
-        name,
-        source: Box::new(source),
-    }
-}
-
 /// How the program came to be on the interface.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Origin {
@@ -119,9 +126,7 @@ pub struct Attached {
     link: FdLink,
     /// The XSKMAP, handed out per queue as [`XskSlot`]s.
     xsks: OwnedFd,
-    dest_v4: HashMap<MapData, DestV4Key, u32>,
-    dest_v6: HashMap<MapData, DestV6Key, u32>,
-    stats: PerCpuArray<MapData, u64>,
+    tables: Tables,
     pub origin: Origin,
     pub prog_id: u32,
     pub mode: Option<XdpAttachMode>,
@@ -135,10 +140,23 @@ pub fn fingerprint(plan: &Plan) -> u64 {
     let mut h = xdpdns_common::hash::Fnv1a::new();
     h.write(OBJECT);
     h.write(&plan.max_frame_len.to_le_bytes());
+    let (lo, n) = fwd_range(plan);
+    h.write(&lo.to_le_bytes());
+    h.write(&n.to_le_bytes());
     h.write(&xsk_entries(plan).to_le_bytes());
     h.write(&plan.interface.ifindex.to_le_bytes());
     h.write(format!("{:?}", plan.fixed.xdp.mode).as_bytes());
     h.finish()
+}
+
+/// The forwarding port range the program redirects replies on: (first, count).
+fn fwd_range(plan: &Plan) -> (u32, u32) {
+    let f = &plan.fixed.forwarding;
+    if f.enabled {
+        (u32::from(f.port_base), f.ports)
+    } else {
+        (0, 0)
+    }
 }
 
 fn xsk_entries(plan: &Plan) -> u32 {
@@ -153,8 +171,8 @@ fn aya_mode(mode: ConfigMode) -> XdpMode {
     }
 }
 
-/// Puts the program on the interface with `listen` as its destinations.
-pub fn attach(plan: &Plan, listen: &[SocketAddr]) -> Result<Attached, BpfError> {
+/// Puts the program on the interface, steered by `steering`.
+pub fn attach(plan: &Plan, steering: &Steering) -> Result<Attached, BpfError> {
     let pins = Pins::new(&plan.pin_dir);
     pins.create().map_err(|source| BpfError::PinDir {
         path: plan.pin_dir.display().to_string(),
@@ -199,15 +217,15 @@ pub fn attach(plan: &Plan, listen: &[SocketAddr]) -> Result<Attached, BpfError> 
 
     if let Some(link) = previous {
         if let Some(adopted) = try_adopt(plan, &pins, link)? {
-            return finish(adopted, plan, listen);
+            return finish(adopted, plan, steering);
         }
         // try_adopt declined and gave the link back through the pin: reload it.
         let link = FdLink::from(PinnedLink::from_pin(pins.path(pins::LINK))?);
-        let attached = load_and_attach(plan, &pins, Some(link), listen)?;
-        return finish(attached, plan, listen);
+        let attached = load_and_attach(plan, &pins, Some(link), steering)?;
+        return finish(attached, plan, steering);
     }
-    let attached = load_and_attach(plan, &pins, None, listen)?;
-    finish(attached, plan, listen)
+    let attached = load_and_attach(plan, &pins, None, steering)?;
+    finish(attached, plan, steering)
 }
 
 fn current_program(plan: &Plan) -> Result<Option<(XdpAttachMode, u32)>, BpfError> {
@@ -240,9 +258,7 @@ fn try_adopt(plan: &Plan, pins: &Pins, link: FdLink) -> Result<Option<Attached>,
         pins: pins.clone(),
         link,
         xsks: map_fd(&open(MAP_XSKS)?)?,
-        dest_v4: HashMap::try_from(open(MAP_DEST_V4)?).map_err(map_err(MAP_DEST_V4))?,
-        dest_v6: HashMap::try_from(open(MAP_DEST_V6)?).map_err(map_err(MAP_DEST_V6))?,
-        stats: PerCpuArray::try_from(open(MAP_STATS)?).map_err(map_err(MAP_STATS))?,
+        tables: Tables::open(open)?,
         origin: Origin::Adopted,
         prog_id,
         mode: None,
@@ -256,10 +272,13 @@ fn load_and_attach(
     plan: &Plan,
     pins: &Pins,
     previous: Option<FdLink>,
-    listen: &[SocketAddr],
+    steering: &Steering,
 ) -> Result<Attached, BpfError> {
+    let (fwd_lo, fwd_ports) = fwd_range(plan);
     let mut ebpf = EbpfLoader::new()
         .override_global(GLOBAL_MAX_FRAME_LEN, &plan.max_frame_len, true)
+        .override_global(GLOBAL_FWD_PORT_LO, &fwd_lo, true)
+        .override_global(GLOBAL_FWD_PORTS, &fwd_ports, true)
         .map_max_entries(MAP_XSKS, xsk_entries(plan))
         .load(OBJECT)?;
 
@@ -279,21 +298,20 @@ fn load_and_attach(
         meta.set(0, fingerprint(plan), 0)
             .map_err(map_err(MAP_META))?;
     }
-    {
-        // Destinations first, so the program matches from its first packet.
-        let (i4, i6) = (slot(&maps, MAP_DEST_V4), slot(&maps, MAP_DEST_V6));
-        let (lo, hi) = maps.split_at_mut(i4.max(i6));
-        let (m4, m6) = if i4 < i6 {
-            (&mut lo[i4].1, &mut hi[0].1)
-        } else {
-            (&mut hi[0].1, &mut lo[i6].1)
-        };
-        let mut v4: HashMap<&mut MapData, DestV4Key, u32> =
-            HashMap::try_from(m4).map_err(map_err(MAP_DEST_V4))?;
-        let mut v6: HashMap<&mut MapData, DestV6Key, u32> =
-            HashMap::try_from(m6).map_err(map_err(MAP_DEST_V6))?;
-        sync_destinations(&mut v4, &mut v6, listen)?;
-    }
+    // Duplicates to pin once attached; the maps themselves are steered now,
+    // so the program matches from its first packet.
+    let to_pin: Vec<(&'static str, MapData)> = maps
+        .iter()
+        .map(|(name, map)| {
+            Ok((
+                *name,
+                MapData::from_fd(dup_map(map, name)?).map_err(map_err(name))?,
+            ))
+        })
+        .collect::<Result<_, BpfError>>()?;
+    let xsks = map_fd(&maps[slot(&maps, MAP_XSKS)].1)?;
+    let mut tables = Tables::open(|name| Ok(maps.swap_remove(slot(&maps, name)).1))?;
+    tables.steer(steering)?;
 
     let prog: &mut Xdp = ebpf
         .program_mut(PROGRAM_NAME)
@@ -316,7 +334,7 @@ fn load_and_attach(
     }
     prog.pin(pins.path(pins::PROG))
         .map_err(|e| pin_err("program", pins, pins::PROG, e))?;
-    for (name, map) in &maps {
+    for (name, map) in &to_pin {
         map.pin(pins.path(name))
             .map_err(|e| pin_err("map", pins, name, e))?;
     }
@@ -328,19 +346,12 @@ fn load_and_attach(
             .map_err(|e| pin_err("link", pins, pins::LINK, e))?;
         FdLink::from(pinned)
     };
-    let xsks = map_fd(&maps[slot(&maps, MAP_XSKS)].1)?;
-    let mut take = |name: &'static str| maps.swap_remove(slot(&maps, name)).1;
-    let dest_v4 = HashMap::try_from(take(MAP_DEST_V4)).map_err(map_err(MAP_DEST_V4))?;
-    let dest_v6 = HashMap::try_from(take(MAP_DEST_V6)).map_err(map_err(MAP_DEST_V6))?;
-    let stats = PerCpuArray::try_from(take(MAP_STATS)).map_err(map_err(MAP_STATS))?;
     let prog_id = prog.info()?.id();
     Ok(Attached {
         pins: pins.clone(),
         link,
         xsks,
-        dest_v4,
-        dest_v6,
-        stats,
+        tables,
         origin: if replaced {
             Origin::Replaced
         } else {
@@ -352,17 +363,29 @@ fn load_and_attach(
     })
 }
 
-/// A duplicate of a map's descriptor.
+/// A duplicate of the XSKMAP's descriptor.
 fn map_fd(map: &Map) -> Result<OwnedFd, BpfError> {
+    if !matches!(map, Map::XskMap(_)) {
+        return Err(BpfError::Missing("an XSKMAP named xsks"));
+    }
+    dup_map(map, MAP_XSKS)
+}
+
+/// A duplicate of a map's descriptor.
+fn dup_map(map: &Map, name: &'static str) -> Result<OwnedFd, BpfError> {
     let data = match map {
-        Map::XskMap(d) => d,
-        _ => return Err(BpfError::Missing("an XSKMAP named xsks")),
+        Map::Array(d)
+        | Map::HashMap(d)
+        | Map::LpmTrie(d)
+        | Map::PerCpuArray(d)
+        | Map::XskMap(d) => d,
+        _ => return Err(BpfError::Missing(name)),
     };
     data.fd()
         .as_fd()
         .try_clone_to_owned()
         .map_err(|e| BpfError::Map {
-            name: MAP_XSKS,
+            name,
             source: Box::new(MapError::SyscallError(aya::sys::SyscallError {
                 call: "dup",
                 io_error: e,
@@ -398,8 +421,8 @@ impl XskSlot {
     }
 }
 
-fn finish(mut a: Attached, plan: &Plan, listen: &[SocketAddr]) -> Result<Attached, BpfError> {
-    a.set_destinations(listen)?;
+fn finish(mut a: Attached, plan: &Plan, steering: &Steering) -> Result<Attached, BpfError> {
+    a.tables.steer(steering)?;
     if let Some((mode, id)) = current_program(plan)? {
         a.mode = Some(mode);
         a.prog_id = id;
@@ -439,43 +462,10 @@ fn pin_err(what: &'static str, pins: &Pins, name: &str, e: impl std::fmt::Displa
     }
 }
 
-/// Makes the destination maps hold exactly `listen`: new entries are added
-/// before stale ones go, so an address kept across a change is never missing.
-fn sync_destinations<A: BorrowMut<MapData>, B: BorrowMut<MapData>>(
-    v4: &mut HashMap<A, DestV4Key, u32>,
-    v6: &mut HashMap<B, DestV6Key, u32>,
-    listen: &[SocketAddr],
-) -> Result<(), BpfError> {
-    let wanted: Vec<DestKey> = listen.iter().map(|a| DestKey::new(*a)).collect();
-    for key in &wanted {
-        match key {
-            DestKey::V4(k) => v4.insert(k, DEST_LISTEN, 0).map_err(map_err(MAP_DEST_V4))?,
-            DestKey::V6(k) => v6.insert(k, DEST_LISTEN, 0).map_err(map_err(MAP_DEST_V6))?,
-        }
-    }
-    let stale4: Vec<DestV4Key> = v4
-        .keys()
-        .filter_map(Result::ok)
-        .filter(|k| !wanted.contains(&DestKey::V4(*k)))
-        .collect();
-    for k in stale4 {
-        v4.remove(&k).map_err(map_err(MAP_DEST_V4))?;
-    }
-    let stale6: Vec<DestV6Key> = v6
-        .keys()
-        .filter_map(Result::ok)
-        .filter(|k| !wanted.contains(&DestKey::V6(*k)))
-        .collect();
-    for k in stale6 {
-        v6.remove(&k).map_err(map_err(MAP_DEST_V6))?;
-    }
-    Ok(())
-}
-
 impl Attached {
-    /// Makes the destination maps hold exactly `listen`.
-    pub fn set_destinations(&mut self, listen: &[SocketAddr]) -> Result<(), BpfError> {
-        sync_destinations(&mut self.dest_v4, &mut self.dest_v6, listen)
+    /// Steers the program: destinations, backends, ACL, settings.
+    pub fn steer(&mut self, s: &Steering) -> Result<(), BpfError> {
+        self.tables.steer(s)
     }
 
     /// The XSKMAP slot of `queue`, for its supervisor.
@@ -494,7 +484,12 @@ impl Attached {
 
     /// The program's per-outcome counters, summed over CPUs.
     pub fn counters(&self) -> XdpCounters {
-        XdpCounters::read(&self.stats)
+        self.tables.counters()
+    }
+
+    /// The first `n` listen addresses' counters, by `ListenStat`.
+    pub fn listen_counters(&self, n: usize) -> Vec<[u64; ListenStat::COUNT as usize]> {
+        self.tables.listen_counters(n)
     }
 
     pub fn pin_dir(&self) -> &std::path::Path {

@@ -4,9 +4,11 @@
 mod attach;
 mod maps;
 mod pins;
+mod tables;
 
 pub use attach::{Attached, XskSlot, attach};
 pub use maps::XdpCounters;
+pub use tables::Steering;
 
 /// The compiled program, embedded at build time (see build.rs).
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xdpdns.bpf.o"));

@@ -2,12 +2,11 @@
 //! alive by health checks and next-hop (MAC) resolution ([`health`], whose
 //! tasks report to the run loop), and handed to dataplanes with the
 //! resources forwarding reserves for the instance's life
-//! ([`ForwardResources`]: the shared in-flight table and each queue's
-//! forwarding port).
+//! ([`ForwardResources`]: the shared in-flight table and the forwarding
+//! port range, held by deaf sockets so nothing else is given those ports).
 
 pub mod health;
 
-use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsFd, OwnedFd};
 use std::rc::Rc;
@@ -58,26 +57,41 @@ pub enum ForwardError {
 }
 
 /// What forwarding reserves for the instance's life: the in-flight table
-/// (a sealed memfd) and, per served queue, its port-reserving sockets (one
-/// per address family in use). Shared, read-only, with the supervisors.
+/// (a sealed memfd) and the forwarding port range, every port held on the
+/// wildcard address by a deaf socket per address family in use (the
+/// dataplanes send from those ports over AF_XDP; the kernel must neither
+/// give them to anyone else nor queue what arrives on them). Shared,
+/// read-only, with the supervisors.
 pub struct ForwardResources {
-    /// The families the port-reserving sockets cover (false = IPv4).
+    /// The families the reservations cover (false = IPv4).
     families: Vec<bool>,
     table: OwnedFd,
-    ports: BTreeMap<u32, Vec<OwnedFd>>,
+    /// Held, never read.
+    _reserved: Vec<OwnedFd>,
 }
 
 impl ForwardResources {
-    /// Descriptors for one dataplane of `queue`, in the order the dataplane
-    /// splits them: the table (with Init only), the queue's port sockets.
-    pub fn fds_for(&self, queue: u32, with_table: bool) -> Result<Vec<OwnedFd>, ForwardError> {
-        let dup = |fd: &OwnedFd| fd.as_fd().try_clone_to_owned().map_err(ForwardError::Dup);
-        let mut out = Vec::new();
+    /// Forwarding's descriptors for one dataplane, in the order the
+    /// dataplane splits them: the table (with Init only), then
+    /// `backend_sockets` connected sockets per backend of `spec`.
+    pub fn fds_for(
+        &self,
+        spec: &ForwardSpec,
+        with_table: bool,
+    ) -> Result<Vec<OwnedFd>, ForwardError> {
+        let mut out = Vec::with_capacity(spec.descriptors(with_table));
         if with_table {
-            out.push(dup(&self.table)?);
+            out.push(
+                self.table
+                    .as_fd()
+                    .try_clone_to_owned()
+                    .map_err(ForwardError::Dup)?,
+            );
         }
-        for s in self.ports.get(&queue).into_iter().flatten() {
-            out.push(dup(s)?);
+        for b in &spec.backends {
+            for _ in 0..spec.backend_sockets {
+                out.push(backend_socket(b)?);
+            }
         }
         Ok(out)
     }
@@ -130,15 +144,12 @@ pub fn prepare(plan: &Plan, live: &Live) -> Result<Option<Forwarding>, ForwardEr
     )
     .map_err(ForwardError::Table)?;
     let families = families(&backends);
-    // Every queue the device has: a reload may add queues to xdp.queues.
-    let mut ports = BTreeMap::new();
-    for q in 0..regions {
-        let port = f.port_base + q as u16;
-        let mut socks = Vec::new();
-        for v6 in &families {
-            socks.push(reserve(port, *v6)?);
+    let mut reserved = Vec::with_capacity(f.ports as usize * families.len());
+    for v6 in &families {
+        for i in 0..f.ports {
+            // Validation keeps port_base + ports within 65536.
+            reserved.push(reserve(f.port_base + i as u16, *v6)?);
         }
-        ports.insert(q, socks);
     }
     let live_state = initial_live(live);
     Ok(Some(Forwarding {
@@ -150,16 +161,19 @@ pub fn prepare(plan: &Plan, live: &Live) -> Result<Option<Forwarding>, ForwardEr
             timeout_action: lf.timeout_action,
             all_down_action: lf.all_down_action,
             port_base: f.port_base,
+            ports: f.ports,
+            backend_sockets: f.backend_sockets,
+            frame_size: plan.fixed.xsk.frame_size,
+            mtu: plan.interface.link.mtu,
             max_in_flight: f.max_in_flight,
             regions,
             local_mac: plan.interface.link.mac.unwrap_or_default(),
-            port_sockets: families.len() as u32,
             live: live_state.clone(),
         },
         resources: Rc::new(ForwardResources {
             families,
             table,
-            ports,
+            _reserved: reserved,
         }),
         live: live_state,
         health: Vec::new(),
@@ -251,7 +265,7 @@ fn resolve(
     Ok((backends, pools))
 }
 
-/// Binds the forwarding port for one family on every address, exclusively.
+/// Holds a forwarding port for one family on every address, exclusively.
 fn reserve(port: u16, v6: bool) -> Result<OwnedFd, ForwardError> {
     let any: SocketAddr = if v6 {
         (std::net::Ipv6Addr::UNSPECIFIED, port).into()
@@ -259,7 +273,7 @@ fn reserve(port: u16, v6: bool) -> Result<OwnedFd, ForwardError> {
         (std::net::Ipv4Addr::UNSPECIFIED, port).into()
     };
     let opts = sockets::Udp {
-        big_rcvbuf: true,
+        deaf: true,
         ..sockets::Udp::default()
     };
     sockets::udp(any, opts).map_err(|e| ForwardError::PortTaken {
@@ -270,8 +284,9 @@ fn reserve(port: u16, v6: bool) -> Result<OwnedFd, ForwardError> {
 }
 
 impl Forwarding {
-    /// The (address, port) pairs the XDP program must redirect for replies.
-    pub fn destinations(&self) -> Vec<SocketAddr> {
+    /// Our addresses toward AF_XDP backends: replies to them on a
+    /// forwarding port are redirected.
+    pub fn xsk_sources(&self) -> Vec<IpAddr> {
         let mut sources: Vec<IpAddr> = self
             .spec
             .backends
@@ -281,12 +296,20 @@ impl Forwarding {
             .collect();
         sources.sort();
         sources.dedup();
-        let mut out = Vec::new();
-        for q in self.resources.ports.keys() {
-            for s in &sources {
-                out.push(SocketAddr::new(*s, self.spec.port_base + *q as u16));
-            }
-        }
+        sources
+    }
+
+    /// The AF_XDP backends: the only sources a redirected reply may have.
+    pub fn xsk_backends(&self) -> Vec<SocketAddr> {
+        let mut out: Vec<SocketAddr> = self
+            .spec
+            .backends
+            .iter()
+            .filter(|b| b.xsk)
+            .map(|b| b.address)
+            .collect();
+        out.sort();
+        out.dedup();
         out
     }
 
@@ -445,8 +468,9 @@ impl Drop for Forwarding {
 }
 
 /// A UDP socket from `source` connected to the backend: replies come back
-/// on it through the kernel stack (its ephemeral port is not redirected).
-pub fn backend_socket(b: &BackendSpec) -> Result<OwnedFd, ForwardError> {
+/// on it through the kernel stack (its ephemeral port is not redirected),
+/// and the kernel accepts them from the backend's address and port only.
+fn backend_socket(b: &BackendSpec) -> Result<OwnedFd, ForwardError> {
     let opts = sockets::Udp {
         freebind: true,
         connect: Some(b.address),

@@ -1,5 +1,6 @@
 //! Facts about the machine the loader reads before touching anything:
-//! the interface, locked-memory limits, capabilities, bpffs, users, CPUs.
+//! the interface, locked-memory limits, capabilities, bpffs, users, CPUs,
+//! sysctls.
 
 pub mod bpffs;
 pub mod capabilities;
@@ -7,4 +8,6 @@ pub mod cpus;
 pub mod interface;
 pub mod memlock;
 pub mod netlink;
+pub mod nofile;
+pub mod sysctl;
 pub mod users;

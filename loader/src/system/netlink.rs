@@ -47,6 +47,9 @@ pub struct LinkInfo {
     pub up: bool,
     /// The attached XDP program: mode and program id.
     pub xdp: Option<(XdpAttachMode, u32)>,
+    /// A veth: what its XDP program sends back (XDP_TX) reaches the peer
+    /// only while the peer runs an XDP program of its own.
+    pub veth: bool,
 }
 
 /// RTM_GETLINK for one interface index.
@@ -96,6 +99,16 @@ fn parse(link: &LinkMessage) -> LinkInfo {
                 let mut mac = [0u8; 6];
                 mac.copy_from_slice(a);
                 info.mac = Some(mac);
+            }
+            LinkAttribute::LinkInfo(infos) => {
+                info.veth = infos.iter().any(|i| {
+                    matches!(
+                        i,
+                        netlink_packet_route::link::LinkInfo::Kind(
+                            netlink_packet_route::link::InfoKind::Veth
+                        )
+                    )
+                });
             }
             LinkAttribute::Xdp(xdp) => {
                 let mut mode = None;

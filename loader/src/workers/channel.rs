@@ -64,7 +64,23 @@ impl Channel {
         Ok((Channel { fd }, dup_high(theirs)?))
     }
 
+    /// Sends `msg` with any number of descriptors: the first [`MAX_FDS`]
+    /// beside it, the rest in `MoreFds` messages right after (the message
+    /// announces how many there are).
     pub async fn send(
+        &self,
+        msg: &ToDataplane,
+        fds: &[BorrowedFd<'_>],
+    ) -> Result<(), ChannelError> {
+        let mut chunks = fds.chunks(MAX_FDS);
+        self.send_one(msg, chunks.next().unwrap_or(&[])).await?;
+        for more in chunks {
+            self.send_one(&ToDataplane::MoreFds, more).await?;
+        }
+        Ok(())
+    }
+
+    async fn send_one(
         &self,
         msg: &ToDataplane,
         fds: &[BorrowedFd<'_>],

@@ -27,7 +27,7 @@ use super::backoff::Backoff;
 use super::channel::{Channel, Incoming};
 use super::spawn::{self, Spawned, Template};
 use crate::bpf::XskSlot;
-use crate::forwarding::{self, ForwardResources};
+use crate::forwarding::ForwardResources;
 use crate::sockets;
 
 /// How long a new dataplane has to hand over its socket.
@@ -255,18 +255,12 @@ impl Supervisor {
     fn sockets(&self, spec: &DataplaneSpec, with_table: bool) -> Result<Vec<OwnedFd>, String> {
         let mut fds = sockets::kernel_path(&spec.listen).map_err(|e| e.to_string())?;
         if let (Some(res), Some(f)) = (&self.ctx.forward, &spec.forward) {
-            fds.extend(
-                res.fds_for(self.queue, with_table)
-                    .map_err(|e| e.to_string())?,
-            );
-            for b in &f.backends {
-                fds.push(forwarding::backend_socket(b).map_err(|e| e.to_string())?);
-            }
+            fds.extend(res.fds_for(f, with_table).map_err(|e| e.to_string())?);
         }
         Ok(fds)
     }
 
-    fn init(&self, spec: &DataplaneSpec) -> ToDataplane {
+    fn init(&self, spec: &DataplaneSpec, descriptors: usize) -> ToDataplane {
         let c = &self.ctx;
         ToDataplane::Init(Box::new(DataplaneInit {
             protocol: PROTOCOL_VERSION,
@@ -283,6 +277,7 @@ impl Supervisor {
             answer: spec.answer.clone(),
             kernel_sockets: spec.listen.clone(),
             forward: self.forward_now(spec),
+            descriptors: descriptors as u32,
         }))
     }
 
@@ -307,7 +302,7 @@ impl Supervisor {
         self.phase(Phase::Starting);
 
         let fds: Vec<BorrowedFd<'_>> = sockets.iter().map(|s| s.as_fd()).collect();
-        if let Err(e) = channel.send(&self.init(&spec), &fds).await {
+        if let Err(e) = channel.send(&self.init(&spec, fds.len()), &fds).await {
             self.evict(&mut child).await;
             return Outcome::Exited(format!("sending the configuration: {e}"));
         }
@@ -413,6 +408,7 @@ impl Supervisor {
             answer: spec.answer.clone(),
             kernel_sockets: spec.listen.clone(),
             forward: self.forward_now(spec),
+            descriptors: fds.len() as u32,
         }));
         channel
             .send(&msg, &fds)

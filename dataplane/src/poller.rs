@@ -1,0 +1,145 @@
+//! Readiness of every descriptor the worker waits on — the AF_XDP socket,
+//! the control socket, kernel-path and backend sockets — from one epoll
+//! instance: probing costs one system call however many sockets there are,
+//! and only the ready ones are read.
+
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::time::Duration;
+
+/// Events returned per wait.
+const EVENTS: usize = 64;
+
+/// What a descriptor is to the worker (the epoll data word).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Token {
+    Xsk,
+    Control,
+    /// Kernel-path socket `i`.
+    Kernel(u32),
+    /// Socket `s` of backend `b`.
+    Backend(u16, u32),
+}
+
+impl Token {
+    fn encode(self) -> u64 {
+        match self {
+            Token::Xsk => 1 << 56,
+            Token::Control => 2 << 56,
+            Token::Kernel(i) => (3 << 56) | u64::from(i),
+            Token::Backend(b, s) => (4 << 56) | (u64::from(b) << 32) | u64::from(s),
+        }
+    }
+
+    fn decode(v: u64) -> Option<Token> {
+        match v >> 56 {
+            1 => Some(Token::Xsk),
+            2 => Some(Token::Control),
+            3 => Some(Token::Kernel(v as u32)),
+            4 => Some(Token::Backend((v >> 32) as u16, v as u32)),
+            _ => None,
+        }
+    }
+}
+
+pub struct Poller {
+    epoll: OwnedFd,
+    events: Box<[libc::epoll_event]>,
+    ready: Vec<Token>,
+}
+
+impl Poller {
+    pub fn new() -> io::Result<Poller> {
+        // SAFETY: plain system call, no pointers.
+        let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Poller {
+            // SAFETY: a descriptor we just created and nothing else owns.
+            epoll: unsafe { OwnedFd::from_raw_fd(fd) },
+            events: vec![libc::epoll_event { events: 0, u64: 0 }; EVENTS].into_boxed_slice(),
+            ready: Vec::with_capacity(EVENTS),
+        })
+    }
+
+    /// Watches `fd` for input. A closed descriptor leaves the set by itself.
+    pub fn add(&self, fd: BorrowedFd<'_>, token: Token) -> io::Result<()> {
+        let mut ev = libc::epoll_event {
+            events: libc::EPOLLIN as u32,
+            u64: token.encode(),
+        };
+        // SAFETY: epoll_ctl reads one live epoll_event.
+        let r = unsafe {
+            libc::epoll_ctl(
+                self.epoll.as_raw_fd(),
+                libc::EPOLL_CTL_ADD,
+                fd.as_raw_fd(),
+                &mut ev,
+            )
+        };
+        if r < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// Waits up to `timeout` (zero: just looks); the ready descriptors'
+    /// tokens (without allocating).
+    pub fn wait(&mut self, timeout: Duration) -> &[Token] {
+        self.ready.clear();
+        let ms = timeout.as_millis().min(60_000) as libc::c_int;
+        // SAFETY: the kernel writes at most `events.len()` events into the
+        // live buffer.
+        let n = unsafe {
+            libc::epoll_wait(
+                self.epoll.as_raw_fd(),
+                self.events.as_mut_ptr(),
+                self.events.len() as libc::c_int,
+                ms,
+            )
+        };
+        for ev in &self.events[..n.max(0) as usize] {
+            if let Some(t) = Token::decode(ev.u64) {
+                self.ready.push(t);
+            }
+        }
+        &self.ready
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::UdpSocket;
+    use std::os::fd::AsFd;
+
+    #[test]
+    fn ready_sockets_are_reported_by_token() {
+        let mut p = Poller::new().unwrap();
+        let a = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let b = UdpSocket::bind("127.0.0.1:0").unwrap();
+        p.add(a.as_fd(), Token::Kernel(3)).unwrap();
+        p.add(b.as_fd(), Token::Backend(2, 41)).unwrap();
+        assert!(p.wait(Duration::ZERO).is_empty(), "nothing ready");
+        let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        tx.send_to(b"x", b.local_addr().unwrap()).unwrap();
+        assert_eq!(p.wait(Duration::from_secs(1)), [Token::Backend(2, 41)]);
+        drop(b);
+        tx.send_to(b"y", a.local_addr().unwrap()).unwrap();
+        assert_eq!(
+            p.wait(Duration::from_secs(1)),
+            [Token::Kernel(3)],
+            "a closed socket left the set"
+        );
+        for t in [
+            Token::Xsk,
+            Token::Control,
+            Token::Kernel(u32::MAX),
+            Token::Backend(u16::MAX, 7),
+        ] {
+            assert_eq!(Token::decode(t.encode()), Some(t));
+        }
+        assert_eq!(Token::decode(0), None);
+    }
+}

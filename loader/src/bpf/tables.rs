@@ -1,0 +1,203 @@
+//! The program's maps as the loader writes and reads them: which
+//! destinations are ours ([`Steering`]: listen addresses, forwarding
+//! sources, backends, the ACL and the live settings word) and the counters.
+//! Every change keeps the program's view consistent at every moment: new
+//! entries go in before stale ones go out, and the ACL is filled into the
+//! inactive pair of tries and then switched to with one word.
+
+use std::borrow::BorrowMut;
+use std::net::{IpAddr, SocketAddr};
+
+use aya::Pod;
+use aya::maps::lpm_trie::{Key as LpmKey, LpmTrie};
+use aya::maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray};
+use xdpdns_common::config::{Acl, AclAction};
+use xdpdns_common::maps::{
+    DEST_FORWARD, DestKey, DestV4Key, DestV6Key, ListenStat, MAP_ACL, MAP_BACKENDS_V4,
+    MAP_BACKENDS_V6, MAP_DEST_V4, MAP_DEST_V6, MAP_LISTEN_STATS, MAP_SETTINGS, MAP_STATS,
+    MAX_LISTEN, Settings, dest_listen,
+};
+
+use super::attach::BpfError;
+use super::maps::XdpCounters;
+
+pub(super) fn map_err(name: &'static str) -> impl FnOnce(MapError) -> BpfError {
+    move |source| BpfError::Map {
+        name,
+        source: Box::new(source),
+    }
+}
+
+/// What the program is told: which traffic is ours and how to judge it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Steering {
+    /// Listen addresses, in order: a listen address's position is its index
+    /// in the per-listen counters. Empty: nothing is redirected.
+    pub listen: Vec<SocketAddr>,
+    /// Our source addresses toward AF_XDP backends: replies to them on a
+    /// forwarding port are redirected.
+    pub forward_sources: Vec<IpAddr>,
+    /// The backends (address, port) replies are accepted from.
+    pub backends: Vec<SocketAddr>,
+    pub acl: Acl,
+    pub verify_checksums: bool,
+    /// XDP_TX cannot be relied on (a veth): see [`Settings::NO_TX`].
+    pub no_tx: bool,
+}
+
+/// The maps, open.
+pub struct Tables {
+    dest_v4: HashMap<MapData, DestV4Key, u32>,
+    dest_v6: HashMap<MapData, DestV6Key, u32>,
+    backends_v4: HashMap<MapData, DestV4Key, u32>,
+    backends_v6: HashMap<MapData, DestV6Key, u32>,
+    acl_v4: [LpmTrie<MapData, [u8; 4], u32>; 2],
+    acl_v6: [LpmTrie<MapData, [u8; 16], u32>; 2],
+    settings: Array<MapData, u32>,
+    stats: PerCpuArray<MapData, u64>,
+    listen_stats: PerCpuArray<MapData, u64>,
+}
+
+impl Tables {
+    /// Opens the maps `take` hands out by name.
+    pub fn open(
+        mut take: impl FnMut(&'static str) -> Result<Map, BpfError>,
+    ) -> Result<Tables, BpfError> {
+        macro_rules! typed {
+            ($name:expr) => {{
+                let name: &'static str = $name;
+                take(name)?.try_into().map_err(map_err(name))?
+            }};
+        }
+        Ok(Tables {
+            dest_v4: typed!(MAP_DEST_V4),
+            dest_v6: typed!(MAP_DEST_V6),
+            backends_v4: typed!(MAP_BACKENDS_V4),
+            backends_v6: typed!(MAP_BACKENDS_V6),
+            acl_v4: [typed!(MAP_ACL[0][0]), typed!(MAP_ACL[0][1])],
+            acl_v6: [typed!(MAP_ACL[1][0]), typed!(MAP_ACL[1][1])],
+            settings: typed!(MAP_SETTINGS),
+            stats: typed!(MAP_STATS),
+            listen_stats: typed!(MAP_LISTEN_STATS),
+        })
+    }
+
+    /// Makes the maps say `s`. Destinations and backends: added before
+    /// removed. The ACL: filled into the inactive tries, then made active
+    /// together with the other settings in one word.
+    pub fn steer(&mut self, s: &Steering) -> Result<(), BpfError> {
+        let mut dest4 = Vec::new();
+        let mut dest6 = Vec::new();
+        for (i, a) in s.listen.iter().take(MAX_LISTEN as usize).enumerate() {
+            match DestKey::new(*a) {
+                DestKey::V4(k) => dest4.push((k, dest_listen(i as u16))),
+                DestKey::V6(k) => dest6.push((k, dest_listen(i as u16))),
+            }
+        }
+        for ip in &s.forward_sources {
+            match DestKey::new(SocketAddr::new(*ip, 0)) {
+                DestKey::V4(k) => dest4.push((k, DEST_FORWARD)),
+                DestKey::V6(k) => dest6.push((k, DEST_FORWARD)),
+            }
+        }
+        sync(&mut self.dest_v4, MAP_DEST_V4, &dest4)?;
+        sync(&mut self.dest_v6, MAP_DEST_V6, &dest6)?;
+        let mut back4 = Vec::new();
+        let mut back6 = Vec::new();
+        for b in &s.backends {
+            match DestKey::new(*b) {
+                DestKey::V4(k) => back4.push((k, 1)),
+                DestKey::V6(k) => back6.push((k, 1)),
+            }
+        }
+        sync(&mut self.backends_v4, MAP_BACKENDS_V4, &back4)?;
+        sync(&mut self.backends_v6, MAP_BACKENDS_V6, &back6)?;
+
+        let now = self.settings.get(&0, 0).map_err(map_err(MAP_SETTINGS))?;
+        let next = usize::from(now & Settings::ACL_SLOT == 0);
+        let mut v4 = Vec::new();
+        let mut v6 = Vec::new();
+        for p in &s.acl.allow {
+            match p.addr() {
+                IpAddr::V4(a) => v4.push(LpmKey::new(u32::from(p.bits()), a.octets())),
+                IpAddr::V6(a) => v6.push(LpmKey::new(u32::from(p.bits()), a.octets())),
+            }
+        }
+        fill(&mut self.acl_v4[next], MAP_ACL[0][next], &v4)?;
+        fill(&mut self.acl_v6[next], MAP_ACL[1][next], &v6)?;
+        let mut word = 0;
+        if next == 1 {
+            word |= Settings::ACL_SLOT;
+        }
+        if s.acl.action == AclAction::Refused {
+            word |= Settings::ACL_REFUSED;
+        }
+        if s.verify_checksums {
+            word |= Settings::VERIFY_CSUM;
+        }
+        if s.no_tx {
+            word |= Settings::NO_TX;
+        }
+        self.settings.set(0, word, 0).map_err(map_err(MAP_SETTINGS))
+    }
+
+    /// The program's per-outcome counters, summed over CPUs.
+    pub fn counters(&self) -> XdpCounters {
+        XdpCounters::read(&self.stats)
+    }
+
+    /// The first `n` listen addresses' counters, by [`ListenStat`].
+    pub fn listen_counters(&self, n: usize) -> Vec<[u64; ListenStat::COUNT as usize]> {
+        (0..n.min(MAX_LISTEN as usize))
+            .map(|i| {
+                let mut c = [0u64; ListenStat::COUNT as usize];
+                for st in ListenStat::ALL {
+                    let slot = i as u32 * ListenStat::COUNT + st as u32;
+                    c[st as usize] = self
+                        .listen_stats
+                        .get(&slot, 0)
+                        .map(|per_cpu| per_cpu.iter().sum())
+                        .unwrap_or(0);
+                }
+                c
+            })
+            .collect()
+    }
+}
+
+/// Makes a hash map hold exactly `wanted` (values included): new and
+/// changed entries first, then the stale ones go.
+fn sync<T: BorrowMut<MapData>, K: Pod + PartialEq>(
+    map: &mut HashMap<T, K, u32>,
+    name: &'static str,
+    wanted: &[(K, u32)],
+) -> Result<(), BpfError> {
+    for (k, v) in wanted {
+        map.insert(k, *v, 0).map_err(map_err(name))?;
+    }
+    let stale: Vec<K> = map
+        .keys()
+        .filter_map(Result::ok)
+        .filter(|k| !wanted.iter().any(|(w, _)| w == k))
+        .collect();
+    for k in stale {
+        map.remove(&k).map_err(map_err(name))?;
+    }
+    Ok(())
+}
+
+/// Makes an (inactive) trie hold exactly `prefixes`.
+fn fill<T: BorrowMut<MapData>, K: Pod>(
+    trie: &mut LpmTrie<T, K, u32>,
+    name: &'static str,
+    prefixes: &[LpmKey<K>],
+) -> Result<(), BpfError> {
+    let old: Vec<LpmKey<K>> = trie.keys().filter_map(Result::ok).collect();
+    for k in old {
+        trie.remove(&k).map_err(map_err(name))?;
+    }
+    for k in prefixes {
+        trie.insert(k, 1, 0).map_err(map_err(name))?;
+    }
+    Ok(())
+}
