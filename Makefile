@@ -55,7 +55,7 @@ unit-test: deps
 # The dataplane is built with its test hooks (SIGUSR2 -> forbidden system call).
 netns-test: test-deps
 	@[ "$$(id -u)" -eq 0 ] || { echo "netns tests need root (network namespaces, XDP, bpffs)"; exit 1; }
-	$(CARGO) build $(CARGO_FLAGS) --target-dir $(NETNS_TARGET) --workspace --bins --features xdpdns-dataplane/test-hooks
+	$(CARGO) build $(CARGO_FLAGS) --target-dir $(NETNS_TARGET) --workspace --bins --features xdpdns-dataplane/test-hooks,xdpdns-tcp/test-hooks
 	$(CARGO) test $(CARGO_FLAGS) --target-dir $(NETNS_TARGET) -p xdpdns-netns-tests -- --ignored --test-threads=1
 
 test: lint unit-test netns-test

@@ -12,18 +12,19 @@ chmod 0755 "$STAGE"
 OUT=target/xdpdns_${VERSION}_${ARCH}.deb
 
 install -D -m 0755 "$BIN/xdpdns" "$STAGE/usr/sbin/xdpdns"
-install -D -m 0755 "$BIN/xdpdns-dataplane" "$STAGE/usr/lib/xdpdns/xdpdns-dataplane"
+for w in xdpdns-dataplane xdpdns-tcp xdpdns-metrics; do
+    install -D -m 0755 "$BIN/$w" "$STAGE/usr/lib/xdpdns/$w"
+    install -D -m 0644 "packaging/apparmor/usr.lib.xdpdns.$w" "$STAGE/etc/apparmor.d/usr.lib.xdpdns.$w"
+done
 install -D -m 0644 packaging/systemd/xdpdns.service "$STAGE/lib/systemd/system/xdpdns.service"
 install -D -m 0644 packaging/systemd/xdpdns@.service "$STAGE/lib/systemd/system/xdpdns@.service"
 install -D -m 0644 packaging/systemd/sysusers.conf "$STAGE/usr/lib/sysusers.d/xdpdns.conf"
 install -D -m 0644 packaging/systemd/tmpfiles.conf "$STAGE/usr/lib/tmpfiles.d/xdpdns.conf"
 install -D -m 0644 packaging/apparmor/usr.sbin.xdpdns "$STAGE/etc/apparmor.d/usr.sbin.xdpdns"
-install -D -m 0644 packaging/apparmor/usr.lib.xdpdns.xdpdns-dataplane \
-    "$STAGE/etc/apparmor.d/usr.lib.xdpdns.xdpdns-dataplane"
 # The example configuration, with the packaged users.
 install -d "$STAGE/etc/xdpdns"
 sed -e 's/^user = "nobody"/user = "xdpdns-dp"/' packaging/xdpdns.toml > "$STAGE/etc/xdpdns/xdpdns.toml"
-printf '\n[control]\n# Members of this group may run `xdpdns status`, `reload`, `restart-queue`.\ngroup = "xdpdns"\n' \
+printf '\n[control]\n# Members of this group may run `xdpdns status`; root and the loader'"'"'s user also reload and restart queues.\ngroup = "xdpdns"\n' \
     >> "$STAGE/etc/xdpdns/xdpdns.toml"
 chmod 0644 "$STAGE/etc/xdpdns/xdpdns.toml"
 install -d "$STAGE/usr/share/man/man8"
@@ -48,8 +49,10 @@ Description: DNS frontend whose UDP fast path runs on AF_XDP
  unprivileged dataplane process per NIC queue, which answers in place
  over AF_XDP; everything else stays on the kernel stack.
 CONTROL
-printf '/etc/xdpdns/xdpdns.toml\n/etc/apparmor.d/usr.sbin.xdpdns\n/etc/apparmor.d/usr.lib.xdpdns.xdpdns-dataplane\n' \
-    > "$STAGE/DEBIAN/conffiles"
+printf '/etc/xdpdns/xdpdns.toml\n/etc/apparmor.d/usr.sbin.xdpdns\n' > "$STAGE/DEBIAN/conffiles"
+for w in xdpdns-dataplane xdpdns-tcp xdpdns-metrics; do
+    echo "/etc/apparmor.d/usr.lib.xdpdns.$w" >> "$STAGE/DEBIAN/conffiles"
+done
 install -m 0755 packaging/debian/postinst packaging/debian/prerm packaging/debian/postrm "$STAGE/DEBIAN/"
 
 mkdir -p target

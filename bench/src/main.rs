@@ -158,14 +158,17 @@ fn main() -> anyhow::Result<()> {
             );
             report.points.push(median);
         }
-        if dnsperf_secs > 0 && !stop.load(Ordering::Relaxed) {
-            report.closed.push(measure::closed_loop(
-                &lab,
-                kind.name(),
-                &gen_,
-                &queries,
-                dnsperf_secs,
-            )?);
+        for tcp in [false, true] {
+            if dnsperf_secs > 0 && !stop.load(Ordering::Relaxed) {
+                report.closed.push(measure::closed_loop(
+                    &lab,
+                    kind.name(),
+                    (&srv, &gen_),
+                    &queries,
+                    dnsperf_secs,
+                    tcp,
+                )?);
+            }
         }
         if kind == Kind::XdpdnsXsk {
             for pid in running.dataplane_pids() {

@@ -31,10 +31,14 @@ pub struct Point {
 #[derive(Debug, Clone, Serialize)]
 pub struct Closed {
     pub server: String,
+    /// "udp" or "tcp".
+    pub transport: String,
     pub completed: u64,
     pub lost: u64,
     pub qps: f64,
     pub avg_latency_us: f64,
+    /// Server CPU per completed query, nanoseconds.
+    pub cpu_ns_per_answer: f64,
 }
 
 fn counters(lab: &Lab) -> BTreeMap<String, u64> {
@@ -173,17 +177,20 @@ pub fn open_loop(
     })
 }
 
-/// dnsperf, closed loop: a fixed number of outstanding queries.
+/// dnsperf, closed loop: a fixed number of outstanding queries, over UDP
+/// or (`tcp`) over TCP.
 pub fn closed_loop(
     lab: &Lab,
     server: &str,
-    gen_: &Pinned,
+    (srv, gen_): (&Pinned, &Pinned),
     queries: &Path,
     secs: u64,
+    tcp: bool,
 ) -> anyhow::Result<Closed> {
+    let cpu0 = srv.cpu_seconds()?;
     let out = generator(lab, gen_)
+        .args(["dnsperf", "-m", if tcp { "tcp" } else { "udp" }])
         .args([
-            "dnsperf",
             "-s",
             SERVER_V4,
             "-l",
@@ -198,10 +205,18 @@ pub fn closed_loop(
         ])
         .arg(queries)
         .output()?;
+    let cpu = srv.cpu_seconds()? - cpu0;
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let completed = grab(&text, "Queries completed:")? as u64;
     Ok(Closed {
         server: server.into(),
-        completed: grab(&text, "Queries completed:")? as u64,
+        transport: if tcp { "tcp" } else { "udp" }.into(),
+        cpu_ns_per_answer: if completed > 0 {
+            cpu * 1e9 / completed as f64
+        } else {
+            f64::NAN
+        },
+        completed,
         lost: grab(&text, "Queries lost:")? as u64,
         qps: grab(&text, "Queries per second:")?,
         avg_latency_us: grab(&text, "Average Latency (s):")? * 1e6,

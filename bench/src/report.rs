@@ -60,14 +60,14 @@ pub fn table(r: &Report) -> String {
     let _ = writeln!(s, "\nclosed loop (dnsperf, 8 clients x 64 outstanding):");
     let _ = writeln!(
         s,
-        "{:<17} {:>10} {:>12} {:>8}",
-        "server", "queries/s", "avg latency", "lost"
+        "{:<17} {:>5} {:>10} {:>12} {:>8} {:>10}",
+        "server", "", "queries/s", "avg latency", "lost", "ns CPU/q"
     );
     for c in &r.closed {
         let _ = writeln!(
             s,
-            "{:<17} {:>10.0} {:>10.0}us {:>8}",
-            c.server, c.qps, c.avg_latency_us, c.lost
+            "{:<17} {:>5} {:>10.0} {:>10.0}us {:>8} {:>10.0}",
+            c.server, c.transport, c.qps, c.avg_latency_us, c.lost, c.cpu_ns_per_answer
         );
     }
     if !r.dataplane_rss.is_empty() {

@@ -81,7 +81,7 @@ impl PathCounters {
         self.dropped.get(reason as usize).copied().unwrap_or(0)
     }
 
-    fn accumulate(&mut self, other: &PathCounters) {
+    pub fn accumulate(&mut self, other: &PathCounters) {
         self.received += other.received;
         self.answered += other.answered;
         if self.dropped.len() < other.dropped.len() {
@@ -370,5 +370,74 @@ mod tests {
         c.remap_backends(&[Some(7)]);
         assert_eq!(c.backends.len(), 1);
         assert_eq!(c.backends[0].queries, 0);
+    }
+}
+
+/// What one TCP worker counted. Monotonic except `open`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TcpCounters {
+    /// Connections accepted and kept (within every limit).
+    pub accepted: u64,
+    /// Connections open now (a gauge).
+    pub open: u64,
+    /// Closed at once: the worker had `max_connections` open.
+    pub refused_total: u64,
+    /// Closed at once: the client had `max_connections_per_client` open.
+    pub refused_client: u64,
+    /// Closed at once: the client is outside the ACL.
+    pub acl_denied: u64,
+    /// Closed for silence between queries (`idle_timeout_ms`).
+    pub idle_closed: u64,
+    /// Closed for a message not read, or an answer not written, within
+    /// `io_timeout_ms` (slow senders, zero-window readers).
+    pub io_closed: u64,
+    /// Closed at `max_connection_duration_ms`.
+    pub duration_closed: u64,
+    /// Closed after `max_queries_per_connection`.
+    pub query_limit_closed: u64,
+    /// Closed for a length prefix shorter than a DNS header, or a response.
+    pub bad_framing: u64,
+    /// Backend connections opened, and attempts that failed.
+    pub backend_connects: u64,
+    pub backend_connect_errors: u64,
+    /// Forwarded queries that got no answer: the backend connection failed
+    /// or `forwarding.timeout_ms` passed.
+    pub backend_failures: u64,
+    /// Backend answers matching no query in flight (wrong ID or question).
+    pub backend_stray: u64,
+    /// Queries received, answered, and dropped by reason.
+    pub queries: PathCounters,
+    /// The pipeline's counters: rule hits, per-backend figures, ACL REFUSED,
+    /// pools down.
+    pub pipeline: DataplaneCounters,
+}
+
+impl TcpCounters {
+    pub fn new() -> Self {
+        TcpCounters {
+            queries: PathCounters::new(),
+            pipeline: DataplaneCounters::new(),
+            ..Default::default()
+        }
+    }
+
+    /// Adds `o` to these (the gauge included: totals over workers).
+    pub fn accumulate(&mut self, o: &TcpCounters) {
+        self.accepted += o.accepted;
+        self.open += o.open;
+        self.refused_total += o.refused_total;
+        self.refused_client += o.refused_client;
+        self.acl_denied += o.acl_denied;
+        self.idle_closed += o.idle_closed;
+        self.io_closed += o.io_closed;
+        self.duration_closed += o.duration_closed;
+        self.query_limit_closed += o.query_limit_closed;
+        self.bad_framing += o.bad_framing;
+        self.backend_connects += o.backend_connects;
+        self.backend_connect_errors += o.backend_connect_errors;
+        self.backend_failures += o.backend_failures;
+        self.backend_stray += o.backend_stray;
+        self.queries.accumulate(&o.queries);
+        self.pipeline.accumulate(&o.pipeline);
     }
 }

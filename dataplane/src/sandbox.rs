@@ -78,8 +78,21 @@ fn arch() -> Result<TargetArch, SandboxError> {
 
 /// The compiled filter: allow [`ALLOWED`], kill the process on anything else.
 pub fn filter() -> Result<BpfProgram, SandboxError> {
-    let rules: BTreeMap<i64, Vec<seccompiler::SeccompRule>> =
-        ALLOWED.iter().map(|(_, nr)| (*nr, Vec::new())).collect();
+    compile(ALLOWED, Vec::new())
+}
+
+/// A filter allowing `allowed` unconditionally and `conditional` calls
+/// only when one of their rules (argument checks) matches; anything else
+/// kills the process. Shared by every worker's own list.
+pub fn compile(
+    allowed: &[(&str, libc::c_long)],
+    conditional: Vec<(libc::c_long, Vec<seccompiler::SeccompRule>)>,
+) -> Result<BpfProgram, SandboxError> {
+    let mut rules: BTreeMap<i64, Vec<seccompiler::SeccompRule>> =
+        allowed.iter().map(|(_, nr)| (*nr, Vec::new())).collect();
+    for (nr, r) in conditional {
+        rules.insert(nr, r);
+    }
     let filter = SeccompFilter::new(
         rules,
         SeccompAction::KillProcess,
@@ -92,7 +105,13 @@ pub fn filter() -> Result<BpfProgram, SandboxError> {
 /// Installs the filter on this (single-threaded) process. Needs no-new-privs,
 /// which the loader sets before exec.
 pub fn install() -> Result<(), SandboxError> {
-    seccompiler::apply_filter(&filter()?)?;
+    apply(&filter()?)
+}
+
+/// Installs `prog` on the calling thread, and with TSYNC on every other
+/// thread of the process.
+pub fn apply(prog: &BpfProgram) -> Result<(), SandboxError> {
+    seccompiler::apply_filter_all_threads(prog)?;
     Ok(())
 }
 

@@ -1,6 +1,7 @@
 //! `xdpdns`: the privileged loader and the operator's command line.
 
 mod bpf;
+mod config_file;
 mod control;
 mod forwarding;
 mod instance;
@@ -11,13 +12,11 @@ mod run;
 mod sockets;
 mod status;
 mod system;
-mod tcp;
 mod workers;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::Context;
 use clap::{Parser, Subcommand};
 use xdpdns_common::config::Config;
 
@@ -69,10 +68,7 @@ enum Command {
 }
 
 fn load_config(path: &Path) -> anyhow::Result<Config> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    Config::from_toml(&text)
-        .with_context(|| format!("{} is not a valid configuration", path.display()))
+    Ok(config_file::load(path)?)
 }
 
 fn main() -> ExitCode {
@@ -142,11 +138,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             }
             other => done(other),
         },
-        Command::Reload { config } => {
-            let path = std::fs::canonicalize(&config)
-                .with_context(|| format!("cannot read {}", config.display()))?;
-            done(ask(&config, control::Request::Reload { path: Some(path) })?)
-        }
+        Command::Reload { config } => done(ask(&config, control::Request::Reload {})?),
         Command::RestartQueue { config, queue } => {
             done(ask(&config, control::Request::RestartQueue { queue })?)
         }

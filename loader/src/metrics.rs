@@ -1,86 +1,44 @@
-//! The Prometheus endpoint (`[metrics] address`): a minimal HTTP/1.1 server
-//! for `GET /metrics`, with the exposition format from prometheus-client.
-//! Every figure comes from the same snapshot `xdpdns status` shows, so
-//! counters are monotonic across dataplane restarts.
+//! The Prometheus exposition (`[metrics] address`), rendered here with
+//! prometheus-client from the same snapshot `xdpdns status` shows (so
+//! counters are monotonic across worker restarts), and handed as a sealed
+//! memfd to the unprivileged exporter that serves it over HTTP: the loader
+//! parses no HTTP.
 
-use std::net::SocketAddr;
-use std::time::Duration;
+use std::os::fd::OwnedFd;
 
+use nix::fcntl::{FcntlArg, SealFlag, fcntl};
+use nix::sys::memfd::{MFdFlags, memfd_create};
 use prometheus_client::encoding::prometheus_text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
-use tracing::debug;
 
-use crate::control::{self, Ask, Request, Response};
 use crate::status::{Counters, Status};
 
 type Labels = Vec<(String, String)>;
-const MAX_REQUEST: usize = 8 * 1024;
 
-pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    let l = crate::sockets::tcp_listener(addr, 128).map_err(std::io::Error::other)?;
-    TcpListener::from_std(l)
-}
-
-pub async fn serve(listener: TcpListener, run_loop: mpsc::UnboundedSender<Ask>) {
-    loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
-        };
-        let run_loop = run_loop.clone();
-        tokio::task::spawn_local(async move {
-            if let Err(e) =
-                tokio::time::timeout(Duration::from_secs(5), respond(stream, &run_loop)).await
-            {
-                debug!(error = %e, "metrics connection timed out");
-            }
-        });
+/// The exposition text in a sealed memfd, for the exporter: it can read
+/// it, but neither it nor anyone else can change it.
+pub fn snapshot(text: &str) -> nix::Result<OwnedFd> {
+    let fd = memfd_create(
+        c"xdpdns-metrics",
+        MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING,
+    )?;
+    let mut written = 0;
+    while written < text.len() {
+        written += nix::unistd::write(&fd, &text.as_bytes()[written..])?;
     }
-}
-
-async fn respond(
-    mut stream: TcpStream,
-    run_loop: &mpsc::UnboundedSender<Ask>,
-) -> std::io::Result<()> {
-    let mut buf = vec![0u8; MAX_REQUEST];
-    let mut len = 0;
-    while !buf[..len].windows(4).any(|w| w == b"\r\n\r\n") {
-        if len == buf.len() {
-            return stream.write_all(b"HTTP/1.1 431 Request Header Fields Too Large\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").await;
-        }
-        let n = stream.read(&mut buf[len..]).await?;
-        if n == 0 {
-            return Ok(());
-        }
-        len += n;
-    }
-    let head = String::from_utf8_lossy(&buf[..len]);
-    let mut words = head.split_whitespace();
-    let (method, target) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
-    let (status, content_type, body) = match (method, target) {
-        ("GET", "/metrics") => match control::ask(run_loop, Request::Status).await {
-            Response::Status(s) => (
-                "200 OK",
-                "text/plain; version=0.0.4; charset=utf-8",
-                render(&s),
-            ),
-            _ => ("503 Service Unavailable", "text/plain", String::new()),
-        },
-        ("GET", _) => ("404 Not Found", "text/plain", "try /metrics\n".to_string()),
-        _ => ("405 Method Not Allowed", "text/plain", String::new()),
-    };
-    let header = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    stream.write_all(header.as_bytes()).await?;
-    stream.write_all(body.as_bytes()).await?;
-    stream.shutdown().await
+    fcntl(
+        &fd,
+        FcntlArg::F_ADD_SEALS(
+            SealFlag::F_SEAL_WRITE
+                | SealFlag::F_SEAL_SHRINK
+                | SealFlag::F_SEAL_GROW
+                | SealFlag::F_SEAL_SEAL,
+        ),
+    )?;
+    Ok(fd)
 }
 
 fn labels(pairs: &[(&str, &str)]) -> Labels {
@@ -293,21 +251,39 @@ pub fn render(s: &Status) -> String {
             );
         }
         reg.register_collector(Box::new(LatencyCollector(s.backends.clone())));
-        let tcp = CounterFamily::new(
-            &mut reg,
-            "tcp_events",
-            "DNS over TCP: connections accepted and refused, queries, bad input, backend failures",
-        );
-        for (event, n) in [
-            ("accepted", s.tcp.accepted),
-            ("refused", s.tcp.refused),
-            ("acl_denied", s.tcp.acl_denied),
-            ("query", s.tcp.queries),
-            ("bad_input", s.tcp.bad_input),
-            ("backend_failure", s.tcp.backend_failures),
-        ] {
-            tcp.set(labels(&[("event", event)]), n);
-        }
+    }
+
+    let tcp = CounterFamily::new(
+        &mut reg,
+        "tcp_events",
+        "DNS over TCP: connections accepted and closed (by cause), queries, answers, backend failures",
+    );
+    let t = &s.tcp;
+    for (event, n) in [
+        ("accepted", t.accepted),
+        ("refused_total", t.refused_total),
+        ("refused_client", t.refused_client),
+        ("acl_denied", t.acl_denied),
+        ("idle_closed", t.idle_closed),
+        ("io_closed", t.io_closed),
+        ("duration_closed", t.duration_closed),
+        ("query_limit_closed", t.query_limit_closed),
+        ("bad_framing", t.bad_framing),
+        ("query", t.queries),
+        ("answer", t.answered),
+        ("backend_failure", t.backend_failures),
+    ] {
+        tcp.set(labels(&[("event", event)]), n);
+    }
+    let tcp_open = GaugeFamily::new(&mut reg, "tcp_connections", "TCP client connections open");
+    tcp_open.set(Vec::new(), t.open as i64);
+    let workers_up = GaugeFamily::new(
+        &mut reg,
+        "worker_up",
+        "1 if the worker (tcp-N, metrics) is running",
+    );
+    for w in &t.workers {
+        workers_up.set(labels(&[("worker", &w.name)]), i64::from(w.running));
     }
     ready.set(Vec::new(), i64::from(s.ready));
     uptime.set(Vec::new(), s.uptime_secs as i64);

@@ -22,12 +22,16 @@ pub struct Plan {
     pub interface: Interface,
     pub queues: Vec<u32>,
     pub account: Account,
+    /// The TCP workers' and metrics exporter's user.
+    pub tcp_account: Account,
     pub umem_per_queue: u64,
     pub umem_total: u64,
     pub memlock: MemlockLimit,
     pub pin_dir: PathBuf,
     pub runtime_dir: PathBuf,
     pub dataplane_binary: PathBuf,
+    pub tcp_binary: PathBuf,
+    pub metrics_binary: PathBuf,
     /// Largest frame AF_XDP takes (frame size minus the kernel's headroom).
     pub max_frame_len: u32,
     /// Whether a listen port needs CAP_NET_BIND_SERVICE.
@@ -101,14 +105,41 @@ impl Plan {
             }
         }
 
-        let account = match users::resolve(&fixed.dataplane.user, fixed.dataplane.group.as_deref())
-        {
+        let account = match users::resolve(
+            "dataplane",
+            &fixed.dataplane.user,
+            fixed.dataplane.group.as_deref(),
+        ) {
             Ok(a) => Some(a),
             Err(e) => {
                 problems.push(e.to_string());
                 None
             }
         };
+        let tcp_account = match users::resolve("tcp", &fixed.tcp.user, fixed.tcp.group.as_deref()) {
+            Ok(a) => Some(a),
+            Err(e) => {
+                problems.push(e.to_string());
+                None
+            }
+        };
+        if let (Some(d), Some(t)) = (&account, &tcp_account) {
+            let me = nix::unistd::geteuid().as_raw();
+            if d.uid == t.uid {
+                problems.push(format!(
+                    "tcp.user {:?} has the uid of dataplane.user {:?} ({}): give each kind of worker a user of its own",
+                    t.name, d.name, t.uid
+                ));
+            }
+            for a in [d, t] {
+                if a.uid == me {
+                    problems.push(format!(
+                        "{:?} (uid {}) is the user the loader runs as: workers need users of their own",
+                        a.name, a.uid
+                    ));
+                }
+            }
+        }
 
         let umem_per_queue = fixed.umem_bytes_per_queue();
         let umem_total = umem_per_queue * queues.len() as u64;
@@ -154,12 +185,31 @@ impl Plan {
             ));
         }
 
-        let dataplane_binary = match dataplane_binary(fixed) {
+        let mut binary = |configured: Option<&PathBuf>, name: &str, key: &str| match worker_binary(
+            configured, name, key,
+        ) {
             Ok(p) => p,
             Err(e) => {
                 problems.push(e);
                 PathBuf::new()
             }
+        };
+        let dataplane_binary = binary(
+            fixed.dataplane.binary.as_ref(),
+            "xdpdns-dataplane",
+            "dataplane.binary",
+        );
+        let tcp_binary = binary(fixed.tcp.binary.as_ref(), "xdpdns-tcp", "tcp.binary");
+        // The exporter lives beside the TCP worker.
+        let metrics_binary = if fixed.metrics.is_some() {
+            let beside = tcp_binary.with_file_name("xdpdns-metrics");
+            binary(
+                Some(&beside),
+                "xdpdns-metrics",
+                "metrics (xdpdns-metrics beside tcp.binary)",
+            )
+        } else {
+            PathBuf::new()
         };
 
         let f = &fixed.forwarding;
@@ -210,18 +260,21 @@ impl Plan {
         let pin_dir = fixed.xdp.pin_root.join(&fixed.instance);
         let runtime_dir = fixed.runtime_dir.join(&fixed.instance);
 
-        match (iface, account, problems.is_empty()) {
-            (Some(interface), Some(account), true) => Ok(Plan {
+        match (iface, account, tcp_account, problems.is_empty()) {
+            (Some(interface), Some(account), Some(tcp_account), true) => Ok(Plan {
                 fixed: fixed.clone(),
                 interface,
                 queues,
                 account,
+                tcp_account,
                 umem_per_queue,
                 umem_total,
                 memlock,
                 pin_dir,
                 runtime_dir,
                 dataplane_binary,
+                tcp_binary,
+                metrics_binary,
                 max_frame_len,
                 low_ports,
                 bpffs_mounted,
@@ -329,6 +382,34 @@ impl Plan {
                 }
             ),
         );
+        let t = &live.tcp;
+        line(
+            "tcp",
+            format!(
+                "{} worker(s) {} as {} (uid {}, gid {}), no capabilities; per worker {} connections, \
+                 {} per client, idle {} ms, I/O {} ms",
+                c.tcp.workers,
+                self.tcp_binary.display(),
+                self.tcp_account.name,
+                self.tcp_account.uid,
+                self.tcp_account.gid,
+                t.max_connections,
+                t.max_connections_per_client,
+                t.idle_timeout_ms,
+                t.io_timeout_ms
+            ),
+        );
+        if let Some(m) = &c.metrics {
+            line(
+                "metrics",
+                format!(
+                    "http://{}/metrics served by {} as {}, no capabilities",
+                    m.address,
+                    self.metrics_binary.display(),
+                    self.tcp_account.name
+                ),
+            );
+        }
         if !live.dataplane.cpus.is_empty() {
             let pins: Vec<String> = self
                 .queues
@@ -351,35 +432,38 @@ impl Plan {
     }
 }
 
-/// Where `xdpdns-dataplane` is: configured, else next to this binary (a
-/// build tree), else `../lib/xdpdns/` from it (the installed layout).
-fn dataplane_binary(config: &Fixed) -> Result<PathBuf, String> {
-    if let Some(p) = &config.dataplane.binary {
-        check_executable(p)?;
+/// Where a worker binary `name` is: configured, else next to this binary
+/// (a build tree), else `../lib/xdpdns/` from it (the installed layout).
+fn worker_binary(configured: Option<&PathBuf>, name: &str, key: &str) -> Result<PathBuf, String> {
+    if let Some(p) = configured {
+        check_executable(p, name, key)?;
         return Ok(p.clone());
     }
     let exe = std::env::current_exe().map_err(|e| format!("cannot locate this executable: {e}"))?;
-    let beside = exe.with_file_name("xdpdns-dataplane");
+    let beside = exe.with_file_name(name);
     let installed = exe
         .parent()
         .and_then(Path::parent)
-        .map(|prefix| prefix.join("lib/xdpdns/xdpdns-dataplane"));
+        .map(|prefix| prefix.join("lib/xdpdns").join(name));
     for candidate in std::iter::once(beside.clone()).chain(installed) {
-        if check_executable(&candidate).is_ok() {
+        if check_executable(&candidate, name, key).is_ok() {
             return Ok(candidate);
         }
     }
-    check_executable(&beside).map(|_| beside)
+    check_executable(&beside, name, key).map(|_| beside)
 }
 
-fn check_executable(path: &Path) -> Result<(), String> {
+fn check_executable(path: &Path, name: &str, key: &str) -> Result<(), String> {
     use std::os::unix::fs::PermissionsExt;
     let meta = std::fs::metadata(path).map_err(|e| {
-        format!("dataplane.binary: {}: {e} (install xdpdns-dataplane next to xdpdns or set dataplane.binary)", path.display())
+        format!(
+            "{key}: {}: {e} (install {name} next to xdpdns or set {key})",
+            path.display()
+        )
     })?;
     if !meta.is_file() || meta.permissions().mode() & 0o111 == 0 {
         return Err(format!(
-            "dataplane.binary: {} is not an executable file",
+            "{key}: {} is not an executable file",
             path.display()
         ));
     }
@@ -393,7 +477,8 @@ mod tests {
     fn config(interface: &str, extra: &str) -> Config {
         Config::from_toml(&format!(
             "[xdp]\ninterface = \"{interface}\"\npin_root = \"/sys/fs/bpf/xdpdns-plan-test\"\n\
-             [xsk]\nframes = 256\n[dataplane]\nuser = \"daemon\"\nbinary = \"/bin/true\"\n{extra}\n\
+             [xsk]\nframes = 256\n[dataplane]\nuser = \"daemon\"\nbinary = \"/bin/true\"\n\
+             [tcp]\nuser = \"bin\"\nbinary = \"/bin/true\"\n{extra}\n\
              [[listen]]\naddress = \"127.0.0.1:5353\"\n"
         ))
         .unwrap()

@@ -73,7 +73,7 @@ impl Changes {
             out.push("backends, pools, health checks and forwarding timeouts updated (queries in flight to kept backends are still answered)".into());
         }
         if self.tcp {
-            out.push("TCP idle timeout updated (new connections)".into());
+            out.push("TCP limits updated (new connections)".into());
         }
         if let Some(acl) = &self.acl {
             out.push(format!("ACL replaced: {acl}"));
@@ -151,7 +151,7 @@ pub fn diff(
         || old.pool != new.pool
         || (of.timeout_ms, of.timeout_action, of.all_down_action)
             != (nf.timeout_ms, nf.timeout_action, nf.all_down_action);
-    c.tcp = of.tcp_idle_timeout_ms != nf.tcp_idle_timeout_ms;
+    c.tcp = old.tcp != new.tcp;
     Ok(c)
 }
 
@@ -228,10 +228,7 @@ mod tests {
         }
         let c = diff(
             &a,
-            &cfg(
-                "",
-                &format!("{ONE}[forwarding]\ntcp_idle_timeout_ms = 900\n"),
-            ),
+            &cfg("", &format!("{ONE}[tcp]\nidle_timeout_ms = 900\n")),
             2,
         )
         .unwrap();
@@ -248,7 +245,7 @@ mod tests {
                 "[forwarding]\nmax_in_flight = 1024\n",
                 "forwarding.max_in_flight",
             ),
-            ("[forwarding]\ntcp = false\n", "forwarding.tcp"),
+            ("[forwarding]\nports = 512\n", "forwarding.ports"),
         ] {
             let body = if body.is_empty() {
                 String::new()

@@ -10,6 +10,7 @@
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -20,7 +21,7 @@ use tracing::{error, info, warn};
 use xdpdns_common::config::Live;
 use xdpdns_common::ipc::BackendLive;
 use xdpdns_common::maps::XdpOutcome;
-use xdpdns_common::net::PrefixSet;
+use xdpdns_common::stats::TcpCounters;
 
 use crate::bpf::{self, Attached, Steering};
 use crate::control::{self, Ask, Request, Response};
@@ -29,12 +30,13 @@ use crate::instance::{self, Instance};
 use crate::metrics;
 use crate::plan::Plan;
 use crate::reload;
-use crate::status::{Sources, Status};
+use crate::status::{Sources, Status, TcpStatus, WorkerStatus};
 use crate::system::{bpffs, capabilities, memlock, nofile};
-use crate::tcp::{Tcp, TcpBackends};
 use crate::workers::DataplaneSpec;
 use crate::workers::queues::{Notice, Queues};
+use crate::workers::service::{Inputs, ServiceContext, Services, TcpSpec};
 use crate::workers::spawn::Template;
+use crate::workers::supervisor::Phase;
 use crate::workers::supervisor::{Context as SupervisorContext, QueueCommand, QueueEvent};
 
 /// How long shutdown waits for the remaining tasks to wind down.
@@ -61,7 +63,7 @@ pub async fn run(plan: Plan, live: Live, config_path: PathBuf) -> anyhow::Result
         pins = %attached.pin_dir().display(),
         "XDP program attached"
     );
-    let template = match Template::new(&plan) {
+    let templates = match Templates::new(&plan) {
         Ok(t) => t,
         Err(e) => {
             let _ = attached.detach();
@@ -73,7 +75,7 @@ pub async fn run(plan: Plan, live: Live, config_path: PathBuf) -> anyhow::Result
     let (result, program) = local
         .run_until(async {
             let (mut running, channels) =
-                Running::new(plan, live, config_path, attached, template, forwarding);
+                Running::new(plan, live, config_path, attached, templates, forwarding);
             let result = running.serve(&instance, channels).await;
             running.log_summary();
             running.shutdown().await;
@@ -115,28 +117,32 @@ fn preflight(plan: &Plan, live: &Live) -> anyhow::Result<()> {
     }
     let files = nofile::raise_soft_to_hard().context("raising RLIMIT_NOFILE")?;
     let f = &c.forwarding;
-    if f.enabled {
-        let families: u64 = if live.backend.iter().any(|b| b.address.is_ipv4())
-            && live.backend.iter().any(|b| b.address.is_ipv6())
-        {
-            2
-        } else {
-            1
-        };
-        let per_dataplane =
-            live.listen.len() as u64 + live.backend.len() as u64 * u64::from(f.backend_sockets);
-        let need = nofile::need(
+    let families: u64 = if live.backend.iter().any(|b| b.address.is_ipv4())
+        && live.backend.iter().any(|b| b.address.is_ipv6())
+    {
+        2
+    } else {
+        1
+    };
+    let (reserved, per_dataplane) = if f.enabled {
+        (
             families * u64::from(f.ports),
-            per_dataplane,
-            if f.tcp {
-                u64::from(f.tcp_max_connections)
-            } else {
-                0
-            },
-        );
-        if let Some(m) = nofile::shortfall(need, files) {
-            bail!(m);
-        }
+            live.listen.len() as u64 + live.backend.len() as u64 * u64::from(f.backend_sockets),
+        )
+    } else {
+        (0, live.listen.len() as u64)
+    };
+    // The workers inherit the limit: the loader holds the reservations and
+    // one dataplane's descriptors at a time; a TCP worker its connections.
+    let loader = nofile::need(reserved, per_dataplane, 0);
+    let tcp_worker = nofile::need(
+        0,
+        live.listen.len() as u64,
+        u64::from(live.tcp.max_connections)
+            + live.backend.len() as u64 * u64::from(live.tcp.backend_connections),
+    );
+    if let Some(m) = nofile::shortfall(loader.max(tcp_worker), files) {
+        bail!(m);
     }
     if bpffs::ensure(&c.xdp.pin_root)? {
         info!(mount = bpffs::DEFAULT_MOUNT, "mounted a BPF filesystem");
@@ -171,30 +177,41 @@ fn dataplane_spec(live: &Live, forwarding: Option<&Forwarding>) -> DataplaneSpec
     }
 }
 
-/// Where TCP queries go: the default pool's members and their health.
-fn tcp_backends(live: &Live, forwarding: Option<&Forwarding>) -> TcpBackends {
-    let members = forwarding
-        .and_then(|f| {
-            let spec = f.spec();
-            let pool = spec.pools.get(usize::from(spec.default_pool))?;
-            Some(
-                pool.members
-                    .iter()
-                    .filter_map(|m| {
-                        let b = spec.backends.get(usize::from(*m))?;
-                        let up = f.live().get(usize::from(*m)).is_some_and(|l| l.up);
-                        Some((b.address, up))
-                    })
-                    .collect(),
-            )
-        })
-        .unwrap_or_default();
-    TcpBackends {
-        members,
-        idle_timeout: Duration::from_millis(u64::from(live.forwarding.tcp_idle_timeout_ms)),
-        acl: PrefixSet::new(&live.acl.allow),
+/// What TCP workers are given, from the live configuration and forwarding.
+fn tcp_spec(live: &Live, forwarding: Option<&Forwarding>) -> TcpSpec {
+    TcpSpec {
+        answer: live.answer_spec(),
+        forward: forwarding.map(|f| f.spec().clone()),
+        limits: live.tcp,
+        listen: live.listen.clone(),
+        stats_interval_ms: live.dataplane.stats_interval_ms,
+        supervisor: live.supervisor.clone(),
     }
 }
+
+/// Every kind of worker's template, made before anything starts (each
+/// opens its binary now, as the loader).
+pub struct Templates {
+    dataplane: Template,
+    tcp: Template,
+    metrics: Option<Template>,
+}
+
+impl Templates {
+    fn new(plan: &Plan) -> Result<Templates, crate::workers::spawn::SpawnError> {
+        Ok(Templates {
+            dataplane: Template::dataplane(plan)?,
+            tcp: Template::tcp(plan)?,
+            metrics: match plan.fixed.metrics {
+                Some(_) => Some(Template::metrics(plan)?),
+                None => None,
+            },
+        })
+    }
+}
+
+/// How often the exporter gets a new snapshot.
+const METRICS_EVERY: Duration = Duration::from_secs(1);
 
 /// The receiving ends of the run loop's channels.
 struct Inbox {
@@ -211,10 +228,11 @@ struct Running {
     program: Attached,
     queues: Queues,
     forwarding: Option<Forwarding>,
-    tcp: Option<Tcp>,
+    services: Services,
     spec_tx: watch::Sender<Arc<DataplaneSpec>>,
     live_tx: watch::Sender<Arc<Vec<BackendLive>>>,
-    tcp_tx: watch::Sender<Arc<TcpBackends>>,
+    tcp_tx: watch::Sender<Arc<TcpSpec>>,
+    snapshot_tx: watch::Sender<Option<Arc<std::os::fd::OwnedFd>>>,
     stop_tx: watch::Sender<bool>,
     health_tx: mpsc::UnboundedSender<health::Report>,
     asks_tx: mpsc::UnboundedSender<Ask>,
@@ -228,7 +246,7 @@ impl Running {
         live: Live,
         config_path: PathBuf,
         program: Attached,
-        template: Template,
+        templates: Templates,
         forwarding: Option<Forwarding>,
     ) -> (Running, Inbox) {
         let (queue_tx, queue_rx) = mpsc::unbounded_channel();
@@ -243,11 +261,31 @@ impl Running {
                 .map(|f| f.live().to_vec())
                 .unwrap_or_default(),
         ));
-        let (tcp_tx, tcp_rx) = watch::channel(Arc::new(tcp_backends(&live, forwarding.as_ref())));
+        let (tcp_tx, tcp_rx) = watch::channel(Arc::new(tcp_spec(&live, forwarding.as_ref())));
+        let (snapshot_tx, snapshot_rx) = watch::channel(None);
         let f = &plan.fixed;
+        let Templates {
+            dataplane,
+            tcp,
+            metrics,
+        } = templates;
+        let service = |template| {
+            Rc::new(ServiceContext {
+                template,
+                instance: f.instance.clone(),
+                metrics_address: f.metrics.as_ref().map(|m| m.address),
+                metrics_connections: 16,
+            })
+        };
+        let inputs = || Inputs {
+            spec: tcp_rx.clone(),
+            live: live_rx.clone(),
+            snapshot: snapshot_rx.clone(),
+            stop: stop_rx.clone(),
+        };
+        let services = Services::start(service(tcp), f.tcp.workers, metrics.map(service), inputs);
         let ctx = SupervisorContext {
-            template,
-            binary: plan.dataplane_binary.clone(),
+            template: dataplane,
             instance: f.instance.clone(),
             ifname: plan.interface.name.clone(),
             ifindex: plan.interface.ifindex,
@@ -257,8 +295,6 @@ impl Running {
             forward: forwarding.as_ref().map(Forwarding::resources),
         };
         let queues = Queues::new(ctx, spec_rx, live_rx, stop_rx, queue_tx);
-        let tcp = (forwarding.is_some() && f.forwarding.tcp)
-            .then(|| Tcp::new(f.forwarding.tcp_max_connections, tcp_rx));
         let running = Running {
             plan,
             live,
@@ -267,10 +303,11 @@ impl Running {
             program,
             queues,
             forwarding,
-            tcp,
+            services,
             spec_tx,
             live_tx,
             tcp_tx,
+            snapshot_tx,
             stop_tx,
             health_tx,
             asks_tx,
@@ -298,25 +335,16 @@ impl Running {
         let socket_path = instance::control_socket(instance.dir());
         let listener = control::bind(&socket_path, self.plan.fixed.control.group.as_deref())
             .with_context(|| format!("binding the control socket {}", socket_path.display()))?;
-        let control_task = tokio::task::spawn_local(control::serve(listener, self.asks_tx.clone()));
-        let metrics_task = match &self.plan.fixed.metrics {
-            Some(m) => {
-                let listener = metrics::bind(m.address)
-                    .with_context(|| format!("metrics.address: cannot listen on {}", m.address))?;
-                info!(address = %m.address, "Prometheus metrics at /metrics");
-                Some(tokio::task::spawn_local(metrics::serve(
-                    listener,
-                    self.asks_tx.clone(),
-                )))
-            }
-            None => None,
-        };
+        let control_task = tokio::task::spawn_local(control::serve(
+            listener,
+            self.asks_tx.clone(),
+            control::Roles::new(&self.plan.fixed.control)?,
+        ));
+        if let Some(m) = &self.plan.fixed.metrics {
+            info!(address = %m.address, "Prometheus metrics at /metrics (served by xdpdns-metrics)");
+        }
         for q in self.plan.queues.clone() {
             self.start_queue(q)?;
-        }
-        if let Some(t) = &mut self.tcp {
-            t.set_listen(&self.live.listen)
-                .context("binding the TCP listeners")?;
         }
         if let Some(f) = &mut self.forwarding {
             f.start_health(&self.live, self.plan.interface.ifindex, &self.health_tx);
@@ -333,6 +361,8 @@ impl Running {
             Duration::from_secs(3600)
         });
         let mut status_tick = tokio::time::interval(STATUS_EVERY);
+        let mut metrics_tick = tokio::time::interval(METRICS_EVERY);
+        let metrics_on = self.plan.fixed.metrics.is_some();
         let outcome = loop {
             tokio::select! {
                 Some(ev) = inbox.queues.recv() => {
@@ -358,12 +388,10 @@ impl Running {
                     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Watchdog]);
                 }
                 _ = status_tick.tick() => self.notify_status(),
+                _ = metrics_tick.tick(), if metrics_on => self.publish_metrics(),
             }
         };
         control_task.abort();
-        if let Some(t) = metrics_task {
-            t.abort();
-        }
         outcome
     }
 
@@ -397,16 +425,14 @@ impl Running {
         };
         if f.apply(&report) {
             self.live_tx.send_replace(Arc::new(f.live().to_vec()));
-            self.tcp_tx
-                .send_replace(Arc::new(tcp_backends(&self.live, self.forwarding.as_ref())));
         }
     }
 
     fn answer(&mut self, request: Request) -> Response {
         match request {
             Request::Status => Response::Status(Box::new(self.status())),
-            Request::Reload { path } => {
-                let path = path.unwrap_or_else(|| self.config_path.clone());
+            Request::Reload {} => {
+                let path = self.config_path.clone();
                 match self.reload(&path) {
                     Ok(lines) => Response::Done(lines),
                     Err(e) => {
@@ -427,7 +453,42 @@ impl Running {
         }
     }
 
+    fn tcp_status(&self, t: &TcpCounters) -> TcpStatus {
+        let workers = self
+            .services
+            .states
+            .iter()
+            .map(|s| {
+                let s = s.borrow();
+                WorkerStatus {
+                    name: s.role.name(),
+                    pid: s.pid,
+                    running: s.phase == Phase::Running,
+                    restarts: s.restarts,
+                    uptime_secs: s
+                        .started_at
+                        .filter(|_| s.pid.is_some())
+                        .map(|t| t.elapsed().as_secs()),
+                    last_exit: s.last_exit.clone(),
+                }
+            })
+            .collect();
+        TcpStatus::from_counters(t, workers)
+    }
+
+    /// Renders the metrics and hands them to the exporter.
+    fn publish_metrics(&self) {
+        let text = metrics::render(&self.status());
+        match metrics::snapshot(&text) {
+            Ok(fd) => {
+                self.snapshot_tx.send_replace(Some(Arc::new(fd)));
+            }
+            Err(e) => warn!(error = %e, "cannot make a metrics snapshot"),
+        }
+    }
+
     fn status(&self) -> Status {
+        let tcp = self.services.tcp_totals();
         Status::collect(&Sources {
             instance: &self.plan.fixed.instance,
             interface: &self.plan.interface.name,
@@ -443,17 +504,16 @@ impl Running {
             live: &self.live,
             queues: self.queues.states(),
             forwarding: self.forwarding.as_ref().map(|f| (f.spec(), f.live())),
-            tcp: self.tcp.as_ref().map(Tcp::status).unwrap_or_default(),
+            tcp: self.tcp_status(&tcp),
+            tcp_pipeline: Some(&tcp.pipeline),
+            exporter: self.services.exporter(),
             listen_counters: self.program.listen_counters(self.live.redirected().len()),
         })
     }
 
     /// Reads, validates and applies `path`. On error nothing has changed.
     fn reload(&mut self, path: &std::path::Path) -> Result<Vec<String>, String> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-        let new = xdpdns_common::config::Config::from_toml(&text)
-            .map_err(|e| format!("{} is not valid: {e}", path.display()))?;
+        let new = crate::config_file::load(path).map_err(|e| e.to_string())?;
         let changes = reload::diff(
             &self.plan.fixed,
             &self.live,
@@ -479,12 +539,6 @@ impl Running {
             (true, Some(f)) => Some(f.respec(&new).map_err(|e| e.to_string())?),
             _ => None,
         };
-        if changes.listen.is_some()
-            && let Some(t) = &mut self.tcp
-        {
-            t.set_listen(&new.listen)
-                .map_err(|e| format!("binding TCP on the new listen addresses: {e}"))?;
-        }
         // Steering: new addresses are added before old ones go, so an
         // address kept across the change is never missing, and the new ACL
         // takes over in one step.
@@ -511,7 +565,7 @@ impl Running {
             self.forwarding.as_ref(),
         )));
         self.tcp_tx
-            .send_replace(Arc::new(tcp_backends(&self.live, self.forwarding.as_ref())));
+            .send_replace(Arc::new(tcp_spec(&self.live, self.forwarding.as_ref())));
         for q in &changes.queues_removed {
             self.queues.remove(*q);
             self.registered.remove(q);
@@ -541,10 +595,10 @@ impl Running {
         let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
         let _ = self.stop_tx.send(true);
         self.queues.join().await;
+        self.services.join().await;
         if let Some(f) = &mut self.forwarding {
             f.stop_health();
         }
-        self.tcp = None;
     }
 
     fn log_summary(&self) {

@@ -1,6 +1,7 @@
 //! Every socket the loader makes, one constructor per kind: [`udp`] (the
 //! kernel-path listeners, forwarding's port reservations, backend and
-//! health-check sockets) and [`tcp_listener`]. All are non-blocking and
+//! health-check sockets), [`tcp_listener`] (the metrics exporter's) and
+//! [`tcp_listener_shared`] (the TCP workers'). All are non-blocking and
 //! close-on-exec; IPv6 ones are IPv6-only. They are bound here, while the
 //! loader is privileged (port 53), and handed to whoever uses them.
 
@@ -121,9 +122,30 @@ pub fn kernel_path(addrs: &[SocketAddr]) -> Result<Vec<OwnedFd>, SocketError> {
 
 /// A listening TCP socket on `addr` (free-bind, SO_REUSEADDR).
 pub fn tcp_listener(addr: SocketAddr, backlog: i32) -> Result<std::net::TcpListener, SocketError> {
+    listener(addr, backlog, false)
+}
+
+/// A listening TCP socket on `addr` that joins the SO_REUSEPORT group of
+/// the others bound there (one per TCP worker: the kernel spreads
+/// connections over them, and one worker's restart leaves the others).
+pub fn tcp_listener_shared(
+    addr: SocketAddr,
+    backlog: i32,
+) -> Result<std::net::TcpListener, SocketError> {
+    listener(addr, backlog, true)
+}
+
+fn listener(
+    addr: SocketAddr,
+    backlog: i32,
+    reuse_port: bool,
+) -> Result<std::net::TcpListener, SocketError> {
     let err = |what| move |source| SocketError { what, addr, source };
     let s = socket(addr, Type::STREAM, Protocol::TCP).map_err(err("create"))?;
     s.set_reuse_address(true).map_err(err("configure"))?;
+    if reuse_port {
+        s.set_reuse_port(true).map_err(err("configure"))?;
+    }
     freebind(&s, addr.is_ipv6()).map_err(err("configure"))?;
     s.bind(&SockAddr::from(addr)).map_err(err("bind"))?;
     s.listen(backlog).map_err(err("listen on"))?;

@@ -8,10 +8,11 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use xdpdns_common::config::Live;
+use xdpdns_common::ipc::workers::MetricsCounters;
 use xdpdns_common::ipc::{BackendLive, ForwardSpec};
 use xdpdns_common::maps::ListenStat;
 use xdpdns_common::stats::{
-    DataplaneCounters, DropReason, PathCounters, RingLevels, XskKernelStats,
+    DataplaneCounters, DropReason, PathCounters, RingLevels, TcpCounters, XskKernelStats,
 };
 
 use crate::bpf::XdpCounters;
@@ -33,6 +34,10 @@ pub struct Sources<'a> {
     /// Forwarding's spec and its backends' health, if forwarding is on.
     pub forwarding: Option<(&'a ForwardSpec, &'a [BackendLive])>,
     pub tcp: TcpStatus,
+    /// What the TCP workers' pipelines counted (rule hits, backends).
+    pub tcp_pipeline: Option<&'a DataplaneCounters>,
+    /// What the metrics exporter served, if there is one.
+    pub exporter: Option<MetricsCounters>,
     /// The XDP program's counters per listen address, by [`ListenStat`].
     pub listen_counters: Vec<[u64; ListenStat::COUNT as usize]>,
 }
@@ -60,6 +65,8 @@ pub struct Status {
     pub rules: Vec<RuleStatus>,
     pub backends: Vec<BackendStatus>,
     pub tcp: TcpStatus,
+    /// The metrics exporter's requests (when `[metrics]` is set).
+    pub exporter: Option<MetricsCounters>,
     /// The XDP program's frames per outcome.
     pub xdp: BTreeMap<String, u64>,
     pub totals: Counters,
@@ -101,15 +108,68 @@ pub struct BackendStatus {
     pub latency_buckets: Vec<u64>,
 }
 
+/// DNS over TCP, summed over the TCP workers and their lives.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct TcpStatus {
     pub accepted: u64,
-    pub refused: u64,
-    /// Connections closed at once: the client is outside the ACL.
+    /// Connections open now.
+    pub open: u64,
+    /// Closed at once for `max_connections`, for `max_connections_per_client`.
+    pub refused_total: u64,
+    pub refused_client: u64,
+    /// Closed at once: the client is outside the ACL.
     pub acl_denied: u64,
+    pub idle_closed: u64,
+    pub io_closed: u64,
+    pub duration_closed: u64,
+    pub query_limit_closed: u64,
+    pub bad_framing: u64,
     pub queries: u64,
-    pub bad_input: u64,
+    pub answered: u64,
+    /// Queries dropped, by reason.
+    pub dropped: BTreeMap<String, u64>,
     pub backend_failures: u64,
+    pub backend_connects: u64,
+    pub backend_connect_errors: u64,
+    pub backend_stray: u64,
+    pub workers: Vec<WorkerStatus>,
+}
+
+/// A TCP worker or the metrics exporter.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct WorkerStatus {
+    pub name: String,
+    pub pid: Option<u32>,
+    pub running: bool,
+    pub restarts: u32,
+    pub uptime_secs: Option<u64>,
+    pub last_exit: Option<String>,
+}
+
+impl TcpStatus {
+    pub fn from_counters(t: &TcpCounters, workers: Vec<WorkerStatus>) -> TcpStatus {
+        let q: PathStatus = (&t.queries).into();
+        TcpStatus {
+            accepted: t.accepted,
+            open: t.open,
+            refused_total: t.refused_total,
+            refused_client: t.refused_client,
+            acl_denied: t.acl_denied,
+            idle_closed: t.idle_closed,
+            io_closed: t.io_closed,
+            duration_closed: t.duration_closed,
+            query_limit_closed: t.query_limit_closed,
+            bad_framing: t.bad_framing,
+            queries: q.received,
+            answered: q.answered,
+            dropped: q.dropped,
+            backend_failures: t.backend_failures,
+            backend_connects: t.backend_connects,
+            backend_connect_errors: t.backend_connect_errors,
+            backend_stray: t.backend_stray,
+            workers,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -220,6 +280,9 @@ impl Status {
         for q in src.queues.values() {
             totals.accumulate(&q.totals());
         }
+        if let Some(t) = src.tcp_pipeline {
+            totals.accumulate(t);
+        }
         // The in-flight gauge sums over queues.
         totals.forward.in_flight = src.queues.values().map(|q| q.live.forward.in_flight).sum();
         let backends = src
@@ -305,6 +368,7 @@ impl Status {
             rules,
             backends,
             tcp: src.tcp.clone(),
+            exporter: src.exporter,
             xdp: src
                 .xdp
                 .by_outcome
@@ -467,6 +531,38 @@ impl Status {
                 f.send_errors
             );
         }
+        let t = &self.tcp;
+        let _ = writeln!(
+            s,
+            "tcp      open={} accepted={} queries={} answered={} refused={}+{} acl_denied={} closed idle={} io={} duration={} limit={} framing={} backend_failures={}",
+            t.open,
+            t.accepted,
+            t.queries,
+            t.answered,
+            t.refused_total,
+            t.refused_client,
+            t.acl_denied,
+            t.idle_closed,
+            t.io_closed,
+            t.duration_closed,
+            t.query_limit_closed,
+            t.bad_framing,
+            t.backend_failures
+        );
+        for w in &t.workers {
+            let _ = writeln!(
+                s,
+                "worker   {} {} pid {} restarts={}{}",
+                w.name,
+                if w.running { "running" } else { "DOWN" },
+                w.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
+                w.restarts,
+                w.last_exit
+                    .as_ref()
+                    .map(|e| format!(" last exit: {e}"))
+                    .unwrap_or_default()
+            );
+        }
         let exits: Vec<String> = self
             .queues
             .iter()
@@ -569,6 +665,8 @@ pub(crate) mod tests {
             queues: &queues,
             forwarding: Some((&fwd, &health)),
             tcp: TcpStatus::default(),
+            tcp_pipeline: None,
+            exporter: None,
             listen_counters: vec![[7, 2, 0]],
         })
     }

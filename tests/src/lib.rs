@@ -31,6 +31,8 @@ pub const CLIENT_IF: &str = "cli0";
 pub const DATAPLANE_USER: &str = "xdpdns-dp";
 /// The loader's user when a test runs it unprivileged (see [`Users`]).
 pub const LOADER_USER: &str = "xdpdns";
+/// The TCP workers' and metrics exporter's user (the default `tcp.user`).
+pub const TCP_USER: &str = "xdpdns-tcp";
 
 static SEQ: AtomicU32 = AtomicU32::new(0);
 
@@ -53,6 +55,7 @@ pub fn require_root() -> anyhow::Result<()> {
 pub struct Users {
     pub loader_uid: u32,
     pub dataplane_uid: u32,
+    pub tcp_uid: u32,
     passwd: PathBuf,
     group: PathBuf,
 }
@@ -66,13 +69,18 @@ impl Users {
                 .any(|l| l.split(':').nth(2) == Some(id.to_string().as_str()))
         };
         let mut free = (61000u32..64000).filter(|id| !taken(&passwd, *id) && !taken(&group, *id));
-        let (loader_uid, dataplane_uid) = (
+        let (loader_uid, dataplane_uid, tcp_uid) = (
+            free.next().context("no free uid")?,
             free.next().context("no free uid")?,
             free.next().context("no free uid")?,
         );
         let mut p = passwd.trim_end().to_string();
         let mut g = group.trim_end().to_string();
-        for (name, id) in [(LOADER_USER, loader_uid), (DATAPLANE_USER, dataplane_uid)] {
+        for (name, id) in [
+            (LOADER_USER, loader_uid),
+            (DATAPLANE_USER, dataplane_uid),
+            (TCP_USER, tcp_uid),
+        ] {
             p.push_str(&format!(
                 "\n{name}:x:{id}:{id}:{name}:/nonexistent:/usr/sbin/nologin"
             ));
@@ -81,6 +89,7 @@ impl Users {
         let users = Users {
             loader_uid,
             dataplane_uid,
+            tcp_uid,
             passwd: dir.join("passwd"),
             group: dir.join("group"),
         };
@@ -1113,6 +1122,31 @@ impl Lab {
             .with_context(|| format!("not an HTTP response: {text:?}"))?;
         anyhow::ensure!(head.contains(" 200 "), "{head}");
         Ok(body.to_string())
+    }
+}
+
+impl Lab {
+    /// Fetches /metrics from the server namespace until `pred` holds on
+    /// the text (the exporter serves a snapshot at most a second old).
+    pub fn metrics_until(
+        &self,
+        addr: &str,
+        what: &str,
+        pred: impl Fn(&str) -> bool,
+    ) -> anyhow::Result<String> {
+        let end = Instant::now() + Duration::from_secs(10);
+        loop {
+            let text = self.http_get(addr, "/metrics");
+            if let Ok(t) = &text
+                && pred(t)
+            {
+                return text;
+            }
+            if Instant::now() > end {
+                bail!("timed out waiting for metrics: {what}; last: {text:?}");
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
     }
 }
 

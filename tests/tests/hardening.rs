@@ -118,12 +118,18 @@ fn the_loader_runs_as_a_dedicated_user_with_ambient_capabilities() -> anyhow::Re
     // Binaries where the loader's user can reach them, wherever the repo is.
     let bins = lab.dir.join("bin");
     std::fs::create_dir_all(&bins)?;
-    for b in ["xdpdns", "xdpdns-dataplane"] {
+    for b in ["xdpdns", "xdpdns-dataplane", "xdpdns-tcp"] {
         std::fs::copy(bin(b), bins.join(b))?;
     }
     let pin_root = bpffs.0.join("xdpdns");
     let config = lab
-        .config("u", "")
+        .config(
+            "u",
+            &format!(
+                "[tcp]\nbinary = \"{}\"\n",
+                bins.join("xdpdns-tcp").display()
+            ),
+        )
         .replace(
             &format!("pin_root = \"{}\"", lab.pin_root.display()),
             &format!("pin_root = \"{}\"", pin_root.display()),

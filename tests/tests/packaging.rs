@@ -58,7 +58,12 @@ fn systemd_units_verify_and_expose_at_most_2_5() -> anyhow::Result<()> {
 #[ignore = "needs apparmor_parser (make test installs it)"]
 fn apparmor_profiles_parse_and_the_dataplane_gets_net_raw_only() -> anyhow::Result<()> {
     let dir = repo_root().join("packaging/apparmor");
-    for profile in ["usr.sbin.xdpdns", "usr.lib.xdpdns.xdpdns-dataplane"] {
+    for profile in [
+        "usr.sbin.xdpdns",
+        "usr.lib.xdpdns.xdpdns-dataplane",
+        "usr.lib.xdpdns.xdpdns-tcp",
+        "usr.lib.xdpdns.xdpdns-metrics",
+    ] {
         let out = Command::new("apparmor_parser")
             .args(["-Q", "-K", "-T"])
             .arg(dir.join(profile))
@@ -79,9 +84,27 @@ fn apparmor_profiles_parse_and_the_dataplane_gets_net_raw_only() -> anyhow::Resu
         .collect();
     assert_eq!(caps, ["capability net_raw,"]);
     assert!(expanded.contains("network xdp raw,"));
-    // The loader hands dataplanes over to that profile.
+    // The TCP workers and the exporter get no capability at all.
+    for w in ["xdpdns-tcp", "xdpdns-metrics"] {
+        let out = Command::new("apparmor_parser")
+            .arg("-p")
+            .arg(dir.join(format!("usr.lib.xdpdns.{w}")))
+            .output()?;
+        assert!(out.status.success(), "{}", text(&out));
+        let expanded = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            !expanded.lines().any(|l| l.trim().starts_with("capability")),
+            "{w} has no capability:\n{expanded}"
+        );
+    }
+    // The loader hands every worker over to its profile.
     let loader = std::fs::read_to_string(dir.join("usr.sbin.xdpdns"))?;
-    assert!(loader.contains("/usr/lib/xdpdns/xdpdns-dataplane Px -> xdpdns-dataplane,"));
+    for w in ["xdpdns-dataplane", "xdpdns-tcp", "xdpdns-metrics"] {
+        assert!(
+            loader.contains(&format!("/usr/lib/xdpdns/{w} Px -> {w},")),
+            "{w}"
+        );
+    }
     Ok(())
 }
 
@@ -97,7 +120,7 @@ fn host_state() -> String {
         "{}|{}|{}",
         out(Command::new("dpkg-query").args(["-W", "-f=${Status} ${Version}", "xdpdns"])),
         out(Command::new("ls").args(["-la", "/etc/xdpdns"])),
-        out(Command::new("getent").args(["passwd", "xdpdns", "xdpdns-dp"])),
+        out(Command::new("getent").args(["passwd", "xdpdns", "xdpdns-dp", "xdpdns-tcp"])),
     )
 }
 
@@ -106,13 +129,15 @@ const INSIDE: &str = r#"
 set -eu
 deb=$1
 dpkg -i "$deb"
-for f in /usr/sbin/xdpdns /usr/lib/xdpdns/xdpdns-dataplane /lib/systemd/system/xdpdns.service \
+for f in /usr/sbin/xdpdns /usr/lib/xdpdns/xdpdns-dataplane /usr/lib/xdpdns/xdpdns-tcp \
+         /usr/lib/xdpdns/xdpdns-metrics /lib/systemd/system/xdpdns.service \
          /lib/systemd/system/xdpdns@.service /usr/lib/sysusers.d/xdpdns.conf /usr/lib/tmpfiles.d/xdpdns.conf \
          /etc/apparmor.d/usr.sbin.xdpdns /etc/apparmor.d/usr.lib.xdpdns.xdpdns-dataplane \
+         /etc/apparmor.d/usr.lib.xdpdns.xdpdns-tcp /etc/apparmor.d/usr.lib.xdpdns.xdpdns-metrics \
          /etc/xdpdns/xdpdns.toml /usr/share/man/man8/xdpdns.8.gz; do
     test -e "$f" || { echo "not installed: $f"; exit 1; }
 done
-for u in xdpdns xdpdns-dp; do getent passwd "$u" >/dev/null || { echo "no user $u"; exit 1; }; done
+for u in xdpdns xdpdns-dp xdpdns-tcp; do getent passwd "$u" >/dev/null || { echo "no user $u"; exit 1; }; done
 help=$(/usr/sbin/xdpdns --help)
 for sub in run check status reload restart-queue; do
     echo "$help" | grep -q "$sub" || { echo "--help lacks $sub"; exit 1; }
@@ -122,6 +147,7 @@ unshare --net sh -ec 'ip link add eth0 type veth peer name eth1; ip link set eth
     NO_COLOR=1 /usr/sbin/xdpdns check --config /etc/xdpdns/xdpdns.toml' > /tmp/check.out 2>&1 \
     || { cat /tmp/check.out; exit 1; }
 grep -q "/usr/lib/xdpdns/xdpdns-dataplane as xdpdns-dp" /tmp/check.out || { cat /tmp/check.out; exit 1; }
+grep -q "/usr/lib/xdpdns/xdpdns-tcp as xdpdns-tcp" /tmp/check.out || { cat /tmp/check.out; exit 1; }
 dpkg --purge xdpdns
 for f in /usr/sbin/xdpdns /usr/lib/xdpdns /lib/systemd/system/xdpdns.service /etc/xdpdns \
          /etc/apparmor.d/usr.sbin.xdpdns; do

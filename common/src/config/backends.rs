@@ -123,16 +123,6 @@ pub(crate) struct ForwardingSection {
     /// backend); with none that old, the new query is dropped (`no_slot`).
     #[serde(default = "default_max_in_flight")]
     pub max_in_flight: u32,
-    /// Accept DNS over TCP on the listen addresses and relay it to the
-    /// default pool over TCP (the answer to a truncated UDP reply).
-    #[serde(default = "default_true")]
-    pub tcp: bool,
-    /// Concurrent TCP client connections; more are refused.
-    #[serde(default = "default_tcp_max_connections")]
-    pub tcp_max_connections: u32,
-    /// A TCP connection idle this long is closed.
-    #[serde(default = "default_tcp_idle_timeout_ms")]
-    pub tcp_idle_timeout_ms: u32,
 }
 
 impl Default for HealthConfig {
@@ -158,9 +148,6 @@ impl Default for ForwardingSection {
             ports: default_ports(),
             backend_sockets: default_backend_sockets(),
             max_in_flight: default_max_in_flight(),
-            tcp: true,
-            tcp_max_connections: default_tcp_max_connections(),
-            tcp_idle_timeout_ms: default_tcp_idle_timeout_ms(),
         }
     }
 }
@@ -211,12 +198,6 @@ fn default_backend_sockets() -> u32 {
 }
 fn default_max_in_flight() -> u32 {
     4096
-}
-fn default_tcp_max_connections() -> u32 {
-    1024
-}
-fn default_tcp_idle_timeout_ms() -> u32 {
-    10_000
 }
 
 /// Parses "00:11:22:33:44:55".
@@ -337,12 +318,6 @@ pub(super) fn check(
         return Err(ConfigError::invalid(
             "forwarding.max_in_flight",
             format!("{n} must be a power of two from 64 to 4096"),
-        ));
-    }
-    if fwd.tcp_max_connections == 0 || !(100..=600_000).contains(&fwd.tcp_idle_timeout_ms) {
-        return Err(ConfigError::invalid(
-            "forwarding.tcp_max_connections",
-            "tcp_max_connections must be at least 1 and tcp_idle_timeout_ms 100..=600000",
         ));
     }
     if fwd.port_base < 1024 {

@@ -9,6 +9,7 @@ mod backends;
 mod queues;
 mod rules;
 mod split;
+mod tcp;
 mod types;
 mod validate;
 
@@ -25,6 +26,7 @@ pub use split::{
     Config, DataplaneFixed, DataplaneLive, Fixed, ForwardingFixed, ForwardingLive, Live, XdpFixed,
     XdpLive, XskFixed, XskLive,
 };
+pub use tcp::{TcpFixed, TcpLimits};
 pub use types::{
     ControlSection, Listen, MetricsSection, SupervisorSection, TxAnswers, XdpMode, XskBindMode,
 };
@@ -50,11 +52,26 @@ impl ConfigError {
     }
 }
 
+/// A TOML error as "line L, column C: message" — never quoting the file,
+/// which may be something other than a configuration (a reload names only
+/// the configured path, but an error message still must not echo content).
+fn syntax(text: &str, e: &toml::de::Error) -> ConfigError {
+    let at = match e.span() {
+        Some(span) => {
+            let before = &text.as_bytes()[..span.start.min(text.len())];
+            let line = before.iter().filter(|b| **b == b'\n').count() + 1;
+            let col = before.iter().rev().take_while(|b| **b != b'\n').count() + 1;
+            format!("line {line}, column {col}: ")
+        }
+        None => String::new(),
+    };
+    ConfigError::Syntax(format!("{at}{}", e.message().trim_end()))
+}
+
 impl Config {
     /// Parses and validates a configuration file's text.
     pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
-        let file: types::File =
-            toml::from_str(text).map_err(|e| ConfigError::Syntax(e.to_string()))?;
+        let file: types::File = toml::from_str(text).map_err(|e| syntax(text, &e))?;
         file.validate()?;
         Ok(file.into())
     }

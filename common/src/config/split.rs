@@ -10,6 +10,7 @@ use std::path::PathBuf;
 
 use super::acl::{Acl, AclAction};
 use super::backends::ForwardingSection;
+use super::tcp::{TcpFixed, TcpLimits};
 use super::types::{DataplaneSection, File, XdpSection, XskSection};
 use super::{
     AnswerSpec, BackendConfig, ControlSection, FailAction, MetricsSection, PoolConfig,
@@ -35,6 +36,7 @@ pub struct Fixed {
     pub control: ControlSection,
     pub metrics: Option<MetricsSection>,
     pub forwarding: ForwardingFixed,
+    pub tcp: TcpFixed,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -61,7 +63,7 @@ pub struct DataplaneFixed {
     pub binary: Option<PathBuf>,
 }
 
-/// What forwarding reserves at start: ports, table size, the TCP listeners.
+/// What forwarding reserves at start: ports, table size.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ForwardingFixed {
     /// Backends are configured (forwarding on).
@@ -70,8 +72,6 @@ pub struct ForwardingFixed {
     pub ports: u32,
     pub backend_sockets: u32,
     pub max_in_flight: u32,
-    pub tcp: bool,
-    pub tcp_max_connections: u32,
 }
 
 /// What a reload applies while running.
@@ -87,6 +87,7 @@ pub struct Live {
     pub pool: Vec<PoolConfig>,
     pub forwarding: ForwardingLive,
     pub acl: Acl,
+    pub tcp: TcpLimits,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -118,7 +119,6 @@ pub struct ForwardingLive {
     pub timeout_ms: u32,
     pub timeout_action: FailAction,
     pub all_down_action: FailAction,
-    pub tcp_idle_timeout_ms: u32,
 }
 
 impl From<File> for Config {
@@ -138,7 +138,9 @@ impl From<File> for Config {
             pool,
             forwarding,
             acl,
+            tcp,
         } = f;
+        let (tcp_fixed, tcp_limits) = tcp.split();
         let XdpSection {
             interface,
             queues,
@@ -172,9 +174,6 @@ impl From<File> for Config {
             ports,
             backend_sockets,
             max_in_flight,
-            tcp,
-            tcp_max_connections,
-            tcp_idle_timeout_ms,
         } = forwarding;
         // Validated before the conversion.
         let acl = acl.compile().unwrap_or(Acl {
@@ -209,9 +208,8 @@ impl From<File> for Config {
                     ports,
                     backend_sockets,
                     max_in_flight,
-                    tcp,
-                    tcp_max_connections,
                 },
+                tcp: tcp_fixed,
             },
             live: Live {
                 xdp: XdpLive {
@@ -238,9 +236,9 @@ impl From<File> for Config {
                     timeout_ms,
                     timeout_action,
                     all_down_action,
-                    tcp_idle_timeout_ms,
                 },
                 acl,
+                tcp: tcp_limits,
             },
         }
     }
@@ -287,8 +285,13 @@ impl Fixed {
                     ports,
                     backend_sockets,
                     max_in_flight,
-                    tcp,
-                    tcp_max_connections,
+                },
+            tcp:
+                TcpFixed {
+                    workers,
+                    user: tcp_user,
+                    group: tcp_group,
+                    binary: tcp_binary,
                 },
         } = self;
         let o = other;
@@ -325,11 +328,10 @@ impl Fixed {
                 max_in_flight != &of.max_in_flight,
                 "forwarding.max_in_flight",
             ),
-            (tcp != &of.tcp, "forwarding.tcp"),
-            (
-                tcp_max_connections != &of.tcp_max_connections,
-                "forwarding.tcp_max_connections",
-            ),
+            (workers != &o.tcp.workers, "tcp.workers"),
+            (tcp_user != &o.tcp.user, "tcp.user"),
+            (tcp_group != &o.tcp.group, "tcp.group"),
+            (tcp_binary != &o.tcp.binary, "tcp.binary"),
         ]
         .into_iter()
         .filter_map(|(differs, key)| differs.then_some(key))

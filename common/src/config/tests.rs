@@ -527,3 +527,65 @@ fn socket_pools_must_fit_what_a_dataplane_takes() {
     text.push_str("[[backend]]\naddress = \"192.0.2.99:53\"\n");
     assert_eq!(invalid_key(&text), "forwarding.backend_sockets");
 }
+
+#[test]
+fn tcp_limits_default_and_are_checked() {
+    let c = Config::from_toml(MINIMAL).unwrap();
+    assert_eq!(c.fixed.tcp.workers, 1);
+    assert_eq!(c.fixed.tcp.user, "xdpdns-tcp");
+    let l = c.live.tcp;
+    assert_eq!(
+        (
+            l.max_connections,
+            l.max_connections_per_client,
+            l.idle_timeout_ms,
+            l.io_timeout_ms
+        ),
+        (4096, 32, 10_000, 5_000)
+    );
+    for (body, key) in [
+        ("workers = 0", "tcp.workers"),
+        ("max_connections = 0", "tcp.max_connections"),
+        (
+            "max_connections = 10\nmax_connections_per_client = 11",
+            "tcp.max_connections_per_client",
+        ),
+        ("idle_timeout_ms = 5", "tcp.idle_timeout_ms"),
+        ("io_timeout_ms = 0", "tcp.io_timeout_ms"),
+        (
+            "max_in_flight_per_connection = 0",
+            "tcp.max_in_flight_per_connection",
+        ),
+        ("backend_connections = 100", "tcp.backend_connections"),
+        ("user = \"root\"", "tcp.user"),
+        ("user = \"nobody\"", "tcp.user"),
+    ] {
+        assert_eq!(
+            invalid_key(&with("", &format!("[tcp]\n{body}"))),
+            key,
+            "{body}"
+        );
+    }
+    let e = err(&with("", "[tcp]\nmax_conections = 3"));
+    assert!(e.to_string().contains("unknown field"), "{e}");
+    // Limits reload; who runs the workers does not.
+    let a = Config::from_toml(MINIMAL).unwrap();
+    let b = Config::from_toml(&with("", "[tcp]\nidle_timeout_ms = 900\nworkers = 2")).unwrap();
+    assert_eq!(a.fixed.differences(&b.fixed), ["tcp.workers"]);
+    assert_eq!(b.live.tcp.idle_timeout_ms, 900);
+}
+
+#[test]
+fn syntax_errors_say_where_without_quoting_the_file() {
+    let e = err("secret = \"hunter2\"\n[xdp\ninterface = \"eth0\"\n");
+    let m = e.to_string();
+    assert!(m.starts_with("line 2, column"), "{m}");
+    assert!(
+        !m.contains("hunter2") && !m.contains("[xdp"),
+        "no file content: {m}"
+    );
+    let e = err("[xdp]\ninterface = \"eth0\"\nsecret_key = \"hunter2\"\n");
+    let m = e.to_string();
+    assert!(m.contains("line 3") && m.contains("unknown field"), "{m}");
+    assert!(!m.contains("hunter2"), "{m}");
+}

@@ -48,6 +48,8 @@ pub(crate) struct File {
     pub forwarding: ForwardingSection,
     #[serde(default)]
     pub acl: super::acl::AclSection,
+    #[serde(default)]
+    pub tcp: super::tcp::TcpSection,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -197,9 +199,14 @@ pub struct SupervisorSection {
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ControlSection {
-    /// Group that may use the control socket (mode 0660); root's group when absent.
+    /// Group that may read `status` over the control socket (mode 0660
+    /// with this group); root's group when absent.
     #[serde(default)]
     pub group: Option<String>,
+    /// Group that may also `reload` and `restart-queue`. Root and the
+    /// loader's own user always may; nobody else when absent.
+    #[serde(default)]
+    pub admin_group: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]

@@ -76,8 +76,16 @@ impl File {
                 ),
             ));
         }
-        if self.dataplane.user.is_empty() {
-            return Err(ConfigError::invalid("dataplane.user", "must name a user"));
+        check_user("dataplane.user", &self.dataplane.user)?;
+        self.tcp.validate()?;
+        if self.tcp.user == self.dataplane.user {
+            return Err(ConfigError::invalid(
+                "tcp.user",
+                format!(
+                    "{:?} is also dataplane.user: give the TCP workers a user of their own",
+                    self.tcp.user
+                ),
+            ));
         }
         if self.dataplane.user == "root" {
             return Err(ConfigError::invalid(
@@ -194,6 +202,20 @@ impl File {
         }
         Ok(())
     }
+}
+
+/// A worker user: named, and not root.
+pub(super) fn check_user(key: &str, user: &str) -> Result<(), ConfigError> {
+    if user.is_empty() {
+        return Err(ConfigError::invalid(key, "must name a user"));
+    }
+    if user == "root" {
+        return Err(ConfigError::invalid(
+            key,
+            "workers never run as root: name an unprivileged user of their own",
+        ));
+    }
+    Ok(())
 }
 
 fn check_instance(name: &str) -> Result<(), ConfigError> {

@@ -8,11 +8,12 @@ use nix::sys::resource::{Resource, getrlimit, setrlimit};
 /// programs, one socketpair per queue, TCP connections headroom.
 const BASE: u64 = 256;
 
-/// What the loader needs open at once: the port reservations, one
-/// dataplane's descriptors while they are being handed over, and the TCP
-/// relay's connections (a client and a backend socket each).
-pub fn need(reserved_ports: u64, per_dataplane: u64, tcp_connections: u64) -> u64 {
-    BASE + reserved_ports + per_dataplane + 2 * tcp_connections
+/// What one process needs open at once: the port reservations (the
+/// loader), one dataplane's descriptors (the loader while handing them over,
+/// and the dataplane), and connections (a TCP worker's clients and backend
+/// connections).
+pub fn need(reserved_ports: u64, per_dataplane: u64, connections: u64) -> u64 {
+    BASE + reserved_ports + per_dataplane + connections
 }
 
 /// Raises the soft limit to the hard one (children inherit it) and returns
@@ -30,7 +31,7 @@ pub fn shortfall(need: u64, limit: u64) -> Option<String> {
     (need > limit).then(|| {
         format!(
             "this configuration needs about {need} open files (forwarding.ports per address family, \
-             forwarding.backend_sockets per backend, forwarding.tcp_max_connections) but RLIMIT_NOFILE \
+             forwarding.backend_sockets per backend, tcp.max_connections) but RLIMIT_NOFILE \
              is {limit}: raise LimitNOFILE= (or `ulimit -Hn`), or lower those settings"
         )
     })
@@ -42,7 +43,7 @@ mod tests {
 
     #[test]
     fn the_budget_counts_every_part_and_names_the_fix() {
-        assert_eq!(need(2048, 130, 100), BASE + 2048 + 130 + 200);
+        assert_eq!(need(2048, 130, 100), BASE + 2048 + 130 + 100);
         assert!(shortfall(1000, 1000).is_none());
         let m = shortfall(5000, 1024).unwrap();
         assert!(m.contains("5000") && m.contains("LimitNOFILE"), "{m}");

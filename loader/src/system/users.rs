@@ -1,4 +1,4 @@
-//! Resolving the dataplane user and group.
+//! Resolving the workers' users and groups.
 
 use nix::unistd::{Group, User};
 
@@ -12,32 +12,50 @@ pub struct Account {
 #[derive(Debug, thiserror::Error)]
 pub enum UserError {
     #[error(
-        "dataplane.user: no user {0:?} on this system: create it (e.g. `useradd --system {0}`) or name another"
+        "{section}.user: no user {user:?} on this system: create it (e.g. `useradd --system {user}`) or name another"
     )]
-    NoUser(String),
-    #[error("dataplane.group: no group {0:?} on this system")]
-    NoGroup(String),
-    #[error("dataplane.user: {0:?} has uid 0; dataplanes must not run as root")]
-    Root(String),
+    NoUser { section: &'static str, user: String },
+    #[error("{section}.group: no group {group:?} on this system")]
+    NoGroup {
+        section: &'static str,
+        group: String,
+    },
+    #[error("{section}.user: {user:?} has uid or gid 0; workers must not run as root")]
+    Root { section: &'static str, user: String },
     #[error("cannot read the user database: {0}")]
     Lookup(#[from] nix::Error),
 }
 
-pub fn resolve(user: &str, group: Option<&str>) -> Result<Account, UserError> {
-    let u = User::from_name(user)?.ok_or_else(|| UserError::NoUser(user.into()))?;
+/// The account of `[section] user` (and `group`).
+pub fn resolve(
+    section: &'static str,
+    user: &str,
+    group: Option<&str>,
+) -> Result<Account, UserError> {
+    let u = User::from_name(user)?.ok_or_else(|| UserError::NoUser {
+        section,
+        user: user.into(),
+    })?;
+    let root = || UserError::Root {
+        section,
+        user: user.into(),
+    };
     if u.uid.is_root() {
-        return Err(UserError::Root(user.into()));
+        return Err(root());
     }
     let gid = match group {
         Some(g) => {
             Group::from_name(g)?
-                .ok_or_else(|| UserError::NoGroup(g.into()))?
+                .ok_or_else(|| UserError::NoGroup {
+                    section,
+                    group: g.into(),
+                })?
                 .gid
         }
         None => u.gid,
     };
     if gid.as_raw() == 0 {
-        return Err(UserError::Root(user.into()));
+        return Err(root());
     }
     Ok(Account {
         name: user.into(),

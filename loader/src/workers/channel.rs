@@ -1,4 +1,4 @@
-//! The loader's end of a dataplane's control socketpair (SOCK_SEQPACKET):
+//! The loader's end of a worker's control socketpair (SOCK_SEQPACKET):
 //! messages encoded by `xdpdns_common::ipc`, descriptors as SCM_RIGHTS, and
 //! the sender's credentials as SCM_CREDENTIALS (SO_PASSCRED), which is how a
 //! received AF_XDP socket is known to come from our own child.
@@ -10,9 +10,11 @@ use nix::sys::socket::{
     self, AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType,
     UnixCredentials, sockopt,
 };
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
-use xdpdns_common::ipc::{self, FromDataplane, IpcError, MAX_FDS, MAX_MESSAGE_BYTES, ToDataplane};
+use xdpdns_common::ipc::{self, FromDataplane, IpcError, MAX_FDS, MAX_MESSAGE_BYTES};
 
 use super::privdrop::dup_high;
 
@@ -28,9 +30,9 @@ pub enum ChannelError {
     Truncated,
 }
 
-/// A message from a dataplane with what came beside it.
-pub struct Incoming {
-    pub msg: FromDataplane,
+/// A message from a worker with what came beside it.
+pub struct Incoming<T = FromDataplane> {
+    pub msg: T,
     pub fds: Vec<OwnedFd>,
     /// Sender's (pid, uid, gid), as the kernel vouches for them.
     pub creds: Option<(i32, u32, u32)>,
@@ -69,20 +71,32 @@ impl Channel {
     /// announces how many there are).
     pub async fn send(
         &self,
-        msg: &ToDataplane,
+        msg: &xdpdns_common::ipc::ToDataplane,
+        fds: &[BorrowedFd<'_>],
+    ) -> Result<(), ChannelError> {
+        self.send_with(msg, &xdpdns_common::ipc::ToDataplane::MoreFds, fds)
+            .await
+    }
+
+    /// Sends `msg` with any number of descriptors: the first [`MAX_FDS`]
+    /// beside it, the rest beside copies of `more` (the kind's `MoreFds`).
+    pub async fn send_with<T: Serialize>(
+        &self,
+        msg: &T,
+        more: &T,
         fds: &[BorrowedFd<'_>],
     ) -> Result<(), ChannelError> {
         let mut chunks = fds.chunks(MAX_FDS);
         self.send_one(msg, chunks.next().unwrap_or(&[])).await?;
-        for more in chunks {
-            self.send_one(&ToDataplane::MoreFds, more).await?;
+        for extra in chunks {
+            self.send_one(more, extra).await?;
         }
         Ok(())
     }
 
-    async fn send_one(
+    async fn send_one<T: Serialize>(
         &self,
-        msg: &ToDataplane,
+        msg: &T,
         fds: &[BorrowedFd<'_>],
     ) -> Result<(), ChannelError> {
         let bytes = ipc::encode(msg)?;
@@ -99,8 +113,13 @@ impl Channel {
         Ok(())
     }
 
-    /// The next message, or `None` when the dataplane closed its end.
+    /// The next message from a dataplane, or `None` when it closed its end.
     pub async fn recv(&self) -> Result<Option<Incoming>, ChannelError> {
+        self.recv_as().await
+    }
+
+    /// The next message of type `T`, or `None` when the worker closed its end.
+    pub async fn recv_as<T: DeserializeOwned>(&self) -> Result<Option<Incoming<T>>, ChannelError> {
         let mut buf = vec![0u8; MAX_MESSAGE_BYTES];
         let (len, fds, creds, truncated) = self
             .fd

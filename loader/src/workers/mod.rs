@@ -1,13 +1,15 @@
-//! The unprivileged processes the loader starts: dataplanes, one per queue.
-//! Each is started with reduced privileges (`privdrop`), spoken to over a
-//! socketpair (`channel`), watched and restarted by its own supervisor task
-//! (`supervisor`); [`queues::Queues`] owns the supervisors and what they
-//! report.
+//! The unprivileged processes the loader starts: dataplanes, one per queue,
+//! and the TCP workers and metrics exporter. Each is started with reduced
+//! privileges (`privdrop`), spoken to over a socketpair (`channel`), watched
+//! and restarted by its own supervisor task (`supervisor` for queues,
+//! `service` for the others); [`queues::Queues`] and [`service::Services`]
+//! own the supervisors and what they report.
 
 pub mod backoff;
 pub mod channel;
 pub mod privdrop;
 pub mod queues;
+pub mod service;
 pub mod spawn;
 pub mod supervisor;
 

@@ -1,7 +1,9 @@
-//! The privilege boundary. Between fork and exec, the child becomes the
-//! dataplane user with CAP_NET_RAW (and CAP_IPC_LOCK if configured) only,
-//! no-new-privs and a parent-death signal, then execs the dataplane from a
-//! descriptor the loader opened. Nothing that runs after this is privileged.
+//! The privilege boundary. Between fork and exec, the child becomes its
+//! worker's user with the capabilities its kind keeps (a dataplane
+//! CAP_NET_RAW, and CAP_IPC_LOCK if configured; TCP workers and the metrics
+//! exporter none), no-new-privs and a parent-death signal, then execs the
+//! worker from a descriptor the loader opened. Nothing that runs after this
+//! is privileged.
 //!
 //! The child step runs between fork() and exec() of a multi-threaded parent,
 //! so it only makes async-signal-safe system calls on data prepared in
@@ -38,7 +40,7 @@ struct CapData {
     inheritable: u32,
 }
 
-/// Who the dataplane runs as and what it keeps.
+/// Who a worker runs as and what it keeps.
 #[derive(Debug, Clone)]
 pub struct Identity {
     pub uid: u32,
@@ -132,7 +134,7 @@ fn prctl(op: libc::c_int, a: libc::c_ulong, b: libc::c_ulong) -> io::Result<()> 
 
 /// Runs in the forked child; returns only on failure (the error reaches the
 /// parent through `spawn`). Async-signal-safe: system calls on prepared data.
-pub fn become_dataplane(s: &ChildSetup<'_>) -> io::Result<()> {
+pub fn become_worker(s: &ChildSetup<'_>) -> io::Result<()> {
     let keep = s.identity.mask();
 
     if let Some(set) = s.cpus {

@@ -8,7 +8,6 @@
 
 use std::collections::VecDeque;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
-use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -40,7 +39,6 @@ const HEARTBEAT_TICK: Duration = Duration::from_millis(100);
 /// What does not change while the instance runs.
 pub struct Context {
     pub template: Template,
-    pub binary: PathBuf,
     pub instance: String,
     pub ifname: String,
     pub ifindex: u32,
@@ -294,7 +292,7 @@ impl Supervisor {
             mut child,
             channel,
             pid,
-        } = match spawn::spawn(&self.ctx.template, &self.ctx.binary, cpu) {
+        } = match spawn::spawn(&self.ctx.template, cpu) {
             Ok(s) => s,
             Err(e) => return Outcome::Exited(e.to_string()),
         };
@@ -519,7 +517,7 @@ fn is_xdp_socket(fd: BorrowedFd<'_>) -> bool {
     r == 0 && domain == libc::AF_XDP
 }
 
-fn describe(status: std::io::Result<std::process::ExitStatus>) -> String {
+pub fn describe(status: std::io::Result<std::process::ExitStatus>) -> String {
     use std::os::unix::process::ExitStatusExt;
     match status {
         Ok(s) => match (s.code(), s.signal()) {

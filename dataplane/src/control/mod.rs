@@ -1,36 +1,44 @@
 //! The dataplane's end of the control socketpair: receive the configuration
-//! and kernel-path sockets, hand back the AF_XDP socket, report counters.
+//! and kernel-path sockets, hand back the AF_XDP socket, report counters
+//! (over [`wire`], which the other workers share).
 
-use std::io::{IoSlice, IoSliceMut};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::time::Duration;
 
 use nix::errno::Errno;
-use nix::sys::socket::{self, ControlMessage, ControlMessageOwned, MsgFlags, SockType, sockopt};
+use nix::sys::socket::{self, MsgFlags, sockopt};
 use xdpdns_common::ipc::{
-    self, CONTROL_FD, DataplaneInit, FromDataplane, IpcError, MAX_DESCRIPTORS, MAX_FDS,
-    MAX_MESSAGE_BYTES, PROTOCOL_VERSION, SetupFailure, ToDataplane, XskReady,
+    self, DataplaneInit, FromDataplane, IpcError, MAX_DESCRIPTORS, PROTOCOL_VERSION, SetupFailure,
+    ToDataplane, XskReady,
 };
 use xdpdns_common::stats::DataplaneCounters;
 
+pub mod wire;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
-    #[error(
-        "no control socket at fd {CONTROL_FD}: xdpdns-dataplane is started by the xdpdns loader, not by hand"
-    )]
-    Missing,
-    #[error("control channel: {0}")]
-    Sys(#[from] Errno),
+    #[error(transparent)]
+    Wire(#[from] wire::WireError),
     #[error(transparent)]
     Ipc(#[from] IpcError),
     #[error("the loader closed the control channel")]
     Closed,
     #[error(
-        "protocol mismatch: loader speaks version {theirs}, this dataplane {PROTOCOL_VERSION}; install matching binaries"
+        "protocol mismatch: loader speaks version {theirs}, this worker {PROTOCOL_VERSION}; install matching binaries"
     )]
     Version { theirs: u32 },
     #[error("unexpected message from the loader: {0}")]
     Unexpected(&'static str),
+}
+
+impl ControlError {
+    /// The errno of a failed system call, if that is what this is.
+    pub fn errno(&self) -> Option<Errno> {
+        match self {
+            ControlError::Wire(wire::WireError::Sys(e)) => Some(*e),
+            _ => None,
+        }
+    }
 }
 
 pub struct Control {
@@ -40,23 +48,9 @@ pub struct Control {
 impl Control {
     /// Takes ownership of the inherited control socket.
     pub fn from_inherited() -> Result<Control, ControlError> {
-        // SAFETY: F_GETFD only inspects the descriptor table entry.
-        if unsafe { libc::fcntl(CONTROL_FD, libc::F_GETFD) } < 0 {
-            return Err(ControlError::Missing);
-        }
-        // SAFETY: fd 3 is open (checked above) and, by the loader's contract,
-        // the control socket handed to this process alone; nothing else in
-        // this process owns it.
-        let fd = unsafe { OwnedFd::from_raw_fd(CONTROL_FD) };
-        match socket::getsockopt(&fd, sockopt::SockType) {
-            Ok(SockType::SeqPacket) => {}
-            _ => return Err(ControlError::Missing),
-        }
-        nix::fcntl::fcntl(
-            &fd,
-            nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
-        )?;
-        Ok(Control { fd })
+        Ok(Control {
+            fd: wire::inherited()?,
+        })
     }
 
     pub fn fd(&self) -> BorrowedFd<'_> {
@@ -70,7 +64,7 @@ impl Control {
     ) -> Result<(DataplaneInit, Vec<OwnedFd>), ControlError> {
         let tv =
             nix::sys::time::TimeVal::new(timeout.as_secs() as i64, timeout.subsec_micros() as i64);
-        socket::setsockopt(&self.fd, sockopt::ReceiveTimeout, &tv)?;
+        socket::setsockopt(&self.fd, sockopt::ReceiveTimeout, &tv).map_err(wire::WireError::Sys)?;
         let (msg, fds) = self
             .receive(MsgFlags::empty())?
             .ok_or(ControlError::Closed)?;
@@ -113,7 +107,7 @@ impl Control {
         match self.receive(MsgFlags::MSG_DONTWAIT) {
             Ok(Some(received)) => Ok(Some(received)),
             Ok(None) => Err(ControlError::Closed),
-            Err(ControlError::Sys(Errno::EAGAIN)) => Ok(None),
+            Err(e) if e.errno() == Some(Errno::EAGAIN) => Ok(None),
             Err(e) => Err(e),
         }
     }
@@ -122,38 +116,11 @@ impl Control {
         &self,
         flags: MsgFlags,
     ) -> Result<Option<(ToDataplane, Vec<OwnedFd>)>, ControlError> {
-        let mut buf = vec![0u8; MAX_MESSAGE_BYTES];
-        let mut cmsg = nix::cmsg_space!([RawFd; MAX_FDS]);
-        let (len, fds, truncated) = {
-            let mut iov = [IoSliceMut::new(&mut buf)];
-            let msg = socket::recvmsg::<()>(
-                self.fd.as_raw_fd(),
-                &mut iov,
-                Some(&mut cmsg),
-                flags | MsgFlags::MSG_CMSG_CLOEXEC,
-            )?;
-            let mut fds = Vec::new();
-            for c in msg.cmsgs()? {
-                if let ControlMessageOwned::ScmRights(raw) = c {
-                    for fd in raw {
-                        // SAFETY: the kernel just installed these descriptors
-                        // in our table for us; nothing else owns them.
-                        fds.push(unsafe { OwnedFd::from_raw_fd(fd) });
-                    }
-                }
-            }
-            let truncated = msg
-                .flags
-                .intersects(MsgFlags::MSG_TRUNC | MsgFlags::MSG_CTRUNC);
-            (msg.bytes, fds, truncated)
-        };
-        if len == 0 {
-            return Ok(None);
+        let mut buf = wire::buffer();
+        match wire::receive(self.fd.as_fd(), &mut buf, flags)? {
+            None => Ok(None),
+            Some((len, fds)) => Ok(Some((ipc::decode(&buf[..len])?, fds))),
         }
-        if truncated {
-            return Err(ControlError::Unexpected("truncated message"));
-        }
-        Ok(Some((ipc::decode(&buf[..len])?, fds)))
     }
 
     fn send(
@@ -163,22 +130,7 @@ impl Control {
         flags: MsgFlags,
     ) -> Result<(), ControlError> {
         let bytes = ipc::encode(msg)?;
-        let iov = [IoSlice::new(&bytes)];
-        let raw;
-        let cmsgs: &[ControlMessage] = match fd {
-            Some(fd) => {
-                raw = [fd.as_raw_fd()];
-                &[ControlMessage::ScmRights(&raw)]
-            }
-            None => &[],
-        };
-        socket::sendmsg::<()>(
-            self.fd.as_raw_fd(),
-            &iov,
-            cmsgs,
-            flags | MsgFlags::MSG_NOSIGNAL,
-            None,
-        )?;
+        wire::send(self.fd.as_fd(), &bytes, fd, flags)?;
         Ok(())
     }
 
@@ -194,8 +146,8 @@ impl Control {
             None,
             MsgFlags::MSG_DONTWAIT,
         ) {
-            Err(ControlError::Sys(Errno::EAGAIN)) => Ok(()),
-            Err(ControlError::Sys(Errno::EPIPE)) | Err(ControlError::Sys(Errno::ECONNRESET)) => {
+            Err(e) if e.errno() == Some(Errno::EAGAIN) => Ok(()),
+            Err(e) if matches!(e.errno(), Some(Errno::EPIPE | Errno::ECONNRESET)) => {
                 Err(ControlError::Closed)
             }
             other => other,

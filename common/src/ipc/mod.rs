@@ -13,6 +13,8 @@ use serde::{Deserialize, Serialize};
 use crate::config::{AnswerSpec, FailAction, Policy, XskBindMode};
 use crate::stats::DataplaneCounters;
 
+pub mod workers;
+
 /// Bumped whenever a message changes shape; both sides must agree.
 pub const PROTOCOL_VERSION: u32 = 5;
 
