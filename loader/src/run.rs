@@ -275,6 +275,7 @@ impl Running {
                 instance: f.instance.clone(),
                 metrics_address: f.metrics.as_ref().map(|m| m.address),
                 metrics_connections: 16,
+                metrics_allow: f.metrics.as_ref().map(|m| m.allowed()).unwrap_or_default(),
             })
         };
         let inputs = || Inputs {

@@ -19,6 +19,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tracing::debug;
 use xdpdns_common::ipc::workers::{FromMetrics, MetricsCounters, ToMetrics};
+use xdpdns_common::net::PrefixSet;
 
 use crate::channel::{Channel, ChannelError};
 
@@ -116,11 +117,16 @@ impl Exporter {
     }
 }
 
-/// Serves `listener`, at most `max_connections` at once.
-pub async fn serve(exporter: Rc<Exporter>, listener: TcpListener, max_connections: u32) {
+/// Serves `listener` to `allow`, at most `max_connections` at once.
+pub async fn serve(
+    exporter: Rc<Exporter>,
+    listener: TcpListener,
+    max_connections: u32,
+    allow: PrefixSet,
+) {
     let cap = Arc::new(Semaphore::new(max_connections.max(1) as usize));
     loop {
-        let (stream, _) = match listener.accept().await {
+        let (stream, peer) = match listener.accept().await {
             Ok(c) => c,
             Err(e) => {
                 debug!(error = %e, "accept failed");
@@ -128,6 +134,10 @@ pub async fn serve(exporter: Rc<Exporter>, listener: TcpListener, max_connection
                 continue;
             }
         };
+        if !allow.contains(peer.ip()) {
+            bump(&exporter.refused);
+            continue;
+        }
         let Ok(permit) = cap.clone().try_acquire_owned() else {
             bump(&exporter.refused);
             continue;
@@ -156,8 +166,9 @@ pub async fn run(
     exporter: Rc<Exporter>,
     listener: TcpListener,
     max: u32,
+    allow: PrefixSet,
 ) -> Result<(), ChannelError> {
-    let server = tokio::task::spawn_local(serve(exporter.clone(), listener, max));
+    let server = tokio::task::spawn_local(serve(exporter.clone(), listener, max, allow));
     channel.try_send(
         &FromMetrics::Ready {
             protocol: xdpdns_common::ipc::workers::WORKER_PROTOCOL_VERSION,

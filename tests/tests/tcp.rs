@@ -319,12 +319,29 @@ fn one_client_cannot_take_tcp_or_udp_from_the_others() -> anyhow::Result<()> {
 
 #[test]
 #[ignore = "needs root: run by make test"]
-fn a_killed_tcp_worker_is_replaced_and_udp_loses_nothing() -> anyhow::Result<()> {
+fn a_tcp_worker_killed_under_tcp_load_is_replaced_and_udp_loses_nothing() -> anyhow::Result<()> {
     let lab = Lab::new("tcpkill")?;
     let server = lab.start("k", &lab.config("k", ""))?;
     let pid = wait_for(Duration::from_secs(10), "the TCP worker", || {
         server.status().ok()?["tcp"]["workers"][0]["pid"].as_u64()
     })?;
+    let queries = lab.dir.join("dnsperf.txt");
+    std::fs::write(&queries, "a.test A\nb.test AAAA\n")?;
+    let tcp_load = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &lab.client_ns,
+            "dnsperf",
+            "-m",
+            "tcp",
+            "-s",
+            SERVER_V4,
+        ])
+        .args(["-l", "3", "-c", "4", "-q", "16", "-d"])
+        .arg(&queries)
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
     let gun = lab.kxdpgun(5000, 3, SERVER_V4)?;
     std::thread::sleep(Duration::from_millis(800));
     nix::sys::signal::kill(
@@ -332,10 +349,13 @@ fn a_killed_tcp_worker_is_replaced_and_udp_loses_nothing() -> anyhow::Result<()>
         nix::sys::signal::Signal::SIGKILL,
     )?;
     let load = Lab::kxdpgun_result(gun)?;
+    let tcp = tcp_load.wait_with_output()?;
     assert!(
         load.received * 1000 >= load.sent * 995,
         "UDP untouched by a TCP worker's death: {load:?}"
     );
+    let text = String::from_utf8_lossy(&tcp.stdout);
+    assert!(text.contains("Queries completed:"), "TCP load ran: {text}");
     let s = server.wait_status("the worker replaced", |s| {
         s["tcp"]["workers"][0]["restarts"] == 1 && s["tcp"]["workers"][0]["running"] == true
     })?;
@@ -449,5 +469,52 @@ fn a_forbidden_system_call_kills_a_tcp_worker_and_it_is_restarted() -> anyhow::R
         lab.kdig(&["+tcp", &format!("@{SERVER_V4}"), "a.test"]),
         "REFUSED"
     );
+    Ok(())
+}
+
+#[test]
+#[ignore = "needs root: run by make test"]
+fn only_allowed_scrapers_get_metrics() -> anyhow::Result<()> {
+    let lab = Lab::new("scrape")?;
+    let get = |lab: &Lab| -> anyhow::Result<String> {
+        lab.in_ns(false, || {
+            let mut c = TcpStream::connect((SERVER_V4, 9153))?;
+            c.set_read_timeout(Some(Duration::from_secs(5)))?;
+            c.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")?;
+            let mut t = String::new();
+            let _ = c.read_to_string(&mut t);
+            Ok(t)
+        })
+    };
+    let cfg = |allow: &str| {
+        lab.config(
+            "m",
+            &format!("[metrics]\naddress = \"{SERVER_V4}:9153\"\n{allow}"),
+        )
+    };
+    let mut server = lab.start("m", &cfg(""))?;
+    wait_for(Duration::from_secs(10), "the exporter", || {
+        tcp_listeners(&lab)
+            .iter()
+            .any(|(a, _)| a.ends_with(":9153"))
+            .then_some(())
+    })?;
+    assert_eq!(
+        get(&lab)?,
+        "",
+        "loopback only by default: the lab client is closed at once"
+    );
+    server.stop()?;
+    let _server = lab.start("m", &cfg("allow = [\"192.0.2.0/24\"]\n"))?;
+    wait_for(Duration::from_secs(10), "the exporter", || {
+        tcp_listeners(&lab)
+            .iter()
+            .any(|(a, _)| a.ends_with(":9153"))
+            .then_some(())
+    })?;
+    let text = wait_for(Duration::from_secs(10), "a snapshot", || {
+        get(&lab).ok().filter(|t| t.contains("xdpdns_ready"))
+    })?;
+    assert!(text.starts_with("HTTP/1.1 200 OK"), "{text}");
     Ok(())
 }

@@ -215,6 +215,21 @@ pub struct MetricsSection {
     /// Where the Prometheus endpoint listens, e.g. "127.0.0.1:9153".
     #[serde(deserialize_with = "socket_addr")]
     pub address: SocketAddr,
+    /// Scrapers allowed (prefixes); others are closed at once. Default:
+    /// loopback only.
+    #[serde(default = "default_metrics_allow")]
+    pub allow: Vec<String>,
+}
+
+impl MetricsSection {
+    /// The allowed prefixes (validated).
+    pub fn allowed(&self) -> Vec<crate::net::Prefix> {
+        self.allow.iter().filter_map(|p| p.parse().ok()).collect()
+    }
+}
+
+fn default_metrics_allow() -> Vec<String> {
+    vec!["127.0.0.0/8".into(), "::1/128".into()]
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]

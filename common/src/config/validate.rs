@@ -137,13 +137,17 @@ impl File {
                 "must be at least 1",
             ));
         }
-        if let Some(m) = &self.metrics
-            && m.address.port() == 0
-        {
-            return Err(ConfigError::invalid(
-                "metrics.address",
-                "needs a port, e.g. \"127.0.0.1:9153\"",
-            ));
+        if let Some(m) = &self.metrics {
+            if m.address.port() == 0 {
+                return Err(ConfigError::invalid(
+                    "metrics.address",
+                    "needs a port, e.g. \"127.0.0.1:9153\"",
+                ));
+            }
+            for (i, p) in m.allow.iter().enumerate() {
+                p.parse::<crate::net::Prefix>()
+                    .map_err(|e| ConfigError::invalid(format!("metrics.allow[{i}]"), e))?;
+            }
         }
         self.validate_listen()?;
         for (i, rule) in self.rule.iter().enumerate() {

@@ -75,6 +75,8 @@ pub enum ToMetrics {
         instance: String,
         /// Concurrent HTTP connections served; more are closed.
         max_connections: u32,
+        /// Scrapers allowed; connections from elsewhere are closed at once.
+        allow: Vec<crate::net::Prefix>,
     },
     /// The latest exposition text: one descriptor, a sealed memfd.
     Snapshot,

@@ -157,6 +157,8 @@ pub struct ServiceContext {
     pub metrics_address: Option<SocketAddr>,
     /// HTTP connections the exporter serves at once.
     pub metrics_connections: u32,
+    /// Who may scrape.
+    pub metrics_allow: Vec<xdpdns_common::net::Prefix>,
 }
 
 /// Supervises one worker until told to stop.
@@ -288,6 +290,7 @@ async fn run_once(
                 protocol: WORKER_PROTOCOL_VERSION,
                 instance: ctx.instance.clone(),
                 max_connections: ctx.metrics_connections,
+                allow: ctx.metrics_allow.clone(),
             };
             channel
                 .send_with(&init, &ToMetrics::Shutdown, &borrowed)

@@ -49,6 +49,7 @@ async fn run() -> anyhow::Result<()> {
     let ToMetrics::Init {
         protocol,
         max_connections,
+        allow,
         ..
     } = msg
     else {
@@ -71,11 +72,13 @@ async fn run() -> anyhow::Result<()> {
     #[cfg(feature = "test-hooks")]
     sandbox::arm_forbidden_call_on_sigusr2()?;
     xdpdns_dataplane::sandbox::apply(&sandbox::metrics_filter()?).context("seccomp")?;
+    let allow = xdpdns_common::net::PrefixSet::new(&allow);
     Ok(exporter::run(
         channel,
         Rc::new(Exporter::default()),
         listener,
         max_connections,
+        allow,
     )
     .await?)
 }
