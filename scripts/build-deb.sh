@@ -23,7 +23,7 @@ install -D -m 0644 packaging/systemd/tmpfiles.conf "$STAGE/usr/lib/tmpfiles.d/xd
 install -D -m 0644 packaging/apparmor/usr.sbin.xdpdns "$STAGE/etc/apparmor.d/usr.sbin.xdpdns"
 # The example configuration, with the packaged users.
 install -d "$STAGE/etc/xdpdns"
-sed -e 's/^user = "nobody"/user = "xdpdns-dp"/' packaging/xdpdns.toml > "$STAGE/etc/xdpdns/xdpdns.toml"
+cp packaging/xdpdns.toml "$STAGE/etc/xdpdns/xdpdns.toml"
 printf '\n[control]\n# Members of this group may run `xdpdns status`; root and the loader'"'"'s user also reload and restart queues.\ngroup = "xdpdns"\n' \
     >> "$STAGE/etc/xdpdns/xdpdns.toml"
 chmod 0644 "$STAGE/etc/xdpdns/xdpdns.toml"

@@ -82,13 +82,13 @@ impl PathCounters {
     }
 
     pub fn accumulate(&mut self, other: &PathCounters) {
-        self.received += other.received;
-        self.answered += other.answered;
+        self.received = self.received.saturating_add(other.received);
+        self.answered = self.answered.saturating_add(other.answered);
         if self.dropped.len() < other.dropped.len() {
             self.dropped.resize(other.dropped.len(), 0);
         }
         for (a, b) in self.dropped.iter_mut().zip(&other.dropped) {
-            *a += *b;
+            *a = a.saturating_add(*b);
         }
     }
 }
@@ -106,12 +106,16 @@ pub struct XskKernelStats {
 
 impl XskKernelStats {
     fn accumulate(&mut self, o: &XskKernelStats) {
-        self.rx_dropped += o.rx_dropped;
-        self.rx_invalid_descs += o.rx_invalid_descs;
-        self.tx_invalid_descs += o.tx_invalid_descs;
-        self.rx_ring_full += o.rx_ring_full;
-        self.rx_fill_ring_empty_descs += o.rx_fill_ring_empty_descs;
-        self.tx_ring_empty_descs += o.tx_ring_empty_descs;
+        self.rx_dropped = self.rx_dropped.saturating_add(o.rx_dropped);
+        self.rx_invalid_descs = self.rx_invalid_descs.saturating_add(o.rx_invalid_descs);
+        self.tx_invalid_descs = self.tx_invalid_descs.saturating_add(o.tx_invalid_descs);
+        self.rx_ring_full = self.rx_ring_full.saturating_add(o.rx_ring_full);
+        self.rx_fill_ring_empty_descs = self
+            .rx_fill_ring_empty_descs
+            .saturating_add(o.rx_fill_ring_empty_descs);
+        self.tx_ring_empty_descs = self
+            .tx_ring_empty_descs
+            .saturating_add(o.tx_ring_empty_descs);
     }
 }
 
@@ -203,15 +207,15 @@ impl BackendCounters {
     }
 
     fn accumulate(&mut self, o: &BackendCounters) {
-        self.queries += o.queries;
-        self.replies += o.replies;
-        self.timeouts += o.timeouts;
-        self.latency_sum_us += o.latency_sum_us;
+        self.queries = self.queries.saturating_add(o.queries);
+        self.replies = self.replies.saturating_add(o.replies);
+        self.timeouts = self.timeouts.saturating_add(o.timeouts);
+        self.latency_sum_us = self.latency_sum_us.saturating_add(o.latency_sum_us);
         if self.latency.len() < o.latency.len() {
             self.latency.resize(o.latency.len(), 0);
         }
         for (a, b) in self.latency.iter_mut().zip(&o.latency) {
-            *a += *b;
+            *a = a.saturating_add(*b);
         }
     }
 }
@@ -231,6 +235,13 @@ pub struct ForwardCounters {
     pub no_slot: u64,
     /// Every backend of the pool was down.
     pub pool_down: u64,
+    /// Shared in-flight entries that named no query of ours (another
+    /// dataplane wrote them, or they are corrupt): nothing was sent.
+    #[serde(default)]
+    pub bad_entries: u64,
+    /// Expired queries freed unanswered: a sweep answers a bounded number.
+    #[serde(default)]
+    pub sweep_limited: u64,
     /// Replies matching no query: wrong ID, unknown source, stale.
     pub stray_replies: u64,
     /// Replies to a query already answered (duplicates).
@@ -246,14 +257,16 @@ pub struct ForwardCounters {
 impl ForwardCounters {
     fn accumulate(&mut self, o: &ForwardCounters) {
         self.in_flight = o.in_flight;
-        self.evicted += o.evicted;
-        self.no_slot += o.no_slot;
-        self.pool_down += o.pool_down;
-        self.stray_replies += o.stray_replies;
-        self.duplicate_replies += o.duplicate_replies;
-        self.bad_replies += o.bad_replies;
-        self.large_replies += o.large_replies;
-        self.send_errors += o.send_errors;
+        self.evicted = self.evicted.saturating_add(o.evicted);
+        self.no_slot = self.no_slot.saturating_add(o.no_slot);
+        self.pool_down = self.pool_down.saturating_add(o.pool_down);
+        self.bad_entries = self.bad_entries.saturating_add(o.bad_entries);
+        self.sweep_limited = self.sweep_limited.saturating_add(o.sweep_limited);
+        self.stray_replies = self.stray_replies.saturating_add(o.stray_replies);
+        self.duplicate_replies = self.duplicate_replies.saturating_add(o.duplicate_replies);
+        self.bad_replies = self.bad_replies.saturating_add(o.bad_replies);
+        self.large_replies = self.large_replies.saturating_add(o.large_replies);
+        self.send_errors = self.send_errors.saturating_add(o.send_errors);
     }
 }
 
@@ -295,24 +308,74 @@ impl DataplaneCounters {
         }
     }
 
+    /// The largest event counter (gauges and the latency sum left out): what
+    /// the loader compares with how many events a life could have counted.
+    pub fn largest(&self) -> u64 {
+        let f = &self.forward;
+        let k = &self.xsk_kernel;
+        let paths = [&self.xsk, &self.kernel].into_iter().flat_map(|p| {
+            [p.received, p.answered]
+                .into_iter()
+                .chain(p.dropped.iter().copied())
+        });
+        let backends = self.backends.iter().flat_map(|b| {
+            [b.queries, b.replies, b.timeouts]
+                .into_iter()
+                .chain(b.latency.iter().copied())
+        });
+        [
+            self.tx_ring_short,
+            self.kicks,
+            self.kick_errors,
+            self.sleeps,
+            self.iterations,
+            self.kernel_send_errors,
+            self.acl_refused,
+            k.rx_dropped,
+            k.rx_invalid_descs,
+            k.tx_invalid_descs,
+            k.rx_ring_full,
+            k.rx_fill_ring_empty_descs,
+            k.tx_ring_empty_descs,
+            f.evicted,
+            f.no_slot,
+            f.pool_down,
+            f.bad_entries,
+            f.sweep_limited,
+            f.stray_replies,
+            f.duplicate_replies,
+            f.bad_replies,
+            f.large_replies,
+            f.send_errors,
+        ]
+        .into_iter()
+        .chain(paths)
+        .chain(self.rule_hits.iter().copied())
+        .chain(backends)
+        .max()
+        .unwrap_or(0)
+    }
+
     /// Adds `other`'s counters to ours; ring gauges take `other`'s values.
     pub fn accumulate(&mut self, other: &DataplaneCounters) {
         self.xsk.accumulate(&other.xsk);
         self.kernel.accumulate(&other.kernel);
-        self.tx_ring_short += other.tx_ring_short;
-        self.kicks += other.kicks;
-        self.kick_errors += other.kick_errors;
-        self.sleeps += other.sleeps;
-        self.iterations += other.iterations;
-        self.kernel_send_errors += other.kernel_send_errors;
-        self.acl_refused += other.acl_refused;
+        self.tx_ring_short = self.tx_ring_short.saturating_add(other.tx_ring_short);
+        self.kicks = self.kicks.saturating_add(other.kicks);
+        self.kick_errors = self.kick_errors.saturating_add(other.kick_errors);
+        self.sleeps = self.sleeps.saturating_add(other.sleeps);
+        self.iterations = self.iterations.saturating_add(other.iterations);
+        self.kernel_send_errors = self
+            .kernel_send_errors
+            .saturating_add(other.kernel_send_errors);
+        self.acl_refused = self.acl_refused.saturating_add(other.acl_refused);
         self.xsk_kernel.accumulate(&other.xsk_kernel);
         self.rings = other.rings;
         if self.rule_hits.len() < other.rule_hits.len() {
             self.rule_hits.resize(other.rule_hits.len(), 0);
         }
         for (a, b) in self.rule_hits.iter_mut().zip(&other.rule_hits) {
-            *a += *b;
+            *a = a.saturating_add(*b);
         }
         for (i, b) in other.backends.iter().enumerate() {
             self.backend(i).accumulate(b);
@@ -423,20 +486,22 @@ impl TcpCounters {
 
     /// Adds `o` to these (the gauge included: totals over workers).
     pub fn accumulate(&mut self, o: &TcpCounters) {
-        self.accepted += o.accepted;
-        self.open += o.open;
-        self.refused_total += o.refused_total;
-        self.refused_client += o.refused_client;
-        self.acl_denied += o.acl_denied;
-        self.idle_closed += o.idle_closed;
-        self.io_closed += o.io_closed;
-        self.duration_closed += o.duration_closed;
-        self.query_limit_closed += o.query_limit_closed;
-        self.bad_framing += o.bad_framing;
-        self.backend_connects += o.backend_connects;
-        self.backend_connect_errors += o.backend_connect_errors;
-        self.backend_failures += o.backend_failures;
-        self.backend_stray += o.backend_stray;
+        self.accepted = self.accepted.saturating_add(o.accepted);
+        self.open = self.open.saturating_add(o.open);
+        self.refused_total = self.refused_total.saturating_add(o.refused_total);
+        self.refused_client = self.refused_client.saturating_add(o.refused_client);
+        self.acl_denied = self.acl_denied.saturating_add(o.acl_denied);
+        self.idle_closed = self.idle_closed.saturating_add(o.idle_closed);
+        self.io_closed = self.io_closed.saturating_add(o.io_closed);
+        self.duration_closed = self.duration_closed.saturating_add(o.duration_closed);
+        self.query_limit_closed = self.query_limit_closed.saturating_add(o.query_limit_closed);
+        self.bad_framing = self.bad_framing.saturating_add(o.bad_framing);
+        self.backend_connects = self.backend_connects.saturating_add(o.backend_connects);
+        self.backend_connect_errors = self
+            .backend_connect_errors
+            .saturating_add(o.backend_connect_errors);
+        self.backend_failures = self.backend_failures.saturating_add(o.backend_failures);
+        self.backend_stray = self.backend_stray.saturating_add(o.backend_stray);
         self.queries.accumulate(&o.queries);
         self.pipeline.accumulate(&o.pipeline);
     }

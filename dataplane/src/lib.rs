@@ -12,6 +12,8 @@ pub mod dns;
 pub mod engine;
 pub mod forward;
 pub mod frame;
+#[cfg(feature = "test-hooks")]
+pub mod hooks;
 pub mod kernel_path;
 pub mod pipeline;
 pub mod poller;

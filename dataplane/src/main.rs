@@ -50,6 +50,7 @@ fn main() -> ExitCode {
 
 fn run() -> anyhow::Result<()> {
     privileges::check_and_trim().context("privileges")?;
+    privileges::lock_down().context("locking the process down")?;
     let control = Control::from_inherited()?;
     let (init, fds) = control
         .receive_init(Duration::from_secs(10))
@@ -88,7 +89,9 @@ fn run() -> anyhow::Result<()> {
     };
     let forwarder = match (init.forward.clone(), forward_fds) {
         (Some(spec), Some(fds)) => {
-            Some(Forwarder::open(init.queue_id, spec, fds).context("forwarding set-up")?)
+            let mut f = Forwarder::open(init.queue_id, spec, fds).context("forwarding set-up")?;
+            f.set_listen(&init.kernel_sockets);
+            Some(f)
         }
         _ => None,
     };
@@ -124,10 +127,21 @@ fn run() -> anyhow::Result<()> {
             std::os::fd::AsFd::as_fd(worker.xsk()),
         )
         .context("handing the AF_XDP socket to the loader")?;
+    // The socket is bound: no capability is needed any more.
+    privileges::drop_all().context("dropping capabilities")?;
     #[cfg(feature = "test-hooks")]
-    xdpdns_dataplane::sandbox::arm_forbidden_call_on_sigusr2().context("test hook")?;
+    {
+        xdpdns_dataplane::sandbox::arm_forbidden_call_on_sigusr2().context("test hook")?;
+        xdpdns_dataplane::hooks::lie(
+            init.queue_id,
+            worker.control(),
+            std::os::fd::AsFd::as_fd(worker.xsk()),
+        );
+    }
     // From here on only the loop's system calls are allowed.
     xdpdns_dataplane::sandbox::install().context("installing the seccomp filter")?;
+    #[cfg(feature = "test-hooks")]
+    xdpdns_dataplane::hooks::probe_sandbox(init.queue_id, worker.control().fd());
     info!(
         ifname = %init.ifname,
         zero_copy,

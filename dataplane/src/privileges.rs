@@ -41,3 +41,30 @@ pub fn set_name(name: &str) {
         unsafe { libc::prctl(libc::PR_SET_NAME, c.as_ptr()) };
     }
 }
+
+/// What a worker does to itself once started: not dumpable (no core file,
+/// no ptrace by its own user, /proc/PID owned by root), and no process of
+/// its own (RLIMIT_NPROC 0: it never forks).
+pub fn lock_down() -> std::io::Result<()> {
+    // SAFETY: prctl with integer arguments only.
+    if unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let zero = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: setrlimit reads one rlimit from a live local.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NPROC, &zero) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Drops every capability for good (the AF_XDP socket is bound; nothing
+/// later needs CAP_NET_RAW or CAP_IPC_LOCK).
+pub fn drop_all() -> Result<(), PrivilegeError> {
+    caps::clear(None, CapSet::Effective)?;
+    caps::clear(None, CapSet::Permitted)?;
+    Ok(())
+}

@@ -8,7 +8,10 @@
 
 use std::collections::BTreeMap;
 
-use seccompiler::{BpfProgram, SeccompAction, SeccompFilter, TargetArch};
+use seccompiler::{
+    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
+    SeccompRule, TargetArch,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SandboxError {
@@ -37,15 +40,13 @@ pub const ALLOWED: &[(&str, libc::c_long)] = &[
     // The control socket: counters out, Reconfigure/Shutdown in.
     ("sendmsg", libc::SYS_sendmsg),
     ("recvmsg", libc::SYS_recvmsg),
-    // Reconfigure: new sockets moved above the AF_XDP socket, old ones closed.
-    ("fcntl", libc::SYS_fcntl),
+    // Reconfigure: old sockets closed (fcntl: see `guarded`).
     ("close", libc::SYS_close),
     // Logging to stderr.
     ("write", libc::SYS_write),
     ("writev", libc::SYS_writev),
-    // The allocator.
+    // The allocator (mmap and mprotect: see `guarded`).
     ("brk", libc::SYS_brk),
-    ("mmap", libc::SYS_mmap),
     ("munmap", libc::SYS_munmap),
     ("mremap", libc::SYS_mremap),
     ("madvise", libc::SYS_madvise),
@@ -66,9 +67,57 @@ pub const ALLOWED: &[(&str, libc::c_long)] = &[
     ("exit_group", libc::SYS_exit_group),
     ("getpid", libc::SYS_getpid),
     ("gettid", libc::SYS_gettid),
-    ("tgkill", libc::SYS_tgkill),
     ("rt_sigaction", libc::SYS_rt_sigaction),
 ];
+
+fn rule(conditions: Vec<SeccompCondition>) -> Result<SeccompRule, SandboxError> {
+    Ok(SeccompRule::new(conditions)?)
+}
+
+fn arg(index: u8, op: SeccompCmpOp, value: u64) -> Result<SeccompCondition, SandboxError> {
+    Ok(SeccompCondition::new(
+        index,
+        SeccompCmpArgLen::Dword,
+        op,
+        value,
+    )?)
+}
+
+/// Calls every worker may make only with certain arguments (each rule
+/// allows; none matching kills):
+/// - `mmap` and `mprotect` never executable, `mmap` never MAP_LOCKED;
+/// - `fcntl` only to read or set descriptor and status flags (never
+///   O_ASYNC), and to duplicate close-on-exec: no F_SETOWN, F_SETSIG or
+///   leases, the ways to have the kernel signal someone else;
+/// - `tgkill` only to this process (abort on a panic). `kill` is not
+///   allowed at all.
+pub fn guarded() -> Result<Vec<(libc::c_long, Vec<SeccompRule>)>, SandboxError> {
+    let no_exec = || arg(2, SeccompCmpOp::MaskedEq(libc::PROT_EXEC as u64), 0);
+    let no_lock = || arg(3, SeccompCmpOp::MaskedEq(libc::MAP_LOCKED as u64), 0);
+    let cmd = |c: libc::c_int| arg(1, SeccompCmpOp::Eq, c as u64);
+    let own_pid = u64::from(std::process::id());
+    Ok(vec![
+        (libc::SYS_mmap, vec![rule(vec![no_exec()?, no_lock()?])?]),
+        (libc::SYS_mprotect, vec![rule(vec![no_exec()?])?]),
+        (
+            libc::SYS_fcntl,
+            vec![
+                rule(vec![cmd(libc::F_GETFD)?])?,
+                rule(vec![cmd(libc::F_SETFD)?])?,
+                rule(vec![cmd(libc::F_GETFL)?])?,
+                rule(vec![
+                    cmd(libc::F_SETFL)?,
+                    arg(2, SeccompCmpOp::MaskedEq(libc::O_ASYNC as u64), 0)?,
+                ])?,
+                rule(vec![cmd(libc::F_DUPFD_CLOEXEC)?])?,
+            ],
+        ),
+        (
+            libc::SYS_tgkill,
+            vec![rule(vec![arg(0, SeccompCmpOp::Eq, own_pid)?])?],
+        ),
+    ])
+}
 
 fn arch() -> Result<TargetArch, SandboxError> {
     std::env::consts::ARCH
@@ -76,9 +125,10 @@ fn arch() -> Result<TargetArch, SandboxError> {
         .map_err(|_| SandboxError::Arch(std::env::consts::ARCH))
 }
 
-/// The compiled filter: allow [`ALLOWED`], kill the process on anything else.
+/// The compiled filter: allow [`ALLOWED`] and the [`guarded`] calls with
+/// their arguments; kill the process on anything else.
 pub fn filter() -> Result<BpfProgram, SandboxError> {
-    compile(ALLOWED, Vec::new())
+    compile(ALLOWED, guarded()?)
 }
 
 /// A filter allowing `allowed` unconditionally and `conditional` calls

@@ -131,7 +131,11 @@ pub fn forwarding_engine(rules: usize) -> Engine {
         table: None,
         backends: vec![socks],
     };
-    let f = Forwarder::with_table(0, spec.clone(), fds, table, alloc).expect("forwarder");
+    let mut f = Forwarder::with_table(0, spec.clone(), fds, table, alloc).expect("forwarder");
+    f.set_listen(&[
+        "192.0.2.1:53".parse().expect("address"),
+        "[2001:db8::1]:53".parse().expect("address"),
+    ]);
     Engine::new(
         Pipeline::new(&answer_spec(rules, Action::Forward), Some(&spec)),
         Some(f),

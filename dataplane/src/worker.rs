@@ -293,6 +293,11 @@ impl Worker {
         } = &mut self.engine;
         let udp_size = pipeline.udp_size();
         if let (Some(f), Some(backends)) = (forwarder.as_mut(), pipeline.backends()) {
+            #[cfg(feature = "test-hooks")]
+            {
+                let (queue, table) = f.shared();
+                crate::hooks::scribble(queue, table);
+            }
             let mut out = Outbox {
                 xsk: &mut self.xsk,
                 kernel: &self.kernel,
@@ -405,11 +410,15 @@ impl Worker {
         }
         self.engine.pipeline = pipeline;
         // The old sockets close (and leave the epoll set) as they drop.
+        let listen = addrs.clone();
         self.kernel = KernelPath::new(sockets, addrs);
         let old = self.engine.forwarder.take();
         self.engine.forwarder = match (old, forward, forward_fds) {
             (Some(old), Some(spec), Some(fds)) => match old.reconfigured(spec, fds) {
-                Ok(f) => Some(f),
+                Ok(mut f) => {
+                    f.set_listen(&listen);
+                    Some(f)
+                }
                 Err(e) => {
                     tracing::error!(error = %e, "forwarding unavailable after reconfigure");
                     None

@@ -110,6 +110,11 @@ pub fn render(s: &Status) -> String {
         "dataplane_restarts",
         "Dataplane restarts, by queue",
     );
+    let unkillable = CounterFamily::new(
+        &mut reg,
+        "dataplane_unkillable",
+        "Dataplanes that did not die when killed, by queue (the queue stays on the kernel path)",
+    );
     let rules = CounterFamily::new(
         &mut reg,
         "rule_hits",
@@ -181,6 +186,7 @@ pub fn render(s: &Status) -> String {
         acl_refused.set(labels(&[("queue", &queue)]), q.counters.acl_refused);
         kicks.set(labels(&[("queue", &queue)]), q.counters.kicks);
         restarts.set(labels(&[("queue", &queue)]), u64::from(q.restarts));
+        unkillable.set(labels(&[("queue", &queue)]), u64::from(q.unkillable));
         up.set(labels(&[("queue", &queue)]), i64::from(q.registered));
         let is_kernel_only = matches!(q.phase, crate::workers::supervisor::Phase::KernelOnly);
         kernel_only.set(labels(&[("queue", &queue)]), i64::from(is_kernel_only));

@@ -125,6 +125,36 @@ impl Plan {
         };
         if let (Some(d), Some(t)) = (&account, &tcp_account) {
             let me = nix::unistd::geteuid().as_raw();
+            let my_gid = nix::unistd::getegid().as_raw();
+            let control_gid = fixed
+                .control
+                .group
+                .as_deref()
+                .and_then(|g| nix::unistd::Group::from_name(g).ok().flatten())
+                .map(|g| g.gid.as_raw());
+            for (key, a) in [("dataplane.user", d), ("tcp.user", t)] {
+                // nobody (65534) is shared by unrelated daemons, and with it
+                // their locked memory and their signals.
+                if a.uid == 65534 || a.gid == 65534 {
+                    problems.push(format!(
+                        "{key}: {:?} is (or is in the group of) nobody, which other daemons share: \
+                         give xdpdns workers users of their own (e.g. xdpdns-dp, xdpdns-tcp)",
+                        a.name
+                    ));
+                }
+                if a.gid == my_gid && me != 0 {
+                    problems.push(format!(
+                        "{key}: {:?} has the loader's group (gid {}): workers need groups of their own",
+                        a.name, a.gid
+                    ));
+                }
+                if Some(a.gid) == control_gid {
+                    problems.push(format!(
+                        "{key}: {:?} is in control.group: workers must not reach the control socket",
+                        a.name
+                    ));
+                }
+            }
             if d.uid == t.uid {
                 problems.push(format!(
                     "tcp.user {:?} has the uid of dataplane.user {:?} ({}): give each kind of worker a user of its own",
@@ -508,6 +538,21 @@ mod tests {
             "the effective ACL is printed: {d}"
         );
         assert!(!d.contains("acl.allow admits"), "{d}");
+    }
+
+    #[test]
+    fn workers_need_users_of_their_own() {
+        let mut c = config("lo", "");
+        c.fixed.dataplane.user = "nobody".into();
+        let p = Plan::resolve(&c).unwrap_err().to_string();
+        assert!(
+            p.contains("dataplane.user: \"nobody\" is (or is in the group of) nobody"),
+            "{p}"
+        );
+        let mut c = config("lo", "");
+        c.fixed.tcp.user = "daemon".into();
+        let p = Plan::resolve(&c).unwrap_err().to_string();
+        assert!(p.contains("has the uid of dataplane.user"), "{p}");
     }
 
     #[test]

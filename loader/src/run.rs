@@ -412,6 +412,8 @@ impl Running {
             Notice::Unregistered(q) => {
                 self.registered.remove(&q);
             }
+            // Before anything serves, a queue that cannot set up is a
+            // configuration error; once queues serve, it is that queue's.
             Notice::SetupFailed(q, reason) if !self.ready => {
                 bail!("queue {q}: dataplane {reason}");
             }

@@ -191,6 +191,10 @@ pub struct QueueStatus {
     /// Milliseconds since the current dataplane's socket entered the XSKMAP.
     pub registered_ms_ago: Option<u64>,
     pub last_exit: Option<String>,
+    /// Dataplanes that did not die when killed (the queue then stays on
+    /// the kernel path until `restart-queue`).
+    #[serde(default)]
+    pub unkillable: u32,
     pub counters: Counters,
 }
 
@@ -273,6 +277,7 @@ impl Status {
                 registered: q.registered_at.is_some(),
                 registered_ms_ago: q.registered_at.map(|t| t.elapsed().as_millis() as u64),
                 last_exit: q.last_exit.clone(),
+                unkillable: q.unkillable,
                 counters: (&q.totals()).into(),
             })
             .collect();

@@ -2,8 +2,8 @@
 //! installed once they are set up. Anything not listed kills the process
 //! (SIGSYS); the loader restarts it like any crash. Arguments are checked
 //! where they matter: sockets only of the kinds the worker makes, no
-//! executable memory, ioctl only to set non-blocking mode, signals only to
-//! this process.
+//! executable or locked memory, fcntl without signal delivery, ioctl only to
+//! set non-blocking mode, signals only to this process.
 
 use seccompiler::{
     BpfProgram, SeccompCmpArgLen as Len, SeccompCmpOp as Op, SeccompCondition as Cond, SeccompRule,
@@ -30,7 +30,6 @@ const RUNTIME: &[(&str, libc::c_long)] = &[
     ("getsockopt", libc::SYS_getsockopt),
     ("getsockname", libc::SYS_getsockname),
     ("getpeername", libc::SYS_getpeername),
-    ("fcntl", libc::SYS_fcntl),
     ("brk", libc::SYS_brk),
     ("munmap", libc::SYS_munmap),
     ("mremap", libc::SYS_mremap),
@@ -68,25 +67,16 @@ fn cond(arg: u8, op: Op, value: u64) -> Result<Cond, SandboxError> {
     Cond::new(arg, Len::Dword, op, value).map_err(SandboxError::Filter)
 }
 
-/// The calls allowed only with certain arguments, common to both.
+/// The dataplane's argument-checked calls (memory never executable or
+/// locked, fcntl without signal delivery, tgkill to ourselves), plus ioctl
+/// FIONBIO only (std's set_nonblocking on a new listener) and, for the TCP
+/// worker, sockets of the kinds it makes.
 fn conditional(sockets: bool) -> Result<Vec<(libc::c_long, Vec<SeccompRule>)>, SandboxError> {
-    let no_exec = |arg| cond(arg, Op::MaskedEq(libc::PROT_EXEC as u64), 0);
-    let own_pid = u64::from(std::process::id());
-    let mut out = vec![
-        // Memory, never executable.
-        (libc::SYS_mmap, vec![rule(vec![no_exec(2)?])?]),
-        (libc::SYS_mprotect, vec![rule(vec![no_exec(2)?])?]),
-        // ioctl: FIONBIO only (std's set_nonblocking on a new listener).
-        (
-            libc::SYS_ioctl,
-            vec![rule(vec![cond(1, Op::Eq, libc::FIONBIO)?])?],
-        ),
-        // Signals to ourselves only (abort on a panic).
-        (
-            libc::SYS_tgkill,
-            vec![rule(vec![cond(0, Op::Eq, own_pid)?])?],
-        ),
-    ];
+    let mut out = xdpdns_dataplane::sandbox::guarded()?;
+    out.push((
+        libc::SYS_ioctl,
+        vec![rule(vec![cond(1, Op::Eq, libc::FIONBIO)?])?],
+    ));
     if sockets {
         // TCP sockets toward backends, IPv4 or IPv6, nothing else.
         let stream = |family: i32| -> Result<SeccompRule, SandboxError> {

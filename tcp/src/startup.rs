@@ -15,6 +15,8 @@ pub enum StartupError {
     Capabilities(Vec<caps::Capability>),
     #[error("no-new-privs is not set: workers are started by the xdpdns loader")]
     NoNewPrivs,
+    #[error("cannot lock the process down: {0}")]
+    LockDown(std::io::Error),
 }
 
 /// Refuses root, any capability, and a missing no-new-privs; clears the
@@ -33,6 +35,7 @@ pub fn check_unprivileged() -> Result<(), StartupError> {
     if unsafe { libc::prctl(libc::PR_GET_NO_NEW_PRIVS, 0, 0, 0, 0) } != 1 {
         return Err(StartupError::NoNewPrivs);
     }
+    xdpdns_dataplane::privileges::lock_down().map_err(StartupError::LockDown)?;
     Ok(())
 }
 

@@ -979,17 +979,48 @@ pub struct RecordingBackend {
     thread: Option<std::thread::JoinHandle<anyhow::Result<Vec<Seen>>>>,
 }
 
+/// How a [`RecordingBackend`] treats queries whose name has a label: answer
+/// after a delay, or never.
+pub type Hold = (&'static str, Option<Duration>);
+
 impl RecordingBackend {
     pub fn start(lab: &Lab, addr: &str) -> anyhow::Result<RecordingBackend> {
+        Self::start_holding(lab, addr, &[])
+    }
+
+    /// Like [`RecordingBackend::start`]; queries with a label of `holds`
+    /// are answered late or not at all.
+    pub fn start_holding(
+        lab: &Lab,
+        addr: &str,
+        holds: &[Hold],
+    ) -> anyhow::Result<RecordingBackend> {
+        let holds: Vec<(Vec<u8>, Option<Duration>)> = holds
+            .iter()
+            .map(|(label, d)| {
+                let mut l = vec![label.len() as u8];
+                l.extend_from_slice(label.as_bytes());
+                (l, *d)
+            })
+            .collect();
         let addr: std::net::SocketAddr = addr.parse()?;
         let sock = lab.in_ns(false, || Ok(std::net::UdpSocket::bind(addr)?))?;
-        sock.set_read_timeout(Some(Duration::from_millis(100)))?;
+        sock.set_read_timeout(Some(Duration::from_millis(20)))?;
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let flag = stop.clone();
         let thread = std::thread::spawn(move || -> anyhow::Result<Vec<Seen>> {
             let mut seen = Vec::new();
             let mut buf = [0u8; 4096];
+            let mut later: Vec<(Instant, Vec<u8>, std::net::SocketAddr)> = Vec::new();
             while !flag.load(Ordering::Relaxed) {
+                let now = Instant::now();
+                later.retain(|(due, reply, to)| {
+                    if *due > now {
+                        return true;
+                    }
+                    let _ = sock.send_to(reply, to);
+                    false
+                });
                 let (n, from) = match sock.recv_from(&mut buf) {
                     Ok(r) => r,
                     Err(e)
@@ -1015,7 +1046,17 @@ impl RecordingBackend {
                 reply[2] |= 0x80; // QR
                 reply[3] = 0x80; // RA, NOERROR
                 reply[6..12].fill(0); // no records (the query's OPT dropped)
-                let _ = sock.send_to(&reply, from);
+                let name = &q[12..end - 4];
+                match holds
+                    .iter()
+                    .find(|(l, _)| name.windows(l.len()).any(|w| w.eq_ignore_ascii_case(l)))
+                {
+                    None => {
+                        let _ = sock.send_to(&reply, from);
+                    }
+                    Some((_, Some(d))) => later.push((Instant::now() + *d, reply, from)),
+                    Some((_, None)) => {}
+                }
             }
             Ok(seen)
         });
@@ -1154,4 +1195,199 @@ impl Lab {
 pub fn series(text: &str, series: &str) -> Option<f64> {
     text.lines()
         .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// Unmounts a private bpffs on drop.
+pub struct Bpffs(pub PathBuf);
+
+impl Drop for Bpffs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+        let _ = fs::remove_dir(&self.0);
+    }
+}
+
+/// A loader run as the packaged unit runs it: as the loader's own user
+/// with the unit's ambient capabilities (no root), over a private bpffs
+/// and runtime directory that user owns, from binaries it can reach.
+pub struct UnitLoader {
+    pub child: Child,
+    pub config: PathBuf,
+    pub bins: PathBuf,
+    pub pin_root: PathBuf,
+    pub log: PathBuf,
+    _bpffs: Bpffs,
+}
+
+/// The capabilities the packaged unit grants the loader.
+pub const UNIT_CAPS: &str =
+    "+sys_admin,+net_admin,+net_raw,+net_bind_service,+setuid,+setgid,+setpcap,+kill";
+
+impl Lab {
+    /// Starts the loader of `instance` with `extra` configuration as the
+    /// packaged unit would (see [`UnitLoader`]) and waits until it is ready.
+    pub fn start_as_unit(&self, instance: &str, extra: &str) -> anyhow::Result<UnitLoader> {
+        self.start_as_unit_hooked(instance, extra, "")
+    }
+
+    /// Like [`Lab::start_as_unit`], with dataplanes told to misbehave as
+    /// `hook` says (`XDPDNS_TEST_HOOK`; a test-hooks build).
+    pub fn start_as_unit_hooked(
+        &self,
+        instance: &str,
+        extra: &str,
+        hook: &str,
+    ) -> anyhow::Result<UnitLoader> {
+        let loader_uid = self.users.loader_uid;
+        let bpffs = Bpffs(self.dir.join("bpffs"));
+        fs::create_dir_all(&bpffs.0)?;
+        sh(Command::new("mount")
+            .args(["-t", "bpf", "bpf"])
+            .arg(&bpffs.0))?;
+        for d in [&bpffs.0, &self.runtime_dir] {
+            fs::create_dir_all(d)?;
+            nix::unistd::chown(d, Some(loader_uid.into()), Some(loader_uid.into()))?;
+            fs::set_permissions(d, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
+        }
+        let bins = self.dir.join("bin");
+        fs::create_dir_all(&bins)?;
+        for b in ["xdpdns", "xdpdns-dataplane", "xdpdns-tcp"] {
+            fs::copy(bin(b), bins.join(b))?;
+        }
+        let pin_root = bpffs.0.join("xdpdns");
+        let config = self
+            .config(
+                instance,
+                &format!(
+                    "{extra}\n[tcp]\nbinary = \"{}\"\n",
+                    bins.join("xdpdns-tcp").display()
+                ),
+            )
+            .replace(
+                &format!("pin_root = \"{}\"", self.pin_root.display()),
+                &format!("pin_root = \"{}\"", pin_root.display()),
+            )
+            .replace(
+                &format!("user = \"{DATAPLANE_USER}\""),
+                &format!(
+                    "user = \"{DATAPLANE_USER}\"\nbinary = \"{}\"",
+                    bins.join("xdpdns-dataplane").display()
+                ),
+            );
+        let path = self.write_config(instance, &config)?;
+        let log_path = self.dir.join(format!("{instance}.log"));
+        let log = fs::File::create(&log_path)?;
+        let child = Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", self.server_ns))
+            .args(self.users.prefix())
+            .args([
+                "setpriv",
+                &format!("--reuid={loader_uid}"),
+                &format!("--regid={loader_uid}"),
+                "--clear-groups",
+            ])
+            .arg(format!("--inh-caps={UNIT_CAPS}"))
+            .arg(format!("--ambient-caps={UNIT_CAPS}"))
+            .arg(bins.join("xdpdns"))
+            .args(["run", "--config"])
+            .arg(&path)
+            .env("NO_COLOR", "1")
+            .env("XDPDNS_TEST_HOOK", hook)
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()?;
+        let loader = UnitLoader {
+            child,
+            config: path,
+            bins,
+            pin_root,
+            log: log_path,
+            _bpffs: bpffs,
+        };
+        // Dataplanes told to misbehave may never all be registered at once.
+        wait_for(
+            Duration::from_secs(15),
+            "READY as the loader's user",
+            || {
+                loader
+                    .status()
+                    .ok()
+                    .filter(|s| !hook.is_empty() || s["ready"] == true)
+            },
+        )
+        .with_context(|| loader.log_text())?;
+        Ok(loader)
+    }
+}
+
+impl UnitLoader {
+    /// The status of one queue.
+    pub fn queue(&self, queue: u32) -> anyhow::Result<Value> {
+        let s = self.status()?;
+        s["queues"]
+            .as_array()
+            .and_then(|qs| qs.iter().find(|q| q["queue"] == queue).cloned())
+            .with_context(|| format!("queue {queue} not in status: {s:#}"))
+    }
+
+    /// Whether the loader still runs.
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    pub fn status(&self) -> anyhow::Result<Value> {
+        let out = Command::new(self.bins.join("xdpdns"))
+            .args(["status", "--json", "--config"])
+            .arg(&self.config)
+            .output()?;
+        anyhow::ensure!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(serde_json::from_slice(&out.stdout)?)
+    }
+
+    pub fn wait_status(&self, what: &str, pred: impl Fn(&Value) -> bool) -> anyhow::Result<Value> {
+        let mut last = Value::Null;
+        wait_for(Duration::from_secs(10), what, || {
+            let s = self.status().ok()?;
+            let ok = pred(&s);
+            last = s.clone();
+            ok.then_some(s)
+        })
+        .with_context(|| format!("{}\nlast status: {last:#}", self.log_text()))
+    }
+
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(self.bins.join("xdpdns"))
+            .args(args)
+            .arg("--config")
+            .arg(&self.config)
+            .output()
+            .expect("xdpdns")
+    }
+
+    pub fn log_text(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGTERM, and the exit status (bounded).
+    pub fn stop(&mut self) -> anyhow::Result<ExitStatus> {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )?;
+        wait_for(Duration::from_secs(15), "the loader's exit", || {
+            self.child.try_wait().ok().flatten()
+        })
+        .with_context(|| self.log_text())
+    }
+}
+
+impl Drop for UnitLoader {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

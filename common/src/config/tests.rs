@@ -36,7 +36,7 @@ fn minimal_config_gets_documented_defaults() {
     );
     assert_eq!(c.fixed.xsk.frames, 4096);
     assert_eq!(c.fixed.xsk.frame_size, 2048);
-    assert_eq!(c.fixed.dataplane.user, "nobody");
+    assert_eq!(c.fixed.dataplane.user, "xdpdns-dp");
     assert!(!c.fixed.dataplane.keep_ipc_lock);
     assert_eq!(c.fixed.umem_bytes_per_queue(), 8 << 20);
     assert_eq!(c.live.answer_spec().default, Action::Refused);
@@ -558,7 +558,7 @@ fn tcp_limits_default_and_are_checked() {
         ),
         ("backend_connections = 100", "tcp.backend_connections"),
         ("user = \"root\"", "tcp.user"),
-        ("user = \"nobody\"", "tcp.user"),
+        ("user = \"xdpdns-dp\"", "tcp.user"),
     ] {
         assert_eq!(
             invalid_key(&with("", &format!("[tcp]\n{body}"))),

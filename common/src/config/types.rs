@@ -283,7 +283,7 @@ fn default_true() -> bool {
     true
 }
 fn default_user() -> String {
-    "nobody".into()
+    "xdpdns-dp".into()
 }
 fn default_stats_interval_ms() -> u32 {
     1000

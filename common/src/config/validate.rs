@@ -90,7 +90,7 @@ impl File {
         if self.dataplane.user == "root" {
             return Err(ConfigError::invalid(
                 "dataplane.user",
-                "dataplanes never run as root: name an unprivileged user such as \"nobody\"",
+                "dataplanes never run as root: name an unprivileged user of their own such as \"xdpdns-dp\"",
             ));
         }
         if let Some(binary) = &self.dataplane.binary

@@ -19,6 +19,7 @@
 
 pub mod keys;
 pub mod latency;
+pub mod trust;
 
 use std::io;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
@@ -39,6 +40,7 @@ use crate::shm::inflight::{self, Allocator, ClaimError, Claimed, Client, Entry, 
 use crate::xsk::Fate;
 use keys::{Draws, below};
 use latency::Latency;
+use trust::Listeners;
 
 /// Where answers that are not a frame in hand go.
 pub trait Emit {
@@ -138,8 +140,22 @@ pub struct Forwarder {
     /// learns the query is done, wherever its reply was claimed.
     mine: Vec<Option<u16>>,
     latency: Latency,
+    /// Our listen addresses: what an entry must name to be answered.
+    listeners: Listeners,
     buf: Box<[u8]>,
 }
+
+#[cfg(feature = "test-hooks")]
+impl Forwarder {
+    /// This queue and the shared table, for the hostile-sibling hook.
+    pub fn shared(&self) -> (u32, &Table) {
+        (self.queue, &self.table)
+    }
+}
+
+/// Timeout answers one sweep may emit (a sweep runs every 10 ms); expired
+/// queries beyond are freed without an answer, counted.
+const SWEEP_ANSWERS: usize = 256;
 
 /// What a forwarder keeps across a reconfiguration.
 struct Kept {
@@ -281,6 +297,7 @@ impl Forwarder {
             backend_keys,
             mine,
             latency,
+            listeners: Listeners::default(),
             buf: vec![0u8; RECV_BUF].into_boxed_slice(),
         })
     }
@@ -302,6 +319,12 @@ impl Forwarder {
             latency: self.latency,
         };
         Forwarder::build(kept, spec, fds)
+    }
+
+    /// Our listen addresses (at start and after a reconfiguration): only
+    /// entries naming one of them are answered.
+    pub fn set_listen(&mut self, listen: &[SocketAddr]) {
+        self.listeners = Listeners::new(listen);
     }
 
     /// Watches every backend socket.
@@ -634,6 +657,10 @@ impl Forwarder {
             return Fate::Recycle;
         };
         let cl = claimed.entry.client;
+        if !self.listeners.trusts(&cl) {
+            c.forward.bad_entries += 1;
+            return Fate::Recycle;
+        }
         if cl.xsk && len <= self.client_room(&cl) {
             let h = client_headers(&cl, self.spec.local_mac);
             if let Some(start) = frame::write_headers(chunk, at, len, &h) {
@@ -716,6 +743,10 @@ impl Forwarder {
             return;
         };
         let cl = claimed.entry.client;
+        if !self.listeners.trusts(&cl) {
+            c.forward.bad_entries += 1;
+            return;
+        }
         let payload = &*msg;
         let framed = cl.xsk
             && payload.len() <= self.client_room(&cl)
@@ -746,6 +777,8 @@ impl Forwarder {
         let action = self.spec.timeout_action;
         let local_mac = self.spec.local_mac;
         let mine = &mut self.mine;
+        let listeners = &self.listeners;
+        let mut answered = 0usize;
         self.table.sweep(self.queue, now_ms, |index, swept| {
             let Some(slot) = mine.get_mut(index as usize) else {
                 return;
@@ -761,8 +794,12 @@ impl Forwarder {
                 }
                 Swept::Expired(e) => e,
             };
-            *slot = None;
-            if let Some(bi) = backends.index_of(e.backend) {
+            // Only entries this process wrote move its backend accounting:
+            // a predecessor's, or one a sibling planted, are answered (if
+            // they pass the checks below) but count against no backend.
+            if let Some(tag) = slot.take()
+                && let Some(bi) = backends.index_of(tag)
+            {
                 c.backend(bi).timeouts += 1;
                 backends.done(bi as u16);
             }
@@ -770,6 +807,15 @@ impl Forwarder {
                 return;
             };
             let cl = e.client;
+            if !listeners.trusts(&cl) {
+                c.forward.bad_entries += 1;
+                return;
+            }
+            if answered >= SWEEP_ANSWERS {
+                c.forward.sweep_limited += 1;
+                return;
+            }
+            answered += 1;
             let original = dns::Original {
                 id: cl.id,
                 flags: cl.flags,

@@ -401,6 +401,56 @@ impl Table {
         }
     }
 
+    /// Test builds: what a hostile sibling can do. Rewrites, in place, each
+    /// in-flight entry of `region` that `f` changes (true); returns how many.
+    #[cfg(feature = "test-hooks")]
+    pub fn scribble(&self, region: u32, mut f: impl FnMut(u32, &mut Entry) -> bool) -> u32 {
+        let mut n = 0;
+        for index in 0..self.per_queue {
+            let Some(words) = self.slot(region, index) else {
+                break;
+            };
+            if words[0].load(Ordering::Acquire) & 0xff != IN_USE {
+                continue;
+            }
+            let mut e = read_entry(words);
+            if f(index, &mut e) {
+                write_entry(words, &e, words[10].load(Ordering::Relaxed) as u32);
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// Test builds: fills up to `max` free slots of `region` with `entry`
+    /// marked in flight (no index cell: only a sweep finds them).
+    #[cfg(feature = "test-hooks")]
+    pub fn plant(&self, region: u32, entry: &Entry, max: u32) -> u32 {
+        let mut n = 0;
+        for index in 0..self.per_queue {
+            if n == max {
+                break;
+            }
+            let Some(words) = self.slot(region, index) else {
+                break;
+            };
+            let state = words[0].load(Ordering::Acquire);
+            if state & 0xff == IN_USE {
+                continue;
+            }
+            write_entry(words, entry, 0);
+            let next = (state >> 32).wrapping_add(1) & 0xffff_ffff;
+            words[0].store((next << 32) | IN_USE, Ordering::Release);
+            n += 1;
+        }
+        n
+    }
+
+    /// The number of regions (queues).
+    pub fn regions(&self) -> u32 {
+        self.regions
+    }
+
     /// Slots of `queue` in flight now.
     pub fn in_flight(&self, queue: u32) -> u32 {
         (0..self.per_queue)

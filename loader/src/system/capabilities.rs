@@ -37,6 +37,10 @@ pub fn needed(low_ports: bool, keep_ipc_lock: bool) -> Vec<Need> {
             cap: Capability::CAP_SETPCAP,
             why: "remove every other capability from the dataplanes' bounding set",
         },
+        Need {
+            cap: Capability::CAP_KILL,
+            why: "kill a hung or misbehaving worker (workers run as users of their own)",
+        },
     ];
     if low_ports {
         v.push(Need {

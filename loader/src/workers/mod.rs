@@ -7,7 +7,9 @@
 
 pub mod backoff;
 pub mod channel;
+pub mod checks;
 pub mod privdrop;
+pub mod process;
 pub mod queues;
 pub mod service;
 pub mod spawn;

@@ -114,9 +114,10 @@ pub struct ChildSetup<'a> {
     pub image: &'a ExecImage,
     /// The child's end of the control socketpair (>= HIGH_FD).
     pub control: &'a OwnedFd,
-    pub parent_pid: libc::pid_t,
     /// The CPU mask to run on (`dataplane.cpus`), if pinned.
     pub cpus: Option<&'a libc::cpu_set_t>,
+    /// Resource limits to set (soft = hard), lowered only.
+    pub limits: &'a [(libc::__rlimit_resource_t, u64)],
 }
 
 fn check(ret: libc::c_int) -> io::Result<()> {
@@ -132,9 +133,17 @@ fn prctl(op: libc::c_int, a: libc::c_ulong, b: libc::c_ulong) -> io::Result<()> 
     check(unsafe { libc::prctl(op, a, b, 0 as libc::c_ulong, 0 as libc::c_ulong) })
 }
 
-/// Runs in the forked child; returns only on failure (the error reaches the
-/// parent through `spawn`). Async-signal-safe: system calls on prepared data.
-pub fn become_worker(s: &ChildSetup<'_>) -> io::Result<()> {
+/// Runs in the forked child; returns only on failure (the child then exits
+/// with the errno as its status). Async-signal-safe: system calls on
+/// prepared data.
+pub fn become_worker(s: &ChildSetup<'_>) -> io::Error {
+    match transform(s) {
+        Ok(never) => match never {},
+        Err(e) => e,
+    }
+}
+
+fn transform(s: &ChildSetup<'_>) -> io::Result<std::convert::Infallible> {
     let keep = s.identity.mask();
 
     if let Some(set) = s.cpus {
@@ -156,6 +165,18 @@ pub fn become_worker(s: &ChildSetup<'_>) -> io::Result<()> {
     };
     if r < 0 && io::Error::last_os_error().raw_os_error() != Some(libc::ENOSYS) {
         return Err(io::Error::last_os_error());
+    }
+
+    // Resource limits: what the worker needs and no more. (RLIMIT_NPROC is
+    // the worker's own business after exec: set before setuid it would
+    // make the exec fail.)
+    for (resource, value) in s.limits {
+        let lim = libc::rlimit {
+            rlim_cur: *value,
+            rlim_max: *value,
+        };
+        // SAFETY: setrlimit reads one rlimit from a live local.
+        check(unsafe { libc::setrlimit(*resource, &lim) })?;
     }
 
     // Bounding set: only what is kept can ever be regained (needs CAP_SETPCAP).
@@ -226,13 +247,12 @@ pub fn become_worker(s: &ChildSetup<'_>) -> io::Result<()> {
     }
 
     prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0)?;
-    // Set after the uid change, which clears it. SIGKILL: a dataplane must
-    // never outlive its loader.
+    // Set after the uid change, which clears it. SIGKILL: a worker must
+    // never outlive its loader. (In its own PID namespace the worker cannot
+    // see its parent to check it is still there; a loader that died before
+    // this line leaves the worker's control socket closed, and the worker
+    // exits at its first read.)
     prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0)?;
-    // SAFETY: getppid has no arguments.
-    if unsafe { libc::getppid() } != s.parent_pid {
-        return Err(io::Error::other("the loader exited during start-up"));
-    }
 
     // SAFETY: argv/envp are NULL-terminated arrays of pointers to live
     // NUL-terminated strings owned by `image`; the path is an empty C string

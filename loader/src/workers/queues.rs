@@ -31,6 +31,8 @@ pub struct QueueState {
     pub live: DataplaneCounters,
     pub last_report: Option<Instant>,
     pub last_exit: Option<String>,
+    /// Dataplanes that did not die when killed.
+    pub unkillable: u32,
 }
 
 impl QueueState {
@@ -46,6 +48,7 @@ impl QueueState {
             live: DataplaneCounters::new(),
             last_report: None,
             last_exit: None,
+            unkillable: 0,
         }
     }
 
@@ -91,6 +94,11 @@ impl QueueState {
             }
             QueueEvent::Phase { phase, .. } => {
                 self.phase = phase;
+                Notice::None
+            }
+            QueueEvent::Unkillable { pid, .. } => {
+                self.unkillable = self.unkillable.saturating_add(1);
+                self.last_exit = Some(format!("pid {pid} could not be killed"));
                 Notice::None
             }
         }

@@ -27,8 +27,9 @@ use xdpdns_common::stats::{DropReason, TcpCounters};
 
 use super::backoff::Backoff;
 use super::channel::{Channel, Incoming};
+use super::process::{WorkerProcess, describe};
 use super::spawn::{self, Template};
-use super::supervisor::{Phase, describe};
+use super::supervisor::{KILL_TIMEOUT, Phase};
 use crate::sockets;
 
 /// How long a new worker has to say Ready.
@@ -320,8 +321,14 @@ async fn run_once(
                 let incoming = match msg {
                     Ok(Some(m)) => m,
                     Ok(None) => {
-                        let status = child.wait().await;
-                        return Some(describe(status));
+                        let status = tokio::time::timeout(STOP_TIMEOUT, child.wait()).await;
+                        return Some(match status {
+                            Ok(s) => describe(&s),
+                            Err(_) => {
+                                kill(&mut child).await;
+                                "closed its channel and hung: killed".into()
+                            }
+                        });
                     }
                     Err(e) => {
                         kill(&mut child).await;
@@ -343,7 +350,7 @@ async fn run_once(
                     return Some(reason);
                 }
             }
-            status = child.wait() => return Some(describe(status)),
+            status = child.wait() => return Some(describe(&status)),
             _ = tick.tick() => {
                 if !ready && started.elapsed() > READY_TIMEOUT {
                     kill(&mut child).await;
@@ -506,12 +513,12 @@ fn plausible(c: &TcpCounters, spec: &TcpSpec) -> Result<(), String> {
     Ok(())
 }
 
-async fn kill(child: &mut tokio::process::Child) {
-    let _ = child.start_kill();
-    let _ = child.wait().await;
+/// Kills within a bound; a worker that cannot be killed is reported there.
+async fn kill(child: &mut WorkerProcess) {
+    child.kill_within(KILL_TIMEOUT).await;
 }
 
-async fn stop(role: Role, child: &mut tokio::process::Child, channel: &Channel) {
+async fn stop(role: Role, child: &mut WorkerProcess, channel: &Channel) {
     let _ = match role {
         Role::Tcp(_) => {
             channel

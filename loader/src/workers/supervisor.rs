@@ -24,6 +24,8 @@ use xdpdns_common::stats::DataplaneCounters;
 use super::DataplaneSpec;
 use super::backoff::Backoff;
 use super::channel::{Channel, Incoming};
+use super::checks;
+use super::process::{WorkerProcess, describe};
 use super::spawn::{self, Spawned, Template};
 use crate::bpf::XskSlot;
 use crate::forwarding::ForwardResources;
@@ -33,6 +35,9 @@ use crate::sockets;
 const READY_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a dataplane has to exit after Shutdown before SIGKILL.
 const STOP_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a killed worker has to be gone before it is reported as
+/// unkillable.
+pub const KILL_TIMEOUT: Duration = Duration::from_secs(2);
 /// How often the heartbeat is checked.
 const HEARTBEAT_TICK: Duration = Duration::from_millis(100);
 
@@ -99,6 +104,12 @@ pub enum QueueEvent {
         queue: u32,
         phase: Phase,
     },
+    /// A dataplane that was killed did not die within the bound: its queue
+    /// stays on the kernel path until `restart-queue`.
+    Unkillable {
+        queue: u32,
+        pid: u32,
+    },
 }
 
 impl QueueEvent {
@@ -109,7 +120,8 @@ impl QueueEvent {
             | QueueEvent::Stats { queue, .. }
             | QueueEvent::SetupFailed { queue, .. }
             | QueueEvent::Exited { queue, .. }
-            | QueueEvent::Phase { queue, .. } => *queue,
+            | QueueEvent::Phase { queue, .. }
+            | QueueEvent::Unkillable { queue, .. } => *queue,
         }
     }
 }
@@ -121,6 +133,15 @@ pub struct Channels {
     pub commands: mpsc::UnboundedReceiver<QueueCommand>,
     pub events: mpsc::UnboundedSender<QueueEvent>,
     pub stop: watch::Receiver<bool>,
+}
+
+/// What the supervisor knows of the current dataplane life.
+struct Life {
+    born: Instant,
+    registered: bool,
+    /// Its last counters (they may only grow).
+    last: DataplaneCounters,
+    rate: checks::RateLimit,
 }
 
 /// How one dataplane run ended.
@@ -138,6 +159,8 @@ struct Supervisor {
     ctx: Rc<Context>,
     slot: XskSlot,
     ch: Channels,
+    /// The last dataplane killed did not die: no new one until an operator asks.
+    stuck: bool,
 }
 
 /// Supervises `queue` until told to stop.
@@ -147,6 +170,7 @@ pub async fn supervise(queue: u32, ctx: Rc<Context>, slot: XskSlot, ch: Channels
         ctx,
         slot,
         ch,
+        stuck: false,
     };
     s.run().await;
     s.phase(Phase::Stopped);
@@ -188,8 +212,24 @@ impl Supervisor {
                 reason: reason.clone(),
                 requested,
             });
-            if requested {
+            if requested && !self.stuck {
                 recent.clear();
+                continue;
+            }
+            if std::mem::take(&mut self.stuck) {
+                error!(
+                    queue,
+                    %reason,
+                    "the dataplane could not be killed: the queue stays on the kernel path until `xdpdns restart-queue`"
+                );
+                self.phase(Phase::KernelOnly);
+                tokio::select! {
+                    cmd = self.ch.commands.recv() => match cmd {
+                        Some(QueueCommand::Restart) => recent.clear(),
+                        Some(QueueCommand::Stop) | None => return,
+                    },
+                    _ = self.ch.stop.changed() => return,
+                }
                 continue;
             }
 
@@ -314,22 +354,40 @@ impl Supervisor {
         let mut heartbeat_timeout = heartbeat(&spec);
         let started = Instant::now();
         let mut last_heard = Instant::now();
-        let mut registered = false;
+        let mut life = Life {
+            born: started,
+            registered: false,
+            last: DataplaneCounters::new(),
+            rate: checks::RateLimit::default(),
+        };
         let mut tick = tokio::time::interval(HEARTBEAT_TICK);
         loop {
             tokio::select! {
                 msg = channel.recv() => match msg {
                     Ok(Some(incoming)) => {
                         last_heard = Instant::now();
-                        if let Err(reason) = self.handle(pid, incoming, &mut registered) {
+                        let shape = (
+                            spec.answer.rules.len(),
+                            spec.forward.as_ref().map_or(0, |f| f.backends.len()),
+                        );
+                        if let Err(reason) = self.handle(pid, incoming, &mut life, shape) {
                             self.evict(&mut child).await;
                             return Outcome::Exited(reason);
                         }
                     }
                     Ok(None) => {
                         let _ = self.slot.clear();
-                        let status = child.wait().await;
-                        return Outcome::Exited(describe(status));
+                        // It closed its channel: it is going; if it hangs
+                        // instead, it is killed.
+                        return Outcome::Exited(
+                            match tokio::time::timeout(STOP_TIMEOUT, child.wait()).await {
+                                Ok(status) => describe(&status),
+                                Err(_) => {
+                                    self.evict(&mut child).await;
+                                    "closed its channel and hung: killed".into()
+                                }
+                            },
+                        );
                     }
                     Err(e) => {
                         self.evict(&mut child).await;
@@ -338,14 +396,14 @@ impl Supervisor {
                 },
                 status = child.wait() => {
                     let _ = self.slot.clear();
-                    return Outcome::Exited(describe(status));
+                    return Outcome::Exited(describe(&status));
                 }
                 _ = tick.tick() => {
-                    if !registered && started.elapsed() > READY_TIMEOUT {
+                    if !life.registered && started.elapsed() > READY_TIMEOUT {
                         self.evict(&mut child).await;
                         return Outcome::Exited(format!("no AF_XDP socket within {READY_TIMEOUT:?}"));
                     }
-                    if registered && last_heard.elapsed() > heartbeat_timeout {
+                    if life.registered && last_heard.elapsed() > heartbeat_timeout {
                         let silent = last_heard.elapsed().as_millis();
                         self.evict(&mut child).await;
                         return Outcome::Exited(format!(
@@ -419,10 +477,17 @@ impl Supervisor {
         &mut self,
         pid: u32,
         incoming: Incoming,
-        registered: &mut bool,
+        life: &mut Life,
+        (rules, backends): (usize, usize),
     ) -> Result<(), String> {
         let queue = self.queue;
+        life.rate.hit()?;
+        let registered = &mut life.registered;
+        if !matches!(incoming.msg, FromDataplane::Ready(_)) && !incoming.fds.is_empty() {
+            return Err("descriptors beside a message that carries none".into());
+        }
         match incoming.msg {
+            FromDataplane::Ready(_) if *registered => Err("a second Ready".into()),
             FromDataplane::Ready(ready) => {
                 let (peer_pid, peer_uid, _) = incoming.creds.ok_or("Ready without credentials")?;
                 let uid = self.ctx.template.uid();
@@ -463,8 +528,19 @@ impl Supervisor {
                 Ok(())
             }
             FromDataplane::Stats(counters) => {
+                checks::dataplane_counters(
+                    &counters,
+                    &life.last,
+                    rules,
+                    backends,
+                    life.born.elapsed().as_secs(),
+                )?;
+                life.last = (*counters).clone();
                 self.emit(QueueEvent::Stats { queue, counters });
                 Ok(())
+            }
+            FromDataplane::Failed(f) if *registered => {
+                Err(format!("failed while serving: {}: {}", f.stage, f.error))
             }
             FromDataplane::Failed(f) => {
                 self.emit(QueueEvent::SetupFailed {
@@ -478,15 +554,22 @@ impl Supervisor {
 
     /// Takes the queue off AF_XDP at once (its slot emptied: the kernel path
     /// serves it), then kills the dataplane and waits for it.
-    async fn evict(&mut self, child: &mut tokio::process::Child) {
+    /// A child that does not die in time is reported (log, status, metric)
+    /// and no successor is started: see `stuck`.
+    async fn evict(&mut self, child: &mut WorkerProcess) {
         if let Err(e) = self.slot.clear() {
             warn!(queue = self.queue, error = %e, "could not empty the XSKMAP slot");
         }
-        let _ = child.start_kill();
-        let _ = child.wait().await;
+        if !child.kill_within(KILL_TIMEOUT).await {
+            self.stuck = true;
+            self.emit(QueueEvent::Unkillable {
+                queue: self.queue,
+                pid: child.id(),
+            });
+        }
     }
 
-    async fn stop_child(&mut self, child: &mut tokio::process::Child, channel: &Channel) {
+    async fn stop_child(&mut self, child: &mut WorkerProcess, channel: &Channel) {
         let _ = channel.send(&ToDataplane::Shutdown, &[]).await;
         if tokio::time::timeout(STOP_TIMEOUT, child.wait())
             .await
@@ -515,16 +598,4 @@ fn is_xdp_socket(fd: BorrowedFd<'_>) -> bool {
         )
     };
     r == 0 && domain == libc::AF_XDP
-}
-
-pub fn describe(status: std::io::Result<std::process::ExitStatus>) -> String {
-    use std::os::unix::process::ExitStatusExt;
-    match status {
-        Ok(s) => match (s.code(), s.signal()) {
-            (Some(c), _) => format!("exited with status {c}"),
-            (_, Some(sig)) => format!("killed by signal {sig}"),
-            _ => "ended".into(),
-        },
-        Err(e) => format!("wait failed: {e}"),
-    }
 }

@@ -69,4 +69,7 @@ fn a_dataplane_life_is_tracked_and_totals_stay_monotonic() {
         phase: Phase::KernelOnly,
     });
     assert_eq!(q.phase, Phase::KernelOnly);
+    q.apply(QueueEvent::Unkillable { queue: 3, pid: 44 });
+    assert_eq!(q.unkillable, 1);
+    assert_eq!(q.last_exit.as_deref(), Some("pid 44 could not be killed"));
 }
