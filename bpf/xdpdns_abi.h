@@ -84,6 +84,8 @@
 #define XDPDNS_STAT_UNVERIFIED  14 /* a query too long to verify here: kernel path */
 #define XDPDNS_STAT_ACL_TO_KERNEL  15 /* outside the ACL, REFUSED wanted but no XDP_TX
                                     * here (SETTING_NO_TX): the kernel path answers */
-#define XDPDNS_STAT_COUNT       16
+#define XDPDNS_STAT_PARTIAL_CSUM 16 /* of the redirected queries (counted there too):
+                                    * a local peer's offloaded partial checksum */
+#define XDPDNS_STAT_COUNT       17
 
 #endif /* XDPDNS_ABI_H */

@@ -174,10 +174,13 @@ pub enum XdpOutcome {
     BadCsum = 13,
     Unverified = 14,
     AclKernel = 15,
+    /// Redirected queries (also counted as `Redirect`) whose checksum field
+    /// held just the pseudo-header sum: a local peer's TX offload.
+    PartialCsum = 16,
 }
 
 impl XdpOutcome {
-    pub const COUNT: usize = 16;
+    pub const COUNT: usize = 17;
     pub const ALL: [XdpOutcome; Self::COUNT] = [
         XdpOutcome::Redirect,
         XdpOutcome::NoSocket,
@@ -195,6 +198,7 @@ impl XdpOutcome {
         XdpOutcome::BadCsum,
         XdpOutcome::Unverified,
         XdpOutcome::AclKernel,
+        XdpOutcome::PartialCsum,
     ];
 
     /// Stable lower-case name, used in status output and metric labels.
@@ -216,6 +220,7 @@ impl XdpOutcome {
             XdpOutcome::BadCsum => "bad_csum",
             XdpOutcome::Unverified => "unverified",
             XdpOutcome::AclKernel => "acl_to_kernel",
+            XdpOutcome::PartialCsum => "partial_csum",
         }
     }
 
@@ -225,6 +230,7 @@ impl XdpOutcome {
             XdpOutcome::Redirect => "redirect",
             XdpOutcome::AclDropped | XdpOutcome::NotBackend => "drop",
             XdpOutcome::AclRefused => "tx",
+            XdpOutcome::PartialCsum => "subset_of_redirect",
             _ => "pass",
         }
     }

@@ -46,6 +46,9 @@ drop_reasons! {
     FailDrop => "fail_drop", "Not forwarded (pool down, no slot, timeout) and the failure action is drop.";
     AclDenied => "acl_denied", "The client is outside the ACL and its action is drop (kernel path, TCP; XDP counts its own).";
     SendFailed => "send_failed", "The answer could not be sent (no socket for its address, or the send failed).";
+    DnsTrailing => "dns_trailing", "Bytes after the last record the header announces.";
+    DnsOpcode => "dns_opcode", "An opcode answered here is only QUERY: others go to a backend, or get NOTIMP.";
+    DnsBadVersion => "dns_badvers", "EDNS version above 0 (RFC 6891: BADVERS).";
 }
 
 /// Counters of one path: AF_XDP frames, or kernel-stack datagrams.
@@ -169,6 +172,10 @@ pub struct DataplaneCounters {
     pub backends: Vec<BackendCounters>,
     #[serde(default)]
     pub forward: ForwardCounters,
+    /// Queries answered with an error the RFCs require instead of their
+    /// answer (FORMERR, NOTIMP, BADVERS), by [`DropReason`] discriminant.
+    #[serde(default)]
+    pub error_answers: Vec<u64>,
 }
 
 /// Upper bounds (µs) of the backend latency histogram buckets; a last,
@@ -304,8 +311,24 @@ impl DataplaneCounters {
         DataplaneCounters {
             xsk: PathCounters::new(),
             kernel: PathCounters::new(),
+            error_answers: vec![0; DropReason::COUNT],
             ..Default::default()
         }
+    }
+
+    /// Counts a query answered with an error code for `reason`.
+    #[inline]
+    pub fn error_answer(&mut self, reason: DropReason) {
+        if let Some(n) = self.error_answers.get_mut(reason as usize) {
+            *n += 1;
+        }
+    }
+
+    pub fn error_answers_for(&self, reason: DropReason) -> u64 {
+        self.error_answers
+            .get(reason as usize)
+            .copied()
+            .unwrap_or(0)
     }
 
     /// The largest event counter (gauges and the latency sum left out): what
@@ -351,6 +374,7 @@ impl DataplaneCounters {
         .into_iter()
         .chain(paths)
         .chain(self.rule_hits.iter().copied())
+        .chain(self.error_answers.iter().copied())
         .chain(backends)
         .max()
         .unwrap_or(0)
@@ -381,6 +405,12 @@ impl DataplaneCounters {
             self.backend(i).accumulate(b);
         }
         self.forward.accumulate(&other.forward);
+        if self.error_answers.len() < other.error_answers.len() {
+            self.error_answers.resize(other.error_answers.len(), 0);
+        }
+        for (a, b) in self.error_answers.iter_mut().zip(&other.error_answers) {
+            *a = a.saturating_add(*b);
+        }
     }
 }
 

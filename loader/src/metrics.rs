@@ -172,6 +172,14 @@ pub fn render(s: &Status) -> String {
         "acl_refused",
         "Kernel-path queries from outside the ACL answered REFUSED, by queue",
     );
+    let error_answers = CounterFamily::new(
+        &mut reg,
+        "error_answers",
+        "Queries answered FORMERR, NOTIMP or BADVERS as the RFCs require, by reason (every path, TCP included)",
+    );
+    for (reason, n) in &s.totals.error_answers {
+        error_answers.set(labels(&[("reason", reason)]), *n);
+    }
     for q in &s.queues {
         let queue = q.queue.to_string();
         per_queue(

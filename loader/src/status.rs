@@ -221,6 +221,9 @@ pub struct Counters {
     pub xsk_kernel: XskKernelStats,
     pub rings: RingLevels,
     pub forward: xdpdns_common::stats::ForwardCounters,
+    /// Queries answered FORMERR, NOTIMP or BADVERS, by reason.
+    #[serde(default)]
+    pub error_answers: BTreeMap<String, u64>,
 }
 
 impl From<&PathCounters> for PathStatus {
@@ -253,6 +256,11 @@ impl From<&DataplaneCounters> for Counters {
             xsk_kernel: c.xsk_kernel.clone(),
             rings: c.rings,
             forward: c.forward.clone(),
+            error_answers: DropReason::ALL
+                .iter()
+                .map(|r| (r.name().to_string(), c.error_answers_for(*r)))
+                .filter(|(_, n)| *n > 0)
+                .collect(),
         }
     }
 }

@@ -245,9 +245,24 @@ impl Lab {
         ip(&args)?;
         ip(&["-n", s, "link", "set", srv, "up"])?;
         ip(&["-n", c, "link", "set", cli, "up"])?;
-        // Locally generated UDP on a veth carries partial checksums; a real
-        // wire never does. Make the client's frames look like the wire's.
-        sh(Command::new("ip").args(["netns", "exec", c, "ethtool", "-K", cli, "tx", "off"]))?;
+        // The client's TX checksum offload stays on, as on any veth or
+        // container network: its UDP reaches XDP with partial checksums.
+        Ok(())
+    }
+
+    /// Turns the client's TX checksum offload off on `cli`: its frames then
+    /// carry full checksums, as frames from a real wire do.
+    pub fn offload_off(&self, cli: &str) -> anyhow::Result<()> {
+        sh(Command::new("ip").args([
+            "netns",
+            "exec",
+            &self.client_ns,
+            "ethtool",
+            "-K",
+            cli,
+            "tx",
+            "off",
+        ]))?;
         Ok(())
     }
 

@@ -35,8 +35,31 @@ fn kdig_gets_refused_over_af_xdp_on_ipv4_and_ipv6() -> anyhow::Result<()> {
         "nothing took the kernel path: {s:#}"
     );
     assert!(xdp(&s, "redirect") >= 20, "{s:#}");
+    // kdig's kernel left partial checksums (the veth's TX offload is on):
+    // recognised, not sent to the kernel.
+    assert!(xdp(&s, "partial_csum") >= 20, "{s:#}");
+    assert_eq!(xdp(&s, "bad_csum"), 0, "{s:#}");
     assert_eq!(xdp(&s, "no_socket"), 0);
     assert_eq!(s["ready"], true);
+
+    // With the offload off, frames carry full checksums, as from a wire.
+    lab.offload_off(CLIENT_IF)?;
+    let partial = xdp(&s, "partial_csum");
+    for i in 0..5 {
+        assert_eq!(
+            lab.kdig(&[&v4, &format!("full{i}.example"), "A"]),
+            "REFUSED"
+        );
+        assert_eq!(
+            lab.kdig(&[&v6, &format!("full{i}.example"), "A"]),
+            "REFUSED"
+        );
+    }
+    let s = server.wait_status("30 answers over AF_XDP", |s| {
+        total(s, "xsk", "answered") >= 30
+    })?;
+    assert_eq!(xdp(&s, "partial_csum"), partial, "full checksums: {s:#}");
+    assert_eq!(total(&s, "kernel", "received"), 0, "{s:#}");
     assert!(server.stop()?.success());
     Ok(())
 }

@@ -53,7 +53,7 @@ fn systemd_units_verify_and_expose_at_most_2_8() -> anyhow::Result<()> {
         // a compromised worker weaker): 2.8 is the budget, never more.
         assert!(score <= 2.8, "{unit} exposure {score}:\n{t}");
     }
-    std::fs::remove_dir_all(dir)?;
+    drop(dir);
     Ok(())
 }
 
@@ -177,7 +177,7 @@ fn the_debian_package_installs_checks_and_removes_cleanly() -> anyhow::Result<()
     let target = deb.parent().context("package directory")?;
     let out = Command::new(root.join("tests/scripts/throwaway-root"))
         .arg("-b")
-        .arg(&work)
+        .arg(&*work)
         .arg("-b")
         .arg(target)
         .args(["sh"])
@@ -190,12 +190,28 @@ fn the_debian_package_installs_checks_and_removes_cleanly() -> anyhow::Result<()
         "{t}"
     );
     assert_eq!(host_state(), before, "the host is as it was");
-    std::fs::remove_dir_all(work)?;
+    drop(work);
     Ok(())
 }
 
-fn tempdir(tag: &str) -> anyhow::Result<std::path::PathBuf> {
+/// A temporary directory, removed when dropped (also when a test fails).
+struct TempDir(std::path::PathBuf);
+
+impl std::ops::Deref for TempDir {
+    type Target = std::path::Path;
+    fn deref(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn tempdir(tag: &str) -> anyhow::Result<TempDir> {
     let d = std::env::temp_dir().join(format!("xdt-{tag}-{}", std::process::id()));
     std::fs::create_dir_all(&d)?;
-    Ok(d)
+    Ok(TempDir(d))
 }

@@ -130,9 +130,9 @@ pub(crate) struct XskSection {
     /// Descriptors handled per ring operation.
     #[serde(default = "default_batch_size")]
     pub batch_size: u32,
-    /// Drop frames whose UDP checksum is wrong. Frames from the wire always
-    /// carry full checksums; only a local veth peer with TX checksum offload
-    /// hands XDP partial ones (disable it there with `ethtool -K PEER tx off`).
+    /// Verify query checksums in XDP: a full or partial (a local peer's TX
+    /// offload) checksum goes to AF_XDP, any other to the kernel stack,
+    /// which drops corrupt frames.
     #[serde(default = "default_true")]
     pub verify_checksums: bool,
     /// When a busy queue runs dry, nap this long (µs) before looking again,

@@ -29,8 +29,10 @@ pub fn write_answer(
     let opcode = q.opcode & 0x0f;
     buf[2] = 0x80 | (opcode << 3) | u8::from(q.rd);
     buf[3] = (if q.cd { 0x10 } else { 0 }) | rcode_low;
-    // QDCOUNT 1, ANCOUNT 0, NSCOUNT 0, ARCOUNT 0 or 1.
-    buf[4..12].copy_from_slice(&[0, 1, 0, 0, 0, 0, 0, u8::from(q.edns.is_some())]);
+    // QDCOUNT as kept (1, or 0 without a question), ANCOUNT 0, NSCOUNT 0,
+    // ARCOUNT 0 or 1.
+    let qd = u8::from(q.qdcount > 0 && q.question_end > HEADER_LEN);
+    buf[4..12].copy_from_slice(&[0, qd, 0, 0, 0, 0, 0, u8::from(q.edns.is_some())]);
     if let Some(e) = q.edns {
         let opt = &mut buf[q.question_end..end];
         opt[0] = 0;
@@ -57,13 +59,33 @@ pub fn write_answer_for(
 ) -> Result<usize, DropReason> {
     let qlen = original.question.len();
     let end = HEADER_LEN + qlen;
-    if qlen < 5 || end > buf.len() {
+    // A question-less query (forwarded header-only) is answered header-only.
+    if qlen != 0 && qlen < 5 || end > buf.len() {
         return Err(DropReason::AnswerTooLarge);
     }
     buf[0..2].copy_from_slice(&original.id.to_be_bytes());
     buf[2..4].copy_from_slice(&original.flags.to_be_bytes());
-    buf[4..12].copy_from_slice(&[0, 1, 0, 0, 0, 0, 0, 0]);
+    buf[4..12].copy_from_slice(&[0, 0, 0, 0, 0, 0, 0, 0]);
     buf[HEADER_LEN..end].copy_from_slice(original.question);
+    if qlen == 0 {
+        let q = Query {
+            id: original.id,
+            flags: original.flags,
+            opcode: ((original.flags >> 11) & 0xf) as u8,
+            rd: original.flags & 0x0100 != 0,
+            cd: original.flags & 0x0010 != 0,
+            qname_end: HEADER_LEN,
+            qtype: 0,
+            qclass: 0,
+            question_end: HEADER_LEN,
+            edns: original.edns,
+            opt_size_at: None,
+            qdcount: 0,
+            cookie: false,
+            problem: None,
+        };
+        return write_answer(buf, &q, rcode, udp_size);
+    }
     let q = Query {
         id: original.id,
         flags: original.flags,
@@ -76,6 +98,9 @@ pub fn write_answer_for(
         question_end: end,
         edns: original.edns,
         opt_size_at: None,
+        qdcount: 1,
+        cookie: false,
+        problem: None,
     };
     write_answer(buf, &q, rcode, udp_size)
 }

@@ -1,6 +1,12 @@
 //! Parsing a DNS query (RFC 1035 §4.1, RFC 6891 for OPT), defensively: every
 //! length is checked, compression pointers are never followed, and the work
 //! is bounded by the message length.
+//!
+//! Only what cannot be answered at all is an error (shorter than a header,
+//! or a response). Anything else yields a [`Query`]; one that is malformed
+//! carries the reason in [`Query::problem`] and as much of itself as parsed
+//! (the question only if it parsed whole), so the pipeline answers FORMERR
+//! as RFC 1035 §4.1.1, RFC 6891 §6.1.1 and RFC 9619 ask.
 
 use xdpdns_common::stats::DropReason;
 
@@ -32,6 +38,13 @@ pub struct Query {
     pub edns: Option<Edns>,
     /// Where the OPT record's UDP payload size is in the message.
     pub opt_size_at: Option<usize>,
+    /// Questions kept in `msg[12..question_end]`: 1, or 0 for a header-only
+    /// query (or one whose question is malformed).
+    pub qdcount: u16,
+    /// The OPT record carries a COOKIE option (RFC 7873).
+    pub cookie: bool,
+    /// Why the query is malformed (answered FORMERR), if it is.
+    pub problem: Option<DropReason>,
 }
 
 impl Query {
@@ -48,7 +61,11 @@ fn be16(b: &[u8], at: usize) -> Result<u16, DropReason> {
     }
 }
 
-/// Parses `msg`, a complete DNS message.
+/// EDNS option code of COOKIE (RFC 7873).
+const OPTION_COOKIE: u16 = 10;
+
+/// Parses `msg`, a complete DNS message. Errors only for what must never
+/// be answered; a malformed query is `Ok` with [`Query::problem`] set.
 pub fn parse_query(msg: &[u8]) -> Result<Query, DropReason> {
     if msg.len() < HEADER_LEN {
         return Err(DropReason::DnsShort);
@@ -57,55 +74,98 @@ pub fn parse_query(msg: &[u8]) -> Result<Query, DropReason> {
     if flags & 0x8000 != 0 {
         return Err(DropReason::DnsResponse);
     }
-    if be16(msg, 4)? != 1 {
-        return Err(DropReason::DnsQdcount);
-    }
-    let ancount = be16(msg, 6)?;
-    let nscount = be16(msg, 8)?;
-    let arcount = be16(msg, 10)?;
-
-    let qname_end = question_name_end(msg)?;
-    let qtype = be16(msg, qname_end)?;
-    let qclass = be16(msg, qname_end + 2)?;
-    let question_end = qname_end + 4;
-
-    let mut at = question_end;
-    for _ in 0..(u32::from(ancount) + u32::from(nscount)) {
-        at = skip_record(msg, at)?.next;
-    }
-    let mut edns = None;
-    let mut opt_size_at = None;
-    for _ in 0..arcount {
-        let rr = skip_record(msg, at)?;
-        if rr.rtype == TYPE_OPT {
-            // RFC 6891 §6.1.1: owner must be root, at most one OPT.
-            if rr.name_len != 1 || edns.is_some() {
-                return Err(DropReason::DnsBadOpt);
-            }
-            let ttl = rr.ttl;
-            edns = Some(Edns {
-                udp_size: rr.class,
-                version: (ttl >> 16) as u8,
-                dnssec_ok: ttl & 0x8000 != 0,
-            });
-            opt_size_at = Some(at + rr.name_len + 2);
-        }
-        at = rr.next;
-    }
-
-    Ok(Query {
+    let mut q = Query {
         id: u16::from_be_bytes([msg[0], msg[1]]),
         flags,
         opcode: ((flags >> 11) & 0xf) as u8,
         rd: flags & 0x0100 != 0,
         cd: flags & 0x0010 != 0,
-        qname_end,
-        qtype,
-        qclass,
-        question_end,
-        edns,
-        opt_size_at,
-    })
+        qname_end: HEADER_LEN,
+        qtype: 0,
+        qclass: 0,
+        question_end: HEADER_LEN,
+        edns: None,
+        opt_size_at: None,
+        qdcount: 0,
+        cookie: false,
+        problem: None,
+    };
+    if let Err(reason) = parse_body(msg, &mut q) {
+        q.problem = Some(reason);
+        // Nothing after a malformed part can be trusted: OPT included.
+        q.edns = None;
+        q.opt_size_at = None;
+        q.cookie = false;
+    }
+    Ok(q)
+}
+
+/// The question and the records after the header, into `q`.
+fn parse_body(msg: &[u8], q: &mut Query) -> Result<(), DropReason> {
+    let qdcount = be16(msg, 4)?;
+    let ancount = be16(msg, 6)?;
+    let nscount = be16(msg, 8)?;
+    let arcount = be16(msg, 10)?;
+    if qdcount > 1 {
+        return Err(DropReason::DnsQdcount);
+    }
+    let mut at = HEADER_LEN;
+    if qdcount == 1 {
+        let qname_end = question_name_end(msg)?;
+        q.qtype = be16(msg, qname_end)?;
+        q.qclass = be16(msg, qname_end + 2)?;
+        q.qname_end = qname_end;
+        q.question_end = qname_end + 4;
+        q.qdcount = 1;
+        at = q.question_end;
+    }
+    for _ in 0..(u32::from(ancount) + u32::from(nscount)) {
+        let rr = skip_record(msg, at)?;
+        // RFC 6891 §6.1.1: OPT only in the additional section.
+        if rr.rtype == TYPE_OPT {
+            return Err(DropReason::DnsBadOpt);
+        }
+        at = rr.next;
+    }
+    for _ in 0..arcount {
+        let rr = skip_record(msg, at)?;
+        if rr.rtype == TYPE_OPT {
+            // RFC 6891 §6.1.1: owner must be root, at most one OPT.
+            if rr.name_len != 1 || q.edns.is_some() {
+                return Err(DropReason::DnsBadOpt);
+            }
+            let ttl = rr.ttl;
+            q.edns = Some(Edns {
+                udp_size: rr.class,
+                version: (ttl >> 16) as u8,
+                dnssec_ok: ttl & 0x8000 != 0,
+            });
+            q.opt_size_at = Some(at + rr.name_len + 2);
+            q.cookie = has_option(&msg[rr.rdata..rr.next], OPTION_COOKIE)?;
+        }
+        at = rr.next;
+    }
+    if at != msg.len() {
+        return Err(DropReason::DnsTrailing);
+    }
+    Ok(())
+}
+
+/// Whether the OPT RDATA `rdata` holds option `code`; malformed options
+/// (one running past the RDATA) make the OPT malformed.
+fn has_option(rdata: &[u8], code: u16) -> Result<bool, DropReason> {
+    let mut at = 0;
+    let mut found = false;
+    while at < rdata.len() {
+        let c = be16(rdata, at).map_err(|_| DropReason::DnsBadOpt)?;
+        let len = usize::from(be16(rdata, at + 2).map_err(|_| DropReason::DnsBadOpt)?);
+        at += 4 + len;
+        if at > rdata.len() {
+            return Err(DropReason::DnsBadOpt);
+        }
+        found |= c == code;
+    }
+    Ok(found)
 }
 
 /// Walks the question name at offset 12. Pointers are refused: nothing before
@@ -137,6 +197,8 @@ struct Record {
     rtype: u16,
     class: u16,
     ttl: u32,
+    /// Where its RDATA starts; it ends at `next`.
+    rdata: usize,
     next: usize,
 }
 
@@ -176,6 +238,7 @@ fn skip_record(msg: &[u8], start: usize) -> Result<Record, DropReason> {
         rtype,
         class,
         ttl,
+        rdata: at + 10,
         next,
     })
 }

@@ -66,7 +66,9 @@ fn rcode(msg: &[u8]) -> u8 {
 fn ipv4_query_gets_refused_with_valid_headers() {
     let spec = FrameSpec::v4();
     let q = query(0xbeef, "www.example.com.", 1, None);
-    let reply = receive(&run(&build(&spec, &q), 0).unwrap());
+    let raw = run(&build(&spec, &q), 0).unwrap();
+    assert_eq!(&raw[18..22], &[0, 0, 0x40, 0], "IPv4 ID 0 with DF");
+    let reply = receive(&raw);
     assert_eq!(reply.src, spec.dst);
     assert_eq!(reply.dst, spec.src);
     assert_eq!(reply.ttl, 64);
@@ -242,8 +244,39 @@ fn expect_dns_drop(msg: &[u8], reason: DropReason) {
     expect_drop(&build(&FrameSpec::v4(), msg), reason);
 }
 
+/// `msg` is answered `rcode` for `reason` (counted), header-only or with
+/// its question, never with an OPT record (nothing after a malformed part
+/// is trusted).
+fn expect_error_answer(msg: &[u8], reason: DropReason, rcode_want: u8, with_question: bool) {
+    let frame = build(&FrameSpec::v4(), msg);
+    let mut buf = frame.clone();
+    buf.resize(frame.len() + 64, 0xee);
+    let mut c = DataplaneCounters::new();
+    let fate = engine().frame(&mut buf, 0, frame.len(), &mut c, &mut NoEmit);
+    let Fate::Transmit { head, len } = fate else {
+        panic!("{reason:?}: not answered");
+    };
+    let m = receive(&buf[head..head + len]).payload;
+    assert_eq!(&m[0..2], &msg[0..2], "{reason:?}: ID kept");
+    assert_eq!(m[2] & 0x80, 0x80, "{reason:?}: QR");
+    assert_eq!(m[2] & 0x78, msg[2] & 0x78, "{reason:?}: opcode kept");
+    assert_eq!(rcode(&m), rcode_want, "{reason:?}");
+    assert_eq!(c.error_answers_for(reason), 1, "{reason:?} counted");
+    let qd = u8::from(with_question);
+    assert_eq!(&m[4..12], &[0, qd, 0, 0, 0, 0, 0, 0], "{reason:?}: counts");
+    if with_question {
+        let qlen = m.len() - 12;
+        assert_eq!(&m[12..], &msg[12..12 + qlen], "{reason:?}: question kept");
+    } else {
+        assert_eq!(m.len(), 12, "{reason:?}: header only");
+    }
+}
+
+const FORMERR: u8 = 1;
+const NOTIMP: u8 = 4;
+
 #[test]
-fn hostile_dns_is_counted_drops() {
+fn hostile_dns_is_dropped_or_answered_formerr() {
     expect_dns_drop(&[0; 11], DropReason::DnsShort);
     let q = query(1, "example.", 1, None);
 
@@ -251,21 +284,24 @@ fn hostile_dns_is_counted_drops() {
     m[2] |= 0x80;
     expect_dns_drop(&m, DropReason::DnsResponse);
 
-    let mut m = q.clone();
+    // No question (RFC 9619 and RFC 1035: FORMERR), two questions.
+    let mut m = q[..12].to_vec();
     m[5] = 0;
-    expect_dns_drop(&m, DropReason::DnsQdcount);
+    expect_error_answer(&m, DropReason::DnsQdcount, FORMERR, false);
+    let mut m = q.clone();
     m[5] = 2;
-    expect_dns_drop(&m, DropReason::DnsQdcount);
+    m.extend_from_slice(&q[12..]);
+    expect_error_answer(&m, DropReason::DnsQdcount, FORMERR, false);
 
     // A compression pointer to itself in the question: refused, never followed.
     let mut m = q[..12].to_vec();
     m.extend_from_slice(&[0xc0, 0x0c, 0, 1, 0, 1]);
-    expect_dns_drop(&m, DropReason::DnsBadQname);
+    expect_error_answer(&m, DropReason::DnsBadQname, FORMERR, false);
 
     // Label type 0x40 (extended), reserved.
     let mut m = q[..12].to_vec();
     m.extend_from_slice(&[0x41, 0, 0, 1, 0, 1]);
-    expect_dns_drop(&m, DropReason::DnsBadQname);
+    expect_error_answer(&m, DropReason::DnsBadQname, FORMERR, false);
 
     // A name over 255 bytes.
     let mut m = q[..12].to_vec();
@@ -274,22 +310,22 @@ fn hostile_dns_is_counted_drops() {
         m.extend_from_slice(&[b'a'; 63]);
     }
     m.extend_from_slice(&[0, 0, 1, 0, 1]);
-    expect_dns_drop(&m, DropReason::DnsBadQname);
+    expect_error_answer(&m, DropReason::DnsBadQname, FORMERR, false);
 
     // Label running past the end.
     let mut m = q[..12].to_vec();
     m.extend_from_slice(&[10, b'a']);
-    expect_dns_drop(&m, DropReason::DnsTruncated);
+    expect_error_answer(&m, DropReason::DnsTruncated, FORMERR, false);
 
     // Question without type/class.
     let mut m = q[..12].to_vec();
     m.extend_from_slice(&[0, 0, 1]);
-    expect_dns_drop(&m, DropReason::DnsTruncated);
+    expect_error_answer(&m, DropReason::DnsTruncated, FORMERR, false);
 
     // ARCOUNT claims 65535 records that are not there.
     let mut m = q.clone();
     m[10..12].copy_from_slice(&[0xff, 0xff]);
-    expect_dns_drop(&m, DropReason::DnsTruncated);
+    expect_error_answer(&m, DropReason::DnsTruncated, FORMERR, true);
 
     // An additional record whose owner is a pointer loop: skipped, not followed.
     let mut m = q.clone();
@@ -302,23 +338,51 @@ fn hostile_dns_is_counted_drops() {
         "TXT in additional is ignored"
     );
 
-    // OPT with a non-root owner; two OPTs.
+    // OPT with a non-root owner; two OPTs; OPT in the answer section; an
+    // option running past the OPT's data (RFC 6891 §6.1.1: FORMERR).
     let mut m = q.clone();
     m[11] = 1;
     m.extend_from_slice(&[1, b'x', 0, 0, 41, 4, 0, 0, 0, 0, 0, 0, 0]);
-    expect_dns_drop(&m, DropReason::DnsBadOpt);
+    expect_error_answer(&m, DropReason::DnsBadOpt, FORMERR, true);
     let mut m = q.clone();
     m[11] = 2;
     for _ in 0..2 {
         m.extend_from_slice(&[0, 0, 41, 4, 0, 0, 0, 0, 0, 0, 0]);
     }
-    expect_dns_drop(&m, DropReason::DnsBadOpt);
+    expect_error_answer(&m, DropReason::DnsBadOpt, FORMERR, true);
+    let mut m = q.clone();
+    m[7] = 1;
+    m.extend_from_slice(&[0, 0, 41, 4, 0, 0, 0, 0, 0, 0, 0]);
+    expect_error_answer(&m, DropReason::DnsBadOpt, FORMERR, true);
+    let mut m = q.clone();
+    m[11] = 1;
+    m.extend_from_slice(&[0, 0, 41, 4, 0, 0, 0, 0, 0, 0, 4, 0, 10, 0, 8]);
+    expect_error_answer(&m, DropReason::DnsBadOpt, FORMERR, true);
 
     // rdlength past the end.
     let mut m = q.clone();
     m[11] = 1;
     m.extend_from_slice(&[0, 0, 41, 4, 0, 0, 0, 0, 0, 0, 9]);
-    expect_dns_drop(&m, DropReason::DnsTruncated);
+    expect_error_answer(&m, DropReason::DnsTruncated, FORMERR, true);
+
+    // Bytes after the last record.
+    let mut m = q.clone();
+    m.extend_from_slice(b"garbage");
+    expect_error_answer(&m, DropReason::DnsTrailing, FORMERR, true);
+}
+
+#[test]
+fn opcodes_without_a_backend_get_notimp_also_header_only() {
+    // RFC 8906 §8.1.6: opcode 15, no question, flags set.
+    let mut m = query(7, "example.", 1, None)[..12].to_vec();
+    m[2] = 0x79; // opcode 15, RD
+    m[3] = 0x30; // AD, CD
+    m[5] = 0;
+    expect_error_answer(&m, DropReason::DnsOpcode, NOTIMP, false);
+    // NOTIFY with its zone as the question.
+    let mut m = query(8, "example.", 6, None);
+    m[2] = 0x20;
+    expect_error_answer(&m, DropReason::DnsOpcode, NOTIMP, true);
 }
 
 #[test]

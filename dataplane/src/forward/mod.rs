@@ -588,6 +588,11 @@ impl Forwarder {
         let questionless_error = msg[4..6] == [0, 0] && matches!(msg[3] & 0x0f, 1 | 2 | 4 | 5);
         let question_ok = |e: &Entry| {
             let q = e.question();
+            if q.is_empty() {
+                // A question-less query (a cookie-only QUERY, an opcode
+                // without question): its reply carries none either.
+                return msg[4..6] == [0, 0];
+            }
             questionless_error || msg.get(HEADER_LEN..HEADER_LEN + q.len()) == Some(q)
         };
         let tag = self.spec.backends[usize::from(backend)].tag;

@@ -70,7 +70,9 @@ pub fn write_headers(
         ip[0] = 0x45;
         ip[1] = 0;
         ip[2..4].copy_from_slice(&((IPV4_HLEN + udp_len) as u16).to_be_bytes());
-        ip[4..10].copy_from_slice(&[0, 0, 0, 0, REPLY_TTL, IPPROTO_UDP]);
+        // ID 0 with DF (RFC 6864 §4.1: an atomic datagram needs no ID):
+        // frames are sized to the path; a router never fragments them.
+        ip[4..10].copy_from_slice(&[0, 0, 0x40, 0, REPLY_TTL, IPPROTO_UDP]);
         ip[10..12].copy_from_slice(&[0, 0]);
         ip[12..16].copy_from_slice(&h.src_ip[..4]);
         ip[16..20].copy_from_slice(&h.dst_ip[..4]);

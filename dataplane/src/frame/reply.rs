@@ -25,7 +25,7 @@ pub fn write_reply(buf: &mut [u8], p: &Parsed, payload_len: usize) -> usize {
             let (s, d) = addrs.split_at_mut(4);
             s.swap_with_slice(d);
             front[2..4].copy_from_slice(&((IPV4_HLEN + udp_len) as u16).to_be_bytes());
-            front[6..8].copy_from_slice(&[0, 0]); // no fragmentation flags
+            front[4..8].copy_from_slice(&[0, 0, 0x40, 0]); // ID 0, DF (RFC 6864)
             front[8] = REPLY_TTL;
             front[10..12].copy_from_slice(&[0, 0]);
             let c = checksum::ipv4_header(ip);

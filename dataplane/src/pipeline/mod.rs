@@ -121,10 +121,30 @@ impl Pipeline {
             c.acl_refused += 1;
             return self.answer(buf, &q, Rcode::Refused);
         }
-        if q.opcode != OPCODE_QUERY {
+        // What the RFCs require before any answer (RFC 1035 §4.1.1, RFC
+        // 6891 §6.1.1, RFC 9619, RFC 7873 §5.4, RFC 8906 §3.1.3): FORMERR for
+        // a malformed query, NOTIMP for an opcode nobody behind us takes.
+        // With backends every opcode is theirs, as a transparent frontend's.
+        if let Some(reason) = q.problem {
+            c.error_answer(reason);
+            return self.answer(buf, &q, Rcode::FormErr);
+        }
+        let forwards = self.backends.is_some();
+        if q.opcode != OPCODE_QUERY && !forwards {
+            c.error_answer(DropReason::DnsOpcode);
             return self.answer(buf, &q, Rcode::NotImp);
         }
+        if q.opcode == OPCODE_QUERY && q.qdcount == 0 && !(forwards && q.cookie) {
+            c.error_answer(DropReason::DnsQdcount);
+            return self.answer(buf, &q, Rcode::FormErr);
+        }
         let (rule, action) = self.rules.decide(msg, &q);
+        if action.rcode().is_some() && q.edns.is_some_and(|e| e.version > 0) {
+            // Answered here: BADVERS (the answer writer sets it).
+            self.hits[rule] += 1;
+            c.error_answer(DropReason::DnsBadVersion);
+            return self.answer(buf, &q, Rcode::NoError);
+        }
         self.hits[rule] += 1;
         match action {
             Action::Forward => self.forward(buf, q, c),

@@ -77,10 +77,8 @@ fn answers_that_do_not_fit_are_dropped_not_written_past_the_buffer() {
     let mut m = query(1, "example.", 1, None);
     m[11] = 1;
     m.extend_from_slice(&[0, 0, 41, 4, 0, 0, 0, 0, 0]); // 9 bytes: rdlen missing
-    assert_eq!(
-        decide(&mut p, &m, 0).0,
-        Verdict::Drop(DropReason::DnsTruncated)
-    );
+    // FORMERR with the question, the broken OPT not echoed: fits in place.
+    assert_eq!(decide(&mut p, &m, 0).0, Verdict::Answer(12 + 9 + 4));
     m.extend_from_slice(&[0, 0]);
     // Exactly the OPT size: fits (11 bytes replace 11 bytes).
     assert!(matches!(decide(&mut p, &m, 0).0, Verdict::Answer(_)));
@@ -228,4 +226,48 @@ fn the_acl_judges_kernel_path_and_tcp_clients_but_not_frames() {
     assert_eq!(rcode(&buf), 5, "REFUSED");
     assert_eq!(c.acl_refused, 1);
     assert_eq!(p.rule_hits(), &[0], "not counted as a rule's");
+}
+
+#[test]
+fn with_backends_every_opcode_and_a_cookie_only_query_is_forwarded() {
+    let spec = forward_spec(1);
+    let mut p = Pipeline::new(&answer_spec(vec![], Action::Forward), Some(&spec));
+    for opcode in [1u8, 2, 4, 5, 6, 15] {
+        let mut q = query(9, "example.", 6, None);
+        q[2] = opcode << 3;
+        assert!(
+            matches!(decide(&mut p, &q, 0).0, Verdict::Forward { .. }),
+            "opcode {opcode}"
+        );
+    }
+    // RFC 7873 §5.4: QDCOUNT 0 with a COOKIE goes to the backend, whose
+    // cookie it is; without one it is FORMERR here.
+    let mut q = query(10, "example.", 1, None)[..12].to_vec();
+    q[5] = 0;
+    q[11] = 1;
+    q.extend_from_slice(&[0, 0, 41, 4, 0xd0, 0, 0, 0, 0, 0, 12, 0, 10, 0, 8]);
+    q.extend_from_slice(b"cookie!!");
+    match decide(&mut p, &q, 0).0 {
+        Verdict::Forward { query, .. } => {
+            assert_eq!((query.qdcount, query.question_end), (0, 12));
+            assert!(query.cookie);
+        }
+        other => panic!("{other:?}"),
+    }
+    let mut bare = q[..12].to_vec();
+    bare[11] = 0;
+    let mut c = DataplaneCounters::new();
+    let mut buf = bare.clone();
+    buf.resize(64, 0);
+    let v = p.decide(&mut buf, bare.len(), PEER, &mut c);
+    assert_eq!(v, Verdict::Answer(12));
+    assert_eq!(rcode(&buf), 1);
+    assert_eq!(c.error_answers_for(DropReason::DnsQdcount), 1);
+
+    // Without backends the cookie-only query is FORMERR, with our OPT.
+    let mut local = Pipeline::new(&answer_spec(vec![], Action::Refused), None);
+    let (v, buf) = decide(&mut local, &q, 64);
+    assert_eq!(v, Verdict::Answer(12 + 11));
+    assert_eq!(rcode(&buf), 1);
+    assert_eq!(&buf[4..12], &[0, 0, 0, 0, 0, 0, 0, 1]);
 }

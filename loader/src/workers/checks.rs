@@ -74,6 +74,7 @@ pub fn dataplane_counters(
     let shape = path_shape(&new.xsk)
         && path_shape(&new.kernel)
         && new.rule_hits.len() <= rules + 1
+        && new.error_answers.len() <= DropReason::COUNT
         && new.backends.len() <= backends
         && new
             .backends
@@ -100,6 +101,11 @@ pub fn dataplane_counters(
     let monotonic = path_monotonic(&new.xsk, &old.xsk)
         && path_monotonic(&new.kernel, &old.kernel)
         && new.acl_refused >= old.acl_refused
+        && new
+            .error_answers
+            .iter()
+            .enumerate()
+            .all(|(i, n)| *n >= old.error_answers.get(i).copied().unwrap_or(0))
         && forward(new).iter().zip(forward(old)).all(|(n, o)| *n >= o);
     if !monotonic {
         return Err("counters went backwards: killed".into());
