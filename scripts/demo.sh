@@ -11,12 +11,14 @@ CLI=xdpdns-demo-cli
 WORK=$(mktemp -d /tmp/xdpdns-demo.XXXXXX)
 CONFIG=$WORK/xdpdns.toml
 LOADER=""
+CREATED_USERS=""
 
 cleanup() {
     set +e
     if [ -n "$LOADER" ] && kill -0 "$LOADER" 2>/dev/null; then
         kill -TERM "$LOADER"; wait "$LOADER"
     fi
+    for u in $CREATED_USERS; do userdel "$u" 2>/dev/null; done
     ip netns del $SRV 2>/dev/null
     ip netns del $CLI 2>/dev/null
     rm -rf /sys/fs/bpf/xdpdns-demo "$WORK"
@@ -28,6 +30,14 @@ step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
 [ "$(id -u)" -eq 0 ] || { echo "the demo needs root (namespaces, XDP)"; exit 1; }
 for ns in $SRV $CLI; do ip netns del $ns 2>/dev/null || true; done
+# The workers' dedicated users (the package creates them with sysusers.d);
+# the demo creates those missing and removes them on exit.
+for u in xdpdns-dp xdpdns-tcp; do
+    if ! getent passwd "$u" >/dev/null; then
+        useradd --system --no-create-home --shell /usr/sbin/nologin "$u"
+        CREATED_USERS="$CREATED_USERS $u"
+    fi
+done
 
 step "veth lab: $SRV (demo0, 192.0.2.1, 2001:db8::1) <-> $CLI (demo1), 2 queues each"
 ip netns add $SRV
