@@ -33,6 +33,7 @@ pub fn answer_spec(rules: usize, default: Action) -> AnswerSpec {
                     xdpdns_common::dns::name_to_wire(&format!("blocked{i}.example.")).unwrap(),
                 ),
                 qtype: None,
+                opcode: None,
                 action: Action::NxDomain,
             })
             .collect(),

@@ -45,6 +45,10 @@ pub struct RuleConfig {
     /// A record type: "AAAA", "TYPE65", ...
     #[serde(default)]
     pub qtype: Option<String>,
+    /// An opcode: "query", "iquery", "status", "notify", "update", "dso",
+    /// or its number 0–15.
+    #[serde(default)]
+    pub opcode: Option<String>,
     pub action: Action,
 }
 
@@ -54,7 +58,29 @@ pub struct RuleSpec {
     /// Lower-case wire-format suffix, e.g. `\x07example\x00`.
     pub suffix: Option<Vec<u8>>,
     pub qtype: Option<u16>,
+    #[serde(default)]
+    pub opcode: Option<u8>,
     pub action: Action,
+}
+
+/// Opcodes by name (RFC 6895 §2.2).
+const OPCODE_NAMES: &[(&str, u8)] = &[
+    ("query", 0),
+    ("iquery", 1),
+    ("status", 2),
+    ("notify", 4),
+    ("update", 5),
+    ("dso", 6),
+];
+
+/// The opcode `name` denotes: a mnemonic (any case) or a number 0–15.
+pub fn opcode_from_name(name: &str) -> Option<u8> {
+    let lower = name.to_ascii_lowercase();
+    OPCODE_NAMES
+        .iter()
+        .find(|(n, _)| *n == lower)
+        .map(|(_, v)| *v)
+        .or_else(|| name.parse::<u8>().ok().filter(|v| *v <= 15))
 }
 
 /// Everything a dataplane needs to answer locally.
@@ -79,6 +105,9 @@ impl RuleConfig {
         }
         if let Some(t) = &self.qtype {
             parts.push(format!("qtype={}", t.to_ascii_uppercase()));
+        }
+        if let Some(o) = &self.opcode {
+            parts.push(format!("opcode={}", o.to_ascii_lowercase()));
         }
         parts.push(format!("action={}", self.action.name()));
         parts.join(",")
@@ -115,6 +144,16 @@ pub(super) fn check(index: usize, rule: &RuleConfig) -> Result<(), super::Config
             ),
         ));
     }
+    if let Some(op) = &rule.opcode
+        && opcode_from_name(op).is_none()
+    {
+        return Err(super::ConfigError::invalid(
+            key("opcode"),
+            format!(
+                "{op:?} is not an opcode: write query, iquery, status, notify, update, dso or a number 0-15"
+            ),
+        ));
+    }
     Ok(())
 }
 
@@ -134,6 +173,7 @@ pub(super) fn compile(
                     .as_deref()
                     .and_then(|n| dns::name_to_wire(n).ok()),
                 qtype: r.qtype.as_deref().and_then(dns::qtype_from_name),
+                opcode: r.opcode.as_deref().and_then(opcode_from_name),
                 action: r.action,
             })
             .collect(),

@@ -231,6 +231,17 @@ fn rules_are_checked() {
             .contains("refused")
     );
     assert!(err(&rule("qtype = \"A\"")).to_string().contains("action"));
+    for bad in ["\"bogus\"", "\"16\"", "\"-1\""] {
+        assert_eq!(
+            invalid_key(&rule(&format!("opcode = {bad}\naction = \"refused\""))),
+            "rule[0].opcode",
+            "{bad}"
+        );
+    }
+    let c = Config::from_toml(&rule("opcode = \"NOTIFY\"\naction = \"refused\"")).unwrap();
+    assert_eq!(c.live.answer_spec().rules[0].opcode, Some(4));
+    let c = Config::from_toml(&rule("opcode = \"15\"\naction = \"notimp\"")).unwrap();
+    assert_eq!(c.live.answer_spec().rules[0].opcode, Some(15));
 }
 
 #[test]

@@ -21,6 +21,7 @@ fn spec() -> AnswerSpec {
         rules: vec![RuleSpec {
             suffix: Some(xdpdns_common::dns::name_to_wire("dropme.test.").unwrap()),
             qtype: None,
+            opcode: None,
             action: Action::Drop,
         }],
         default: Action::Refused,

@@ -7,6 +7,7 @@ use crate::dns::Query;
 struct Rule {
     suffix: Option<Box<[u8]>>,
     qtype: Option<u16>,
+    opcode: Option<u8>,
     action: Action,
 }
 
@@ -25,6 +26,7 @@ impl Rules {
                 .map(|r| Rule {
                     suffix: r.suffix.clone().map(Vec::into_boxed_slice),
                     qtype: r.qtype,
+                    opcode: r.opcode,
                     action: r.action,
                 })
                 .collect(),
@@ -43,6 +45,9 @@ impl Rules {
         let qname = q.qname(msg);
         for (i, rule) in self.rules.iter().enumerate() {
             if rule.qtype.is_some_and(|t| t != q.qtype) {
+                continue;
+            }
+            if rule.opcode.is_some_and(|o| o != q.opcode) {
                 continue;
             }
             if rule
@@ -91,6 +96,7 @@ mod tests {
                 .map(|(s, t, a)| RuleSpec {
                     suffix: s.map(|s| name_to_wire(s).unwrap()),
                     qtype: *t,
+                    opcode: None,
                     action: *a,
                 })
                 .collect(),

@@ -17,6 +17,7 @@ fn drop_rule() -> RuleSpec {
     RuleSpec {
         suffix: Some(xdpdns_common::dns::name_to_wire("dropme.test.").unwrap()),
         qtype: None,
+        opcode: None,
         action: Action::Drop,
     }
 }
@@ -270,4 +271,37 @@ fn with_backends_every_opcode_and_a_cookie_only_query_is_forwarded() {
     assert_eq!(v, Verdict::Answer(12 + 11));
     assert_eq!(rcode(&buf), 1);
     assert_eq!(&buf[4..12], &[0, 0, 0, 0, 0, 0, 0, 1]);
+}
+
+#[test]
+fn rules_match_opcodes() {
+    let notify_refused = RuleSpec {
+        suffix: None,
+        qtype: None,
+        opcode: Some(4),
+        action: Action::Refused,
+    };
+    let spec = forward_spec(1);
+    let mut p = Pipeline::new(
+        &answer_spec(vec![notify_refused], Action::Forward),
+        Some(&spec),
+    );
+    let mut notify = query(11, "example.", 6, None);
+    notify[2] = 4 << 3;
+    let (v, buf) = decide(&mut p, &notify, 0);
+    assert!(matches!(v, Verdict::Answer(_)), "{v:?}");
+    assert_eq!(
+        (rcode(&buf), buf[2] >> 3 & 0xf),
+        (5, 4),
+        "REFUSED, opcode echoed"
+    );
+    let mut update = notify.clone();
+    update[2] = 5 << 3;
+    assert!(matches!(
+        decide(&mut p, &update, 0).0,
+        Verdict::Forward { .. }
+    ));
+    let q = query(12, "example.", 1, None);
+    assert!(matches!(decide(&mut p, &q, 0).0, Verdict::Forward { .. }));
+    assert_eq!(p.rule_hits(), &[1, 2]);
 }
