@@ -10,8 +10,10 @@ CARGO_FLAGS ?= -j$(JOBS)
 # iproute2/ethtool for the veth lab, nsenter/unshare (util-linux), bpftool,
 # apparmor_parser, systemd-analyze.
 BUILD_DEPS = clang llvm libbpf-dev linux-libc-dev
+# debhelper builds the package (scripts/build-deb.sh); lintian judges it.
+DEB_DEPS = debhelper dh-apparmor dpkg-dev lintian
 TEST_DEPS = iproute2 ethtool util-linux procps knot-dnsutils knot bind9-dnsutils \
-            bpftool apparmor systemd
+            bpftool apparmor systemd $(DEB_DEPS)
 # The end-to-end tests run a dataplane built with its test hooks; it lives in
 # its own target directory, so a plain `cargo test` cannot replace it.
 NETNS_TARGET ?= target/netns
@@ -26,7 +28,7 @@ help:
 	@echo "make build  - debug binaries in target/debug"
 	@echo "make release- release binaries in target/release"
 	@echo "make bench  - xdpdns vs dnsdist and knotd on a veth lab; tables, CSV, JSON, PNG in target/bench (root)"
-	@echo "make deb    - target/xdpdns_VERSION_ARCH.deb (binaries, units, AppArmor, sysusers/tmpfiles, config, man page)"
+	@echo "make deb    - target/xdpdns_VERSION_ARCH.deb and its -dbgsym package, built with debhelper"
 
 deps:
 	@scripts/install-deps.sh $(BUILD_DEPS)
@@ -74,6 +76,7 @@ bench: test-deps
 	target/release/xdpdns-bench
 
 deb: release
+	@scripts/install-deps.sh $(DEB_DEPS)
 	scripts/build-deb.sh target/release
 
 clean:

@@ -128,9 +128,10 @@ fn host_state() -> String {
 }
 
 /// What the package test does inside the throwaway root.
-const INSIDE: &str = r#"
+const INSIDE: &str = r##"
 set -eu
 deb=$1
+dbgsym=$2
 dpkg -i "$deb"
 for f in /usr/sbin/xdpdns /usr/lib/xdpdns/xdpdns-dataplane /usr/lib/xdpdns/xdpdns-tcp \
          /usr/lib/xdpdns/xdpdns-metrics /lib/systemd/system/xdpdns.service \
@@ -151,13 +152,26 @@ unshare --net sh -ec 'ip link add eth0 type veth peer name eth1; ip link set eth
     || { cat /tmp/check.out; exit 1; }
 grep -q "/usr/lib/xdpdns/xdpdns-dataplane as xdpdns-dp" /tmp/check.out || { cat /tmp/check.out; exit 1; }
 grep -q "/usr/lib/xdpdns/xdpdns-tcp as xdpdns-tcp" /tmp/check.out || { cat /tmp/check.out; exit 1; }
-dpkg --purge xdpdns
+# Stripped, with the symbols in the -dbgsym package (found by build ID).
+for b in /usr/sbin/xdpdns /usr/lib/xdpdns/xdpdns-dataplane; do
+    ! readelf -S "$b" | grep -Eq '\.symtab|\.debug_info' || { echo "not stripped: $b"; exit 1; }
+done
+dpkg -i "$dbgsym"
+id=$(readelf -n /usr/sbin/xdpdns | sed -n 's/.*Build ID: \([0-9a-f]*\)/\1/p')
+test -s "/usr/lib/debug/.build-id/$(echo "$id" | cut -c1-2)/$(echo "$id" | cut -c3-).debug" \
+    || { echo "no debug symbols for build ID $id"; exit 1; }
+# An edited conffile survives an upgrade over the same version.
+echo "# local edit" >> /etc/xdpdns/xdpdns.toml
+dpkg -i "$deb"
+grep -q "# local edit" /etc/xdpdns/xdpdns.toml || { echo "conffile overwritten by the upgrade"; exit 1; }
+for u in xdpdns xdpdns-dp xdpdns-tcp; do getent passwd "$u" >/dev/null || { echo "no user $u after upgrade"; exit 1; }; done
+dpkg --purge xdpdns-dbgsym xdpdns
 for f in /usr/sbin/xdpdns /usr/lib/xdpdns /lib/systemd/system/xdpdns.service /etc/xdpdns \
          /etc/apparmor.d/usr.sbin.xdpdns; do
     test ! -e "$f" || { echo "left after purge: $f"; exit 1; }
 done
 echo "package test passed"
-"#;
+"##;
 
 #[test]
 #[ignore = "needs root: run by make test"]
@@ -171,6 +185,19 @@ fn the_debian_package_installs_checks_and_removes_cleanly() -> anyhow::Result<()
         .output()?;
     assert!(out.status.success(), "{}", text(&out));
     let deb = root.join(String::from_utf8_lossy(&out.stdout).trim());
+    let dbgsym = deb.with_file_name(
+        deb.file_name()
+            .context("package name")?
+            .to_string_lossy()
+            .replacen("xdpdns_", "xdpdns-dbgsym_", 1),
+    );
+    // Debian's own checker: nothing at error or warning level.
+    let lint = Command::new("lintian")
+        .args(["--fail-on", "error,warning"])
+        .arg(&deb)
+        .arg(&dbgsym)
+        .output()?;
+    assert!(lint.status.success(), "lintian:\n{}", text(&lint));
     let work = tempdir("deb")?;
     let script = work.join("inside.sh");
     std::fs::write(&script, INSIDE)?;
@@ -183,6 +210,7 @@ fn the_debian_package_installs_checks_and_removes_cleanly() -> anyhow::Result<()
         .args(["sh"])
         .arg(&script)
         .arg(&deb)
+        .arg(&dbgsym)
         .output()?;
     let t = text(&out);
     assert!(
