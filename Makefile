@@ -13,7 +13,7 @@ BUILD_DEPS = clang llvm libbpf-dev linux-libc-dev
 # debhelper builds the package (scripts/build-deb.sh); lintian judges it.
 DEB_DEPS = debhelper dh-apparmor dpkg-dev lintian
 TEST_DEPS = iproute2 ethtool util-linux procps knot-dnsutils knot bind9-dnsutils \
-            bpftool apparmor systemd $(DEB_DEPS)
+            bpftool apparmor systemd dnsperf $(DEB_DEPS)
 # The end-to-end tests run a dataplane built with its test hooks; it lives in
 # its own target directory, so a plain `cargo test` cannot replace it.
 NETNS_TARGET ?= target/netns

@@ -107,6 +107,47 @@ ACL_TRIE(XDPDNS_MAP_ACL_V4_0, struct lpm_v4_key);
 ACL_TRIE(XDPDNS_MAP_ACL_V4_1, struct lpm_v4_key);
 ACL_TRIE(XDPDNS_MAP_ACL_V6_0, struct lpm_v6_key);
 ACL_TRIE(XDPDNS_MAP_ACL_V6_1, struct lpm_v6_key);
+ACL_TRIE(XDPDNS_MAP_POLICY_V4_0, struct lpm_v4_key);
+ACL_TRIE(XDPDNS_MAP_POLICY_V4_1, struct lpm_v4_key);
+ACL_TRIE(XDPDNS_MAP_POLICY_V6_0, struct lpm_v6_key);
+ACL_TRIE(XDPDNS_MAP_POLICY_V6_1, struct lpm_v6_key);
+
+/* Rate limits (twin: common/src/maps.rs `Limits`). A client prefix may send
+ * one query per interval_ns on average and run ahead of that by at most
+ * tolerance_ns (its burst): GCRA, one u64 of state per prefix. */
+struct xdpdns_limits {
+	__u64 interval_ns;
+	__u64 tolerance_ns;
+	__u32 v4_prefix;
+	__u32 v6_prefix;
+	__u32 flags;
+	__u32 reserved;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 2);
+	__type(key, __u32);
+	__type(value, struct xdpdns_limits);
+} XDPDNS_MAP_LIMITS SEC(".maps");
+
+struct rate_v6_key {
+	__u32 w[4];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, XDPDNS_RATE_ENTRIES);
+	__type(key, __u32);
+	__type(value, __u64);
+} XDPDNS_MAP_RATE_V4 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, XDPDNS_RATE_ENTRIES);
+	__type(key, struct rate_v6_key);
+	__type(value, __u64);
+} XDPDNS_MAP_RATE_V6 SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
@@ -532,6 +573,120 @@ static __always_inline int acl_allows_v6(__u32 set, struct in6_addr *saddr)
 	return bpf_map_lookup_elem(&XDPDNS_MAP_ACL_V6_0, &k) != NULL;
 }
 
+static __always_inline const struct xdpdns_limits *current_limits(__u32 set)
+{
+	__u32 k = (set & XDPDNS_SETTING_ACL_SLOT) ? 1 : 0;
+
+	return bpf_map_lookup_elem(&XDPDNS_MAP_LIMITS, &k);
+}
+
+/* Network-order mask of the first `bits` (0..32) bits of a word. */
+static __always_inline __u32 mask32(__u32 bits)
+{
+	if (bits == 0)
+		return 0;
+	if (bits >= 32)
+		return 0xffffffff;
+	return bpf_htonl(0xffffffffu << (32 - bits));
+}
+
+/*
+ * GCRA on one prefix's state `tat` (the time its next query is due): 1 if
+ * this query is over the limit. CPUs update it with compare-and-swap, so
+ * a client spread over every queue is one client; after a few lost races
+ * the query counts as limited (the state moved on: others were served).
+ */
+static __always_inline int over_rate(__u64 *tat, const struct xdpdns_limits *l, __u64 now)
+{
+	int i;
+
+	for (i = 0; i < 4; i++) {
+		__u64 old = *(volatile __u64 *)tat;
+		__u64 base = old > now ? old : now;
+
+		if (base - now > l->tolerance_ns)
+			return 1;
+		if (__sync_val_compare_and_swap(tat, old, base + l->interval_ns) == old)
+			return 0;
+	}
+	return 1;
+}
+
+/* -1: go on; otherwise the verdict for a blocked or limited query. */
+static __always_inline int police(__u32 *policy, const struct xdpdns_limits *l, void *rate, void *key)
+{
+	int dry = l && (l->flags & XDPDNS_LIMIT_DRY_RUN);
+	__u64 now, *tat;
+
+	if (policy && *policy == XDPDNS_POLICY_EXEMPT)
+		return -1;
+	if (policy && *policy == XDPDNS_POLICY_BLOCK) {
+		if (dry) {
+			count(XDPDNS_STAT_DRY_RUN, 0);
+			return -1;
+		}
+		return count(XDPDNS_STAT_BLOCKED, XDP_DROP);
+	}
+	if (!l || !(l->flags & XDPDNS_LIMIT_ON))
+		return -1;
+	now = bpf_ktime_get_ns();
+	tat = bpf_map_lookup_elem(rate, key);
+	if (!tat) {
+		__u64 first = now + l->interval_ns;
+
+		/* A new prefix: its first query is due now. A lost race with
+		 * another CPU inserting it is one query served unmetered. */
+		bpf_map_update_elem(rate, key, &first, BPF_NOEXIST);
+		return -1;
+	}
+	if (!over_rate(tat, l, now))
+		return -1;
+	if (dry) {
+		count(XDPDNS_STAT_DRY_RUN, 0);
+		return -1;
+	}
+	return count(XDPDNS_STAT_RATE_LIMITED, XDP_DROP);
+}
+
+static __always_inline int police_v4(__u32 set, __u32 saddr)
+{
+	struct lpm_v4_key k = { .prefixlen = 32 };
+	const struct xdpdns_limits *l = current_limits(set);
+	__u32 *policy;
+	__u32 key;
+
+	__builtin_memcpy(k.addr, &saddr, 4);
+	if (set & XDPDNS_SETTING_ACL_SLOT)
+		policy = bpf_map_lookup_elem(&XDPDNS_MAP_POLICY_V4_1, &k);
+	else
+		policy = bpf_map_lookup_elem(&XDPDNS_MAP_POLICY_V4_0, &k);
+	key = saddr & mask32(l ? l->v4_prefix : 32);
+	return police(policy, l, &XDPDNS_MAP_RATE_V4, &key);
+}
+
+static __always_inline int police_v6(__u32 set, struct in6_addr *saddr)
+{
+	struct lpm_v6_key k = { .prefixlen = 128 };
+	const struct xdpdns_limits *l = current_limits(set);
+	struct rate_v6_key key;
+	__u32 bits = l ? l->v6_prefix : 128;
+	__u32 *policy;
+	int i;
+
+	__builtin_memcpy(k.addr, saddr, 16);
+	if (set & XDPDNS_SETTING_ACL_SLOT)
+		policy = bpf_map_lookup_elem(&XDPDNS_MAP_POLICY_V6_1, &k);
+	else
+		policy = bpf_map_lookup_elem(&XDPDNS_MAP_POLICY_V6_0, &k);
+	__builtin_memcpy(&key, saddr, 16);
+	for (i = 0; i < 4; i++) {
+		__u32 b = bits > 32 * (__u32)i ? bits - 32 * (__u32)i : 0;
+
+		key.w[i] &= mask32(b);
+	}
+	return police(policy, l, &XDPDNS_MAP_RATE_V6, &key);
+}
+
 static __always_inline int in_forward_range(__be16 port)
 {
 	__u32 p = bpf_ntohs(port);
@@ -594,9 +749,14 @@ static __always_inline int handle_v4(struct xdp_md *ctx, void *data, void *end, 
 		__u32 listen = *dest >> 16;
 		__u32 set = current_settings();
 
+		int v;
+
 		if (!acl_allows_v4(set, ip->saddr))
 			return deny(ctx, set, listen, l3, 0);
 		count_listen(listen, XDPDNS_LISTEN_STAT_ALLOWED);
+		v = police_v4(set, ip->saddr);
+		if (v >= 0)
+			return v;
 		if (max_frame_len && (__u64)(end - data) > max_frame_len)
 			return count(XDPDNS_STAT_TOO_LARGE, XDP_PASS);
 		if (set & XDPDNS_SETTING_VERIFY_CSUM) {
@@ -650,9 +810,14 @@ static __always_inline int handle_v6(struct xdp_md *ctx, void *data, void *end, 
 		__u32 listen = *dest >> 16;
 		__u32 set = current_settings();
 
+		int v;
+
 		if (!acl_allows_v6(set, &ip6->saddr))
 			return deny(ctx, set, listen, l3, 1);
 		count_listen(listen, XDPDNS_LISTEN_STAT_ALLOWED);
+		v = police_v6(set, &ip6->saddr);
+		if (v >= 0)
+			return v;
 		if (max_frame_len && (__u64)(end - data) > max_frame_len)
 			return count(XDPDNS_STAT_TOO_LARGE, XDP_PASS);
 		if (set & XDPDNS_SETTING_VERIFY_CSUM) {

@@ -27,6 +27,17 @@
 #define XDPDNS_MAP_BACKENDS_V6 backends_v6
 /* Per-CPU counters per listen address (XDPDNS_LISTEN_STAT_*). */
 #define XDPDNS_MAP_LISTEN_STATS listen_stats
+/* Abuse protection. Per-client policy tries (exempt from limits, or
+ * blocked), double-buffered with the ACL (same slot bit); rate-limit
+ * parameters, two entries, the slot bit picks one; per-client-prefix rate
+ * state (LRU hashes: a GCRA "theoretical arrival time" each). */
+#define XDPDNS_MAP_POLICY_V4_0 policy_v4_0
+#define XDPDNS_MAP_POLICY_V4_1 policy_v4_1
+#define XDPDNS_MAP_POLICY_V6_0 policy_v6_0
+#define XDPDNS_MAP_POLICY_V6_1 policy_v6_1
+#define XDPDNS_MAP_LIMITS  limits
+#define XDPDNS_MAP_RATE_V4 rate_v4
+#define XDPDNS_MAP_RATE_V6 rate_v6
 
 /* Default size of the XSKMAP; the loader resizes it to the device's queue count. */
 #define XDPDNS_MAX_QUEUES 64
@@ -37,6 +48,16 @@
 /* Prefixes per ACL trie, backends per backend map. */
 #define XDPDNS_MAX_ACL 4096
 #define XDPDNS_MAX_BACKENDS 4096
+/* Client prefixes the rate state tracks at once, per family (LRU). */
+#define XDPDNS_RATE_ENTRIES 65536
+
+/* Policy trie values: the longest matching prefix decides. */
+#define XDPDNS_POLICY_EXEMPT 1 /* never rate-limited */
+#define XDPDNS_POLICY_BLOCK  2 /* dropped */
+
+/* struct xdpdns_limits flags. */
+#define XDPDNS_LIMIT_ON      1 /* rate limits apply */
+#define XDPDNS_LIMIT_DRY_RUN 2 /* limits and blocks only count */
 
 /* Kernel constant: copy-mode AF_XDP places frames this far into a UMEM chunk. */
 #define XDPDNS_XDP_PACKET_HEADROOM 256
@@ -62,7 +83,7 @@
 
 /*
  * Per-CPU counters, one slot per outcome. Exactly one slot is incremented per
- * frame the program sees. REDIRECT hands a frame to AF_XDP; ACL_DROPPED and
+ * frame the program sees, and PARTIAL_CSUM or DRY_RUN besides for some. REDIRECT hands a frame to AF_XDP; ACL_DROPPED and
  * NOT_BACKEND are XDP_DROP, ACL_REFUSED is XDP_TX (an answer built in place);
  * every other outcome is XDP_PASS (the kernel stack).
  */
@@ -86,6 +107,10 @@
                                     * here (SETTING_NO_TX): the kernel path answers */
 #define XDPDNS_STAT_PARTIAL_CSUM 16 /* of the redirected queries (counted there too):
                                     * a local peer's offloaded partial checksum */
-#define XDPDNS_STAT_COUNT       17
+#define XDPDNS_STAT_BLOCKED     17 /* a query from a blocked prefix: dropped */
+#define XDPDNS_STAT_RATE_LIMITED 18 /* over its prefix's rate: dropped */
+#define XDPDNS_STAT_DRY_RUN     19 /* would have been blocked or limited (dry run:
+                                    * counted here too, then served) */
+#define XDPDNS_STAT_COUNT       20
 
 #endif /* XDPDNS_ABI_H */

@@ -22,9 +22,12 @@ fn main() {
     let arch = env::var("CARGO_CFG_TARGET_ARCH").unwrap_or_else(|_| "x86_64".into());
     let multiarch = format!("/usr/include/{arch}-linux-gnu");
     let mut cmd = Command::new(&clang);
-    cmd.args(["-O2", "-g", "-target", "bpf", "-Wall", "-Werror"])
-        .arg(format!("-I{multiarch}"))
-        .arg(format!("-I{}", bpf_dir.display()));
+    // v3: atomic compare-and-swap (the shared rate-limit state).
+    cmd.args([
+        "-O2", "-g", "-target", "bpf", "-mcpu=v3", "-Wall", "-Werror",
+    ])
+    .arg(format!("-I{multiarch}"))
+    .arg(format!("-I{}", bpf_dir.display()));
     if let Ok(extra) = env::var("XDPDNS_BPF_CFLAGS") {
         cmd.args(extra.split_whitespace());
     }

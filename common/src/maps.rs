@@ -22,6 +22,70 @@ pub const MAP_BACKENDS_V4: &str = "backends_v4";
 pub const MAP_BACKENDS_V6: &str = "backends_v6";
 /// Name of the per-listen, per-CPU counters.
 pub const MAP_LISTEN_STATS: &str = "listen_stats";
+/// Names of the per-client policy tries (exempt, blocked): `[family][slot]`,
+/// flipped with the ACL's slot.
+pub const MAP_POLICY: [[&str; 2]; 2] = [
+    ["policy_v4_0", "policy_v4_1"],
+    ["policy_v6_0", "policy_v6_1"],
+];
+/// Name of the two-entry array of rate-limit parameters ([`Limits`]).
+pub const MAP_LIMITS: &str = "limits";
+/// Names of the per-client-prefix rate state (LRU hashes).
+pub const MAP_RATE_V4: &str = "rate_v4";
+pub const MAP_RATE_V6: &str = "rate_v6";
+/// Client prefixes the rate state tracks at once, per family.
+pub const RATE_ENTRIES: u32 = 65536;
+/// Policy trie values; the longest matching prefix decides.
+pub const POLICY_EXEMPT: u32 = 1;
+pub const POLICY_BLOCK: u32 = 2;
+
+/// Rate-limit parameters as the program reads them (`struct xdpdns_limits`).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Limits {
+    /// One query per this many ns on average, per client prefix.
+    pub interval_ns: u64,
+    /// How far ahead of that a prefix may run (its burst, in ns).
+    pub tolerance_ns: u64,
+    pub v4_prefix: u32,
+    pub v6_prefix: u32,
+    /// [`Limits::ON`], [`Limits::DRY_RUN`].
+    pub flags: u32,
+    pub reserved: u32,
+}
+
+impl Limits {
+    pub const ON: u32 = 1;
+    pub const DRY_RUN: u32 = 2;
+
+    /// `qps` queries a second with bursts of `burst`, per prefix.
+    pub fn new(qps: u32, burst: u32, v4_prefix: u8, v6_prefix: u8, dry_run: bool) -> Limits {
+        let interval_ns = 1_000_000_000 / u64::from(qps.max(1));
+        Limits {
+            interval_ns,
+            tolerance_ns: interval_ns.saturating_mul(u64::from(burst)),
+            v4_prefix: u32::from(v4_prefix),
+            v6_prefix: u32::from(v6_prefix),
+            flags: Limits::ON | if dry_run { Limits::DRY_RUN } else { 0 },
+            reserved: 0,
+        }
+    }
+
+    /// No limits; blocks still apply (dry run: they only count).
+    pub fn off(dry_run: bool) -> Limits {
+        Limits {
+            v4_prefix: 32,
+            v6_prefix: 128,
+            flags: if dry_run { Limits::DRY_RUN } else { 0 },
+            ..Limits::default()
+        }
+    }
+}
+
+#[cfg(feature = "aya")]
+// SAFETY: repr(C), integers only, no padding (size asserted), any bit pattern valid.
+unsafe impl aya::Pod for Limits {}
+const _: () = assert!(std::mem::size_of::<Limits>() == 32);
 /// Name of the program in the object.
 pub const PROGRAM_NAME: &str = "xdpdns";
 /// Name of the read-only global holding the largest frame AF_XDP can take.
@@ -177,10 +241,17 @@ pub enum XdpOutcome {
     /// Redirected queries (also counted as `Redirect`) whose checksum field
     /// held just the pseudo-header sum: a local peer's TX offload.
     PartialCsum = 16,
+    /// From a blocked prefix: dropped.
+    Blocked = 17,
+    /// Over the client prefix's rate: dropped.
+    RateLimited = 18,
+    /// Would have been blocked or limited, but the limits are a dry run
+    /// (counted besides the outcome the query then had).
+    DryRun = 19,
 }
 
 impl XdpOutcome {
-    pub const COUNT: usize = 17;
+    pub const COUNT: usize = 20;
     pub const ALL: [XdpOutcome; Self::COUNT] = [
         XdpOutcome::Redirect,
         XdpOutcome::NoSocket,
@@ -199,6 +270,9 @@ impl XdpOutcome {
         XdpOutcome::Unverified,
         XdpOutcome::AclKernel,
         XdpOutcome::PartialCsum,
+        XdpOutcome::Blocked,
+        XdpOutcome::RateLimited,
+        XdpOutcome::DryRun,
     ];
 
     /// Stable lower-case name, used in status output and metric labels.
@@ -221,6 +295,9 @@ impl XdpOutcome {
             XdpOutcome::Unverified => "unverified",
             XdpOutcome::AclKernel => "acl_to_kernel",
             XdpOutcome::PartialCsum => "partial_csum",
+            XdpOutcome::Blocked => "blocked",
+            XdpOutcome::RateLimited => "rate_limited",
+            XdpOutcome::DryRun => "dry_run",
         }
     }
 
@@ -228,9 +305,13 @@ impl XdpOutcome {
     pub const fn verdict(self) -> &'static str {
         match self {
             XdpOutcome::Redirect => "redirect",
-            XdpOutcome::AclDropped | XdpOutcome::NotBackend => "drop",
+            XdpOutcome::AclDropped
+            | XdpOutcome::NotBackend
+            | XdpOutcome::Blocked
+            | XdpOutcome::RateLimited => "drop",
             XdpOutcome::AclRefused => "tx",
             XdpOutcome::PartialCsum => "subset_of_redirect",
+            XdpOutcome::DryRun => "subset",
             _ => "pass",
         }
     }
@@ -277,6 +358,19 @@ mod tests {
         assert_eq!(define("XDPDNS_MAP_BACKENDS_V4"), MAP_BACKENDS_V4);
         assert_eq!(define("XDPDNS_MAP_BACKENDS_V6"), MAP_BACKENDS_V6);
         assert_eq!(define("XDPDNS_MAP_LISTEN_STATS"), MAP_LISTEN_STATS);
+        assert_eq!(define("XDPDNS_MAP_LIMITS"), MAP_LIMITS);
+        assert_eq!(define("XDPDNS_MAP_RATE_V4"), MAP_RATE_V4);
+        assert_eq!(define("XDPDNS_MAP_RATE_V6"), MAP_RATE_V6);
+        assert_eq!(define("XDPDNS_RATE_ENTRIES"), RATE_ENTRIES.to_string());
+        assert_eq!(define("XDPDNS_POLICY_EXEMPT"), POLICY_EXEMPT.to_string());
+        assert_eq!(define("XDPDNS_POLICY_BLOCK"), POLICY_BLOCK.to_string());
+        assert_eq!(define("XDPDNS_LIMIT_ON"), Limits::ON.to_string());
+        assert_eq!(define("XDPDNS_LIMIT_DRY_RUN"), Limits::DRY_RUN.to_string());
+        for (f, fam) in ["V4", "V6"].iter().enumerate() {
+            for (slot, name) in MAP_POLICY[f].iter().enumerate() {
+                assert_eq!(define(&format!("XDPDNS_MAP_POLICY_{fam}_{slot}")), *name);
+            }
+        }
         for (f, fam) in ["V4", "V6"].iter().enumerate() {
             for (slot, name) in MAP_ACL[f].iter().enumerate() {
                 assert_eq!(define(&format!("XDPDNS_MAP_ACL_{fam}_{slot}")), *name);

@@ -346,6 +346,7 @@ impl Plan {
             line("listen", format!("{l} (UDP: AF_XDP and kernel sockets)"));
         }
         line("acl", live.acl.describe());
+        line("limits", live.abuse.describe());
         if c.forwarding.enabled {
             line(
                 "forwarding",

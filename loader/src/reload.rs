@@ -28,6 +28,8 @@ pub struct Changes {
     pub acl: Option<String>,
     /// xdp.tx_answers changed.
     pub tx_answers: bool,
+    /// The new limits and blocks, if they changed (swapped with the ACL).
+    pub abuse: Option<String>,
 }
 
 impl Changes {
@@ -81,6 +83,9 @@ impl Changes {
         if self.tx_answers {
             out.push("xdp.tx_answers updated".into());
         }
+        if let Some(a) = &self.abuse {
+            out.push(format!("limits and blocks replaced: {a}"));
+        }
         for s in &self.on_next_start {
             out.push(format!("{s} applies to dataplanes started from now on (`xdpdns restart-queue` applies it now)"));
         }
@@ -114,6 +119,9 @@ pub fn diff(
     c.rules = old.rule != new.rule;
     if old.acl != new.acl {
         c.acl = Some(new.acl.describe());
+    }
+    if old.abuse != new.abuse {
+        c.abuse = Some(new.abuse.describe());
     }
     c.tx_answers = old.xdp.tx_answers != new.xdp.tx_answers;
     c.answer = c.rules || old.answer_spec() != new.answer_spec();

@@ -158,6 +158,7 @@ fn steering(plan: &Plan, live: &Live, forwarding: Option<&Forwarding>) -> Steeri
         forward_sources: xsk.map(Forwarding::xsk_sources).unwrap_or_default(),
         backends: xsk.map(Forwarding::xsk_backends).unwrap_or_default(),
         acl: live.acl.clone(),
+        abuse: live.abuse.clone(),
         verify_checksums: live.xsk.verify_checksums,
         no_tx: !live.xdp.tx_answers.enabled(plan.interface.link.veth),
     }

@@ -4,6 +4,7 @@
 //! rejected and then validates, so a `Config` value is always usable. Every
 //! error names the key at fault and what to do about it.
 
+mod abuse;
 mod acl;
 mod backends;
 mod queues;
@@ -16,6 +17,7 @@ mod validate;
 #[cfg(test)]
 mod tests;
 
+pub use abuse::{Abuse, BlockAction, LimitAction, MAX_POLICY_PREFIXES, RateLimit};
 pub use acl::{Acl, AclAction, DEFAULT_ALLOW, MAX_ACL_PREFIXES};
 pub use backends::{
     BackendConfig, DEFAULT_POOL, FailAction, HealthConfig, Policy, PoolConfig, parse_mac,

@@ -88,6 +88,7 @@ pub struct Live {
     pub forwarding: ForwardingLive,
     pub acl: Acl,
     pub tcp: TcpLimits,
+    pub abuse: super::abuse::Abuse,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -139,7 +140,11 @@ impl From<File> for Config {
             forwarding,
             acl,
             tcp,
+            limits,
+            block,
         } = f;
+        // Validated before the conversion.
+        let abuse = super::abuse::compile(limits.as_ref(), &block).unwrap_or_default();
         let (tcp_fixed, tcp_limits) = tcp.split();
         let XdpSection {
             interface,
@@ -239,6 +244,7 @@ impl From<File> for Config {
                 },
                 acl,
                 tcp: tcp_limits,
+                abuse,
             },
         }
     }

@@ -230,7 +230,11 @@ fn rules_are_checked() {
             .to_string()
             .contains("refused")
     );
-    assert!(err(&rule("qtype = \"A\"")).to_string().contains("action"));
+    assert!(
+        err(&rule("qtype = \"A\""))
+            .to_string()
+            .contains("action")
+    );
     for bad in ["\"bogus\"", "\"16\"", "\"-1\""] {
         assert_eq!(
             invalid_key(&rule(&format!("opcode = {bad}\naction = \"refused\""))),
@@ -599,4 +603,78 @@ fn syntax_errors_say_where_without_quoting_the_file() {
     let m = e.to_string();
     assert!(m.contains("line 3") && m.contains("unknown field"), "{m}");
     assert!(!m.contains("hunter2"), "{m}");
+}
+
+#[test]
+fn limits_and_blocks_compile_and_bad_ones_are_refused() {
+    let c = Config::from_toml(&format!(
+        "{MINIMAL}\n[limits]\nqps_per_client = 200\nburst = 400\nv6_prefix = 48\n\
+         exempt = [\"10.10.0.0/16\"]\n[[block]]\nprefix = \"198.51.100.0/24\"\n\
+         [[block]]\nprefix = \"2001:db8:bad::/48\"\naction = \"drop\"\n"
+    ))
+    .unwrap();
+    let a = &c.live.abuse;
+    let l = a.limit.unwrap();
+    assert_eq!(
+        (l.qps, l.burst, l.v4_prefix, l.v6_prefix),
+        (200, 400, 32, 48)
+    );
+    assert_eq!(a.exempt.len(), 1);
+    assert_eq!(a.blocks.len(), 2);
+    assert!(!a.dry_run);
+    assert!(
+        a.describe().contains("200 q/s (burst 400)"),
+        "{}",
+        a.describe()
+    );
+    // Defaults: burst one second's worth, /32 and /56.
+    let c = Config::from_toml(&format!("{MINIMAL}\n[limits]\nqps_per_client = 50\n")).unwrap();
+    let l = c.live.abuse.limit.unwrap();
+    assert_eq!((l.burst, l.v4_prefix, l.v6_prefix), (50, 32, 56));
+    // None at all without the sections.
+    assert_eq!(
+        Config::from_toml(MINIMAL).unwrap().live.abuse,
+        Abuse::default()
+    );
+
+    let limits = |body: &str| format!("{MINIMAL}\n[limits]\n{body}");
+    for (body, key) in [
+        ("qps_per_client = 0", "limits.qps_per_client"),
+        ("qps_per_client = 10\nv4_prefix = 33", "limits.v4_prefix"),
+        ("qps_per_client = 10\nv6_prefix = 0", "limits.v6_prefix"),
+        ("qps_per_client = 10\naction = \"tc\"", "limits.action"),
+        ("qps_per_client = 10\nslip = 2", "limits.slip"),
+        (
+            "qps_per_client = 10\nexempt = [\"10.0.0.0/33\"]",
+            "limits.exempt[0]",
+        ),
+    ] {
+        assert_eq!(invalid_key(&limits(body)), key, "{body}");
+    }
+    assert!(
+        err(&limits("burst = 3"))
+            .to_string()
+            .contains("qps_per_client")
+    );
+    assert!(
+        err(&limits("qps_per_client = 1\nbogus = 1"))
+            .to_string()
+            .contains("bogus")
+    );
+    let block = |body: &str| format!("{MINIMAL}\n[[block]]\n{body}");
+    assert_eq!(
+        invalid_key(&block("prefix = \"nonsense\"")),
+        "block[0].prefix"
+    );
+    assert!(
+        err(&block("prefix = \"192.0.2.0/24\"\naction = \"refused\""))
+            .to_string()
+            .contains("expected `drop`")
+    );
+    assert_eq!(
+        invalid_key(&format!(
+            "{MINIMAL}\n[limits]\nqps_per_client = 1\nexempt = [\"192.0.2.0/24\"]\n[[block]]\nprefix = \"192.0.2.0/24\"\n"
+        )),
+        "block[0].prefix"
+    );
 }

@@ -50,6 +50,12 @@ pub(crate) struct File {
     pub acl: super::acl::AclSection,
     #[serde(default)]
     pub tcp: super::tcp::TcpSection,
+    /// Per-client rate limits, enforced in XDP.
+    #[serde(default)]
+    pub limits: Option<super::abuse::LimitsSection>,
+    /// Client prefixes dropped in XDP.
+    #[serde(default)]
+    pub block: Vec<super::abuse::BlockConfig>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]

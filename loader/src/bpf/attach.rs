@@ -14,8 +14,9 @@ use tracing::{info, warn};
 use xdpdns_common::config::XdpMode as ConfigMode;
 use xdpdns_common::maps::{
     GLOBAL_FWD_PORT_LO, GLOBAL_FWD_PORTS, GLOBAL_MAX_FRAME_LEN, ListenStat, MAP_ACL,
-    MAP_BACKENDS_V4, MAP_BACKENDS_V6, MAP_DEST_V4, MAP_DEST_V6, MAP_LISTEN_STATS, MAP_META,
-    MAP_SETTINGS, MAP_STATS, MAP_XSKS, PROGRAM_NAME,
+    MAP_BACKENDS_V4, MAP_BACKENDS_V6, MAP_DEST_V4, MAP_DEST_V6, MAP_LIMITS, MAP_LISTEN_STATS,
+    MAP_META, MAP_POLICY, MAP_RATE_V4, MAP_RATE_V6, MAP_SETTINGS, MAP_STATS, MAP_XSKS,
+    PROGRAM_NAME,
 };
 
 use super::OBJECT;
@@ -25,7 +26,7 @@ use super::tables::{Steering, Tables, map_err};
 use crate::plan::Plan;
 use crate::system::netlink::{self, XdpAttachMode};
 
-const MAP_NAMES: [&str; 13] = [
+const MAP_NAMES: [&str; 20] = [
     MAP_XSKS,
     MAP_DEST_V4,
     MAP_DEST_V6,
@@ -39,6 +40,13 @@ const MAP_NAMES: [&str; 13] = [
     MAP_BACKENDS_V4,
     MAP_BACKENDS_V6,
     MAP_LISTEN_STATS,
+    MAP_POLICY[0][0],
+    MAP_POLICY[0][1],
+    MAP_POLICY[1][0],
+    MAP_POLICY[1][1],
+    MAP_LIMITS,
+    MAP_RATE_V4,
+    MAP_RATE_V6,
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -376,6 +384,7 @@ fn dup_map(map: &Map, name: &'static str) -> Result<OwnedFd, BpfError> {
     let data = match map {
         Map::Array(d)
         | Map::HashMap(d)
+        | Map::LruHashMap(d)
         | Map::LpmTrie(d)
         | Map::PerCpuArray(d)
         | Map::XskMap(d) => d,

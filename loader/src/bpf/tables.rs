@@ -11,12 +11,13 @@ use std::net::{IpAddr, SocketAddr};
 use aya::Pod;
 use aya::maps::lpm_trie::{Key as LpmKey, LpmTrie};
 use aya::maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray};
-use xdpdns_common::config::{Acl, AclAction};
+use xdpdns_common::config::{Abuse, Acl, AclAction};
 use xdpdns_common::maps::{
-    DEST_FORWARD, DestKey, DestV4Key, DestV6Key, ListenStat, MAP_ACL, MAP_BACKENDS_V4,
-    MAP_BACKENDS_V6, MAP_DEST_V4, MAP_DEST_V6, MAP_LISTEN_STATS, MAP_SETTINGS, MAP_STATS,
-    MAX_LISTEN, Settings, dest_listen,
+    DEST_FORWARD, DestKey, DestV4Key, DestV6Key, Limits, ListenStat, MAP_ACL, MAP_BACKENDS_V4,
+    MAP_BACKENDS_V6, MAP_DEST_V4, MAP_DEST_V6, MAP_LIMITS, MAP_LISTEN_STATS, MAP_POLICY,
+    MAP_SETTINGS, MAP_STATS, MAX_LISTEN, POLICY_BLOCK, POLICY_EXEMPT, Settings, dest_listen,
 };
+use xdpdns_common::net::Prefix;
 
 use super::attach::BpfError;
 use super::maps::XdpCounters;
@@ -40,6 +41,8 @@ pub struct Steering {
     /// The backends (address, port) replies are accepted from.
     pub backends: Vec<SocketAddr>,
     pub acl: Acl,
+    /// Rate limits, exempt and blocked prefixes: swapped with the ACL.
+    pub abuse: Abuse,
     pub verify_checksums: bool,
     /// XDP_TX cannot be relied on (a veth): see [`Settings::NO_TX`].
     pub no_tx: bool,
@@ -53,6 +56,9 @@ pub struct Tables {
     backends_v6: HashMap<MapData, DestV6Key, u32>,
     acl_v4: [LpmTrie<MapData, [u8; 4], u32>; 2],
     acl_v6: [LpmTrie<MapData, [u8; 16], u32>; 2],
+    policy_v4: [LpmTrie<MapData, [u8; 4], u32>; 2],
+    policy_v6: [LpmTrie<MapData, [u8; 16], u32>; 2],
+    limits: Array<MapData, Limits>,
     settings: Array<MapData, u32>,
     stats: PerCpuArray<MapData, u64>,
     listen_stats: PerCpuArray<MapData, u64>,
@@ -76,6 +82,9 @@ impl Tables {
             backends_v6: typed!(MAP_BACKENDS_V6),
             acl_v4: [typed!(MAP_ACL[0][0]), typed!(MAP_ACL[0][1])],
             acl_v6: [typed!(MAP_ACL[1][0]), typed!(MAP_ACL[1][1])],
+            policy_v4: [typed!(MAP_POLICY[0][0]), typed!(MAP_POLICY[0][1])],
+            policy_v6: [typed!(MAP_POLICY[1][0]), typed!(MAP_POLICY[1][1])],
+            limits: typed!(MAP_LIMITS),
             settings: typed!(MAP_SETTINGS),
             stats: typed!(MAP_STATS),
             listen_stats: typed!(MAP_LISTEN_STATS),
@@ -123,8 +132,41 @@ impl Tables {
                 IpAddr::V6(a) => v6.push(LpmKey::new(u32::from(p.bits()), a.octets())),
             }
         }
-        fill(&mut self.acl_v4[next], MAP_ACL[0][next], &v4)?;
-        fill(&mut self.acl_v6[next], MAP_ACL[1][next], &v6)?;
+        fill(&mut self.acl_v4[next], MAP_ACL[0][next], &v4, |_| 1)?;
+        fill(&mut self.acl_v6[next], MAP_ACL[1][next], &v6, |_| 1)?;
+        // Limits, exempt and blocked prefixes: into the same inactive slot.
+        let (mut p4, mut p6) = (Vec::new(), Vec::new());
+        let policy = |list: &[Prefix], value: u32, p4: &mut Vec<_>, p6: &mut Vec<_>| {
+            for p in list {
+                match p.addr() {
+                    IpAddr::V4(a) => p4.push((LpmKey::new(u32::from(p.bits()), a.octets()), value)),
+                    IpAddr::V6(a) => p6.push((LpmKey::new(u32::from(p.bits()), a.octets()), value)),
+                }
+            }
+        };
+        policy(&s.abuse.exempt, POLICY_EXEMPT, &mut p4, &mut p6);
+        policy(&s.abuse.blocks, POLICY_BLOCK, &mut p4, &mut p6);
+        let keys4: Vec<_> = p4.iter().map(|(k, _)| *k).collect();
+        let keys6: Vec<_> = p6.iter().map(|(k, _)| *k).collect();
+        fill(
+            &mut self.policy_v4[next],
+            MAP_POLICY[0][next],
+            &keys4,
+            |i| p4[i].1,
+        )?;
+        fill(
+            &mut self.policy_v6[next],
+            MAP_POLICY[1][next],
+            &keys6,
+            |i| p6[i].1,
+        )?;
+        let limits = match &s.abuse.limit {
+            Some(l) => Limits::new(l.qps, l.burst, l.v4_prefix, l.v6_prefix, s.abuse.dry_run),
+            None => Limits::off(s.abuse.dry_run),
+        };
+        self.limits
+            .set(next as u32, limits, 0)
+            .map_err(map_err(MAP_LIMITS))?;
         let mut word = 0;
         if next == 1 {
             word |= Settings::ACL_SLOT;
@@ -186,18 +228,19 @@ fn sync<T: BorrowMut<MapData>, K: Pod + PartialEq>(
     Ok(())
 }
 
-/// Makes an (inactive) trie hold exactly `prefixes`.
+/// Makes an (inactive) trie hold exactly `prefixes`, the i-th with value `value(i)`.
 fn fill<T: BorrowMut<MapData>, K: Pod>(
     trie: &mut LpmTrie<T, K, u32>,
     name: &'static str,
     prefixes: &[LpmKey<K>],
+    value: impl Fn(usize) -> u32,
 ) -> Result<(), BpfError> {
     let old: Vec<LpmKey<K>> = trie.keys().filter_map(Result::ok).collect();
     for k in old {
         trie.remove(&k).map_err(map_err(name))?;
     }
-    for k in prefixes {
-        trie.insert(k, 1, 0).map_err(map_err(name))?;
+    for (i, k) in prefixes.iter().enumerate() {
+        trie.insert(k, value(i), 0).map_err(map_err(name))?;
     }
     Ok(())
 }

@@ -1,0 +1,187 @@
+//! `[limits]` and `[[block]]`: abuse protection, enforced in the XDP program
+//! before anything is redirected. A rate limit per client prefix (IPv4 /32,
+//! IPv6 /56 by default) shared by every queue; prefixes exempt from it;
+//! prefixes blocked outright; a dry run that only counts.
+
+use serde::{Deserialize, Serialize};
+
+use super::ConfigError;
+use crate::net::Prefix;
+
+/// What happens to a query over its prefix's rate.
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LimitAction {
+    /// Dropped in the XDP program.
+    #[default]
+    Drop,
+    /// REFUSED (not implemented yet: refused by validation).
+    Refused,
+    /// TC=1 (not implemented yet: refused by validation).
+    Tc,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct LimitsSection {
+    /// Queries a second each client prefix may send, on average.
+    pub qps_per_client: u32,
+    /// How many queries beyond the average a prefix may send at once
+    /// (default: one second's worth).
+    #[serde(default)]
+    pub burst: Option<u32>,
+    #[serde(default = "default_v4_prefix")]
+    pub v4_prefix: u8,
+    #[serde(default = "default_v6_prefix")]
+    pub v6_prefix: u8,
+    #[serde(default)]
+    pub action: LimitAction,
+    /// With `action = "drop"`: every Nth limited query answered TC=1 (not
+    /// implemented yet: 0 only).
+    #[serde(default)]
+    pub slip: u32,
+    /// Client prefixes never limited.
+    #[serde(default)]
+    pub exempt: Vec<String>,
+    /// Count what would be limited or blocked, drop nothing.
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+fn default_v4_prefix() -> u8 {
+    32
+}
+
+fn default_v6_prefix() -> u8 {
+    56
+}
+
+/// What happens to a query from a blocked prefix.
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum BlockAction {
+    #[default]
+    Drop,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct BlockConfig {
+    pub prefix: String,
+    #[serde(default)]
+    pub action: BlockAction,
+}
+
+/// A rate limit in force.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RateLimit {
+    pub qps: u32,
+    pub burst: u32,
+    pub v4_prefix: u8,
+    pub v6_prefix: u8,
+}
+
+/// Abuse protection in force.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Abuse {
+    pub limit: Option<RateLimit>,
+    pub exempt: Vec<Prefix>,
+    pub blocks: Vec<Prefix>,
+    pub dry_run: bool,
+}
+
+/// Prefixes per policy trie (exempt and blocked together).
+pub const MAX_POLICY_PREFIXES: usize = 4096;
+
+fn prefixes(list: &[String], key: impl Fn(usize) -> String) -> Result<Vec<Prefix>, ConfigError> {
+    list.iter()
+        .enumerate()
+        .map(|(i, s)| {
+            s.parse::<Prefix>()
+                .map_err(|e| ConfigError::invalid(key(i), e))
+        })
+        .collect()
+}
+
+pub(super) fn compile(
+    limits: Option<&LimitsSection>,
+    blocks: &[BlockConfig],
+) -> Result<Abuse, ConfigError> {
+    let mut abuse = Abuse::default();
+    if let Some(l) = limits {
+        if l.qps_per_client == 0 {
+            return Err(ConfigError::invalid(
+                "limits.qps_per_client",
+                "must be at least 1 (leave out [limits] for none)",
+            ));
+        }
+        if l.v4_prefix == 0 || l.v4_prefix > 32 {
+            return Err(ConfigError::invalid("limits.v4_prefix", "1 to 32"));
+        }
+        if l.v6_prefix == 0 || l.v6_prefix > 128 {
+            return Err(ConfigError::invalid("limits.v6_prefix", "1 to 128"));
+        }
+        if l.action != LimitAction::Drop {
+            return Err(ConfigError::invalid(
+                "limits.action",
+                "only \"drop\" is implemented so far",
+            ));
+        }
+        if l.slip != 0 {
+            return Err(ConfigError::invalid(
+                "limits.slip",
+                "TC slip is not implemented so far: 0 only",
+            ));
+        }
+        abuse.limit = Some(RateLimit {
+            qps: l.qps_per_client,
+            burst: l.burst.unwrap_or(l.qps_per_client),
+            v4_prefix: l.v4_prefix,
+            v6_prefix: l.v6_prefix,
+        });
+        abuse.exempt = prefixes(&l.exempt, |i| format!("limits.exempt[{i}]"))?;
+        abuse.dry_run = l.dry_run;
+    }
+    let listed: Vec<String> = blocks.iter().map(|b| b.prefix.clone()).collect();
+    abuse.blocks = prefixes(&listed, |i| format!("block[{i}].prefix"))?;
+    if abuse.exempt.len() + abuse.blocks.len() > MAX_POLICY_PREFIXES {
+        return Err(ConfigError::invalid(
+            "block",
+            format!("at most {MAX_POLICY_PREFIXES} exempt and blocked prefixes together"),
+        ));
+    }
+    if let Some((i, p)) = abuse
+        .blocks
+        .iter()
+        .enumerate()
+        .find(|(_, p)| abuse.exempt.contains(p))
+    {
+        return Err(ConfigError::invalid(
+            format!("block[{i}].prefix"),
+            format!("{p} is also in limits.exempt: one prefix, one policy"),
+        ));
+    }
+    Ok(abuse)
+}
+
+impl Abuse {
+    /// One line for logs, `check` and reload messages.
+    pub fn describe(&self) -> String {
+        let mut parts = Vec::new();
+        match &self.limit {
+            Some(l) => parts.push(format!(
+                "{} q/s (burst {}) per client /{} (IPv4), /{} (IPv6), over it dropped",
+                l.qps, l.burst, l.v4_prefix, l.v6_prefix
+            )),
+            None => parts.push("no rate limit".to_string()),
+        }
+        if !self.exempt.is_empty() {
+            parts.push(format!("{} exempt", self.exempt.len()));
+        }
+        parts.push(format!("{} blocked", self.blocks.len()));
+        if self.dry_run {
+            parts.push("dry run: only counted".to_string());
+        }
+        parts.join("; ")
+    }
+}

@@ -1,0 +1,154 @@
+//! Abuse protection in the XDP program: a per-client rate limit shared by
+//! every queue, exempt and blocked prefixes, a dry run.
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use xdpdns_netns_tests::*;
+
+const HONEST: &str = "192.0.2.3";
+const BLOCKED: &str = "192.0.2.4";
+const EXEMPT: &str = "192.0.2.5";
+
+/// dnsperf from `from` at `qps` for `secs`, from 16 source ports (both
+/// queues), as many outstanding as a limited client needs.
+fn dnsperf(lab: &Lab, from: &str, qps: u32, secs: u32) -> anyhow::Result<std::process::Child> {
+    let queries = lab.dir.join(format!("dnsperf-{from}.txt"));
+    std::fs::write(&queries, "a.test A\nb.test AAAA\nc.test TXT\n")?;
+    Ok(Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &lab.client_ns,
+            "dnsperf",
+            "-s",
+            SERVER_V4,
+            "-a",
+            from,
+        ])
+        .args(["-Q", &qps.to_string(), "-l", &secs.to_string(), "-t", "1"])
+        .args(["-c", "16", "-q", "20000", "-d"])
+        .arg(&queries)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?)
+}
+
+fn dnsperf_result(child: std::process::Child) -> anyhow::Result<(u64, u64)> {
+    let out = child.wait_with_output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let grab = |key: &str| -> anyhow::Result<u64> {
+        text.lines()
+            .find_map(|l| l.trim().strip_prefix(key))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .ok_or_else(|| anyhow::anyhow!("no {key:?} in dnsperf output:\n{text}"))
+    };
+    Ok((grab("Queries sent:")?, grab("Queries completed:")?))
+}
+
+#[test]
+#[ignore = "needs root: run by make test"]
+fn a_flooding_client_is_limited_as_one_across_queues_and_others_are_served() -> anyhow::Result<()> {
+    let lab = Lab::new("limits")?;
+    for a in [HONEST, BLOCKED, EXEMPT] {
+        lab.client_addr(&format!("{a}/24"), CLIENT_IF)?;
+    }
+    let cfg = lab.config(
+        "l",
+        &format!(
+            "[limits]\nqps_per_client = 200\nburst = 200\nexempt = [\"{EXEMPT}/32\"]\n\
+             [[block]]\nprefix = \"{BLOCKED}/32\"\n"
+        ),
+    );
+    let server = lab.start("l", &cfg)?;
+    // The flood: 5,000 q/s for 4 s from the client's first address over
+    // 16 source ports (both queues); beside it an honest client under its
+    // rate (150 q/s) and an exempt one over it (1,000 q/s).
+    let honest = dnsperf(&lab, HONEST, 150, 4)?;
+    let exempt = dnsperf(&lab, EXEMPT, 1000, 4)?;
+    let flooder = dnsperf(&lab, CLIENT_V4, 5000, 4)?;
+    let (sent, received) = dnsperf_result(flooder)?;
+    let flood = Load { sent, received };
+    let (hs, hc) = dnsperf_result(honest)?;
+    let (es, ec) = dnsperf_result(exempt)?;
+    eprintln!("flood {flood:?}; honest {hc}/{hs}; exempt {ec}/{es}");
+    // 200/s for 4 s plus the burst, ± 20 %.
+    assert!(
+        flood.sent >= 15_000 && (640..=1160).contains(&flood.received),
+        "the flooder gets its rate: {flood:?}"
+    );
+    assert!(
+        hc * 100 >= hs * 99 && hs >= 500,
+        "the honest client (under its rate) is served: {hc}/{hs}"
+    );
+    assert!(
+        ec * 100 >= es * 99 && es >= 3000,
+        "the exempt client is not limited: {ec}/{es}"
+    );
+    let s = server.wait_status("limited queries counted", |s| {
+        xdp(s, "rate_limited") + 200 >= flood.sent - flood.received
+    })?;
+    assert!(
+        xdp(&s, "rate_limited") <= flood.sent - flood.received + 200,
+        "counters match the flood: {flood:?} {s:#}"
+    );
+    // The flood reached both queues: one client, limited as one.
+    for q in s["queues"].as_array().unwrap() {
+        assert!(
+            q["counters"]["xsk"]["received"].as_u64().unwrap_or(0) >= 100,
+            "both queues saw the flooder's allowed share: {s:#}"
+        );
+    }
+    // A blocked prefix is dropped in XDP: the dataplanes never see it.
+    let before = total(&s, "xsk", "received");
+    let out = lab.kdig_output(&["-b", BLOCKED, &format!("@{SERVER_V4}"), "blocked.test"]);
+    assert!(out.contains("response timeout"), "no answer: {out}");
+    let s = server.wait_status("the block counted", |s| xdp(s, "blocked") >= 1)?;
+    assert_eq!(total(&s, "xsk", "received"), before, "{s:#}");
+    assert_eq!(xdp(&s, "dry_run"), 0);
+    Ok(())
+}
+
+#[test]
+#[ignore = "needs root: run by make test"]
+fn a_dry_run_drops_nothing_and_counts_everything() -> anyhow::Result<()> {
+    let lab = Lab::new("dryrun")?;
+    lab.client_addr(&format!("{BLOCKED}/24"), CLIENT_IF)?;
+    let cfg = lab.config(
+        "d",
+        &format!(
+            "[limits]\nqps_per_client = 100\ndry_run = true\n[[block]]\nprefix = \"{BLOCKED}/32\"\n"
+        ),
+    );
+    let server = lab.start("d", &cfg)?;
+    let gun = lab.kxdpgun(2000, 2, SERVER_V4)?;
+    let flood = Lab::kxdpgun_result(gun)?;
+    assert!(
+        flood.received * 100 >= flood.sent * 99,
+        "nothing limited: {flood:?}"
+    );
+    assert_eq!(
+        lab.kdig(&["-b", BLOCKED, &format!("@{SERVER_V4}"), "blocked.test"]),
+        "REFUSED",
+        "nothing blocked"
+    );
+    let s = server.wait_status("would-be drops counted", |s| {
+        xdp(s, "dry_run") >= flood.sent.saturating_sub(400)
+    })?;
+    assert_eq!(xdp(&s, "rate_limited") + xdp(&s, "blocked"), 0, "{s:#}");
+    // A reload that turns the dry run off applies at once.
+    let cfg = cfg.replace("dry_run = true", "dry_run = false");
+    std::fs::write(&server.config, &cfg)?;
+    let out = server.cli(&["reload"]);
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(said.contains("limits and blocks replaced"), "{said}");
+    let gun = lab.kxdpgun(2000, 2, SERVER_V4)?;
+    let flood = Lab::kxdpgun_result(gun)?;
+    assert!(
+        flood.received <= 400,
+        "limited after the reload (100/s for 2 s, a burst of 100): {flood:?}"
+    );
+    std::thread::sleep(Duration::from_millis(100));
+    Ok(())
+}
