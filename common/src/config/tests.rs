@@ -230,11 +230,7 @@ fn rules_are_checked() {
             .to_string()
             .contains("refused")
     );
-    assert!(
-        err(&rule("qtype = \"A\""))
-            .to_string()
-            .contains("action")
-    );
+    assert!(err(&rule("qtype = \"A\"")).to_string().contains("action"));
     for bad in ["\"bogus\"", "\"16\"", "\"-1\""] {
         assert_eq!(
             invalid_key(&rule(&format!("opcode = {bad}\naction = \"refused\""))),
