@@ -49,11 +49,22 @@ pub enum Request {
     RestartQueue {
         queue: u32,
     },
+    /// Block a client prefix in XDP, for `for_s` seconds (None: until deleted).
+    BlockAdd {
+        prefix: String,
+        for_s: Option<u64>,
+    },
+    /// Lift a run-time block.
+    BlockDel {
+        prefix: String,
+    },
+    /// The run-time blocks.
+    BlockList {},
 }
 
 impl Request {
     fn needs_admin(&self) -> bool {
-        !matches!(self, Request::Status)
+        !matches!(self, Request::Status | Request::BlockList {})
     }
 }
 
@@ -350,6 +361,14 @@ mod tests {
         };
         assert_eq!(none.of(1000, 100, &[100, 200]), Role::Nobody);
         assert!(Request::Reload {}.needs_admin() && !Request::Status.needs_admin());
+        let add = Request::BlockAdd {
+            prefix: "192.0.2.0/24".into(),
+            for_s: None,
+        };
+        let del = Request::BlockDel {
+            prefix: "192.0.2.0/24".into(),
+        };
+        assert!(add.needs_admin() && del.needs_admin() && !Request::BlockList {}.needs_admin());
     }
 
     #[test]

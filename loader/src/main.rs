@@ -1,5 +1,6 @@
 //! `xdpdns`: the privileged loader and the operator's command line.
 
+mod blocks;
 mod bpf;
 mod config_file;
 mod control;
@@ -64,6 +65,39 @@ enum Command {
         config: PathBuf,
         /// The queue id.
         queue: u32,
+    },
+    /// Block client prefixes in the XDP program at run time (beside the
+    /// configuration's [[block]] list; not kept across a loader restart).
+    Block {
+        #[command(subcommand)]
+        what: BlockCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum BlockCommand {
+    /// Drop queries from PREFIX (an address is a /32 or /128), at once.
+    Add {
+        #[arg(long, short)]
+        config: PathBuf,
+        prefix: String,
+        /// For how long: 60s, 5m, 2h, 1d (at most a day); default: until deleted.
+        #[arg(long = "for")]
+        duration: Option<String>,
+        /// What happens to its queries: drop (the only action so far).
+        #[arg(long, default_value = "drop")]
+        action: String,
+    },
+    /// Lift a run-time block.
+    Del {
+        #[arg(long, short)]
+        config: PathBuf,
+        prefix: String,
+    },
+    /// The run-time blocks, with the time each has left.
+    List {
+        #[arg(long, short)]
+        config: PathBuf,
     },
 }
 
@@ -142,5 +176,26 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::RestartQueue { config, queue } => {
             done(ask(&config, control::Request::RestartQueue { queue })?)
         }
+        Command::Block { what } => match what {
+            BlockCommand::Add {
+                config,
+                prefix,
+                duration,
+                action,
+            } => {
+                if action != "drop" {
+                    anyhow::bail!("--action {action:?}: only \"drop\" is implemented so far");
+                }
+                let for_s = duration
+                    .map(|d| blocks::parse_duration(&d).map(|d| d.as_secs()))
+                    .transpose()
+                    .map_err(|e| anyhow::anyhow!("--for {e}"))?;
+                done(ask(&config, control::Request::BlockAdd { prefix, for_s })?)
+            }
+            BlockCommand::Del { config, prefix } => {
+                done(ask(&config, control::Request::BlockDel { prefix })?)
+            }
+            BlockCommand::List { config } => done(ask(&config, control::Request::BlockList {})?),
+        },
     }
 }

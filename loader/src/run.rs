@@ -21,8 +21,10 @@ use tracing::{error, info, warn};
 use xdpdns_common::config::Live;
 use xdpdns_common::ipc::BackendLive;
 use xdpdns_common::maps::XdpOutcome;
+use xdpdns_common::net::Prefix;
 use xdpdns_common::stats::TcpCounters;
 
+use crate::blocks::RuntimeBlocks;
 use crate::bpf::{self, Attached, Steering};
 use crate::control::{self, Ask, Request, Response};
 use crate::forwarding::{self, Forwarding, health};
@@ -51,8 +53,11 @@ pub async fn run(plan: Plan, live: Live, config_path: PathBuf) -> anyhow::Result
     preflight(&plan, &live)?;
     let instance = Instance::acquire(&plan.fixed.instance, &plan.runtime_dir)?;
     let forwarding = forwarding::prepare(&plan, &live).context("preparing forwarding")?;
-    let attached = bpf::attach(&plan, &steering(&plan, &live, forwarding.as_ref()))
-        .context("attaching the XDP program")?;
+    let attached = bpf::attach(
+        &plan,
+        &steering(&plan, &live, forwarding.as_ref(), &RuntimeBlocks::default()),
+    )
+    .context("attaching the XDP program")?;
     info!(
         interface = %plan.interface.name,
         ifindex = plan.interface.ifindex,
@@ -151,14 +156,25 @@ fn preflight(plan: &Plan, live: &Live) -> anyhow::Result<()> {
 }
 
 /// What the XDP program is told under `live` with `forwarding`, on `plan`'s interface.
-fn steering(plan: &Plan, live: &Live, forwarding: Option<&Forwarding>) -> Steering {
+fn steering(
+    plan: &Plan,
+    live: &Live,
+    forwarding: Option<&Forwarding>,
+    blocks: &RuntimeBlocks,
+) -> Steering {
     let xsk = live.xdp.redirect.then_some(forwarding).flatten();
+    let mut abuse = live.abuse.clone();
+    for p in blocks.prefixes() {
+        if !abuse.blocks.contains(&p) {
+            abuse.blocks.push(p);
+        }
+    }
     Steering {
         listen: live.redirected(),
         forward_sources: xsk.map(Forwarding::xsk_sources).unwrap_or_default(),
         backends: xsk.map(Forwarding::xsk_backends).unwrap_or_default(),
         acl: live.acl.clone(),
-        abuse: live.abuse.clone(),
+        abuse,
         verify_checksums: live.xsk.verify_checksums,
         no_tx: !live.xdp.tx_answers.enabled(plan.interface.link.veth),
     }
@@ -239,6 +255,8 @@ struct Running {
     asks_tx: mpsc::UnboundedSender<Ask>,
     registered: BTreeSet<u32>,
     ready: bool,
+    /// Blocks added with `xdpdns block add`.
+    blocks: RuntimeBlocks,
 }
 
 impl Running {
@@ -315,6 +333,7 @@ impl Running {
             asks_tx,
             registered: BTreeSet::new(),
             ready: false,
+            blocks: RuntimeBlocks::default(),
         };
         let inbox = Inbox {
             queues: queue_rx,
@@ -364,6 +383,7 @@ impl Running {
         });
         let mut status_tick = tokio::time::interval(STATUS_EVERY);
         let mut metrics_tick = tokio::time::interval(METRICS_EVERY);
+        let mut block_tick = tokio::time::interval(Duration::from_millis(100));
         let metrics_on = self.plan.fixed.metrics.is_some();
         let outcome = loop {
             tokio::select! {
@@ -391,6 +411,13 @@ impl Running {
                 }
                 _ = status_tick.tick() => self.notify_status(),
                 _ = metrics_tick.tick(), if metrics_on => self.publish_metrics(),
+                _ = block_tick.tick() => {
+                    if self.blocks.expire(Instant::now())
+                        && let Err(e) = self.resteer()
+                    {
+                        error!(error = %e, "cannot lift expired blocks from the XDP program");
+                    }
+                }
             }
         };
         control_task.abort();
@@ -445,6 +472,75 @@ impl Running {
                     }
                 }
             }
+            Request::BlockAdd { prefix, for_s } => {
+                let p: Prefix = match prefix.parse() {
+                    Ok(p) => p,
+                    Err(e) => return Response::Error(format!("{prefix:?}: {e}")),
+                };
+                let d = for_s.map(Duration::from_secs);
+                if let Err(e) = self
+                    .blocks
+                    .add(p, d, &self.live.abuse.exempt, Instant::now())
+                {
+                    return Response::Error(e.to_string());
+                }
+                match self.resteer() {
+                    Ok(()) => {
+                        let how =
+                            for_s.map_or("until deleted".to_string(), |s| format!("for {s}s"));
+                        info!(prefix = %p, %how, "blocked");
+                        Response::Done(vec![format!("{p} blocked {how}")])
+                    }
+                    Err(e) => {
+                        let _ = self.blocks.remove(p);
+                        Response::Error(e)
+                    }
+                }
+            }
+            Request::BlockDel { prefix } => {
+                let p: Prefix = match prefix.parse() {
+                    Ok(p) => p,
+                    Err(e) => return Response::Error(format!("{prefix:?}: {e}")),
+                };
+                if let Err(e) = self.blocks.remove(p) {
+                    return Response::Error(e.to_string());
+                }
+                match self.resteer() {
+                    Ok(()) => {
+                        info!(prefix = %p, "block lifted");
+                        Response::Done(vec![format!("{p} no longer blocked")])
+                    }
+                    Err(e) => Response::Error(e),
+                }
+            }
+            Request::BlockList {} => {
+                let now = Instant::now();
+                let mut lines: Vec<String> = self
+                    .blocks
+                    .list()
+                    .iter()
+                    .map(|b| match b.until {
+                        Some(u) => format!(
+                            "{} drop, {}s left (added {}s ago)",
+                            b.prefix,
+                            u.saturating_duration_since(now).as_secs(),
+                            now.duration_since(b.added).as_secs()
+                        ),
+                        None => format!(
+                            "{} drop, until deleted (added {}s ago)",
+                            b.prefix,
+                            now.duration_since(b.added).as_secs()
+                        ),
+                    })
+                    .collect();
+                for p in &self.live.abuse.blocks {
+                    lines.push(format!("{p} drop, configured"));
+                }
+                if lines.is_empty() {
+                    lines.push("no blocks".into());
+                }
+                Response::Done(lines)
+            }
             Request::RestartQueue { queue } => {
                 if self.queues.command(queue, QueueCommand::Restart) {
                     Response::Done(vec![format!("queue {queue}: dataplane being replaced")])
@@ -455,6 +551,18 @@ impl Running {
                 }
             }
         }
+    }
+
+    /// Tells the XDP program the live configuration's steering again, with
+    /// the run-time blocks (policy tries refilled in the inactive slot).
+    fn resteer(&mut self) -> Result<(), String> {
+        let s = steering(
+            &self.plan,
+            &self.live,
+            self.forwarding.as_ref(),
+            &self.blocks,
+        );
+        self.program.steer(&s).map_err(|e| e.to_string())
     }
 
     fn tcp_status(&self, t: &TcpCounters) -> TcpStatus {
@@ -551,7 +659,7 @@ impl Running {
             .map(|r| &r.forwarding)
             .or(self.forwarding.as_ref());
         self.program
-            .steer(&steering(&self.plan, &new, fwd))
+            .steer(&steering(&self.plan, &new, fwd, &self.blocks))
             .map_err(|e| e.to_string())?;
         if let Some(r) = reloaded {
             self.queues.remap_backends(&r.map);

@@ -152,3 +152,72 @@ fn a_dry_run_drops_nothing_and_counts_everything() -> anyhow::Result<()> {
     std::thread::sleep(Duration::from_millis(100));
     Ok(())
 }
+
+#[test]
+#[ignore = "needs root: run by make test"]
+fn blocks_added_at_run_time_apply_at_once_and_expire_on_time() -> anyhow::Result<()> {
+    let lab = Lab::new("blockcli")?;
+    lab.client_addr(&format!("{BLOCKED}/24"), CLIENT_IF)?;
+    let cfg = lab.config(
+        "b",
+        "[limits]\nqps_per_client = 1000\nexempt = [\"192.0.2.5/32\"]\n",
+    );
+    let server = lab.start("b", &cfg)?;
+    let ask = |args: &[&str]| {
+        let out = server.cli(args);
+        (
+            out.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    };
+    let query = || lab.kdig(&["-b", BLOCKED, &format!("@{SERVER_V4}"), "b.test"]);
+    assert_eq!(query(), "REFUSED", "served before the block");
+    let (ok, said) = ask(&["block", "add", &format!("{BLOCKED}/32"), "--for", "4s"]);
+    assert!(ok && said.contains("blocked for 4s"), "{said}");
+    let added = std::time::Instant::now();
+    let (ok, said) = ask(&["block", "list"]);
+    assert!(
+        ok && said.contains(&format!("{BLOCKED}/32 drop, 3s left")),
+        "{said}"
+    );
+    // In force when the command returns: the next query is dropped in XDP.
+    assert!(query().starts_with("no answer"), "blocked at once");
+    let s = server.wait_status("the block counted", |s| xdp(s, "blocked") >= 1)?;
+    assert!(xdp(&s, "blocked") >= 1);
+    // Expires on time (4 s, checked every 100 ms).
+    wait_for(Duration::from_secs(8), "the block to expire", || {
+        (query() == "REFUSED").then_some(())
+    })?;
+    let lifted = added.elapsed();
+    assert!(
+        lifted >= Duration::from_millis(3900) && lifted < Duration::from_millis(7000),
+        "expired after {lifted:?}"
+    );
+    // Until deleted; `del` lifts it at once.
+    let (ok, said) = ask(&["block", "add", BLOCKED]);
+    assert!(ok && said.contains("until deleted"), "{said}");
+    assert!(query().starts_with("no answer"));
+    let (ok, said) = ask(&["block", "del", BLOCKED]);
+    assert!(ok, "{said}");
+    assert_eq!(query(), "REFUSED");
+    // What is refused, clearly.
+    for (args, why) in [
+        (vec!["block", "add", "192.0.2.5"], "exempt"),
+        (vec!["block", "add", "192.0.2.0/33"], "192.0.2.0/33"),
+        (vec!["block", "add", BLOCKED, "--for", "2d"], "at most"),
+        (vec!["block", "add", BLOCKED, "--for", "soon"], "--for"),
+        (
+            vec!["block", "add", BLOCKED, "--action", "tc"],
+            "only \"drop\"",
+        ),
+        (vec!["block", "del", "198.51.100.0/24"], "not blocked"),
+    ] {
+        let (ok, said) = ask(&args);
+        assert!(!ok && said.contains(why), "{args:?}: {said}");
+    }
+    Ok(())
+}
