@@ -121,6 +121,8 @@ struct xdpdns_limits {
 	__u32 v4_prefix;
 	__u32 v6_prefix;
 	__u32 flags;
+	__u32 action;
+	__u32 slip;
 	__u32 reserved;
 };
 
@@ -612,8 +614,38 @@ static __always_inline int over_rate(__u64 *tat, const struct xdpdns_limits *l, 
 	return 1;
 }
 
+/* The per-CPU count of limited queries so far, dropped or answered (for
+ * slip: every Nth). */
+static __always_inline __u64 limited_so_far(void)
+{
+	__u32 dropped = XDPDNS_STAT_RATE_LIMITED, answered = XDPDNS_STAT_LIMIT_ANSWERED;
+	__u64 *d = bpf_map_lookup_elem(&XDPDNS_MAP_STATS, &dropped);
+	__u64 *a = bpf_map_lookup_elem(&XDPDNS_MAP_STATS, &answered);
+
+	return (d ? *d : 0) + (a ? *a : 0);
+}
+
+/* A limited query: dropped, or answered REFUSED / TC=1 right here (XDP_TX)
+ * where that reaches the wire; where it does not (a veth), dropped. */
+static __always_inline int limit(struct xdp_md *ctx, __u32 set, __u32 l3, int v6,
+				 const struct xdpdns_limits *l)
+{
+	__u32 how = 0;
+
+	if (l->action == XDPDNS_LIMIT_REFUSED)
+		how = 5;
+	else if (l->action == XDPDNS_LIMIT_TC)
+		how = ANSWER_TC;
+	else if (l->slip && limited_so_far() % l->slip == l->slip - 1)
+		how = ANSWER_TC;
+	if (how && !(set & XDPDNS_SETTING_NO_TX) && answer_here(ctx, l3, v6, how) == 0)
+		return count(XDPDNS_STAT_LIMIT_ANSWERED, XDP_TX);
+	return count(XDPDNS_STAT_RATE_LIMITED, XDP_DROP);
+}
+
 /* -1: go on; otherwise the verdict for a blocked or limited query. */
-static __always_inline int police(__u32 *policy, const struct xdpdns_limits *l, void *rate, void *key)
+static __always_inline int police(struct xdp_md *ctx, __u32 set, __u32 l3, int v6, __u32 *policy,
+				  const struct xdpdns_limits *l, void *rate, void *key)
 {
 	int dry = l && (l->flags & XDPDNS_LIMIT_DRY_RUN);
 	__u64 now, *tat;
@@ -645,10 +677,10 @@ static __always_inline int police(__u32 *policy, const struct xdpdns_limits *l, 
 		count(XDPDNS_STAT_DRY_RUN, 0);
 		return -1;
 	}
-	return count(XDPDNS_STAT_RATE_LIMITED, XDP_DROP);
+	return limit(ctx, set, l3, v6, l);
 }
 
-static __always_inline int police_v4(__u32 set, __u32 saddr)
+static __always_inline int police_v4(struct xdp_md *ctx, __u32 set, __u32 l3, __u32 saddr)
 {
 	struct lpm_v4_key k = { .prefixlen = 32 };
 	const struct xdpdns_limits *l = current_limits(set);
@@ -661,10 +693,11 @@ static __always_inline int police_v4(__u32 set, __u32 saddr)
 	else
 		policy = bpf_map_lookup_elem(&XDPDNS_MAP_POLICY_V4_0, &k);
 	key = saddr & mask32(l ? l->v4_prefix : 32);
-	return police(policy, l, &XDPDNS_MAP_RATE_V4, &key);
+	return police(ctx, set, l3, 0, policy, l, &XDPDNS_MAP_RATE_V4, &key);
 }
 
-static __always_inline int police_v6(__u32 set, struct in6_addr *saddr)
+static __always_inline int police_v6(struct xdp_md *ctx, __u32 set, __u32 l3,
+				     struct in6_addr *saddr)
 {
 	struct lpm_v6_key k = { .prefixlen = 128 };
 	const struct xdpdns_limits *l = current_limits(set);
@@ -684,7 +717,7 @@ static __always_inline int police_v6(__u32 set, struct in6_addr *saddr)
 
 		key.w[i] &= mask32(b);
 	}
-	return police(policy, l, &XDPDNS_MAP_RATE_V6, &key);
+	return police(ctx, set, l3, 1, policy, l, &XDPDNS_MAP_RATE_V6, &key);
 }
 
 static __always_inline int in_forward_range(__be16 port)
@@ -754,7 +787,7 @@ static __always_inline int handle_v4(struct xdp_md *ctx, void *data, void *end, 
 		if (!acl_allows_v4(set, ip->saddr))
 			return deny(ctx, set, listen, l3, 0);
 		count_listen(listen, XDPDNS_LISTEN_STAT_ALLOWED);
-		v = police_v4(set, ip->saddr);
+		v = police_v4(ctx, set, l3, ip->saddr);
 		if (v >= 0)
 			return v;
 		if (max_frame_len && (__u64)(end - data) > max_frame_len)
@@ -815,7 +848,7 @@ static __always_inline int handle_v6(struct xdp_md *ctx, void *data, void *end, 
 		if (!acl_allows_v6(set, &ip6->saddr))
 			return deny(ctx, set, listen, l3, 1);
 		count_listen(listen, XDPDNS_LISTEN_STAT_ALLOWED);
-		v = police_v6(set, &ip6->saddr);
+		v = police_v6(ctx, set, l3, &ip6->saddr);
 		if (v >= 0)
 			return v;
 		if (max_frame_len && (__u64)(end - data) > max_frame_len)

@@ -58,6 +58,10 @@
 /* struct xdpdns_limits flags. */
 #define XDPDNS_LIMIT_ON      1 /* rate limits apply */
 #define XDPDNS_LIMIT_DRY_RUN 2 /* limits and blocks only count */
+/* struct xdpdns_limits action: what a limited query gets. */
+#define XDPDNS_LIMIT_DROP    0 /* dropped; with slip N, every Nth answered TC=1 */
+#define XDPDNS_LIMIT_REFUSED 1 /* REFUSED, built here */
+#define XDPDNS_LIMIT_TC      2 /* TC=1, built here: the client retries over TCP */
 
 /* Kernel constant: copy-mode AF_XDP places frames this far into a UMEM chunk. */
 #define XDPDNS_XDP_PACKET_HEADROOM 256
@@ -111,6 +115,8 @@
 #define XDPDNS_STAT_RATE_LIMITED 18 /* over its prefix's rate: dropped */
 #define XDPDNS_STAT_DRY_RUN     19 /* would have been blocked or limited (dry run:
                                     * counted here too, then served) */
-#define XDPDNS_STAT_COUNT       20
+#define XDPDNS_STAT_LIMIT_ANSWERED 20 /* over its prefix's rate: answered REFUSED or
+                                       * TC=1 (slip) in XDP (XDP_TX) */
+#define XDPDNS_STAT_COUNT       21
 
 #endif /* XDPDNS_ABI_H */

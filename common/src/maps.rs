@@ -51,15 +51,31 @@ pub struct Limits {
     pub v6_prefix: u32,
     /// [`Limits::ON`], [`Limits::DRY_RUN`].
     pub flags: u32,
+    /// [`Limits::DROP`], [`Limits::REFUSED`], [`Limits::TC`].
+    pub action: u32,
+    /// With [`Limits::DROP`]: every `slip`th limited query answered TC=1 (0: none).
+    pub slip: u32,
     pub reserved: u32,
 }
 
 impl Limits {
     pub const ON: u32 = 1;
     pub const DRY_RUN: u32 = 2;
+    pub const DROP: u32 = 0;
+    pub const REFUSED: u32 = 1;
+    pub const TC: u32 = 2;
 
-    /// `qps` queries a second with bursts of `burst`, per prefix.
-    pub fn new(qps: u32, burst: u32, v4_prefix: u8, v6_prefix: u8, dry_run: bool) -> Limits {
+    /// `qps` queries a second with bursts of `burst`, per prefix; over it,
+    /// `action` (with `slip` for [`Limits::DROP`]).
+    pub fn new(
+        qps: u32,
+        burst: u32,
+        v4_prefix: u8,
+        v6_prefix: u8,
+        action: u32,
+        slip: u32,
+        dry_run: bool,
+    ) -> Limits {
         let interval_ns = 1_000_000_000 / u64::from(qps.max(1));
         Limits {
             interval_ns,
@@ -67,6 +83,8 @@ impl Limits {
             v4_prefix: u32::from(v4_prefix),
             v6_prefix: u32::from(v6_prefix),
             flags: Limits::ON | if dry_run { Limits::DRY_RUN } else { 0 },
+            action,
+            slip,
             reserved: 0,
         }
     }
@@ -85,7 +103,7 @@ impl Limits {
 #[cfg(feature = "aya")]
 // SAFETY: repr(C), integers only, no padding (size asserted), any bit pattern valid.
 unsafe impl aya::Pod for Limits {}
-const _: () = assert!(std::mem::size_of::<Limits>() == 32);
+const _: () = assert!(std::mem::size_of::<Limits>() == 40);
 /// Name of the program in the object.
 pub const PROGRAM_NAME: &str = "xdpdns";
 /// Name of the read-only global holding the largest frame AF_XDP can take.
@@ -248,10 +266,12 @@ pub enum XdpOutcome {
     /// Would have been blocked or limited, but the limits are a dry run
     /// (counted besides the outcome the query then had).
     DryRun = 19,
+    /// Over the client prefix's rate: answered REFUSED or TC=1 in XDP.
+    LimitAnswered = 20,
 }
 
 impl XdpOutcome {
-    pub const COUNT: usize = 20;
+    pub const COUNT: usize = 21;
     pub const ALL: [XdpOutcome; Self::COUNT] = [
         XdpOutcome::Redirect,
         XdpOutcome::NoSocket,
@@ -273,6 +293,7 @@ impl XdpOutcome {
         XdpOutcome::Blocked,
         XdpOutcome::RateLimited,
         XdpOutcome::DryRun,
+        XdpOutcome::LimitAnswered,
     ];
 
     /// Stable lower-case name, used in status output and metric labels.
@@ -298,6 +319,7 @@ impl XdpOutcome {
             XdpOutcome::Blocked => "blocked",
             XdpOutcome::RateLimited => "rate_limited",
             XdpOutcome::DryRun => "dry_run",
+            XdpOutcome::LimitAnswered => "limit_answered",
         }
     }
 
@@ -309,7 +331,7 @@ impl XdpOutcome {
             | XdpOutcome::NotBackend
             | XdpOutcome::Blocked
             | XdpOutcome::RateLimited => "drop",
-            XdpOutcome::AclRefused => "tx",
+            XdpOutcome::AclRefused | XdpOutcome::LimitAnswered => "tx",
             XdpOutcome::PartialCsum => "subset_of_redirect",
             XdpOutcome::DryRun => "subset",
             _ => "pass",
@@ -366,6 +388,9 @@ mod tests {
         assert_eq!(define("XDPDNS_POLICY_BLOCK"), POLICY_BLOCK.to_string());
         assert_eq!(define("XDPDNS_LIMIT_ON"), Limits::ON.to_string());
         assert_eq!(define("XDPDNS_LIMIT_DRY_RUN"), Limits::DRY_RUN.to_string());
+        assert_eq!(define("XDPDNS_LIMIT_DROP"), Limits::DROP.to_string());
+        assert_eq!(define("XDPDNS_LIMIT_REFUSED"), Limits::REFUSED.to_string());
+        assert_eq!(define("XDPDNS_LIMIT_TC"), Limits::TC.to_string());
         for (f, fam) in ["V4", "V6"].iter().enumerate() {
             for (slot, name) in MAP_POLICY[f].iter().enumerate() {
                 assert_eq!(define(&format!("XDPDNS_MAP_POLICY_{fam}_{slot}")), *name);

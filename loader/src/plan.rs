@@ -266,6 +266,18 @@ impl Plan {
                 Err(e) => warnings.push(e),
             }
         }
+        if let Some(l) = &live.abuse.limit
+            && (l.action != xdpdns_common::config::LimitAction::Drop || l.slip > 0)
+            && iface
+                .as_ref()
+                .is_some_and(|i| !live.xdp.tx_answers.enabled(i.link.veth))
+        {
+            warnings.push(
+                "limits answer REFUSED or TC=1 with XDP_TX, which does not reach this interface's peer \
+                 (a veth, xdp.tx_answers): limited queries are dropped instead"
+                    .to_string(),
+            );
+        }
         if live.acl.open_to_a_family() {
             warnings.push(format!(
                 "acl.allow admits {}: anyone who reaches this address may query{} — make sure that is intended",

@@ -221,3 +221,57 @@ fn blocks_added_at_run_time_apply_at_once_and_expire_on_time() -> anyhow::Result
     }
     Ok(())
 }
+
+#[test]
+#[ignore = "needs root: run by make test"]
+fn limited_queries_are_slipped_or_refused_in_xdp() -> anyhow::Result<()> {
+    let lab = Lab::new("slip")?;
+    // kxdpgun receives with an XDP program of its own, so XDP_TX answers
+    // reach it through the veth.
+    for (i, (how, extra)) in [
+        ("slip 2", "action = \"drop\"\nslip = 2\n"),
+        ("refused", "action = \"refused\"\n"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let instance = format!("s{i}");
+        let cfg = lab.config_full(
+            &instance,
+            "tx_answers = \"always\"",
+            "",
+            &format!("[limits]\nqps_per_client = 200\nburst = 200\n{extra}"),
+        );
+        let mut server = lab.start(&instance, &cfg)?;
+        let flood = Lab::kxdpgun_result(lab.kxdpgun(5000, 3, SERVER_V4)?)?;
+        let s = server.wait_status("limited queries counted", |s| {
+            xdp(s, "rate_limited") + xdp(s, "limit_answered") + 1000 >= flood.sent
+        })?;
+        let (dropped, answered) = (xdp(&s, "rate_limited"), xdp(&s, "limit_answered"));
+        eprintln!("{how}: {flood:?}, dropped {dropped}, answered in XDP {answered}");
+        let served = flood.sent - dropped - answered;
+        assert!(
+            (640..=960).contains(&served),
+            "{how}: 200/s for 3 s + burst: {served}"
+        );
+        match how {
+            "refused" => {
+                assert_eq!(dropped, 0, "{how}");
+                assert!(flood.received * 100 >= flood.sent * 98, "{how}: {flood:?}");
+            }
+            _ => {
+                // Every second limited query slipped (per CPU: ± one each).
+                assert!(
+                    answered.abs_diff(dropped) <= 4,
+                    "{how}: {answered} vs {dropped}"
+                );
+                assert!(
+                    flood.received >= served + answered * 95 / 100,
+                    "{how}: {flood:?}"
+                );
+            }
+        }
+        assert!(server.stop()?.success());
+    }
+    Ok(())
+}

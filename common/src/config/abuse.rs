@@ -15,9 +15,9 @@ pub enum LimitAction {
     /// Dropped in the XDP program.
     #[default]
     Drop,
-    /// REFUSED (not implemented yet: refused by validation).
+    /// REFUSED, built in the XDP program (XDP_TX).
     Refused,
-    /// TC=1 (not implemented yet: refused by validation).
+    /// TC=1, built in the XDP program: real clients retry over TCP.
     Tc,
 }
 
@@ -36,8 +36,8 @@ pub(crate) struct LimitsSection {
     pub v6_prefix: u8,
     #[serde(default)]
     pub action: LimitAction,
-    /// With `action = "drop"`: every Nth limited query answered TC=1 (not
-    /// implemented yet: 0 only).
+    /// With `action = "drop"`: every Nth limited query answered TC=1
+    /// instead (RRL's slip; 0: none).
     #[serde(default)]
     pub slip: u32,
     /// Client prefixes never limited.
@@ -79,6 +79,8 @@ pub struct RateLimit {
     pub burst: u32,
     pub v4_prefix: u8,
     pub v6_prefix: u8,
+    pub action: LimitAction,
+    pub slip: u32,
 }
 
 /// Abuse protection in force.
@@ -121,23 +123,22 @@ pub(super) fn compile(
         if l.v6_prefix == 0 || l.v6_prefix > 128 {
             return Err(ConfigError::invalid("limits.v6_prefix", "1 to 128"));
         }
-        if l.action != LimitAction::Drop {
-            return Err(ConfigError::invalid(
-                "limits.action",
-                "only \"drop\" is implemented so far",
-            ));
-        }
-        if l.slip != 0 {
+        if l.slip != 0 && l.action != LimitAction::Drop {
             return Err(ConfigError::invalid(
                 "limits.slip",
-                "TC slip is not implemented so far: 0 only",
+                "slip applies to action = \"drop\" (refused and tc answer every limited query)",
             ));
+        }
+        if l.slip > 1000 {
+            return Err(ConfigError::invalid("limits.slip", "0 to 1000"));
         }
         abuse.limit = Some(RateLimit {
             qps: l.qps_per_client,
             burst: l.burst.unwrap_or(l.qps_per_client),
             v4_prefix: l.v4_prefix,
             v6_prefix: l.v6_prefix,
+            action: l.action,
+            slip: l.slip,
         });
         abuse.exempt = prefixes(&l.exempt, |i| format!("limits.exempt[{i}]"))?;
         abuse.dry_run = l.dry_run;
@@ -170,8 +171,17 @@ impl Abuse {
         let mut parts = Vec::new();
         match &self.limit {
             Some(l) => parts.push(format!(
-                "{} q/s (burst {}) per client /{} (IPv4), /{} (IPv6), over it dropped",
-                l.qps, l.burst, l.v4_prefix, l.v6_prefix
+                "{} q/s (burst {}) per client /{} (IPv4), /{} (IPv6), over it {}",
+                l.qps,
+                l.burst,
+                l.v4_prefix,
+                l.v6_prefix,
+                match (l.action, l.slip) {
+                    (LimitAction::Drop, 0) => "dropped".to_string(),
+                    (LimitAction::Drop, n) => format!("dropped, every {n} answered TC=1"),
+                    (LimitAction::Refused, _) => "answered REFUSED".to_string(),
+                    (LimitAction::Tc, _) => "answered TC=1".to_string(),
+                }
             )),
             None => parts.push("no rate limit".to_string()),
         }

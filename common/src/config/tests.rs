@@ -638,8 +638,11 @@ fn limits_and_blocks_compile_and_bad_ones_are_refused() {
         ("qps_per_client = 0", "limits.qps_per_client"),
         ("qps_per_client = 10\nv4_prefix = 33", "limits.v4_prefix"),
         ("qps_per_client = 10\nv6_prefix = 0", "limits.v6_prefix"),
-        ("qps_per_client = 10\naction = \"tc\"", "limits.action"),
-        ("qps_per_client = 10\nslip = 2", "limits.slip"),
+        (
+            "qps_per_client = 10\naction = \"tc\"\nslip = 2",
+            "limits.slip",
+        ),
+        ("qps_per_client = 10\nslip = 1001", "limits.slip"),
         (
             "qps_per_client = 10\nexempt = [\"10.0.0.0/33\"]",
             "limits.exempt[0]",

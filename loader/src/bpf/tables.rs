@@ -11,7 +11,7 @@ use std::net::{IpAddr, SocketAddr};
 use aya::Pod;
 use aya::maps::lpm_trie::{Key as LpmKey, LpmTrie};
 use aya::maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray};
-use xdpdns_common::config::{Abuse, Acl, AclAction};
+use xdpdns_common::config::{Abuse, Acl, AclAction, LimitAction};
 use xdpdns_common::maps::{
     DEST_FORWARD, DestKey, DestV4Key, DestV6Key, Limits, ListenStat, MAP_ACL, MAP_BACKENDS_V4,
     MAP_BACKENDS_V6, MAP_DEST_V4, MAP_DEST_V6, MAP_LIMITS, MAP_LISTEN_STATS, MAP_POLICY,
@@ -161,7 +161,19 @@ impl Tables {
             |i| p6[i].1,
         )?;
         let limits = match &s.abuse.limit {
-            Some(l) => Limits::new(l.qps, l.burst, l.v4_prefix, l.v6_prefix, s.abuse.dry_run),
+            Some(l) => Limits::new(
+                l.qps,
+                l.burst,
+                l.v4_prefix,
+                l.v6_prefix,
+                match l.action {
+                    LimitAction::Drop => Limits::DROP,
+                    LimitAction::Refused => Limits::REFUSED,
+                    LimitAction::Tc => Limits::TC,
+                },
+                l.slip,
+                s.abuse.dry_run,
+            ),
             None => Limits::off(s.abuse.dry_run),
         };
         self.limits
