@@ -787,7 +787,7 @@ static __always_inline int handle_v4(struct xdp_md *ctx, void *data, void *end, 
 		if (!acl_allows_v4(set, ip->saddr))
 			return deny(ctx, set, listen, l3, 0);
 		count_listen(listen, XDPDNS_LISTEN_STAT_ALLOWED);
-		v = police_v4(ctx, set, l3, ip->saddr);
+		v = (set & XDPDNS_SETTING_POLICE) ? police_v4(ctx, set, l3, ip->saddr) : -1;
 		if (v >= 0)
 			return v;
 		if (max_frame_len && (__u64)(end - data) > max_frame_len)
@@ -848,7 +848,7 @@ static __always_inline int handle_v6(struct xdp_md *ctx, void *data, void *end, 
 		if (!acl_allows_v6(set, &ip6->saddr))
 			return deny(ctx, set, listen, l3, 1);
 		count_listen(listen, XDPDNS_LISTEN_STAT_ALLOWED);
-		v = police_v6(ctx, set, l3, &ip6->saddr);
+		v = (set & XDPDNS_SETTING_POLICE) ? police_v6(ctx, set, l3, &ip6->saddr) : -1;
 		if (v >= 0)
 			return v;
 		if (max_frame_len && (__u64)(end - data) > max_frame_len)

@@ -75,6 +75,8 @@
 #define XDPDNS_SETTING_ACL_SLOT    1 /* bit: the _1 tries are active */
 #define XDPDNS_SETTING_ACL_REFUSED 2 /* bit: denied queries get REFUSED */
 #define XDPDNS_SETTING_VERIFY_CSUM 4 /* bit: verify queries' UDP checksums */
+#define XDPDNS_SETTING_POLICE     16 /* bit: limits, exempt or blocked prefixes exist
+                                      * (without it no lookup is spent on them) */
 #define XDPDNS_SETTING_NO_TX       8 /* bit: XDP_TX does not reach the wire (a veth
                                       * whose peer runs no XDP): what would be
                                       * answered here goes to the kernel stack */

@@ -144,6 +144,8 @@ impl Settings {
     /// XDP_TX does not reach the wire here (a veth): REFUSED for clients
     /// outside the ACL comes from the kernel path instead.
     pub const NO_TX: u32 = 8;
+    /// Limits, exempt or blocked prefixes exist: the program looks them up.
+    pub const POLICE: u32 = 16;
 }
 
 /// Per-listen counters, [`ListenStat::COUNT`] per listen index.
@@ -414,6 +416,10 @@ mod tests {
             Settings::VERIFY_CSUM.to_string()
         );
         assert_eq!(define("XDPDNS_SETTING_NO_TX"), Settings::NO_TX.to_string());
+        assert_eq!(
+            define("XDPDNS_SETTING_POLICE"),
+            Settings::POLICE.to_string()
+        );
         assert_eq!(
             define("XDPDNS_LISTEN_STAT_COUNT"),
             ListenStat::COUNT.to_string()

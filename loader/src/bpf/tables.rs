@@ -192,6 +192,9 @@ impl Tables {
         if s.no_tx {
             word |= Settings::NO_TX;
         }
+        if s.abuse.limit.is_some() || !s.abuse.blocks.is_empty() || !s.abuse.exempt.is_empty() {
+            word |= Settings::POLICE;
+        }
         self.settings.set(0, word, 0).map_err(map_err(MAP_SETTINGS))
     }
 
