@@ -13,6 +13,7 @@ use xdpdns_common::stats::{DataplaneCounters, DropReason};
 use crate::forward::{Emit, Forwarder, Sent};
 use crate::frame;
 use crate::pipeline::{Peer, Pipeline, Transport, Verdict};
+use crate::tally::Tally;
 use crate::xsk::Fate;
 
 /// What becomes of a kernel-path datagram.
@@ -30,6 +31,8 @@ pub enum Datagram {
 pub struct Engine {
     pub pipeline: Pipeline,
     pub forwarder: Option<Forwarder>,
+    /// Answers per client, when dynamic block rules need them.
+    pub tally: Option<Tally>,
 }
 
 impl Engine {
@@ -37,6 +40,7 @@ impl Engine {
         Engine {
             pipeline,
             forwarder,
+            tally: None,
         }
     }
 
@@ -54,7 +58,12 @@ impl Engine {
     ) -> Fate {
         c.xsk.received += 1;
         match self.frame_inner(chunk, head, len, c, emit) {
-            Ok(fate) => fate,
+            Ok(fate) => {
+                if let (Some(t), Fate::Transmit { head, len }) = (self.tally.as_mut(), fate) {
+                    tally_frame(t, &chunk[head..head + len]);
+                }
+                fate
+            }
             Err(reason) => {
                 c.xsk.drop(reason);
                 Fate::Recycle
@@ -160,7 +169,12 @@ impl Engine {
             v => v,
         };
         match verdict {
-            Verdict::Answer(n) => Datagram::Answer(n),
+            Verdict::Answer(n) => {
+                if let (Some(t), Some(flags)) = (self.tally.as_mut(), buf.get(3)) {
+                    t.observe(from.ip(), flags & 0x0f);
+                }
+                Datagram::Answer(n)
+            }
             Verdict::Drop(reason) => {
                 c.kernel.drop(reason);
                 Datagram::Dropped
@@ -176,3 +190,21 @@ impl Engine {
 
 #[cfg(test)]
 pub(crate) mod tests;
+
+/// Counts a frame we send if it is an answer (QR set): to its destination.
+/// Queries forwarded to backends are not answers.
+fn tally_frame(t: &mut Tally, f: &[u8]) {
+    let Ok(p) = frame::parse(f) else { return };
+    let dns = p.payload();
+    if let (Some(&flags), Some(&rcode)) = (f.get(dns + 2), f.get(dns + 3))
+        && flags & 0x80 != 0
+    {
+        let a = p.addrs(f);
+        let to = if a.v6 {
+            std::net::IpAddr::from(a.dst_ip)
+        } else {
+            std::net::IpAddr::from([a.dst_ip[0], a.dst_ip[1], a.dst_ip[2], a.dst_ip[3]])
+        };
+        t.observe(to, rcode & 0x0f);
+    }
+}

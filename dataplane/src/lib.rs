@@ -20,6 +20,7 @@ pub mod poller;
 pub mod privileges;
 pub mod sandbox;
 pub mod shm;
+pub mod tally;
 #[doc(hidden)]
 pub mod testing;
 pub mod worker;

@@ -114,6 +114,7 @@ fn run() -> anyhow::Result<()> {
         stop,
     )
     .context("setting up the loop")?;
+    worker.set_tally(init.answer.tally);
     let stocked = worker.stock_fill_ring();
     worker
         .control()

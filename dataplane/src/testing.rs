@@ -40,6 +40,7 @@ pub fn answer_spec(rules: usize, default: Action) -> AnswerSpec {
         default,
         edns_udp_size: 1232,
         acl: open_acl(),
+        tally: None,
     }
 }
 

@@ -68,6 +68,9 @@ pub struct Worker {
     stop: Arc<AtomicBool>,
     /// Nap length when the queue just went quiet; `None` blocks at once.
     nap: Option<Duration>,
+    /// The key of the answers-per-client tally, drawn at start (a tally
+    /// may be turned on later, under seccomp, without getrandom).
+    tally_key: (u64, u64),
 }
 
 /// Answers sent through a kernel-path socket.
@@ -141,6 +144,8 @@ impl Worker {
         }
         let mut counters = DataplaneCounters::new();
         counters.size_backends(engine.pipeline.backend_count());
+        let mut draws = crate::forward::keys::Draws::new()?;
+        let tally_key = (draws.draw(), draws.draw());
         Ok(Worker {
             xsk,
             engine,
@@ -152,7 +157,16 @@ impl Worker {
             stats_interval,
             stop,
             nap: (idle_nap > Duration::ZERO).then_some(idle_nap),
+            tally_key,
         })
+    }
+
+    /// Tallies answers per client for the dynamic block rules (`spec`), or
+    /// stops; a tally kept with the same spec keeps its counts.
+    pub fn set_tally(&mut self, spec: Option<xdpdns_common::config::TallySpec>) {
+        if self.engine.tally.as_ref().map(crate::tally::Tally::spec) != spec {
+            self.engine.tally = spec.map(|s| crate::tally::Tally::new(s, self.tally_key));
+        }
     }
 
     pub fn xsk(&self) -> &Xsk {
@@ -175,6 +189,7 @@ impl Worker {
         let mut sockets_ready = true;
         let mut last_work = Instant::now();
         let mut next_sweep = Instant::now();
+        let mut next_tally = Instant::now() + crate::tally::REPORT_EVERY;
         loop {
             if self.stop.load(Ordering::Relaxed) {
                 return Ok(self.finish(Exit::Shutdown));
@@ -211,6 +226,15 @@ impl Worker {
             if self.engine.forwarder.is_some() && now >= next_sweep {
                 next_sweep = now + SWEEP_EVERY;
                 self.sweep();
+            }
+            if now >= next_tally {
+                next_tally = now + crate::tally::REPORT_EVERY;
+                if let Some(t) = self.engine.tally.as_mut() {
+                    let counts = t.drain();
+                    if !counts.is_empty() {
+                        self.control.send_clients(counts)?;
+                    }
+                }
             }
             if now >= next_report {
                 next_report = now + self.stats_interval;
@@ -400,6 +424,7 @@ impl Worker {
         forward_fds: Option<ForwardFds>,
     ) {
         self.serve_ready(Duration::ZERO);
+        self.set_tally(answer.tally);
         let pipeline = Pipeline::reconfigured(&self.engine.pipeline, answer, forward.as_ref());
         // Per-backend counters follow their backend to its new index.
         if let (Some(new), Some(old)) = (forward.as_ref(), self.engine.pipeline.backends()) {

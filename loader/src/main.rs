@@ -4,6 +4,7 @@ mod blocks;
 mod bpf;
 mod config_file;
 mod control;
+mod dynamic;
 mod forwarding;
 mod instance;
 mod metrics;

@@ -27,6 +27,7 @@ use xdpdns_common::stats::TcpCounters;
 use crate::blocks::RuntimeBlocks;
 use crate::bpf::{self, Attached, Steering};
 use crate::control::{self, Ask, Request, Response};
+use crate::dynamic::Dynamic;
 use crate::forwarding::{self, Forwarding, health};
 use crate::instance::{self, Instance};
 use crate::metrics;
@@ -255,8 +256,9 @@ struct Running {
     asks_tx: mpsc::UnboundedSender<Ask>,
     registered: BTreeSet<u32>,
     ready: bool,
-    /// Blocks added with `xdpdns block add`.
+    /// Blocks added with `xdpdns block add` and by the dynamic rules.
     blocks: RuntimeBlocks,
+    dynamic: Dynamic,
 }
 
 impl Running {
@@ -268,6 +270,7 @@ impl Running {
         templates: Templates,
         forwarding: Option<Forwarding>,
     ) -> (Running, Inbox) {
+        let live_dynamic = (live.abuse.dynamic.clone(), live.abuse.tally());
         let (queue_tx, queue_rx) = mpsc::unbounded_channel();
         let (health_tx, health_rx) = mpsc::unbounded_channel();
         let (asks_tx, asks_rx) = mpsc::unbounded_channel();
@@ -334,6 +337,7 @@ impl Running {
             registered: BTreeSet::new(),
             ready: false,
             blocks: RuntimeBlocks::default(),
+            dynamic: Dynamic::new(live_dynamic.0, live_dynamic.1),
         };
         let inbox = Inbox {
             queues: queue_rx,
@@ -411,13 +415,7 @@ impl Running {
                 }
                 _ = status_tick.tick() => self.notify_status(),
                 _ = metrics_tick.tick(), if metrics_on => self.publish_metrics(),
-                _ = block_tick.tick() => {
-                    if self.blocks.expire(Instant::now())
-                        && let Err(e) = self.resteer()
-                    {
-                        error!(error = %e, "cannot lift expired blocks from the XDP program");
-                    }
-                }
+                _ = block_tick.tick() => self.police_blocks(),
             }
         };
         control_task.abort();
@@ -446,6 +444,7 @@ impl Running {
                 bail!("queue {q}: dataplane {reason}");
             }
             Notice::SetupFailed(q, reason) => warn!(queue = q, %reason, "dataplane setup failed"),
+            Notice::Clients(counts) => self.dynamic.observe(Instant::now(), &counts),
         }
         Ok(())
     }
@@ -550,6 +549,27 @@ impl Running {
                     ))
                 }
             }
+        }
+    }
+
+    /// Lifts expired blocks and adds those the dynamic rules call for.
+    fn police_blocks(&mut self) {
+        let now = Instant::now();
+        let mut changed = self.blocks.expire(now);
+        for (p, d) in self.dynamic.evaluate(now) {
+            if self.blocks.list().iter().any(|b| b.prefix == p) {
+                continue;
+            }
+            match self.blocks.add(p, Some(d), &self.live.abuse.exempt, now) {
+                Ok(()) => {
+                    warn!(prefix = %p, secs = d.as_secs(), "blocked by a dynamic rule");
+                    changed = true;
+                }
+                Err(e) => warn!(prefix = %p, error = %e, "a dynamic rule could not block"),
+            }
+        }
+        if changed && let Err(e) = self.resteer() {
+            error!(error = %e, "cannot update the blocks in the XDP program");
         }
     }
 
@@ -671,6 +691,8 @@ impl Running {
         if changes.rules {
             self.queues.reset_rule_hits();
         }
+        self.dynamic
+            .set_rules(new.abuse.dynamic.clone(), new.abuse.tally());
         self.live = new;
         self.spec_tx.send_replace(Arc::new(dataplane_spec(
             &self.live,

@@ -13,8 +13,18 @@ const EXEMPT: &str = "192.0.2.5";
 /// dnsperf from `from` at `qps` for `secs`, from 16 source ports (both
 /// queues), as many outstanding as a limited client needs.
 fn dnsperf(lab: &Lab, from: &str, qps: u32, secs: u32) -> anyhow::Result<std::process::Child> {
+    dnsperf_names(lab, from, qps, secs, "a.test A\nb.test AAAA\nc.test TXT\n")
+}
+
+fn dnsperf_names(
+    lab: &Lab,
+    from: &str,
+    qps: u32,
+    secs: u32,
+    names: &str,
+) -> anyhow::Result<std::process::Child> {
     let queries = lab.dir.join(format!("dnsperf-{from}.txt"));
-    std::fs::write(&queries, "a.test A\nb.test AAAA\nc.test TXT\n")?;
+    std::fs::write(&queries, names)?;
     Ok(Command::new("ip")
         .args([
             "netns",
@@ -273,5 +283,44 @@ fn limited_queries_are_slipped_or_refused_in_xdp() -> anyhow::Result<()> {
         }
         assert!(server.stop()?.success());
     }
+    Ok(())
+}
+
+#[test]
+#[ignore = "needs root: run by make test"]
+fn a_dynamic_nxdomain_rule_blocks_a_random_subdomain_flooder_only() -> anyhow::Result<()> {
+    let lab = Lab::new("dynblock")?;
+    lab.client_addr(&format!("{HONEST}/24"), CLIENT_IF)?;
+    let cfg = lab.config(
+        "y",
+        "[[rule]]\nqname_suffix = \"victim.test.\"\naction = \"nxdomain\"\n\
+         [[dynamic_block]]\nrcode = \"NXDOMAIN\"\nrate = 50\nwindow_s = 2\nblock_s = 30\n",
+    );
+    let server = lab.start("y", &cfg)?;
+    let random: String = (0..500)
+        .map(|i| format!("r{i:x}q{}.victim.test A\n", i * 7919 % 1000))
+        .collect();
+    // The flooder: 500 NXDOMAIN a second; the normal client: 20.
+    let honest = dnsperf_names(&lab, HONEST, 20, 6, &random)?;
+    let flooder = dnsperf_names(&lab, CLIENT_V4, 500, 6, &random)?;
+    let (fs, fc) = dnsperf_result(flooder)?;
+    let (hs, hc) = dnsperf_result(honest)?;
+    eprintln!("flooder {fc}/{fs}; honest {hc}/{hs}");
+    // Blocked after the 2 s window at most (plus a 100 ms tick): at most
+    // ~2.5 s of its 6 s answered.
+    assert!(
+        fs >= 2500 && fc <= fs / 2,
+        "the flooder is blocked: {fc}/{fs}"
+    );
+    assert!(
+        hc * 100 >= hs * 99 && hs >= 100,
+        "the normal client is not: {hc}/{hs}"
+    );
+    let out = server.cli(&["block", "list"]);
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(said.contains(&format!("{CLIENT_V4}/32 drop")), "{said}");
+    assert!(!said.contains(HONEST), "{said}");
+    let s = server.wait_status("blocked in XDP", |s| xdp(s, "blocked") >= 1000)?;
+    assert!(xdp(&s, "blocked") + fc + 100 >= fs, "{s:#}");
     Ok(())
 }

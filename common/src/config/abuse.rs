@@ -72,6 +72,63 @@ pub(crate) struct BlockConfig {
     pub action: BlockAction,
 }
 
+/// `[[dynamic_block]]`: a client prefix whose answers of a kind exceed
+/// `rate` a second over `window_s` is blocked for `block_s`.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct DynamicBlockConfig {
+    /// Count answers with this rcode ("NXDOMAIN", "SERVFAIL", "REFUSED")...
+    #[serde(default)]
+    pub rcode: Option<String>,
+    /// ...or every answer: a prefix past this many a second.
+    #[serde(default)]
+    pub qps: Option<u32>,
+    /// With `rcode`: how many such answers a second trip the rule.
+    #[serde(default)]
+    pub rate: Option<u32>,
+    #[serde(default = "default_window_s")]
+    pub window_s: u32,
+    #[serde(default = "default_block_s")]
+    pub block_s: u32,
+    #[serde(default)]
+    pub action: BlockAction,
+}
+
+fn default_window_s() -> u32 {
+    5
+}
+
+fn default_block_s() -> u32 {
+    60
+}
+
+/// What a dynamic rule counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Counted {
+    /// Every answer.
+    Answers,
+    /// Answers with this rcode.
+    Rcode(u8),
+}
+
+/// A dynamic block rule in force.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DynamicRule {
+    pub counted: Counted,
+    /// Per second, over the window.
+    pub rate: u32,
+    pub window_s: u32,
+    pub block_s: u32,
+}
+
+/// How dataplanes tally answers per client for the dynamic rules: the
+/// prefix lengths a client is counted by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TallySpec {
+    pub v4_prefix: u8,
+    pub v6_prefix: u8,
+}
+
 /// A rate limit in force.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RateLimit {
@@ -90,6 +147,18 @@ pub struct Abuse {
     pub exempt: Vec<Prefix>,
     pub blocks: Vec<Prefix>,
     pub dry_run: bool,
+    pub dynamic: Vec<DynamicRule>,
+}
+
+impl Abuse {
+    /// What dataplanes tally, if any dynamic rule needs it: by the limits'
+    /// prefix lengths (default /32 and /56).
+    pub fn tally(&self) -> Option<TallySpec> {
+        (!self.dynamic.is_empty()).then(|| TallySpec {
+            v4_prefix: self.limit.map_or(32, |l| l.v4_prefix),
+            v6_prefix: self.limit.map_or(56, |l| l.v6_prefix),
+        })
+    }
 }
 
 /// Prefixes per policy trie (exempt and blocked together).
@@ -105,11 +174,78 @@ fn prefixes(list: &[String], key: impl Fn(usize) -> String) -> Result<Vec<Prefix
         .collect()
 }
 
+/// Dynamic rules at most.
+pub const MAX_DYNAMIC_RULES: usize = 16;
+
+fn dynamic_rule(i: usize, d: &DynamicBlockConfig) -> Result<DynamicRule, ConfigError> {
+    let key = |f: &str| format!("dynamic_block[{i}].{f}");
+    let (counted, rate) = match (&d.rcode, d.qps, d.rate) {
+        (Some(r), None, Some(rate)) => {
+            let code = match r.to_ascii_uppercase().as_str() {
+                "NXDOMAIN" => 3,
+                "SERVFAIL" => 2,
+                "REFUSED" => 5,
+                _ => {
+                    return Err(ConfigError::invalid(
+                        key("rcode"),
+                        format!("{r:?}: NXDOMAIN, SERVFAIL or REFUSED"),
+                    ));
+                }
+            };
+            (Counted::Rcode(code), rate)
+        }
+        (Some(_), None, None) => {
+            return Err(ConfigError::invalid(
+                key("rate"),
+                "how many a second (with rcode)",
+            ));
+        }
+        (None, Some(qps), None) => (Counted::Answers, qps),
+        (None, None, _) => {
+            return Err(ConfigError::invalid(
+                key("rcode"),
+                "an rcode with a rate, or qps",
+            ));
+        }
+        _ => {
+            return Err(ConfigError::invalid(
+                key("qps"),
+                "either rcode with rate, or qps alone",
+            ));
+        }
+    };
+    if rate == 0 {
+        return Err(ConfigError::invalid(key("rate"), "at least 1"));
+    }
+    if !(1..=60).contains(&d.window_s) {
+        return Err(ConfigError::invalid(key("window_s"), "1 to 60"));
+    }
+    if !(1..=86_400).contains(&d.block_s) {
+        return Err(ConfigError::invalid(key("block_s"), "1 to 86400"));
+    }
+    Ok(DynamicRule {
+        counted,
+        rate,
+        window_s: d.window_s,
+        block_s: d.block_s,
+    })
+}
+
 pub(super) fn compile(
     limits: Option<&LimitsSection>,
     blocks: &[BlockConfig],
+    dynamic: &[DynamicBlockConfig],
 ) -> Result<Abuse, ConfigError> {
     let mut abuse = Abuse::default();
+    if dynamic.len() > MAX_DYNAMIC_RULES {
+        return Err(ConfigError::invalid(
+            "dynamic_block",
+            format!("at most {MAX_DYNAMIC_RULES} rules"),
+        ));
+    }
+    for (i, d) in dynamic.iter().enumerate() {
+        abuse.dynamic.push(dynamic_rule(i, d)?);
+    }
     if let Some(l) = limits {
         if l.qps_per_client == 0 {
             return Err(ConfigError::invalid(
@@ -189,6 +325,9 @@ impl Abuse {
             parts.push(format!("{} exempt", self.exempt.len()));
         }
         parts.push(format!("{} blocked", self.blocks.len()));
+        if !self.dynamic.is_empty() {
+            parts.push(format!("{} dynamic block rules", self.dynamic.len()));
+        }
         if self.dry_run {
             parts.push("dry run: only counted".to_string());
         }

@@ -17,7 +17,10 @@ mod validate;
 #[cfg(test)]
 mod tests;
 
-pub use abuse::{Abuse, BlockAction, LimitAction, MAX_POLICY_PREFIXES, RateLimit};
+pub use abuse::{
+    Abuse, BlockAction, Counted, DynamicRule, LimitAction, MAX_POLICY_PREFIXES, RateLimit,
+    TallySpec,
+};
 pub use acl::{Acl, AclAction, DEFAULT_ALLOW, MAX_ACL_PREFIXES};
 pub use backends::{
     BackendConfig, DEFAULT_POOL, FailAction, HealthConfig, Policy, PoolConfig, parse_mac,

@@ -94,6 +94,9 @@ pub struct AnswerSpec {
     /// Who may be answered on the kernel path and over TCP (AF_XDP frames
     /// were judged by the XDP program already).
     pub acl: crate::config::Acl,
+    /// Answers tallied per client for the dynamic block rules, if any.
+    #[serde(default)]
+    pub tally: Option<crate::config::TallySpec>,
 }
 
 impl RuleConfig {
@@ -184,5 +187,6 @@ pub(super) fn compile(
         },
         edns_udp_size,
         acl: acl.clone(),
+        tally: None,
     }
 }

@@ -142,9 +142,11 @@ impl From<File> for Config {
             tcp,
             limits,
             block,
+            dynamic_block,
         } = f;
         // Validated before the conversion.
-        let abuse = super::abuse::compile(limits.as_ref(), &block).unwrap_or_default();
+        let abuse =
+            super::abuse::compile(limits.as_ref(), &block, &dynamic_block).unwrap_or_default();
         let (tcp_fixed, tcp_limits) = tcp.split();
         let XdpSection {
             interface,
@@ -358,11 +360,13 @@ impl Live {
 
     /// The rule list the dataplanes evaluate, compiled to wire form.
     pub fn answer_spec(&self) -> AnswerSpec {
-        rules::compile(
+        let mut spec = rules::compile(
             &self.rule,
             self.dataplane.edns_udp_size,
             !self.backend.is_empty(),
             &self.acl,
-        )
+        );
+        spec.tally = self.abuse.tally();
+        spec
     }
 }

@@ -677,3 +677,53 @@ fn limits_and_blocks_compile_and_bad_ones_are_refused() {
         "block[0].prefix"
     );
 }
+
+#[test]
+fn dynamic_block_rules_compile_and_bad_ones_are_refused() {
+    let c = Config::from_toml(&format!(
+        "{MINIMAL}\n[[dynamic_block]]\nrcode = \"nxdomain\"\nrate = 50\nwindow_s = 5\nblock_s = 60\n\
+         [[dynamic_block]]\nqps = 1000\n"
+    ))
+    .unwrap();
+    let a = &c.live.abuse;
+    assert_eq!(a.dynamic.len(), 2);
+    assert_eq!(a.dynamic[0].counted, Counted::Rcode(3));
+    assert_eq!(
+        (a.dynamic[1].counted, a.dynamic[1].rate),
+        (Counted::Answers, 1000)
+    );
+    assert_eq!(
+        (a.dynamic[1].window_s, a.dynamic[1].block_s),
+        (5, 60),
+        "defaults"
+    );
+    assert_eq!(
+        c.live.answer_spec().tally,
+        Some(TallySpec {
+            v4_prefix: 32,
+            v6_prefix: 56
+        }),
+        "dataplanes tally answers only when a rule needs it"
+    );
+    assert_eq!(
+        Config::from_toml(MINIMAL).unwrap().live.answer_spec().tally,
+        None
+    );
+    let d = |body: &str| format!("{MINIMAL}\n[[dynamic_block]]\n{body}");
+    for (body, key) in [
+        ("rcode = \"NOERROR\"\nrate = 5", "dynamic_block[0].rcode"),
+        ("rcode = \"NXDOMAIN\"", "dynamic_block[0].rate"),
+        ("rate = 5", "dynamic_block[0].rcode"),
+        (
+            "qps = 5\nrcode = \"NXDOMAIN\"\nrate = 5",
+            "dynamic_block[0].qps",
+        ),
+        ("qps = 0", "dynamic_block[0].rate"),
+        ("qps = 5\nwindow_s = 61", "dynamic_block[0].window_s"),
+        ("qps = 5\nblock_s = 0", "dynamic_block[0].block_s"),
+    ] {
+        assert_eq!(invalid_key(&d(body)), key, "{body}");
+    }
+    let many: String = (0..17).map(|_| "[[dynamic_block]]\nqps = 5\n").collect();
+    assert_eq!(invalid_key(&format!("{MINIMAL}\n{many}")), "dynamic_block");
+}

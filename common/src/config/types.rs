@@ -56,6 +56,10 @@ pub(crate) struct File {
     /// Client prefixes dropped in XDP.
     #[serde(default)]
     pub block: Vec<super::abuse::BlockConfig>,
+    /// Rules that block a client prefix for a while when its answers of a
+    /// kind come too fast.
+    #[serde(default)]
+    pub dynamic_block: Vec<super::abuse::DynamicBlockConfig>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]

@@ -156,7 +156,7 @@ impl File {
         let listen: Vec<_> = self.listen.iter().map(|l| l.address).collect();
         super::backends::check(&self.backend, &self.pool, &self.forwarding, &listen)?;
         self.acl.compile()?;
-        super::abuse::compile(self.limits.as_ref(), &self.block)?;
+        super::abuse::compile(self.limits.as_ref(), &self.block, &self.dynamic_block)?;
         Ok(())
     }
 

@@ -161,6 +161,27 @@ pub enum FromDataplane {
     Stats(Box<DataplaneCounters>),
     /// Setup failed; the dataplane exits after sending this.
     Failed(SetupFailure),
+    /// Answers per client since the last report, for the dynamic block
+    /// rules (only when the answer spec asks for a tally): at most
+    /// [`MAX_CLIENT_COUNTS`] entries, each prefix masked to the spec's length.
+    Clients(Vec<ClientCount>),
+}
+
+/// Client prefixes one report carries at most.
+pub const MAX_CLIENT_COUNTS: usize = 512;
+
+/// What one dataplane answered one client prefix since its last report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientCount {
+    pub v6: bool,
+    /// The prefix's address, masked; IPv4 in the first four bytes.
+    pub addr: [u8; 16],
+    pub answers: u32,
+    /// Answers by rcode 0..16 that the rules can count: NXDOMAIN (3),
+    /// SERVFAIL (2), REFUSED (5).
+    pub nxdomain: u32,
+    pub servfail: u32,
+    pub refused: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

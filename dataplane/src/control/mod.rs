@@ -8,8 +8,8 @@ use std::time::Duration;
 use nix::errno::Errno;
 use nix::sys::socket::{self, MsgFlags, sockopt};
 use xdpdns_common::ipc::{
-    self, DataplaneInit, FromDataplane, IpcError, MAX_DESCRIPTORS, PROTOCOL_VERSION, SetupFailure,
-    ToDataplane, XskReady,
+    self, ClientCount, DataplaneInit, FromDataplane, IpcError, MAX_DESCRIPTORS, PROTOCOL_VERSION,
+    SetupFailure, ToDataplane, XskReady,
 };
 use xdpdns_common::stats::DataplaneCounters;
 
@@ -140,6 +140,21 @@ impl Control {
     }
 
     /// Reports counters without blocking; a full socket skips this report.
+    /// The answers-per-client report (dropped, not queued, if the socket is full).
+    pub fn send_clients(&self, counts: Vec<ClientCount>) -> Result<(), ControlError> {
+        match self.send(
+            &FromDataplane::Clients(counts),
+            None,
+            MsgFlags::MSG_DONTWAIT,
+        ) {
+            Err(e) if e.errno() == Some(Errno::EAGAIN) => Ok(()),
+            Err(e) if matches!(e.errno(), Some(Errno::EPIPE | Errno::ECONNRESET)) => {
+                Err(ControlError::Closed)
+            }
+            other => other,
+        }
+    }
+
     pub fn send_stats(&self, counters: &DataplaneCounters) -> Result<(), ControlError> {
         match self.send(
             &FromDataplane::Stats(Box::new(counters.clone())),

@@ -27,6 +27,7 @@ fn spec() -> AnswerSpec {
         default: Action::Refused,
         edns_udp_size: 1232,
         acl: crate::testing::open_acl(),
+        tally: None,
     }
 }
 

@@ -103,6 +103,7 @@ mod tests {
             default: Action::Refused,
             edns_udp_size: 1232,
             acl: crate::testing::open_acl(),
+            tally: None,
         })
     }
 

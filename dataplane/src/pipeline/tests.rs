@@ -10,6 +10,7 @@ fn answer_spec(rules: Vec<RuleSpec>, default: Action) -> AnswerSpec {
         default,
         edns_udp_size: 1232,
         acl: crate::testing::open_acl(),
+        tally: None,
     }
 }
 

@@ -125,6 +125,41 @@ pub fn dataplane_counters(
     Ok(())
 }
 
+/// Checks a dataplane's answers-per-client report against the tally the
+/// answer spec asked for (`tally`): no report without one, at most
+/// `MAX_CLIENT_COUNTS` entries, every address masked to the spec's prefix
+/// length, per-rcode counts within the answers, no more answers than a
+/// report interval could hold.
+pub fn client_counts(
+    counts: &[xdpdns_common::ipc::ClientCount],
+    tally: Option<xdpdns_common::config::TallySpec>,
+) -> Result<(), String> {
+    let Some(spec) = tally else {
+        return Err("client counts nobody asked for: killed".into());
+    };
+    if counts.len() > xdpdns_common::ipc::MAX_CLIENT_COUNTS {
+        return Err("client counts of an impossible shape: killed".into());
+    }
+    for c in counts {
+        let bits = if c.v6 { spec.v6_prefix } else { spec.v4_prefix };
+        let bytes = if c.v6 { &c.addr[..] } else { &c.addr[..4] };
+        let masked = bytes.iter().enumerate().all(|(i, b)| {
+            let keep = usize::from(bits).saturating_sub(i * 8).min(8);
+            let mask = if keep == 0 { 0 } else { 0xffu8 << (8 - keep) };
+            b & !mask == 0
+        });
+        let v4_rest_zero = c.v6 || c.addr[4..].iter().all(|b| *b == 0);
+        let by_rcode = u64::from(c.nxdomain) + u64::from(c.servfail) + u64::from(c.refused);
+        if !masked || !v4_rest_zero || by_rcode > u64::from(c.answers) {
+            return Err("client counts that cannot be: killed".into());
+        }
+        if u64::from(c.answers) > MAX_EVENTS_PER_SECOND {
+            return Err("client counts beyond what a report interval can count: killed".into());
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -153,6 +188,51 @@ mod tests {
         let mut drops = DataplaneCounters::new();
         drops.xsk.dropped = vec![0; DropReason::COUNT + 1];
         assert!(dataplane_counters(&drops, &old, 1, 0, 0).is_err());
+    }
+
+    #[test]
+    fn client_counts_are_checked_against_the_tally() {
+        use xdpdns_common::config::TallySpec;
+        use xdpdns_common::ipc::ClientCount;
+        let spec = Some(TallySpec {
+            v4_prefix: 24,
+            v6_prefix: 56,
+        });
+        let mut addr = [0u8; 16];
+        addr[..4].copy_from_slice(&[192, 0, 2, 0]);
+        let ok = ClientCount {
+            v6: false,
+            addr,
+            answers: 10,
+            nxdomain: 4,
+            servfail: 3,
+            refused: 3,
+        };
+        assert!(client_counts(&[ok], spec).is_ok());
+        assert!(client_counts(&[ok], None).is_err(), "not asked for");
+        let mut host = ok;
+        host.addr[3] = 7;
+        assert!(client_counts(&[host], spec).is_err(), "host bits past /24");
+        let mut tail = ok;
+        tail.addr[9] = 1;
+        assert!(
+            client_counts(&[tail], spec).is_err(),
+            "IPv4 with bytes past 4"
+        );
+        let mut more = ok;
+        more.nxdomain = 5;
+        assert!(
+            client_counts(&[more], spec).is_err(),
+            "more by rcode than answers"
+        );
+        let many = vec![ok; xdpdns_common::ipc::MAX_CLIENT_COUNTS + 1];
+        assert!(client_counts(&many, spec).is_err(), "too many");
+        let mut v6 = ok;
+        v6.v6 = true;
+        v6.addr = [0x20, 1, 0x0d, 0xb8, 0, 0, 0, 0x80, 0, 0, 0, 0, 0, 0, 0, 0];
+        assert!(client_counts(&[v6], spec).is_err(), "bit 57 set under /56");
+        v6.addr[7] = 0;
+        assert!(client_counts(&[v6], spec).is_ok());
     }
 
     #[test]

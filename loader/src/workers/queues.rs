@@ -101,6 +101,7 @@ impl QueueState {
                 self.last_exit = Some(format!("pid {pid} could not be killed"));
                 Notice::None
             }
+            QueueEvent::Clients { counts, .. } => Notice::Clients(counts),
         }
     }
 
@@ -119,6 +120,8 @@ pub enum Notice {
     Registered(u32),
     Unregistered(u32),
     SetupFailed(u32, String),
+    /// Answers per client prefix, for the dynamic block rules.
+    Clients(Vec<xdpdns_common::ipc::ClientCount>),
 }
 
 struct Handle {

@@ -110,6 +110,12 @@ pub enum QueueEvent {
         queue: u32,
         pid: u32,
     },
+    /// Answers per client prefix since the dataplane's last report
+    /// (validated: see `checks::client_counts`).
+    Clients {
+        queue: u32,
+        counts: Vec<xdpdns_common::ipc::ClientCount>,
+    },
 }
 
 impl QueueEvent {
@@ -121,7 +127,8 @@ impl QueueEvent {
             | QueueEvent::SetupFailed { queue, .. }
             | QueueEvent::Exited { queue, .. }
             | QueueEvent::Phase { queue, .. }
-            | QueueEvent::Unkillable { queue, .. } => *queue,
+            | QueueEvent::Unkillable { queue, .. }
+            | QueueEvent::Clients { queue, .. } => *queue,
         }
     }
 }
@@ -525,6 +532,12 @@ impl Supervisor {
                     queue,
                     zero_copy: ready.zero_copy,
                 });
+                Ok(())
+            }
+            FromDataplane::Clients(_) if !*registered => Err("client counts before Ready".into()),
+            FromDataplane::Clients(counts) => {
+                checks::client_counts(&counts, self.ch.spec.borrow().answer.tally)?;
+                self.emit(QueueEvent::Clients { queue, counts });
                 Ok(())
             }
             FromDataplane::Stats(counters) => {

@@ -1,0 +1,235 @@
+//! Dynamic blocks: the dataplanes report answers per client prefix every
+//! 100 ms (validated before they get here); a prefix whose answers of a
+//! rule's kind exceed the rule's rate over its window is blocked for the
+//! rule's time, as a run-time block. Evaluated on every report tick; the
+//! state is bounded (prefixes seen in the longest window, at most
+//! `MAX_PREFIXES`; the quietest go first).
+
+use std::collections::{HashMap, VecDeque};
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+use xdpdns_common::config::{Counted, DynamicRule, TallySpec};
+use xdpdns_common::ipc::ClientCount;
+use xdpdns_common::net::Prefix;
+
+/// Prefixes tracked at once.
+pub const MAX_PREFIXES: usize = 65_536;
+
+#[derive(Debug, Clone, Copy, Default)]
+struct Counts {
+    answers: u64,
+    nxdomain: u64,
+    servfail: u64,
+    refused: u64,
+}
+
+impl Counts {
+    fn of(&self, c: Counted) -> u64 {
+        match c {
+            Counted::Answers => self.answers,
+            Counted::Rcode(3) => self.nxdomain,
+            Counted::Rcode(2) => self.servfail,
+            Counted::Rcode(5) => self.refused,
+            Counted::Rcode(_) => 0,
+        }
+    }
+}
+
+type Key = (bool, [u8; 16]);
+
+#[derive(Debug, Default)]
+pub struct Dynamic {
+    rules: Vec<DynamicRule>,
+    spec: Option<TallySpec>,
+    seen: HashMap<Key, VecDeque<(Instant, Counts)>>,
+}
+
+impl Dynamic {
+    pub fn new(rules: Vec<DynamicRule>, spec: Option<TallySpec>) -> Dynamic {
+        Dynamic {
+            rules,
+            spec,
+            seen: HashMap::new(),
+        }
+    }
+
+    /// New rules (a reload); counts so far are kept if the prefix lengths are.
+    pub fn set_rules(&mut self, rules: Vec<DynamicRule>, spec: Option<TallySpec>) {
+        if spec != self.spec {
+            self.seen.clear();
+        }
+        self.rules = rules;
+        self.spec = spec;
+    }
+
+    fn horizon(&self) -> Duration {
+        Duration::from_secs(u64::from(
+            self.rules.iter().map(|r| r.window_s).max().unwrap_or(0),
+        ))
+    }
+
+    /// One dataplane's report, at `now`.
+    pub fn observe(&mut self, now: Instant, counts: &[ClientCount]) {
+        if self.rules.is_empty() {
+            return;
+        }
+        for c in counts {
+            let key = (c.v6, c.addr);
+            if !self.seen.contains_key(&key) && self.seen.len() >= MAX_PREFIXES {
+                continue;
+            }
+            self.seen.entry(key).or_default().push_back((
+                now,
+                Counts {
+                    answers: u64::from(c.answers),
+                    nxdomain: u64::from(c.nxdomain),
+                    servfail: u64::from(c.servfail),
+                    refused: u64::from(c.refused),
+                },
+            ));
+        }
+    }
+
+    /// Prefixes a rule trips at `now`, each with its block time; forgets
+    /// counts older than the longest window.
+    pub fn evaluate(&mut self, now: Instant) -> Vec<(Prefix, Duration)> {
+        let horizon = self.horizon();
+        let Some(spec) = self.spec else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        self.seen.retain(|_, q| {
+            while q
+                .front()
+                .is_some_and(|(t, _)| now.duration_since(*t) > horizon)
+            {
+                q.pop_front();
+            }
+            !q.is_empty()
+        });
+        for ((v6, addr), q) in &self.seen {
+            for r in &self.rules {
+                let window = Duration::from_secs(u64::from(r.window_s));
+                let n: u64 = q
+                    .iter()
+                    .filter(|(t, _)| now.duration_since(*t) <= window)
+                    .map(|(_, c)| c.of(r.counted))
+                    .sum();
+                if n > u64::from(r.rate) * u64::from(r.window_s) {
+                    let (ip, bits) = if *v6 {
+                        (IpAddr::from(*addr), spec.v6_prefix)
+                    } else {
+                        (
+                            IpAddr::from([addr[0], addr[1], addr[2], addr[3]]),
+                            spec.v4_prefix,
+                        )
+                    };
+                    if let Ok(p) = Prefix::new(ip, bits) {
+                        out.push((p, Duration::from_secs(u64::from(r.block_s))));
+                    }
+                    break;
+                }
+            }
+        }
+        // A blocked prefix starts afresh when the block ends.
+        for (p, _) in &out {
+            let key = match p.addr() {
+                IpAddr::V4(a) => {
+                    let mut b = [0u8; 16];
+                    b[..4].copy_from_slice(&a.octets());
+                    (false, b)
+                }
+                IpAddr::V6(a) => (true, a.octets()),
+            };
+            self.seen.remove(&key);
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn count(last: u8, answers: u32, nxdomain: u32) -> ClientCount {
+        let mut addr = [0u8; 16];
+        addr[..4].copy_from_slice(&[192, 0, 2, last]);
+        ClientCount {
+            v6: false,
+            addr,
+            answers,
+            nxdomain,
+            servfail: 0,
+            refused: 0,
+        }
+    }
+
+    #[test]
+    fn a_prefix_over_a_rule_is_blocked_and_others_are_not() {
+        let rule = DynamicRule {
+            counted: Counted::Rcode(3),
+            rate: 50,
+            window_s: 2,
+            block_s: 60,
+        };
+        let spec = TallySpec {
+            v4_prefix: 32,
+            v6_prefix: 56,
+        };
+        let mut d = Dynamic::new(vec![rule], Some(spec));
+        let t0 = Instant::now();
+        // 20 reports over 2 s: the flooder 10 NXDOMAIN each (100/s), the
+        // normal client 2 each (10/s), both from two queues.
+        for i in 0..20u32 {
+            let t = t0 + Duration::from_millis(u64::from(i) * 100);
+            d.observe(t, &[count(9, 10, 5), count(7, 2, 1)]);
+            d.observe(t, &[count(9, 10, 5), count(7, 2, 1)]);
+        }
+        let now = t0 + Duration::from_millis(1950);
+        let blocked = d.evaluate(now);
+        assert_eq!(
+            blocked,
+            vec![("192.0.2.9/32".parse().unwrap(), Duration::from_secs(60))]
+        );
+        assert!(d.evaluate(now).is_empty(), "counted afresh after a block");
+        // Old counts are forgotten.
+        d.observe(now, &[count(7, 1, 1)]);
+        assert!(d.evaluate(now + Duration::from_secs(10)).is_empty());
+        assert!(d.seen.is_empty());
+    }
+
+    #[test]
+    fn the_state_is_bounded() {
+        let rule = DynamicRule {
+            counted: Counted::Answers,
+            rate: 1_000_000,
+            window_s: 5,
+            block_s: 1,
+        };
+        let mut d = Dynamic::new(
+            vec![rule],
+            Some(TallySpec {
+                v4_prefix: 32,
+                v6_prefix: 128,
+            }),
+        );
+        let t0 = Instant::now();
+        for i in 0..(MAX_PREFIXES as u32 + 100) {
+            let mut addr = [0u8; 16];
+            addr[..4].copy_from_slice(&i.to_be_bytes());
+            d.observe(
+                t0,
+                &[ClientCount {
+                    v6: false,
+                    addr,
+                    answers: 1,
+                    nxdomain: 0,
+                    servfail: 0,
+                    refused: 0,
+                }],
+            );
+        }
+        assert_eq!(d.seen.len(), MAX_PREFIXES);
+    }
+}
