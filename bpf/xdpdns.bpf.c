@@ -652,7 +652,7 @@ static __always_inline int police(struct xdp_md *ctx, __u32 set, __u32 l3, int v
 
 	if (policy && *policy == XDPDNS_POLICY_EXEMPT)
 		return -1;
-	if (policy && *policy == XDPDNS_POLICY_BLOCK) {
+	if (policy && (*policy == XDPDNS_POLICY_BLOCK || *policy == XDPDNS_POLICY_BLOCK_TCP)) {
 		if (dry) {
 			count(XDPDNS_STAT_DRY_RUN, 0);
 			return -1;
@@ -720,6 +720,72 @@ static __always_inline int police_v6(struct xdp_md *ctx, __u32 set, __u32 l3,
 	return police(ctx, set, l3, 1, policy, l, &XDPDNS_MAP_RATE_V6, &key);
 }
 
+/* The ports of a TCP header (all this program reads of one). */
+struct tcp_ports {
+	__be16 source;
+	__be16 dest;
+};
+
+/* TCP to a listen address from a prefix blocked with TCP: dropped. Every
+ * other TCP segment goes to the kernel stack. */
+static __always_inline int tcp_verdict(__u32 set, __u32 *policy)
+{
+	const struct xdpdns_limits *l;
+
+	if (!policy || *policy != XDPDNS_POLICY_BLOCK_TCP)
+		return count(XDPDNS_STAT_NOT_UDP, XDP_PASS);
+	l = current_limits(set);
+	if (l && (l->flags & XDPDNS_LIMIT_DRY_RUN)) {
+		count(XDPDNS_STAT_DRY_RUN, 0);
+		return count(XDPDNS_STAT_NOT_UDP, XDP_PASS);
+	}
+	return count(XDPDNS_STAT_BLOCKED, XDP_DROP);
+}
+
+static __always_inline int tcp_v4(struct iphdr *ip, void *end, __u32 set)
+{
+	struct tcp_ports *tcp = (void *)(ip + 1);
+	struct dest_v4_key key = {};
+	struct lpm_v4_key k = { .prefixlen = 32 };
+	__u32 *dest, *policy;
+
+	if ((void *)(tcp + 1) > end)
+		return count(XDPDNS_STAT_NOT_UDP, XDP_PASS);
+	key.addr = ip->daddr;
+	key.port = tcp->dest;
+	dest = bpf_map_lookup_elem(&XDPDNS_MAP_DEST_V4, &key);
+	if (!dest || (*dest & 0xffff) != XDPDNS_DEST_LISTEN)
+		return count(XDPDNS_STAT_NOT_UDP, XDP_PASS);
+	__builtin_memcpy(k.addr, &ip->saddr, 4);
+	if (set & XDPDNS_SETTING_ACL_SLOT)
+		policy = bpf_map_lookup_elem(&XDPDNS_MAP_POLICY_V4_1, &k);
+	else
+		policy = bpf_map_lookup_elem(&XDPDNS_MAP_POLICY_V4_0, &k);
+	return tcp_verdict(set, policy);
+}
+
+static __always_inline int tcp_v6(struct ipv6hdr *ip6, void *end, __u32 set)
+{
+	struct tcp_ports *tcp = (void *)(ip6 + 1);
+	struct dest_v6_key key = {};
+	struct lpm_v6_key k = { .prefixlen = 128 };
+	__u32 *dest, *policy;
+
+	if ((void *)(tcp + 1) > end)
+		return count(XDPDNS_STAT_NOT_UDP, XDP_PASS);
+	__builtin_memcpy(key.addr, &ip6->daddr, sizeof(key.addr));
+	key.port = tcp->dest;
+	dest = bpf_map_lookup_elem(&XDPDNS_MAP_DEST_V6, &key);
+	if (!dest || (*dest & 0xffff) != XDPDNS_DEST_LISTEN)
+		return count(XDPDNS_STAT_NOT_UDP, XDP_PASS);
+	__builtin_memcpy(k.addr, &ip6->saddr, 16);
+	if (set & XDPDNS_SETTING_ACL_SLOT)
+		policy = bpf_map_lookup_elem(&XDPDNS_MAP_POLICY_V6_1, &k);
+	else
+		policy = bpf_map_lookup_elem(&XDPDNS_MAP_POLICY_V6_0, &k);
+	return tcp_verdict(set, policy);
+}
+
 static __always_inline int in_forward_range(__be16 port)
 {
 	__u32 p = bpf_ntohs(port);
@@ -759,6 +825,12 @@ static __always_inline int handle_v4(struct xdp_md *ctx, void *data, void *end, 
 		return count(XDPDNS_STAT_IPV4_OPTIONS, XDP_PASS);
 	if (ip->frag_off & bpf_htons(0x3fff))
 		return count(XDPDNS_STAT_FRAGMENT, XDP_PASS);
+	if (ip->protocol == IPPROTO_TCP) {
+		__u32 set = current_settings();
+
+		if (set & XDPDNS_SETTING_TCP_BLOCKS)
+			return tcp_v4(ip, end, set);
+	}
 	if (ip->protocol != IPPROTO_UDP)
 		return count(XDPDNS_STAT_NOT_UDP, XDP_PASS);
 	if ((void *)(udp + 1) > end)
@@ -820,6 +892,12 @@ static __always_inline int handle_v6(struct xdp_md *ctx, void *data, void *end, 
 		return count(XDPDNS_STAT_TRUNCATED, XDP_PASS);
 	if (ip6->version != 6)
 		return count(XDPDNS_STAT_TRUNCATED, XDP_PASS);
+	if (ip6->nexthdr == IPPROTO_TCP) {
+		__u32 set = current_settings();
+
+		if (set & XDPDNS_SETTING_TCP_BLOCKS)
+			return tcp_v6(ip6, end, set);
+	}
 	if (ip6->nexthdr != IPPROTO_UDP)
 		return count(is_ipv6_ext(ip6->nexthdr) ? XDPDNS_STAT_IPV6_EXT : XDPDNS_STAT_NOT_UDP,
 			     XDP_PASS);

@@ -53,7 +53,8 @@
 
 /* Policy trie values: the longest matching prefix decides. */
 #define XDPDNS_POLICY_EXEMPT 1 /* never rate-limited */
-#define XDPDNS_POLICY_BLOCK  2 /* dropped */
+#define XDPDNS_POLICY_BLOCK  2 /* UDP dropped (TCP left alone: TC-slipped clients retry) */
+#define XDPDNS_POLICY_BLOCK_TCP 3 /* UDP and TCP to listen addresses dropped */
 
 /* struct xdpdns_limits flags. */
 #define XDPDNS_LIMIT_ON      1 /* rate limits apply */
@@ -77,6 +78,7 @@
 #define XDPDNS_SETTING_VERIFY_CSUM 4 /* bit: verify queries' UDP checksums */
 #define XDPDNS_SETTING_POLICE     16 /* bit: limits, exempt or blocked prefixes exist
                                       * (without it no lookup is spent on them) */
+#define XDPDNS_SETTING_TCP_BLOCKS 32 /* bit: some block covers TCP too */
 #define XDPDNS_SETTING_NO_TX       8 /* bit: XDP_TX does not reach the wire (a veth
                                       * whose peer runs no XDP): what would be
                                       * answered here goes to the kernel stack */

@@ -38,6 +38,8 @@ pub const RATE_ENTRIES: u32 = 65536;
 /// Policy trie values; the longest matching prefix decides.
 pub const POLICY_EXEMPT: u32 = 1;
 pub const POLICY_BLOCK: u32 = 2;
+/// Blocked for TCP to listen addresses too.
+pub const POLICY_BLOCK_TCP: u32 = 3;
 
 /// Rate-limit parameters as the program reads them (`struct xdpdns_limits`).
 #[repr(C)]
@@ -146,6 +148,8 @@ impl Settings {
     pub const NO_TX: u32 = 8;
     /// Limits, exempt or blocked prefixes exist: the program looks them up.
     pub const POLICE: u32 = 16;
+    /// Some block covers TCP: the program judges TCP to listen addresses.
+    pub const TCP_BLOCKS: u32 = 32;
 }
 
 /// Per-listen counters, [`ListenStat::COUNT`] per listen index.
@@ -388,6 +392,14 @@ mod tests {
         assert_eq!(define("XDPDNS_RATE_ENTRIES"), RATE_ENTRIES.to_string());
         assert_eq!(define("XDPDNS_POLICY_EXEMPT"), POLICY_EXEMPT.to_string());
         assert_eq!(define("XDPDNS_POLICY_BLOCK"), POLICY_BLOCK.to_string());
+        assert_eq!(
+            define("XDPDNS_POLICY_BLOCK_TCP"),
+            POLICY_BLOCK_TCP.to_string()
+        );
+        assert_eq!(
+            define("XDPDNS_SETTING_TCP_BLOCKS"),
+            Settings::TCP_BLOCKS.to_string()
+        );
         assert_eq!(define("XDPDNS_LIMIT_ON"), Limits::ON.to_string());
         assert_eq!(define("XDPDNS_LIMIT_DRY_RUN"), Limits::DRY_RUN.to_string());
         assert_eq!(define("XDPDNS_LIMIT_DROP"), Limits::DROP.to_string());

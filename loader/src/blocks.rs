@@ -17,6 +17,8 @@ pub const MAX_BLOCK_FOR: Duration = Duration::from_secs(86_400);
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RuntimeBlock {
     pub prefix: Prefix,
+    /// TCP to listen addresses dropped too.
+    pub tcp: bool,
     pub added: Instant,
     /// None: until deleted (or the loader restarts).
     pub until: Option<Instant>,
@@ -46,6 +48,7 @@ impl RuntimeBlocks {
         &mut self,
         prefix: Prefix,
         duration: Option<Duration>,
+        tcp: bool,
         exempt: &[Prefix],
         now: Instant,
     ) -> Result<(), BlockError> {
@@ -57,6 +60,7 @@ impl RuntimeBlocks {
         }
         let entry = RuntimeBlock {
             prefix,
+            tcp,
             added: now,
             until: duration.map(|d| now + d),
         };
@@ -85,6 +89,7 @@ impl RuntimeBlocks {
         self.list.len() != before
     }
 
+    #[cfg(test)]
     pub fn prefixes(&self) -> impl Iterator<Item = Prefix> + '_ {
         self.list.iter().map(|b| b.prefix)
     }
@@ -129,13 +134,25 @@ mod tests {
     fn blocks_are_added_replaced_removed_and_expire() {
         let t0 = Instant::now();
         let mut b = RuntimeBlocks::default();
-        b.add(p("198.51.100.0/24"), Some(Duration::from_secs(60)), &[], t0)
-            .unwrap();
-        b.add(p("2001:db8::/48"), None, &[], t0).unwrap();
+        b.add(
+            p("198.51.100.0/24"),
+            Some(Duration::from_secs(60)),
+            false,
+            &[],
+            t0,
+        )
+        .unwrap();
+        b.add(p("2001:db8::/48"), None, false, &[], t0).unwrap();
         assert_eq!(b.list().len(), 2);
         // Re-adding changes the expiry, not the count.
-        b.add(p("198.51.100.0/24"), Some(Duration::from_secs(5)), &[], t0)
-            .unwrap();
+        b.add(
+            p("198.51.100.0/24"),
+            Some(Duration::from_secs(5)),
+            false,
+            &[],
+            t0,
+        )
+        .unwrap();
         assert_eq!(b.list().len(), 2);
         assert!(!b.expire(t0 + Duration::from_secs(4)));
         assert!(b.expire(t0 + Duration::from_secs(5)));
@@ -157,19 +174,25 @@ mod tests {
         let mut b = RuntimeBlocks::default();
         let exempt = [p("10.0.0.0/8")];
         assert_eq!(
-            b.add(p("10.0.0.0/8"), None, &exempt, t0),
+            b.add(p("10.0.0.0/8"), None, false, &exempt, t0),
             Err(BlockError::Exempt(p("10.0.0.0/8")))
         );
         assert_eq!(
-            b.add(p("10.1.0.0/16"), Some(Duration::from_secs(86_401)), &[], t0),
+            b.add(
+                p("10.1.0.0/16"),
+                Some(Duration::from_secs(86_401)),
+                false,
+                &[],
+                t0
+            ),
             Err(BlockError::TooLong)
         );
         for i in 0..MAX_RUNTIME_BLOCKS {
             let a = format!("10.{}.{}.0/24", i / 256, i % 256);
-            b.add(p(&a), None, &[], t0).unwrap();
+            b.add(p(&a), None, false, &[], t0).unwrap();
         }
         assert_eq!(
-            b.add(p("192.0.2.0/24"), None, &[], t0),
+            b.add(p("192.0.2.0/24"), None, false, &[], t0),
             Err(BlockError::Full)
         );
     }

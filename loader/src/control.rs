@@ -53,6 +53,9 @@ pub enum Request {
     BlockAdd {
         prefix: String,
         for_s: Option<u64>,
+        /// TCP to listen addresses dropped too.
+        #[serde(default)]
+        tcp: bool,
     },
     /// Lift a run-time block.
     BlockDel {
@@ -364,6 +367,7 @@ mod tests {
         let add = Request::BlockAdd {
             prefix: "192.0.2.0/24".into(),
             for_s: None,
+            tcp: false,
         };
         let del = Request::BlockDel {
             prefix: "192.0.2.0/24".into(),

@@ -88,6 +88,10 @@ enum BlockCommand {
         /// What happens to its queries: drop (the only action so far).
         #[arg(long, default_value = "drop")]
         action: String,
+        /// Drop its TCP to listen addresses too (by default TCP stays open,
+        /// so clients answered TC=1 can retry).
+        #[arg(long)]
+        tcp: bool,
     },
     /// Lift a run-time block.
     Del {
@@ -183,6 +187,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 prefix,
                 duration,
                 action,
+                tcp,
             } => {
                 if action != "drop" {
                     anyhow::bail!("--action {action:?}: only \"drop\" is implemented so far");
@@ -191,7 +196,10 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                     .map(|d| blocks::parse_duration(&d).map(|d| d.as_secs()))
                     .transpose()
                     .map_err(|e| anyhow::anyhow!("--for {e}"))?;
-                done(ask(&config, control::Request::BlockAdd { prefix, for_s })?)
+                done(ask(
+                    &config,
+                    control::Request::BlockAdd { prefix, for_s, tcp },
+                )?)
             }
             BlockCommand::Del { config, prefix } => {
                 done(ask(&config, control::Request::BlockDel { prefix })?)

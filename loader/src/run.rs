@@ -165,9 +165,12 @@ fn steering(
 ) -> Steering {
     let xsk = live.xdp.redirect.then_some(forwarding).flatten();
     let mut abuse = live.abuse.clone();
-    for p in blocks.prefixes() {
-        if !abuse.blocks.contains(&p) {
-            abuse.blocks.push(p);
+    for b in blocks.list() {
+        if !abuse.blocks.contains(&b.prefix) {
+            abuse.blocks.push(b.prefix);
+        }
+        if b.tcp && !abuse.tcp_blocks.contains(&b.prefix) {
+            abuse.tcp_blocks.push(b.prefix);
         }
     }
     Steering {
@@ -471,7 +474,7 @@ impl Running {
                     }
                 }
             }
-            Request::BlockAdd { prefix, for_s } => {
+            Request::BlockAdd { prefix, for_s, tcp } => {
                 let p: Prefix = match prefix.parse() {
                     Ok(p) => p,
                     Err(e) => return Response::Error(format!("{prefix:?}: {e}")),
@@ -479,7 +482,7 @@ impl Running {
                 let d = for_s.map(Duration::from_secs);
                 if let Err(e) = self
                     .blocks
-                    .add(p, d, &self.live.abuse.exempt, Instant::now())
+                    .add(p, d, tcp, &self.live.abuse.exempt, Instant::now())
                 {
                     return Response::Error(e.to_string());
                 }
@@ -487,6 +490,7 @@ impl Running {
                     Ok(()) => {
                         let how =
                             for_s.map_or("until deleted".to_string(), |s| format!("for {s}s"));
+                        let how = if tcp { format!("{how}, TCP too") } else { how };
                         info!(prefix = %p, %how, "blocked");
                         Response::Done(vec![format!("{p} blocked {how}")])
                     }
@@ -520,20 +524,26 @@ impl Running {
                     .iter()
                     .map(|b| match b.until {
                         Some(u) => format!(
-                            "{} drop, {}s left (added {}s ago)",
+                            "{} drop{}, {}s left (added {}s ago)",
                             b.prefix,
+                            if b.tcp { " (UDP and TCP)" } else { "" },
                             u.saturating_duration_since(now).as_secs(),
                             now.duration_since(b.added).as_secs()
                         ),
                         None => format!(
-                            "{} drop, until deleted (added {}s ago)",
+                            "{} drop{}, until deleted (added {}s ago)",
                             b.prefix,
+                            if b.tcp { " (UDP and TCP)" } else { "" },
                             now.duration_since(b.added).as_secs()
                         ),
                     })
                     .collect();
                 for p in &self.live.abuse.blocks {
-                    lines.push(format!("{p} drop, configured"));
+                    let tcp = self.live.abuse.tcp_blocks.contains(p);
+                    lines.push(format!(
+                        "{p} drop{}, configured",
+                        if tcp { " (UDP and TCP)" } else { "" }
+                    ));
                 }
                 if lines.is_empty() {
                     lines.push("no blocks".into());
@@ -560,7 +570,10 @@ impl Running {
             if self.blocks.list().iter().any(|b| b.prefix == p) {
                 continue;
             }
-            match self.blocks.add(p, Some(d), &self.live.abuse.exempt, now) {
+            match self
+                .blocks
+                .add(p, Some(d), false, &self.live.abuse.exempt, now)
+            {
                 Ok(()) => {
                     warn!(prefix = %p, secs = d.as_secs(), "blocked by a dynamic rule");
                     changed = true;

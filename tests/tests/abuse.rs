@@ -211,9 +211,37 @@ fn blocks_added_at_run_time_apply_at_once_and_expire_on_time() -> anyhow::Result
     let (ok, said) = ask(&["block", "add", BLOCKED]);
     assert!(ok && said.contains("until deleted"), "{said}");
     assert!(query().starts_with("no answer"));
+    // The XDP program holds it: replacing both dataplanes changes nothing.
+    for q in ["0", "1"] {
+        let (ok, said) = ask(&["restart-queue", q]);
+        assert!(ok, "{said}");
+    }
+    server.wait_status("both queues back", |s| {
+        s["queues"].as_array().is_some_and(|qs| {
+            qs.iter()
+                .all(|q| q["restarts"] == 1 && q["registered"] == true)
+        })
+    })?;
+    assert!(
+        query().starts_with("no answer"),
+        "still blocked after restarts"
+    );
+    // A plain block leaves TCP open (TC-slipped clients retry there)...
+    let tcp_query = || lab.kdig(&["+tcp", "-b", BLOCKED, &format!("@{SERVER_V4}"), "b.test"]);
+    assert_eq!(tcp_query(), "REFUSED", "TCP still served");
     let (ok, said) = ask(&["block", "del", BLOCKED]);
     assert!(ok, "{said}");
     assert_eq!(query(), "REFUSED");
+    // ...one with --tcp closes it too, in XDP.
+    let (ok, said) = ask(&["block", "add", BLOCKED, "--tcp"]);
+    assert!(ok && said.contains("TCP too"), "{said}");
+    assert!(tcp_query().starts_with("no answer"), "TCP blocked");
+    assert!(query().starts_with("no answer"), "UDP blocked");
+    let (ok, said) = ask(&["block", "list"]);
+    assert!(ok && said.contains("(UDP and TCP)"), "{said}");
+    let (ok, said) = ask(&["block", "del", BLOCKED]);
+    assert!(ok, "{said}");
+    assert_eq!(tcp_query(), "REFUSED");
     // What is refused, clearly.
     for (args, why) in [
         (vec!["block", "add", "192.0.2.5"], "exempt"),

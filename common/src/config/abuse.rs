@@ -70,6 +70,10 @@ pub(crate) struct BlockConfig {
     pub prefix: String,
     #[serde(default)]
     pub action: BlockAction,
+    /// Drop the prefix's TCP to listen addresses too (default: UDP only,
+    /// so clients answered TC=1 elsewhere can still retry over TCP).
+    #[serde(default)]
+    pub tcp: bool,
 }
 
 /// `[[dynamic_block]]`: a client prefix whose answers of a kind exceed
@@ -146,6 +150,8 @@ pub struct Abuse {
     pub limit: Option<RateLimit>,
     pub exempt: Vec<Prefix>,
     pub blocks: Vec<Prefix>,
+    /// Those of `blocks` that cover TCP too.
+    pub tcp_blocks: Vec<Prefix>,
     pub dry_run: bool,
     pub dynamic: Vec<DynamicRule>,
 }
@@ -281,6 +287,13 @@ pub(super) fn compile(
     }
     let listed: Vec<String> = blocks.iter().map(|b| b.prefix.clone()).collect();
     abuse.blocks = prefixes(&listed, |i| format!("block[{i}].prefix"))?;
+    abuse.tcp_blocks = abuse
+        .blocks
+        .iter()
+        .zip(blocks)
+        .filter(|(_, b)| b.tcp)
+        .map(|(p, _)| *p)
+        .collect();
     if abuse.exempt.len() + abuse.blocks.len() > MAX_POLICY_PREFIXES {
         return Err(ConfigError::invalid(
             "block",

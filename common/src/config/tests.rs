@@ -617,6 +617,15 @@ fn limits_and_blocks_compile_and_bad_ones_are_refused() {
     );
     assert_eq!(a.exempt.len(), 1);
     assert_eq!(a.blocks.len(), 2);
+    assert!(a.tcp_blocks.is_empty(), "UDP only unless tcp = true");
+    let c = Config::from_toml(&format!(
+        "{MINIMAL}\n[[block]]\nprefix = \"198.51.100.0/24\"\ntcp = true\n[[block]]\nprefix = \"203.0.113.0/24\"\n"
+    ))
+    .unwrap();
+    assert_eq!(
+        c.live.abuse.tcp_blocks,
+        vec!["198.51.100.0/24".parse().unwrap()]
+    );
     assert!(!a.dry_run);
     assert!(
         a.describe().contains("200 q/s (burst 400)"),

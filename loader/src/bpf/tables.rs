@@ -15,7 +15,8 @@ use xdpdns_common::config::{Abuse, Acl, AclAction, LimitAction};
 use xdpdns_common::maps::{
     DEST_FORWARD, DestKey, DestV4Key, DestV6Key, Limits, ListenStat, MAP_ACL, MAP_BACKENDS_V4,
     MAP_BACKENDS_V6, MAP_DEST_V4, MAP_DEST_V6, MAP_LIMITS, MAP_LISTEN_STATS, MAP_POLICY,
-    MAP_SETTINGS, MAP_STATS, MAX_LISTEN, POLICY_BLOCK, POLICY_EXEMPT, Settings, dest_listen,
+    MAP_SETTINGS, MAP_STATS, MAX_LISTEN, POLICY_BLOCK, POLICY_BLOCK_TCP, POLICY_EXEMPT, Settings,
+    dest_listen,
 };
 use xdpdns_common::net::Prefix;
 
@@ -145,7 +146,13 @@ impl Tables {
             }
         };
         policy(&s.abuse.exempt, POLICY_EXEMPT, &mut p4, &mut p6);
-        policy(&s.abuse.blocks, POLICY_BLOCK, &mut p4, &mut p6);
+        let (tcp, udp_only): (Vec<Prefix>, Vec<Prefix>) = s
+            .abuse
+            .blocks
+            .iter()
+            .partition(|p| s.abuse.tcp_blocks.contains(p));
+        policy(&udp_only, POLICY_BLOCK, &mut p4, &mut p6);
+        policy(&tcp, POLICY_BLOCK_TCP, &mut p4, &mut p6);
         let keys4: Vec<_> = p4.iter().map(|(k, _)| *k).collect();
         let keys6: Vec<_> = p6.iter().map(|(k, _)| *k).collect();
         fill(
@@ -194,6 +201,9 @@ impl Tables {
         }
         if s.abuse.limit.is_some() || !s.abuse.blocks.is_empty() || !s.abuse.exempt.is_empty() {
             word |= Settings::POLICE;
+        }
+        if !s.abuse.tcp_blocks.is_empty() {
+            word |= Settings::TCP_BLOCKS;
         }
         self.settings.set(0, word, 0).map_err(map_err(MAP_SETTINGS))
     }
