@@ -133,6 +133,13 @@ struct {
 	__type(value, struct xdpdns_limits);
 } XDPDNS_MAP_LIMITS SEC(".maps");
 
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, XDPDNS_MAX_BLOCK_HITS);
+	__type(key, __u32);
+	__type(value, __u64);
+} XDPDNS_MAP_BLOCK_HITS SEC(".maps");
+
 struct rate_v6_key {
 	__u32 w[4];
 };
@@ -614,6 +621,14 @@ static __always_inline int over_rate(__u64 *tat, const struct xdpdns_limits *l, 
 	return 1;
 }
 
+static __always_inline void count_block(__u32 index)
+{
+	__u64 *n = bpf_map_lookup_elem(&XDPDNS_MAP_BLOCK_HITS, &index);
+
+	if (n)
+		*n += 1;
+}
+
 /* The per-CPU count of limited queries so far, dropped or answered (for
  * slip: every Nth). */
 static __always_inline __u64 limited_so_far(void)
@@ -650,13 +665,16 @@ static __always_inline int police(struct xdp_md *ctx, __u32 set, __u32 l3, int v
 	int dry = l && (l->flags & XDPDNS_LIMIT_DRY_RUN);
 	__u64 now, *tat;
 
-	if (policy && *policy == XDPDNS_POLICY_EXEMPT)
+	__u32 kind = policy ? (*policy & 0xff) : 0;
+
+	if (kind == XDPDNS_POLICY_EXEMPT)
 		return -1;
-	if (policy && (*policy == XDPDNS_POLICY_BLOCK || *policy == XDPDNS_POLICY_BLOCK_TCP)) {
+	if (kind == XDPDNS_POLICY_BLOCK || kind == XDPDNS_POLICY_BLOCK_TCP) {
 		if (dry) {
 			count(XDPDNS_STAT_DRY_RUN, 0);
 			return -1;
 		}
+		count_block(*policy >> 8);
 		return count(XDPDNS_STAT_BLOCKED, XDP_DROP);
 	}
 	if (!l || !(l->flags & XDPDNS_LIMIT_ON))
@@ -732,13 +750,14 @@ static __always_inline int tcp_verdict(__u32 set, __u32 *policy)
 {
 	const struct xdpdns_limits *l;
 
-	if (!policy || *policy != XDPDNS_POLICY_BLOCK_TCP)
+	if (!policy || (*policy & 0xff) != XDPDNS_POLICY_BLOCK_TCP)
 		return count(XDPDNS_STAT_NOT_UDP, XDP_PASS);
 	l = current_limits(set);
 	if (l && (l->flags & XDPDNS_LIMIT_DRY_RUN)) {
 		count(XDPDNS_STAT_DRY_RUN, 0);
 		return count(XDPDNS_STAT_NOT_UDP, XDP_PASS);
 	}
+	count_block(*policy >> 8);
 	return count(XDPDNS_STAT_BLOCKED, XDP_DROP);
 }
 

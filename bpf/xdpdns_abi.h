@@ -38,6 +38,8 @@
 #define XDPDNS_MAP_LIMITS  limits
 #define XDPDNS_MAP_RATE_V4 rate_v4
 #define XDPDNS_MAP_RATE_V6 rate_v6
+/* Per-CPU hits per block, by the index in the upper bits of its policy value. */
+#define XDPDNS_MAP_BLOCK_HITS block_hits
 
 /* Default size of the XSKMAP; the loader resizes it to the device's queue count. */
 #define XDPDNS_MAX_QUEUES 64
@@ -51,7 +53,11 @@
 /* Client prefixes the rate state tracks at once, per family (LRU). */
 #define XDPDNS_RATE_ENTRIES 65536
 
-/* Policy trie values: the longest matching prefix decides. */
+/* Block hit counters (and so blocks with one of their own). */
+#define XDPDNS_MAX_BLOCK_HITS 8192
+
+/* Policy trie values: the longest matching prefix decides. The low 8 bits
+ * say what (below), the rest a block's index in block_hits. */
 #define XDPDNS_POLICY_EXEMPT 1 /* never rate-limited */
 #define XDPDNS_POLICY_BLOCK  2 /* UDP dropped (TCP left alone: TC-slipped clients retry) */
 #define XDPDNS_POLICY_BLOCK_TCP 3 /* UDP and TCP to listen addresses dropped */

@@ -33,6 +33,10 @@ pub const MAP_LIMITS: &str = "limits";
 /// Names of the per-client-prefix rate state (LRU hashes).
 pub const MAP_RATE_V4: &str = "rate_v4";
 pub const MAP_RATE_V6: &str = "rate_v6";
+/// Name of the per-CPU hit counters of blocks.
+pub const MAP_BLOCK_HITS: &str = "block_hits";
+/// Blocks with a hit counter of their own.
+pub const MAX_BLOCK_HITS: u32 = 8192;
 /// Client prefixes the rate state tracks at once, per family.
 pub const RATE_ENTRIES: u32 = 65536;
 /// Policy trie values; the longest matching prefix decides.
@@ -390,6 +394,8 @@ mod tests {
         assert_eq!(define("XDPDNS_MAP_RATE_V4"), MAP_RATE_V4);
         assert_eq!(define("XDPDNS_MAP_RATE_V6"), MAP_RATE_V6);
         assert_eq!(define("XDPDNS_RATE_ENTRIES"), RATE_ENTRIES.to_string());
+        assert_eq!(define("XDPDNS_MAP_BLOCK_HITS"), MAP_BLOCK_HITS);
+        assert_eq!(define("XDPDNS_MAX_BLOCK_HITS"), MAX_BLOCK_HITS.to_string());
         assert_eq!(define("XDPDNS_POLICY_EXEMPT"), POLICY_EXEMPT.to_string());
         assert_eq!(define("XDPDNS_POLICY_BLOCK"), POLICY_BLOCK.to_string());
         assert_eq!(

@@ -518,31 +518,36 @@ impl Running {
             }
             Request::BlockList {} => {
                 let now = Instant::now();
+                let hits = self.program.block_hits();
+                let hit = |p: &Prefix| hits.get(p).copied().unwrap_or(0);
                 let mut lines: Vec<String> = self
                     .blocks
                     .list()
                     .iter()
                     .map(|b| match b.until {
                         Some(u) => format!(
-                            "{} drop{}, {}s left (added {}s ago)",
+                            "{} drop{}, {}s left (added {}s ago), {} hits",
                             b.prefix,
                             if b.tcp { " (UDP and TCP)" } else { "" },
                             u.saturating_duration_since(now).as_secs(),
-                            now.duration_since(b.added).as_secs()
+                            now.duration_since(b.added).as_secs(),
+                            hit(&b.prefix)
                         ),
                         None => format!(
-                            "{} drop{}, until deleted (added {}s ago)",
+                            "{} drop{}, until deleted (added {}s ago), {} hits",
                             b.prefix,
                             if b.tcp { " (UDP and TCP)" } else { "" },
-                            now.duration_since(b.added).as_secs()
+                            now.duration_since(b.added).as_secs(),
+                            hit(&b.prefix)
                         ),
                     })
                     .collect();
                 for p in &self.live.abuse.blocks {
                     let tcp = self.live.abuse.tcp_blocks.contains(p);
                     lines.push(format!(
-                        "{p} drop{}, configured",
-                        if tcp { " (UDP and TCP)" } else { "" }
+                        "{p} drop{}, configured, {} hits",
+                        if tcp { " (UDP and TCP)" } else { "" },
+                        hit(p)
                     ));
                 }
                 if lines.is_empty() {

@@ -226,6 +226,14 @@ fn blocks_added_at_run_time_apply_at_once_and_expire_on_time() -> anyhow::Result
         query().starts_with("no answer"),
         "still blocked after restarts"
     );
+    let (ok, said) = ask(&["block", "list"]);
+    let hits: u64 = said
+        .lines()
+        .find(|l| l.starts_with(&format!("{BLOCKED}/32")))
+        .and_then(|l| l.rsplit(", ").next()?.strip_suffix(" hits")?.parse().ok())
+        .unwrap_or(0);
+    // kdig sends each query once (+retry=0): two blocked queries so far.
+    assert!(ok && hits == 2, "hits per block: {said}");
     // A plain block leaves TCP open (TC-slipped clients retry there)...
     let tcp_query = || lab.kdig(&["+tcp", "-b", BLOCKED, &format!("@{SERVER_V4}"), "b.test"]);
     assert_eq!(tcp_query(), "REFUSED", "TCP still served");

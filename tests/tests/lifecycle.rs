@@ -32,6 +32,7 @@ fn sigterm_detaches_unpins_and_leaves_no_process() -> anyhow::Result<()> {
             "acl_v6_1",
             "backends_v4",
             "backends_v6",
+            "block_hits",
             "dest_v4",
             "dest_v6",
             "limits",

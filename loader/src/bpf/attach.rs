@@ -14,9 +14,9 @@ use tracing::{info, warn};
 use xdpdns_common::config::XdpMode as ConfigMode;
 use xdpdns_common::maps::{
     GLOBAL_FWD_PORT_LO, GLOBAL_FWD_PORTS, GLOBAL_MAX_FRAME_LEN, ListenStat, MAP_ACL,
-    MAP_BACKENDS_V4, MAP_BACKENDS_V6, MAP_DEST_V4, MAP_DEST_V6, MAP_LIMITS, MAP_LISTEN_STATS,
-    MAP_META, MAP_POLICY, MAP_RATE_V4, MAP_RATE_V6, MAP_SETTINGS, MAP_STATS, MAP_XSKS,
-    PROGRAM_NAME,
+    MAP_BACKENDS_V4, MAP_BACKENDS_V6, MAP_BLOCK_HITS, MAP_DEST_V4, MAP_DEST_V6, MAP_LIMITS,
+    MAP_LISTEN_STATS, MAP_META, MAP_POLICY, MAP_RATE_V4, MAP_RATE_V6, MAP_SETTINGS, MAP_STATS,
+    MAP_XSKS, PROGRAM_NAME,
 };
 
 use super::OBJECT;
@@ -26,7 +26,7 @@ use super::tables::{Steering, Tables, map_err};
 use crate::plan::Plan;
 use crate::system::netlink::{self, XdpAttachMode};
 
-const MAP_NAMES: [&str; 20] = [
+const MAP_NAMES: [&str; 21] = [
     MAP_XSKS,
     MAP_DEST_V4,
     MAP_DEST_V6,
@@ -47,6 +47,7 @@ const MAP_NAMES: [&str; 20] = [
     MAP_LIMITS,
     MAP_RATE_V4,
     MAP_RATE_V6,
+    MAP_BLOCK_HITS,
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -494,6 +495,11 @@ impl Attached {
     /// The program's per-outcome counters, summed over CPUs.
     pub fn counters(&self) -> XdpCounters {
         self.tables.counters()
+    }
+
+    /// Queries dropped per block since it was added, summed over CPUs.
+    pub fn block_hits(&self) -> std::collections::HashMap<xdpdns_common::net::Prefix, u64> {
+        self.tables.block_hits()
     }
 
     /// The first `n` listen addresses' counters, by `ListenStat`.

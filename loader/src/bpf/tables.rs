@@ -14,9 +14,9 @@ use aya::maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray};
 use xdpdns_common::config::{Abuse, Acl, AclAction, LimitAction};
 use xdpdns_common::maps::{
     DEST_FORWARD, DestKey, DestV4Key, DestV6Key, Limits, ListenStat, MAP_ACL, MAP_BACKENDS_V4,
-    MAP_BACKENDS_V6, MAP_DEST_V4, MAP_DEST_V6, MAP_LIMITS, MAP_LISTEN_STATS, MAP_POLICY,
-    MAP_SETTINGS, MAP_STATS, MAX_LISTEN, POLICY_BLOCK, POLICY_BLOCK_TCP, POLICY_EXEMPT, Settings,
-    dest_listen,
+    MAP_BACKENDS_V6, MAP_BLOCK_HITS, MAP_DEST_V4, MAP_DEST_V6, MAP_LIMITS, MAP_LISTEN_STATS,
+    MAP_POLICY, MAP_SETTINGS, MAP_STATS, MAX_BLOCK_HITS, MAX_LISTEN, POLICY_BLOCK,
+    POLICY_BLOCK_TCP, POLICY_EXEMPT, Settings, dest_listen,
 };
 use xdpdns_common::net::Prefix;
 
@@ -60,6 +60,9 @@ pub struct Tables {
     policy_v4: [LpmTrie<MapData, [u8; 4], u32>; 2],
     policy_v6: [LpmTrie<MapData, [u8; 16], u32>; 2],
     limits: Array<MapData, Limits>,
+    block_hits: PerCpuArray<MapData, u64>,
+    /// Each block's index in `block_hits`, kept while the block exists.
+    block_index: std::collections::HashMap<Prefix, u32>,
     settings: Array<MapData, u32>,
     stats: PerCpuArray<MapData, u64>,
     listen_stats: PerCpuArray<MapData, u64>,
@@ -86,6 +89,8 @@ impl Tables {
             policy_v4: [typed!(MAP_POLICY[0][0]), typed!(MAP_POLICY[0][1])],
             policy_v6: [typed!(MAP_POLICY[1][0]), typed!(MAP_POLICY[1][1])],
             limits: typed!(MAP_LIMITS),
+            block_hits: typed!(MAP_BLOCK_HITS),
+            block_index: std::collections::HashMap::new(),
             settings: typed!(MAP_SETTINGS),
             stats: typed!(MAP_STATS),
             listen_stats: typed!(MAP_LISTEN_STATS),
@@ -146,13 +151,16 @@ impl Tables {
             }
         };
         policy(&s.abuse.exempt, POLICY_EXEMPT, &mut p4, &mut p6);
-        let (tcp, udp_only): (Vec<Prefix>, Vec<Prefix>) = s
-            .abuse
-            .blocks
-            .iter()
-            .partition(|p| s.abuse.tcp_blocks.contains(p));
-        policy(&udp_only, POLICY_BLOCK, &mut p4, &mut p6);
-        policy(&tcp, POLICY_BLOCK_TCP, &mut p4, &mut p6);
+        self.index_blocks(&s.abuse.blocks);
+        for p in &s.abuse.blocks {
+            let kind = if s.abuse.tcp_blocks.contains(p) {
+                POLICY_BLOCK_TCP
+            } else {
+                POLICY_BLOCK
+            };
+            let value = kind | (self.block_index.get(p).copied().unwrap_or(0) << 8);
+            policy(std::slice::from_ref(p), value, &mut p4, &mut p6);
+        }
         let keys4: Vec<_> = p4.iter().map(|(k, _)| *k).collect();
         let keys6: Vec<_> = p6.iter().map(|(k, _)| *k).collect();
         fill(
@@ -206,6 +214,45 @@ impl Tables {
             word |= Settings::TCP_BLOCKS;
         }
         self.settings.set(0, word, 0).map_err(map_err(MAP_SETTINGS))
+    }
+
+    /// Gives every block in `blocks` a hit counter: kept ones keep theirs,
+    /// new ones get a free index, zeroed; those gone free theirs. Index 0 is
+    /// shared by whatever exceeds the array (never in practice: the policy
+    /// tries hold fewer).
+    fn index_blocks(&mut self, blocks: &[Prefix]) {
+        self.block_index.retain(|p, _| blocks.contains(p));
+        let ncpu = self.block_hits.get(&0, 0).map(|v| v.len()).unwrap_or(1);
+        for p in blocks {
+            if self.block_index.contains_key(p) {
+                continue;
+            }
+            let taken: std::collections::HashSet<u32> =
+                self.block_index.values().copied().collect();
+            let Some(i) = (1..MAX_BLOCK_HITS).find(|i| !taken.contains(i)) else {
+                self.block_index.insert(*p, 0);
+                continue;
+            };
+            if let Ok(zero) = aya::maps::PerCpuValues::try_from(vec![0u64; ncpu]) {
+                let _ = self.block_hits.set(i, zero, 0);
+            }
+            self.block_index.insert(*p, i);
+        }
+    }
+
+    /// Hits per block, summed over CPUs.
+    pub fn block_hits(&self) -> std::collections::HashMap<Prefix, u64> {
+        self.block_index
+            .iter()
+            .map(|(p, i)| {
+                let n = self
+                    .block_hits
+                    .get(i, 0)
+                    .map(|v| v.iter().sum())
+                    .unwrap_or(0);
+                (*p, n)
+            })
+            .collect()
     }
 
     /// The program's per-outcome counters, summed over CPUs.
