@@ -171,7 +171,7 @@ impl Engine {
         match verdict {
             Verdict::Answer(n) => {
                 if let (Some(t), Some(flags)) = (self.tally.as_mut(), buf.get(3)) {
-                    t.observe(from.ip(), flags & 0x0f);
+                    t.observe(from.ip(), flags & 0x0f, n);
                 }
                 Datagram::Answer(n)
             }
@@ -205,6 +205,6 @@ fn tally_frame(t: &mut Tally, f: &[u8]) {
         } else {
             std::net::IpAddr::from([a.dst_ip[0], a.dst_ip[1], a.dst_ip[2], a.dst_ip[3]])
         };
-        t.observe(to, rcode & 0x0f);
+        t.observe(to, rcode & 0x0f, f.len().saturating_sub(dns));
     }
 }

@@ -28,6 +28,7 @@ struct Slot {
     nxdomain: u32,
     servfail: u32,
     refused: u32,
+    bytes: u32,
 }
 
 pub struct Tally {
@@ -64,9 +65,9 @@ impl Tally {
         self.spec
     }
 
-    /// Counts one answer with `rcode` to `client`.
+    /// Counts one answer of `len` bytes with `rcode` to `client`.
     #[inline]
-    pub fn observe(&mut self, client: IpAddr, rcode: u8) {
+    pub fn observe(&mut self, client: IpAddr, rcode: u8, len: usize) {
         let (v6, mut addr) = match client {
             IpAddr::V4(a) => {
                 let mut b = [0u8; 16];
@@ -101,6 +102,7 @@ impl Tally {
                 continue;
             }
             s.answers = s.answers.saturating_add(1);
+            s.bytes = s.bytes.saturating_add(len.min(u16::MAX as usize) as u32);
             match rcode {
                 3 => s.nxdomain = s.nxdomain.saturating_add(1),
                 2 => s.servfail = s.servfail.saturating_add(1),
@@ -123,6 +125,7 @@ impl Tally {
                 nxdomain: s.nxdomain,
                 servfail: s.servfail,
                 refused: s.refused,
+                bytes: s.bytes,
             });
             *s = Slot::default();
         }
@@ -149,15 +152,15 @@ mod tests {
     fn answers_are_counted_per_prefix_and_drained() {
         let mut t = tally();
         for i in 0..10u8 {
-            t.observe(IpAddr::from([192, 0, 2, i]), if i < 4 { 3 } else { 0 });
+            t.observe(IpAddr::from([192, 0, 2, i]), if i < 4 { 3 } else { 0 }, 100);
         }
-        t.observe("2001:db8:0:1::1".parse().unwrap(), 2);
-        t.observe("2001:db8:0:1:ffff::9".parse().unwrap(), 5);
+        t.observe("2001:db8:0:1::1".parse().unwrap(), 2, 40);
+        t.observe("2001:db8:0:1:ffff::9".parse().unwrap(), 5, 40);
         let mut r = t.drain();
         r.sort_by_key(|c| c.v6);
         assert_eq!(r.len(), 2, "{r:?}");
         assert_eq!(&r[0].addr[..4], &[192, 0, 2, 0]);
-        assert_eq!((r[0].answers, r[0].nxdomain), (10, 4));
+        assert_eq!((r[0].answers, r[0].nxdomain, r[0].bytes), (10, 4, 1000));
         assert_eq!(
             r[1].addr[..8],
             [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0],
@@ -177,7 +180,7 @@ mod tests {
             (3, 4),
         );
         for i in 0..(SLOTS as u32 * 2) {
-            t.observe(IpAddr::from(i.to_be_bytes()), 0);
+            t.observe(IpAddr::from(i.to_be_bytes()), 0, 50);
         }
         let r = t.drain();
         assert!(r.len() <= SLOTS);

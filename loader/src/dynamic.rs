@@ -22,6 +22,7 @@ struct Counts {
     nxdomain: u64,
     servfail: u64,
     refused: u64,
+    bytes: u64,
 }
 
 impl Counts {
@@ -32,6 +33,7 @@ impl Counts {
             Counted::Rcode(2) => self.servfail,
             Counted::Rcode(5) => self.refused,
             Counted::Rcode(_) => 0,
+            Counted::Bytes => self.bytes,
         }
     }
 }
@@ -86,6 +88,7 @@ impl Dynamic {
                     nxdomain: u64::from(c.nxdomain),
                     servfail: u64::from(c.servfail),
                     refused: u64::from(c.refused),
+                    bytes: u64::from(c.bytes),
                 },
             ));
         }
@@ -162,6 +165,7 @@ mod tests {
             nxdomain,
             servfail: 0,
             refused: 0,
+            bytes: 0,
         }
     }
 
@@ -200,6 +204,28 @@ mod tests {
     }
 
     #[test]
+    fn a_bytes_rule_counts_answer_bytes() {
+        let rule = DynamicRule {
+            counted: Counted::Bytes,
+            rate: 10_000,
+            window_s: 1,
+            block_s: 5,
+        };
+        let spec = TallySpec {
+            v4_prefix: 24,
+            v6_prefix: 56,
+        };
+        let mut d = Dynamic::new(vec![rule], Some(spec));
+        let t0 = Instant::now();
+        let mut big = count(0, 10, 0);
+        big.bytes = 6_000;
+        d.observe(t0, &[big]);
+        assert!(d.evaluate(t0).is_empty(), "6 kB in the window");
+        d.observe(t0, &[big]);
+        assert_eq!(d.evaluate(t0).len(), 1, "12 kB > 10 kB/s over 1 s");
+    }
+
+    #[test]
     fn the_state_is_bounded() {
         let rule = DynamicRule {
             counted: Counted::Answers,
@@ -227,6 +253,7 @@ mod tests {
                     nxdomain: 0,
                     servfail: 0,
                     refused: 0,
+                    bytes: 0,
                 }],
             );
         }

@@ -84,9 +84,12 @@ pub(crate) struct DynamicBlockConfig {
     /// Count answers with this rcode ("NXDOMAIN", "SERVFAIL", "REFUSED")...
     #[serde(default)]
     pub rcode: Option<String>,
-    /// ...or every answer: a prefix past this many a second.
+    /// ...or every answer: a prefix past this many a second...
     #[serde(default)]
     pub qps: Option<u32>,
+    /// ...or answer bytes: past this many a second (amplification).
+    #[serde(default)]
+    pub bytes: Option<u32>,
     /// With `rcode`: how many such answers a second trip the rule.
     #[serde(default)]
     pub rate: Option<u32>,
@@ -113,6 +116,8 @@ pub enum Counted {
     Answers,
     /// Answers with this rcode.
     Rcode(u8),
+    /// Bytes of answers.
+    Bytes,
 }
 
 /// A dynamic block rule in force.
@@ -185,7 +190,13 @@ pub const MAX_DYNAMIC_RULES: usize = 16;
 
 fn dynamic_rule(i: usize, d: &DynamicBlockConfig) -> Result<DynamicRule, ConfigError> {
     let key = |f: &str| format!("dynamic_block[{i}].{f}");
-    let (counted, rate) = match (&d.rcode, d.qps, d.rate) {
+    let (counted, rate) = match (&d.rcode, d.qps.or(d.bytes), d.rate) {
+        _ if d.qps.is_some() && d.bytes.is_some() => {
+            return Err(ConfigError::invalid(
+                key("bytes"),
+                "one of rcode, qps and bytes",
+            ));
+        }
         (Some(r), None, Some(rate)) => {
             let code = match r.to_ascii_uppercase().as_str() {
                 "NXDOMAIN" => 3,
@@ -206,17 +217,18 @@ fn dynamic_rule(i: usize, d: &DynamicBlockConfig) -> Result<DynamicRule, ConfigE
                 "how many a second (with rcode)",
             ));
         }
+        (None, Some(n), None) if d.bytes.is_some() => (Counted::Bytes, n),
         (None, Some(qps), None) => (Counted::Answers, qps),
         (None, None, _) => {
             return Err(ConfigError::invalid(
                 key("rcode"),
-                "an rcode with a rate, or qps",
+                "an rcode with a rate, qps or bytes",
             ));
         }
         _ => {
             return Err(ConfigError::invalid(
                 key("qps"),
-                "either rcode with rate, or qps alone",
+                "either rcode with rate, or qps or bytes alone",
             ));
         }
     };

@@ -706,6 +706,8 @@ fn dynamic_block_rules_compile_and_bad_ones_are_refused() {
         (5, 60),
         "defaults"
     );
+    let c = Config::from_toml(&format!("{MINIMAL}\n[[dynamic_block]]\nbytes = 100000\n")).unwrap();
+    assert_eq!(c.live.abuse.dynamic[0].counted, Counted::Bytes);
     assert_eq!(
         c.live.answer_spec().tally,
         Some(TallySpec {
@@ -730,6 +732,7 @@ fn dynamic_block_rules_compile_and_bad_ones_are_refused() {
         ("qps = 0", "dynamic_block[0].rate"),
         ("qps = 5\nwindow_s = 61", "dynamic_block[0].window_s"),
         ("qps = 5\nblock_s = 0", "dynamic_block[0].block_s"),
+        ("qps = 5\nbytes = 5", "dynamic_block[0].bytes"),
     ] {
         assert_eq!(invalid_key(&d(body)), key, "{body}");
     }

@@ -182,6 +182,9 @@ pub struct ClientCount {
     pub nxdomain: u32,
     pub servfail: u32,
     pub refused: u32,
+    /// Bytes of DNS answers (payloads).
+    #[serde(default)]
+    pub bytes: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

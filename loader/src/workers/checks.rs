@@ -153,7 +153,9 @@ pub fn client_counts(
         if !masked || !v4_rest_zero || by_rcode > u64::from(c.answers) {
             return Err("client counts that cannot be: killed".into());
         }
-        if u64::from(c.answers) > MAX_EVENTS_PER_SECOND {
+        if u64::from(c.answers) > MAX_EVENTS_PER_SECOND
+            || u64::from(c.bytes) > u64::from(c.answers) * u64::from(u16::MAX)
+        {
             return Err("client counts beyond what a report interval can count: killed".into());
         }
     }
@@ -207,6 +209,7 @@ mod tests {
             nxdomain: 4,
             servfail: 3,
             refused: 3,
+            bytes: 1000,
         };
         assert!(client_counts(&[ok], spec).is_ok());
         assert!(client_counts(&[ok], None).is_err(), "not asked for");
