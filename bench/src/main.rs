@@ -15,6 +15,12 @@
 //!
 //! The forwarding cases (xdpdns-fwd-afxdp, xdpdns-fwd-socket, dnsdist-fwd)
 //! relay every query to one knotd backend in the client namespace.
+//!
+//! The attack cases (xdpdns-limits, dnsdist-maxqps: a limit of 15,000 q/s per
+//! client, dropped in XDP or by MaxQPSIPRule in userspace) run
+//! BENCH_ATTACK_FLOODERS (4) dnsperf floods from one address as fast as
+//! they go while a legitimate client sends BENCH_ATTACK_LEGIT_QPS (10000)
+//! from another, for BENCH_SECS.
 
 mod cgroup;
 mod measure;
@@ -67,7 +73,11 @@ fn main() -> anyhow::Result<()> {
             .split(',')
             .map(|s| Kind::parse(s.trim()).with_context(|| format!("unknown server {s:?}")))
             .collect::<anyhow::Result<_>>()?,
-        Err(_) => Kind::ALL.into_iter().chain(Kind::FORWARDING).collect(),
+        Err(_) => Kind::ALL
+            .into_iter()
+            .chain(Kind::FORWARDING)
+            .chain(Kind::ATTACK)
+            .collect(),
     };
     let fwd_rates = rates_from("BENCH_FWD_RATES", "100000,300000")?;
     let stop = Arc::new(AtomicBool::new(false));
@@ -104,6 +114,10 @@ fn main() -> anyhow::Result<()> {
     } else {
         None
     };
+    const LEGIT: &str = "192.0.2.3";
+    if kinds.iter().any(|k| Kind::ATTACK.contains(k)) {
+        lab.client_addr(&format!("{LEGIT}/24"), xdpdns_netns_tests::CLIENT_IF)?;
+    }
     eprintln!(
         "servers on CPU {}, generator on CPU {}; {secs} s per point, median of {runs}",
         srv.cpu, gen_.cpu
@@ -117,9 +131,33 @@ fn main() -> anyhow::Result<()> {
         closed: Vec::new(),
         dataplane_rss: Vec::new(),
         umem_bytes_per_queue: u64::from(frames) * 2048,
+        attack: Vec::new(),
     };
     for kind in kinds {
         let running = servers::start(kind, &lab, &srv.wrap(), frames, batch)?;
+        if Kind::ATTACK.contains(&kind) {
+            let a = measure::attack(
+                &lab,
+                kind.name(),
+                (&srv, &gen_),
+                &queries,
+                (LEGIT, env("BENCH_ATTACK_LEGIT_QPS", 10_000)),
+                env("BENCH_ATTACK_FLOODERS", 4),
+                secs,
+            )?;
+            eprintln!(
+                "{:<14} flood {:.0}/s sent, {:.0}/s answered; legitimate {}/{} ({:.2}%)",
+                a.server,
+                a.flood_sent as f64 / secs as f64,
+                a.flood_answered as f64 / secs as f64,
+                a.legit_answered,
+                a.legit_sent,
+                a.legit_ratio * 100.0
+            );
+            report.attack.push(a);
+            running.stop()?;
+            continue;
+        }
         let rates = if Kind::FORWARDING.contains(&kind) {
             &fwd_rates
         } else {

@@ -222,3 +222,80 @@ pub fn closed_loop(
         avg_latency_us: grab(&text, "Average Latency (s):")? * 1e6,
     })
 }
+
+/// The attack case: flooders from the client's address (dnsperf, kernel
+/// sockets: kxdpgun's own XDP program would take the other client's
+/// replies) as fast as they go, and a legitimate client at `legit_qps`
+/// from another address, for `secs`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Attack {
+    pub server: String,
+    pub flood_sent: u64,
+    pub flood_answered: u64,
+    pub legit_sent: u64,
+    pub legit_answered: u64,
+    pub legit_ratio: f64,
+    pub server_cpu_s: f64,
+    pub secs: u64,
+}
+
+pub fn attack(
+    lab: &Lab,
+    server: &str,
+    (srv, gen_): (&Pinned, &Pinned),
+    queries: &Path,
+    (legit_from, legit_qps): (&str, u64),
+    flooders: usize,
+    secs: u64,
+) -> anyhow::Result<Attack> {
+    let cpu0 = srv.cpu_seconds()?;
+    let dnsperf = |from: &str, args: &[&str]| {
+        let mut cmd = generator(lab, gen_);
+        cmd.args([
+            "dnsperf",
+            "-s",
+            SERVER_V4,
+            "-a",
+            from,
+            "-l",
+            &secs.to_string(),
+        ])
+        .args(["-t", "1", "-d"])
+        .arg(queries)
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null());
+        cmd.spawn()
+    };
+    let flood: Vec<_> = (0..flooders)
+        .map(|_| dnsperf(xdpdns_netns_tests::CLIENT_V4, &["-c", "32", "-q", "60000"]))
+        .collect::<Result<_, _>>()?;
+    let legit = dnsperf(
+        legit_from,
+        &["-Q", &legit_qps.to_string(), "-c", "8", "-q", "1000"],
+    )?;
+    let mut totals = (0u64, 0u64);
+    for f in flood {
+        let out = f.wait_with_output()?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        totals.0 += grab(&text, "Queries sent:")? as u64;
+        totals.1 += grab(&text, "Queries completed:")? as u64;
+    }
+    let out = legit.wait_with_output()?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let cpu = srv.cpu_seconds()? - cpu0;
+    let (ls, lc) = (
+        grab(&text, "Queries sent:")? as u64,
+        grab(&text, "Queries completed:")? as u64,
+    );
+    Ok(Attack {
+        server: server.into(),
+        flood_sent: totals.0,
+        flood_answered: totals.1,
+        legit_sent: ls,
+        legit_answered: lc,
+        legit_ratio: if ls > 0 { lc as f64 / ls as f64 } else { 0.0 },
+        server_cpu_s: cpu,
+        secs,
+    })
+}

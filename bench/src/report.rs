@@ -6,7 +6,7 @@ use std::path::Path;
 use plotters::prelude::*;
 use serde::Serialize;
 
-use crate::measure::{Closed, Point};
+use crate::measure::{Attack, Closed, Point};
 
 #[derive(Serialize)]
 pub struct Report {
@@ -17,6 +17,7 @@ pub struct Report {
     pub closed: Vec<Closed>,
     pub dataplane_rss: Vec<(u32, u64, u64)>,
     pub umem_bytes_per_queue: u64,
+    pub attack: Vec<Attack>,
 }
 
 /// The row each server is compared with: xdpdns over AF_XDP answering
@@ -56,6 +57,31 @@ pub fn table(r: &Report) -> String {
             p.cpu_ns_per_answer,
             losses.join(" ")
         );
+    }
+    if !r.attack.is_empty() {
+        let _ = writeln!(
+            s,
+            "\nattack (dnsperf floods from one address, a legitimate client from another; limit {} q/s per client):",
+            crate::servers::ATTACK_QPS
+        );
+        let _ = writeln!(
+            s,
+            "{:<17} {:>12} {:>12} {:>14} {:>8} {:>6}",
+            "server", "flood sent/s", "flood ans/s", "legit answered", "legit%", "CPU%"
+        );
+        for a in &r.attack {
+            let _ = writeln!(
+                s,
+                "{:<17} {:>12.0} {:>12.0} {:>8}/{:<6} {:>7.2}% {:>5.0}%",
+                a.server,
+                a.flood_sent as f64 / a.secs as f64,
+                a.flood_answered as f64 / a.secs as f64,
+                a.legit_answered,
+                a.legit_sent,
+                a.legit_ratio * 100.0,
+                a.server_cpu_s * 100.0 / a.secs as f64
+            );
+        }
     }
     let _ = writeln!(s, "\nclosed loop (dnsperf, 8 clients x 64 outstanding):");
     let _ = writeln!(

@@ -23,7 +23,13 @@ pub enum Kind {
     XdpdnsFwdXsk,
     XdpdnsFwdSocket,
     DnsdistFwd,
+    /// REFUSED, with a per-client limit of [`ATTACK_QPS`] (above the legitimate client's rate): the attack case.
+    XdpdnsLimits,
+    DnsdistMaxQps,
 }
+
+/// The attack case's per-client limit (queries/s).
+pub const ATTACK_QPS: u32 = 15_000;
 
 impl Kind {
     pub const ALL: [Kind; 5] = [
@@ -34,6 +40,7 @@ impl Kind {
         Kind::KnotUdp,
     ];
     pub const FORWARDING: [Kind; 3] = [Kind::XdpdnsFwdXsk, Kind::XdpdnsFwdSocket, Kind::DnsdistFwd];
+    pub const ATTACK: [Kind; 2] = [Kind::XdpdnsLimits, Kind::DnsdistMaxQps];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -45,6 +52,8 @@ impl Kind {
             Kind::XdpdnsFwdXsk => "xdpdns-fwd-afxdp",
             Kind::XdpdnsFwdSocket => "xdpdns-fwd-socket",
             Kind::DnsdistFwd => "dnsdist-fwd",
+            Kind::XdpdnsLimits => "xdpdns-limits",
+            Kind::DnsdistMaxQps => "dnsdist-maxqps",
         }
     }
 
@@ -52,6 +61,7 @@ impl Kind {
         Kind::ALL
             .into_iter()
             .chain(Kind::FORWARDING)
+            .chain(Kind::ATTACK)
             .find(|k| k.name() == s)
     }
 }
@@ -118,23 +128,24 @@ pub fn start(
     batch: u32,
 ) -> anyhow::Result<Running> {
     let running = match kind {
-        Kind::XdpdnsXsk | Kind::XdpdnsKernel => {
+        Kind::XdpdnsXsk | Kind::XdpdnsKernel | Kind::XdpdnsLimits => {
             let xdp = if kind == Kind::XdpdnsKernel {
                 "redirect = false"
             } else {
                 ""
             };
+            let mut extra = std::env::var("BENCH_EXTRA").unwrap_or_default();
+            if kind == Kind::XdpdnsLimits {
+                extra.push_str(&format!(
+                    "\n[limits]\nqps_per_client = {ATTACK_QPS}\nburst = {ATTACK_QPS}\n"
+                ));
+            }
             let xsk = format!(
                 "batch_size = {batch}\n{}",
                 std::env::var("BENCH_XSK_EXTRA").unwrap_or_default()
             );
             let config = lab
-                .config_full(
-                    "bench",
-                    xdp,
-                    &xsk,
-                    &std::env::var("BENCH_EXTRA").unwrap_or_default(),
-                )
+                .config_full("bench", xdp, &xsk, &extra)
                 .replace("frames = 512", &format!("frames = {frames}"))
                 .replace("stats_interval_ms = 200", "stats_interval_ms = 1000");
             Running::Xdpdns(Box::new(lab.start_with("bench", &config, wrap)?))
@@ -170,6 +181,15 @@ pub fn start(
             wrap,
             "dnsdist",
             "addAction(AllRule(), RCodeAction(DNSRCode.REFUSED))",
+        )?,
+        Kind::DnsdistMaxQps => dnsdist(
+            lab,
+            wrap,
+            "dnsdist-maxqps",
+            &format!(
+                "addAction(MaxQPSIPRule({ATTACK_QPS}), DropAction())\n\
+                 addAction(AllRule(), RCodeAction(DNSRCode.REFUSED))"
+            ),
         )?,
         Kind::KnotXdp | Kind::KnotUdp => {
             let run = lab.dir.join("knot");
