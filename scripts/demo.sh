@@ -22,6 +22,8 @@ cleanup() {
     ip netns del $SRV 2>/dev/null
     ip netns del $CLI 2>/dev/null
     rm -rf /sys/fs/bpf/xdpdns-demo "$WORK"
+    # The runtime directory's parent, if the loader left it empty.
+    rmdir /run/xdpdns 2>/dev/null
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
