@@ -35,6 +35,7 @@ pub fn answer_spec(rules: usize, default: Action) -> AnswerSpec {
                 qtype: None,
                 opcode: None,
                 action: Action::NxDomain,
+                pool: None,
             })
             .collect(),
         default,

@@ -50,6 +50,9 @@ pub struct RuleConfig {
     #[serde(default)]
     pub opcode: Option<String>,
     pub action: Action,
+    /// With `action = "forward"`: the pool (default: "default").
+    #[serde(default)]
+    pub pool: Option<String>,
 }
 
 /// A compiled rule as the dataplane evaluates it.
@@ -61,6 +64,9 @@ pub struct RuleSpec {
     #[serde(default)]
     pub opcode: Option<u8>,
     pub action: Action,
+    /// The pool a forwarding rule sends to, by name.
+    #[serde(default)]
+    pub pool: Option<String>,
 }
 
 /// Opcodes by name (RFC 6895 §2.2).
@@ -113,6 +119,9 @@ impl RuleConfig {
             parts.push(format!("opcode={}", o.to_ascii_lowercase()));
         }
         parts.push(format!("action={}", self.action.name()));
+        if let Some(p) = &self.pool {
+            parts.push(format!("pool={p}"));
+        }
         parts.join(",")
     }
 }
@@ -178,6 +187,7 @@ pub(super) fn compile(
                 qtype: r.qtype.as_deref().and_then(dns::qtype_from_name),
                 opcode: r.opcode.as_deref().and_then(opcode_from_name),
                 action: r.action,
+                pool: r.pool.clone(),
             })
             .collect(),
         default: if forward {

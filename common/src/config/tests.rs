@@ -739,3 +739,38 @@ fn dynamic_block_rules_compile_and_bad_ones_are_refused() {
     let many: String = (0..17).map(|_| "[[dynamic_block]]\nqps = 5\n").collect();
     assert_eq!(invalid_key(&format!("{MINIMAL}\n{many}")), "dynamic_block");
 }
+
+#[test]
+fn forwarding_rules_name_a_declared_pool() {
+    let base = format!(
+        "{MINIMAL}\n[[backend]]\naddress = \"192.0.2.53:53\"\npool = \"a\"\n[[backend]]\naddress = \"192.0.2.54:53\"\n\
+         [[pool]]\nname = \"a\"\n"
+    );
+    let c = Config::from_toml(&format!(
+        "{base}[[rule]]\nqname_suffix = \"a.test.\"\naction = \"forward\"\npool = \"a\"\n"
+    ))
+    .unwrap();
+    assert_eq!(c.live.answer_spec().rules[0].pool.as_deref(), Some("a"));
+    assert_eq!(
+        c.live.rule[0].label(),
+        "suffix=a.test.,action=forward,pool=a"
+    );
+    assert_eq!(
+        invalid_key(&format!(
+            "{base}[[rule]]\naction = \"forward\"\npool = \"nope\"\n"
+        )),
+        "rule[0].pool"
+    );
+    assert_eq!(
+        invalid_key(&format!(
+            "{base}[[rule]]\naction = \"refused\"\npool = \"a\"\n"
+        )),
+        "rule[0].pool"
+    );
+    assert!(
+        Config::from_toml(&format!(
+            "{base}[[rule]]\naction = \"forward\"\npool = \"default\"\n"
+        ))
+        .is_ok()
+    );
+}

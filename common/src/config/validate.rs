@@ -152,6 +152,22 @@ impl File {
         self.validate_listen()?;
         for (i, rule) in self.rule.iter().enumerate() {
             rules::check(i, rule)?;
+            if let Some(p) = &rule.pool {
+                if rule.action != super::Action::Forward {
+                    return Err(ConfigError::invalid(
+                        format!("rule[{i}].pool"),
+                        "a pool goes with action = \"forward\"",
+                    ));
+                }
+                let known =
+                    p == super::backends::DEFAULT_POOL || self.pool.iter().any(|q| &q.name == p);
+                if !known {
+                    return Err(ConfigError::invalid(
+                        format!("rule[{i}].pool"),
+                        format!("no [[pool]] named {p:?}"),
+                    ));
+                }
+            }
         }
         let listen: Vec<_> = self.listen.iter().map(|l| l.address).collect();
         super::backends::check(&self.backend, &self.pool, &self.forwarding, &listen)?;

@@ -23,6 +23,7 @@ fn spec() -> AnswerSpec {
             qtype: None,
             opcode: None,
             action: Action::Drop,
+            pool: None,
         }],
         default: Action::Refused,
         edns_udp_size: 1232,

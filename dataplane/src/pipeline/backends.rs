@@ -77,8 +77,19 @@ impl Backends {
 
     /// A backend of the default pool for `qname`, or `None` if all are down.
     pub fn pick(&mut self, qname: &[u8]) -> Option<u16> {
+        self.pick_in(self.default_pool, qname)
+    }
+
+    /// A backend of pool `pool` (an index into the spec's pools; an unknown
+    /// one is the default pool) for `qname`, or `None` if all are down.
+    pub fn pick_in(&mut self, pool: u16, qname: &[u8]) -> Option<u16> {
         let (live, outstanding) = (&self.live, &self.outstanding);
-        let pool = self.pools.get_mut(usize::from(self.default_pool))?;
+        let at = if usize::from(pool) < self.pools.len() {
+            pool
+        } else {
+            self.default_pool
+        };
+        let pool = self.pools.get_mut(usize::from(at))?;
         pool.pick(
             qname,
             |b| live.get(usize::from(b)).is_some_and(|l| l.up),

@@ -66,7 +66,10 @@ pub struct Pipeline {
 
 impl Pipeline {
     pub fn new(answer: &AnswerSpec, forward: Option<&ForwardSpec>) -> Pipeline {
-        let rules = Rules::new(answer);
+        let pool_names: Vec<&str> = forward
+            .map(|f| f.pools.iter().map(|p| p.name.as_str()).collect())
+            .unwrap_or_default();
+        let rules = Rules::new(answer, &pool_names);
         Pipeline {
             acl: PrefixSet::new(&answer.acl.allow),
             acl_action: answer.acl.action,
@@ -147,7 +150,10 @@ impl Pipeline {
         }
         self.hits[rule] += 1;
         match action {
-            Action::Forward => self.forward(buf, q, c),
+            Action::Forward => {
+                let pool = self.rules.pool_of(rule);
+                self.forward(buf, q, pool, c)
+            }
             Action::Drop => Verdict::Drop(DropReason::RuleDrop),
             other => match other.rcode() {
                 Some(rcode) => self.answer(buf, &q, rcode),
@@ -158,12 +164,22 @@ impl Pipeline {
 
     /// Picks a backend; with the whole pool down, the pool's failure
     /// action is the verdict.
-    fn forward(&mut self, buf: &mut [u8], q: Query, c: &mut DataplaneCounters) -> Verdict {
+    fn forward(
+        &mut self,
+        buf: &mut [u8],
+        q: Query,
+        pool: Option<u16>,
+        c: &mut DataplaneCounters,
+    ) -> Verdict {
         let Some(b) = self.backends.as_mut() else {
             // A rule forwards, but no backend is configured.
             return self.fail(buf, &q, FailAction::Refused);
         };
-        match b.pick(q.qname(buf)) {
+        let picked = match pool {
+            Some(p) => b.pick_in(p, q.qname(buf)),
+            None => b.pick(q.qname(buf)),
+        };
+        match picked {
             Some(backend) => Verdict::Forward { backend, query: q },
             None => {
                 c.forward.pool_down += 1;

@@ -9,6 +9,8 @@ struct Rule {
     qtype: Option<u16>,
     opcode: Option<u8>,
     action: Action,
+    /// A forwarding rule's pool, as an index into the forward spec's pools.
+    pool: Option<u16>,
 }
 
 /// Compiled rules, evaluated first match wins.
@@ -18,7 +20,9 @@ pub struct Rules {
 }
 
 impl Rules {
-    pub fn new(spec: &AnswerSpec) -> Self {
+    /// The rules of `spec`; forwarding rules' pools are looked up by name
+    /// in `pools` (the forward spec's, in order).
+    pub fn new(spec: &AnswerSpec, pools: &[&str]) -> Self {
         Rules {
             rules: spec
                 .rules
@@ -28,10 +32,20 @@ impl Rules {
                     qtype: r.qtype,
                     opcode: r.opcode,
                     action: r.action,
+                    pool: r
+                        .pool
+                        .as_deref()
+                        .and_then(|n| pools.iter().position(|p| *p == n))
+                        .map(|i| i as u16),
                 })
                 .collect(),
             default: spec.default,
         }
+    }
+
+    /// The pool rule `rule` forwards to, if it names one.
+    pub fn pool_of(&self, rule: usize) -> Option<u16> {
+        self.rules.get(rule).and_then(|r| r.pool)
     }
 
     /// Number of rules plus one for the default.
@@ -90,21 +104,25 @@ mod tests {
     use xdpdns_common::dns::name_to_wire;
 
     fn rules(list: &[(Option<&str>, Option<u16>, Action)]) -> Rules {
-        Rules::new(&AnswerSpec {
-            rules: list
-                .iter()
-                .map(|(s, t, a)| RuleSpec {
-                    suffix: s.map(|s| name_to_wire(s).unwrap()),
-                    qtype: *t,
-                    opcode: None,
-                    action: *a,
-                })
-                .collect(),
-            default: Action::Refused,
-            edns_udp_size: 1232,
-            acl: crate::testing::open_acl(),
-            tally: None,
-        })
+        Rules::new(
+            &AnswerSpec {
+                rules: list
+                    .iter()
+                    .map(|(s, t, a)| RuleSpec {
+                        suffix: s.map(|s| name_to_wire(s).unwrap()),
+                        qtype: *t,
+                        opcode: None,
+                        action: *a,
+                        pool: None,
+                    })
+                    .collect(),
+                default: Action::Refused,
+                edns_udp_size: 1232,
+                acl: crate::testing::open_acl(),
+                tally: None,
+            },
+            &[],
+        )
     }
 
     fn decide(r: &Rules, name: &str, qtype: u16) -> Action {

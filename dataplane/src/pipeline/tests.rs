@@ -20,6 +20,7 @@ fn drop_rule() -> RuleSpec {
         qtype: None,
         opcode: None,
         action: Action::Drop,
+        pool: None,
     }
 }
 
@@ -281,6 +282,7 @@ fn rules_match_opcodes() {
         qtype: None,
         opcode: Some(4),
         action: Action::Refused,
+        pool: None,
     };
     let spec = forward_spec(1);
     let mut p = Pipeline::new(
@@ -305,4 +307,33 @@ fn rules_match_opcodes() {
     let q = query(12, "example.", 1, None);
     assert!(matches!(decide(&mut p, &q, 0).0, Verdict::Forward { .. }));
     assert_eq!(p.rule_hits(), &[1, 2]);
+}
+
+#[test]
+fn forwarding_rules_route_to_their_pool() {
+    let mut spec = forward_spec(3);
+    // "default" has backends 0 and 1; "b" has backend 2.
+    spec.pools[0].members = vec![0, 1];
+    spec.pools.push(xdpdns_common::ipc::PoolSpec {
+        name: "b".into(),
+        policy: spec.pools[0].policy,
+        members: vec![2],
+    });
+    let to_b = RuleSpec {
+        suffix: Some(xdpdns_common::dns::name_to_wire("b.test.").unwrap()),
+        qtype: None,
+        opcode: None,
+        action: Action::Forward,
+        pool: Some("b".into()),
+    };
+    let mut p = Pipeline::new(&answer_spec(vec![to_b], Action::Forward), Some(&spec));
+    let backend_of = |p: &mut Pipeline, name: &str| match decide(p, &query(1, name, 1, None), 0).0 {
+        Verdict::Forward { backend, .. } => backend,
+        other => panic!("{other:?}"),
+    };
+    for _ in 0..4 {
+        assert_eq!(backend_of(&mut p, "www.b.test."), 2, "the rule's pool");
+        assert_ne!(backend_of(&mut p, "www.a.test."), 2, "the default pool");
+    }
+    assert_eq!(p.rule_hits(), &[4, 4]);
 }
