@@ -698,18 +698,33 @@ static __always_inline int police(struct xdp_md *ctx, __u32 set, __u32 l3, int v
 	return limit(ctx, set, l3, v6, l);
 }
 
-static __always_inline int police_v4(struct xdp_md *ctx, __u32 set, __u32 l3, __u32 saddr)
+/* The policy (exempt, blocked) of a client address, in the active slot. */
+static __always_inline __u32 *policy_v4(__u32 set, __u32 saddr)
 {
 	struct lpm_v4_key k = { .prefixlen = 32 };
-	const struct xdpdns_limits *l = current_limits(set);
-	__u32 *policy;
-	__u32 key;
 
 	__builtin_memcpy(k.addr, &saddr, 4);
 	if (set & XDPDNS_SETTING_ACL_SLOT)
-		policy = bpf_map_lookup_elem(&XDPDNS_MAP_POLICY_V4_1, &k);
-	else
-		policy = bpf_map_lookup_elem(&XDPDNS_MAP_POLICY_V4_0, &k);
+		return bpf_map_lookup_elem(&XDPDNS_MAP_POLICY_V4_1, &k);
+	return bpf_map_lookup_elem(&XDPDNS_MAP_POLICY_V4_0, &k);
+}
+
+static __always_inline __u32 *policy_v6(__u32 set, struct in6_addr *saddr)
+{
+	struct lpm_v6_key k = { .prefixlen = 128 };
+
+	__builtin_memcpy(k.addr, saddr, 16);
+	if (set & XDPDNS_SETTING_ACL_SLOT)
+		return bpf_map_lookup_elem(&XDPDNS_MAP_POLICY_V6_1, &k);
+	return bpf_map_lookup_elem(&XDPDNS_MAP_POLICY_V6_0, &k);
+}
+
+static __always_inline int police_v4(struct xdp_md *ctx, __u32 set, __u32 l3, __u32 saddr)
+{
+	const struct xdpdns_limits *l = current_limits(set);
+	__u32 *policy = policy_v4(set, saddr);
+	__u32 key;
+
 	key = saddr & mask32(l ? l->v4_prefix : 32);
 	return police(ctx, set, l3, 0, policy, l, &XDPDNS_MAP_RATE_V4, &key);
 }
@@ -717,18 +732,12 @@ static __always_inline int police_v4(struct xdp_md *ctx, __u32 set, __u32 l3, __
 static __always_inline int police_v6(struct xdp_md *ctx, __u32 set, __u32 l3,
 				     struct in6_addr *saddr)
 {
-	struct lpm_v6_key k = { .prefixlen = 128 };
 	const struct xdpdns_limits *l = current_limits(set);
+	__u32 *policy = policy_v6(set, saddr);
 	struct rate_v6_key key;
 	__u32 bits = l ? l->v6_prefix : 128;
-	__u32 *policy;
 	int i;
 
-	__builtin_memcpy(k.addr, saddr, 16);
-	if (set & XDPDNS_SETTING_ACL_SLOT)
-		policy = bpf_map_lookup_elem(&XDPDNS_MAP_POLICY_V6_1, &k);
-	else
-		policy = bpf_map_lookup_elem(&XDPDNS_MAP_POLICY_V6_0, &k);
 	__builtin_memcpy(&key, saddr, 16);
 	for (i = 0; i < 4; i++) {
 		__u32 b = bits > 32 * (__u32)i ? bits - 32 * (__u32)i : 0;
@@ -765,8 +774,7 @@ static __always_inline int tcp_v4(struct iphdr *ip, void *end, __u32 set)
 {
 	struct tcp_ports *tcp = (void *)(ip + 1);
 	struct dest_v4_key key = {};
-	struct lpm_v4_key k = { .prefixlen = 32 };
-	__u32 *dest, *policy;
+	__u32 *dest;
 
 	if ((void *)(tcp + 1) > end)
 		return count(XDPDNS_STAT_NOT_UDP, XDP_PASS);
@@ -775,20 +783,14 @@ static __always_inline int tcp_v4(struct iphdr *ip, void *end, __u32 set)
 	dest = bpf_map_lookup_elem(&XDPDNS_MAP_DEST_V4, &key);
 	if (!dest || (*dest & 0xffff) != XDPDNS_DEST_LISTEN)
 		return count(XDPDNS_STAT_NOT_UDP, XDP_PASS);
-	__builtin_memcpy(k.addr, &ip->saddr, 4);
-	if (set & XDPDNS_SETTING_ACL_SLOT)
-		policy = bpf_map_lookup_elem(&XDPDNS_MAP_POLICY_V4_1, &k);
-	else
-		policy = bpf_map_lookup_elem(&XDPDNS_MAP_POLICY_V4_0, &k);
-	return tcp_verdict(set, policy);
+	return tcp_verdict(set, policy_v4(set, ip->saddr));
 }
 
 static __always_inline int tcp_v6(struct ipv6hdr *ip6, void *end, __u32 set)
 {
 	struct tcp_ports *tcp = (void *)(ip6 + 1);
 	struct dest_v6_key key = {};
-	struct lpm_v6_key k = { .prefixlen = 128 };
-	__u32 *dest, *policy;
+	__u32 *dest;
 
 	if ((void *)(tcp + 1) > end)
 		return count(XDPDNS_STAT_NOT_UDP, XDP_PASS);
@@ -797,12 +799,7 @@ static __always_inline int tcp_v6(struct ipv6hdr *ip6, void *end, __u32 set)
 	dest = bpf_map_lookup_elem(&XDPDNS_MAP_DEST_V6, &key);
 	if (!dest || (*dest & 0xffff) != XDPDNS_DEST_LISTEN)
 		return count(XDPDNS_STAT_NOT_UDP, XDP_PASS);
-	__builtin_memcpy(k.addr, &ip6->saddr, 16);
-	if (set & XDPDNS_SETTING_ACL_SLOT)
-		policy = bpf_map_lookup_elem(&XDPDNS_MAP_POLICY_V6_1, &k);
-	else
-		policy = bpf_map_lookup_elem(&XDPDNS_MAP_POLICY_V6_0, &k);
-	return tcp_verdict(set, policy);
+	return tcp_verdict(set, policy_v6(set, &ip6->saddr));
 }
 
 static __always_inline int in_forward_range(__be16 port)

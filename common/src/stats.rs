@@ -262,6 +262,23 @@ pub struct ForwardCounters {
 }
 
 impl ForwardCounters {
+    /// Every event counter (the in-flight gauge left out): what must never
+    /// go backwards within a dataplane's life.
+    pub fn events(&self) -> [u64; 10] {
+        [
+            self.evicted,
+            self.no_slot,
+            self.pool_down,
+            self.bad_entries,
+            self.sweep_limited,
+            self.stray_replies,
+            self.duplicate_replies,
+            self.bad_replies,
+            self.large_replies,
+            self.send_errors,
+        ]
+    }
+
     fn accumulate(&mut self, o: &ForwardCounters) {
         self.in_flight = o.in_flight;
         self.evicted = self.evicted.saturating_add(o.evicted);
@@ -334,7 +351,6 @@ impl DataplaneCounters {
     /// The largest event counter (gauges and the latency sum left out): what
     /// the loader compares with how many events a life could have counted.
     pub fn largest(&self) -> u64 {
-        let f = &self.forward;
         let k = &self.xsk_kernel;
         let paths = [&self.xsk, &self.kernel].into_iter().flat_map(|p| {
             [p.received, p.answered]
@@ -360,18 +376,9 @@ impl DataplaneCounters {
             k.rx_ring_full,
             k.rx_fill_ring_empty_descs,
             k.tx_ring_empty_descs,
-            f.evicted,
-            f.no_slot,
-            f.pool_down,
-            f.bad_entries,
-            f.sweep_limited,
-            f.stray_replies,
-            f.duplicate_replies,
-            f.bad_replies,
-            f.large_replies,
-            f.send_errors,
         ]
         .into_iter()
+        .chain(self.forward.events())
         .chain(paths)
         .chain(self.rule_hits.iter().copied())
         .chain(self.error_answers.iter().copied())

@@ -1,11 +1,13 @@
 //! Dynamic blocks: the dataplanes report answers per client prefix every
 //! 100 ms (validated before they get here); a prefix whose answers of a
 //! rule's kind exceed the rule's rate over its window is blocked for the
-//! rule's time, as a run-time block. Evaluated on every report tick; the
-//! state is bounded (prefixes seen in the longest window, at most
-//! `MAX_PREFIXES`; the quietest go first).
+//! rule's time, as a run-time block. Evaluated on every report tick, for
+//! the prefixes reported since the last one only. The state is bounded
+//! whatever the dataplanes send: at most `MAX_PREFIXES` prefixes (new ones
+//! beyond are not tracked), each with one-second buckets back to the
+//! longest window (61 at most).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
@@ -14,7 +16,13 @@ use xdpdns_common::ipc::ClientCount;
 use xdpdns_common::net::Prefix;
 
 /// Prefixes tracked at once.
-pub const MAX_PREFIXES: usize = 65_536;
+pub const MAX_PREFIXES: usize = 16_384;
+
+/// The counts of one prefix are kept per this long.
+const BUCKET: Duration = Duration::from_secs(1);
+
+/// How often prefixes no longer reported are forgotten.
+const SWEEP_EVERY: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Clone, Copy, Default)]
 struct Counts {
@@ -26,6 +34,14 @@ struct Counts {
 }
 
 impl Counts {
+    fn add(&mut self, c: &ClientCount) {
+        self.answers += u64::from(c.answers);
+        self.nxdomain += u64::from(c.nxdomain);
+        self.servfail += u64::from(c.servfail);
+        self.refused += u64::from(c.refused);
+        self.bytes += u64::from(c.bytes);
+    }
+
     fn of(&self, c: Counted) -> u64 {
         match c {
             Counted::Answers => self.answers,
@@ -44,7 +60,11 @@ type Key = (bool, [u8; 16]);
 pub struct Dynamic {
     rules: Vec<DynamicRule>,
     spec: Option<TallySpec>,
+    /// Per prefix: (bucket start, counts), oldest first.
     seen: HashMap<Key, VecDeque<(Instant, Counts)>>,
+    /// Prefixes reported since the last evaluation.
+    dirty: HashSet<Key>,
+    last_sweep: Option<Instant>,
 }
 
 impl Dynamic {
@@ -53,6 +73,8 @@ impl Dynamic {
             rules,
             spec,
             seen: HashMap::new(),
+            dirty: HashSet::new(),
+            last_sweep: None,
         }
     }
 
@@ -60,6 +82,7 @@ impl Dynamic {
     pub fn set_rules(&mut self, rules: Vec<DynamicRule>, spec: Option<TallySpec>) {
         if spec != self.spec {
             self.seen.clear();
+            self.dirty.clear();
         }
         self.rules = rules;
         self.spec = spec;
@@ -76,21 +99,23 @@ impl Dynamic {
         if self.rules.is_empty() {
             return;
         }
+        let horizon = self.horizon();
         for c in counts {
             let key = (c.v6, c.addr);
             if !self.seen.contains_key(&key) && self.seen.len() >= MAX_PREFIXES {
                 continue;
             }
-            self.seen.entry(key).or_default().push_back((
-                now,
-                Counts {
-                    answers: u64::from(c.answers),
-                    nxdomain: u64::from(c.nxdomain),
-                    servfail: u64::from(c.servfail),
-                    refused: u64::from(c.refused),
-                    bytes: u64::from(c.bytes),
-                },
-            ));
+            let q = self.seen.entry(key).or_default();
+            match q.back_mut() {
+                Some((start, counts)) if now.duration_since(*start) < BUCKET => counts.add(c),
+                _ => {
+                    let mut counts = Counts::default();
+                    counts.add(c);
+                    q.push_back((now, counts));
+                }
+            }
+            prune(q, now, horizon);
+            self.dirty.insert(key);
         }
     }
 
@@ -102,16 +127,23 @@ impl Dynamic {
             return Vec::new();
         };
         let mut out = Vec::new();
-        self.seen.retain(|_, q| {
-            while q
-                .front()
-                .is_some_and(|(t, _)| now.duration_since(*t) > horizon)
-            {
-                q.pop_front();
-            }
-            !q.is_empty()
-        });
-        for ((v6, addr), q) in &self.seen {
+        if self
+            .last_sweep
+            .is_none_or(|t| now.duration_since(t) >= SWEEP_EVERY)
+        {
+            self.last_sweep = Some(now);
+            self.seen.retain(|_, q| {
+                prune(q, now, horizon);
+                !q.is_empty()
+            });
+        }
+        // Only a prefix reported since the last evaluation can have
+        // crossed a rate.
+        for key in std::mem::take(&mut self.dirty) {
+            let Some(q) = self.seen.get(&key) else {
+                continue;
+            };
+            let (v6, addr) = (&key.0, &key.1);
             for r in &self.rules {
                 let window = Duration::from_secs(u64::from(r.window_s));
                 let n: u64 = q
@@ -148,6 +180,16 @@ impl Dynamic {
             self.seen.remove(&key);
         }
         out
+    }
+}
+
+/// Drops the buckets of `q` that started more than `horizon` before `now`.
+fn prune(q: &mut VecDeque<(Instant, Counts)>, now: Instant, horizon: Duration) {
+    while q
+        .front()
+        .is_some_and(|(t, _)| now.duration_since(*t) > horizon)
+    {
+        q.pop_front();
     }
 }
 

@@ -53,3 +53,18 @@ pub fn handle_args(name: &str, what: &str) -> Option<std::process::ExitCode> {
     );
     Some(std::process::ExitCode::from(2))
 }
+
+/// Runs `fut` to completion on a current-thread runtime inside a
+/// `LocalSet` (what both worker binaries serve on). A runtime that cannot
+/// start is logged and exit status 2.
+pub fn block_on_local<F: std::future::Future>(fut: F) -> Result<F::Output, std::process::ExitCode> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .enable_time()
+        .build()
+        .map_err(|e| {
+            tracing::error!("cannot start the runtime: {e}");
+            std::process::ExitCode::from(2)
+        })?;
+    Ok(tokio::task::LocalSet::new().block_on(&rt, fut))
+}

@@ -164,6 +164,24 @@ pub fn ip(args: &[&str]) -> anyhow::Result<Output> {
 }
 
 /// Polls `f` until it returns `Some`, or fails after `timeout`.
+/// Waits up to 10 s for a status (`status`) that `pred` accepts; on a
+/// timeout the error carries `log()` and the last status seen.
+fn wait_status_of(
+    what: &str,
+    status: impl Fn() -> anyhow::Result<Value>,
+    pred: impl Fn(&Value) -> bool,
+    log: impl Fn() -> String,
+) -> anyhow::Result<Value> {
+    let mut last = Value::Null;
+    wait_for(Duration::from_secs(10), what, || {
+        let s = status().ok()?;
+        let ok = pred(&s);
+        last = s.clone();
+        ok.then_some(s)
+    })
+    .with_context(|| format!("{}\nlast status: {last:#}", log()))
+}
+
 pub fn wait_for<T>(
     timeout: Duration,
     what: &str,
@@ -548,14 +566,7 @@ impl Server {
 
     /// Waits until `pred` holds on the status JSON.
     pub fn wait_status(&self, what: &str, pred: impl Fn(&Value) -> bool) -> anyhow::Result<Value> {
-        let mut last = Value::Null;
-        wait_for(Duration::from_secs(10), what, || {
-            let s = self.status().ok()?;
-            let ok = pred(&s);
-            last = s.clone();
-            ok.then_some(s)
-        })
-        .with_context(|| format!("last status: {last:#}"))
+        wait_status_of(what, || self.status(), pred, String::new)
     }
 
     /// Dataplane pids from the status.
@@ -1364,14 +1375,7 @@ impl UnitLoader {
     }
 
     pub fn wait_status(&self, what: &str, pred: impl Fn(&Value) -> bool) -> anyhow::Result<Value> {
-        let mut last = Value::Null;
-        wait_for(Duration::from_secs(10), what, || {
-            let s = self.status().ok()?;
-            let ok = pred(&s);
-            last = s.clone();
-            ok.then_some(s)
-        })
-        .with_context(|| format!("{}\nlast status: {last:#}", self.log_text()))
+        wait_status_of(what, || self.status(), pred, || self.log_text())
     }
 
     pub fn cli(&self, args: &[&str]) -> Output {

@@ -83,21 +83,6 @@ pub fn dataplane_counters(
     if !shape {
         return Err("counters of an impossible shape: killed".into());
     }
-    let forward = |c: &DataplaneCounters| {
-        let f = &c.forward;
-        [
-            f.evicted,
-            f.no_slot,
-            f.pool_down,
-            f.bad_entries,
-            f.sweep_limited,
-            f.stray_replies,
-            f.duplicate_replies,
-            f.bad_replies,
-            f.large_replies,
-            f.send_errors,
-        ]
-    };
     let monotonic = path_monotonic(&new.xsk, &old.xsk)
         && path_monotonic(&new.kernel, &old.kernel)
         && new.acl_refused >= old.acl_refused
@@ -106,7 +91,12 @@ pub fn dataplane_counters(
             .iter()
             .enumerate()
             .all(|(i, n)| *n >= old.error_answers.get(i).copied().unwrap_or(0))
-        && forward(new).iter().zip(forward(old)).all(|(n, o)| *n >= o);
+        && new
+            .forward
+            .events()
+            .iter()
+            .zip(old.forward.events())
+            .all(|(n, o)| *n >= o);
     if !monotonic {
         return Err("counters went backwards: killed".into());
     }

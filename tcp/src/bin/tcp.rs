@@ -17,19 +17,11 @@ fn main() -> ExitCode {
         return code;
     }
     xdpdns_common::logging::init("info");
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_io()
-        .enable_time()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            error!("cannot start the runtime: {e}");
-            return ExitCode::from(2);
-        }
+    let outcome = match startup::block_on_local(run()) {
+        Ok(outcome) => outcome,
+        Err(code) => return code,
     };
-    let local = tokio::task::LocalSet::new();
-    match local.block_on(&rt, run()) {
+    match outcome {
         Ok(Exit::Shutdown) => ExitCode::SUCCESS,
         Ok(Exit::LoaderGone) => {
             info!("the loader went away: exiting");
