@@ -152,8 +152,9 @@ impl Tables {
         };
         policy(&s.abuse.exempt, POLICY_EXEMPT, &mut p4, &mut p6);
         self.index_blocks(&s.abuse.blocks);
+        let tcp: std::collections::HashSet<&Prefix> = s.abuse.tcp_blocks.iter().collect();
         for p in &s.abuse.blocks {
-            let kind = if s.abuse.tcp_blocks.contains(p) {
+            let kind = if tcp.contains(p) {
                 POLICY_BLOCK_TCP
             } else {
                 POLICY_BLOCK
@@ -221,22 +222,28 @@ impl Tables {
     /// shared by whatever exceeds the array (never in practice: the policy
     /// tries hold fewer).
     fn index_blocks(&mut self, blocks: &[Prefix]) {
-        self.block_index.retain(|p, _| blocks.contains(p));
+        let wanted: std::collections::HashSet<&Prefix> = blocks.iter().collect();
+        self.block_index.retain(|p, _| wanted.contains(p));
         let ncpu = self.block_hits.get(&0, 0).map(|v| v.len()).unwrap_or(1);
+        let mut taken: std::collections::HashSet<u32> =
+            self.block_index.values().copied().collect();
+        let mut next = 1;
         for p in blocks {
             if self.block_index.contains_key(p) {
                 continue;
             }
-            let taken: std::collections::HashSet<u32> =
-                self.block_index.values().copied().collect();
-            let Some(i) = (1..MAX_BLOCK_HITS).find(|i| !taken.contains(i)) else {
+            while next < MAX_BLOCK_HITS && taken.contains(&next) {
+                next += 1;
+            }
+            if next == MAX_BLOCK_HITS {
                 self.block_index.insert(*p, 0);
                 continue;
-            };
-            if let Ok(zero) = aya::maps::PerCpuValues::try_from(vec![0u64; ncpu]) {
-                let _ = self.block_hits.set(i, zero, 0);
             }
-            self.block_index.insert(*p, i);
+            if let Ok(zero) = aya::maps::PerCpuValues::try_from(vec![0u64; ncpu]) {
+                let _ = self.block_hits.set(next, zero, 0);
+            }
+            taken.insert(next);
+            self.block_index.insert(*p, next);
         }
     }
 
