@@ -7,12 +7,13 @@ CARGO_FLAGS ?= -j$(JOBS)
 
 # Build: clang + headers for the XDP program, nothing else. Tests and demo:
 # DNS clients (kdig, kxdpgun, dig), knotd as the forwarding tests' backend,
+# unbound as the resolver whose negative cache the rules tests feed,
 # iproute2/ethtool for the veth lab, nsenter/unshare (util-linux), bpftool,
 # apparmor_parser, systemd-analyze.
 BUILD_DEPS = clang llvm libbpf-dev linux-libc-dev
 # debhelper builds the package (scripts/build-deb.sh); lintian judges it.
 DEB_DEPS = debhelper dh-apparmor dpkg-dev lintian
-TEST_DEPS = iproute2 ethtool util-linux procps knot-dnsutils knot bind9-dnsutils \
+TEST_DEPS = iproute2 ethtool util-linux procps knot-dnsutils knot bind9-dnsutils unbound \
             bpftool apparmor systemd dnsperf $(DEB_DEPS)
 # The end-to-end tests run a dataplane built with its test hooks; it lives in
 # its own target directory, so a plain `cargo test` cannot replace it.

@@ -1,4 +1,5 @@
-//! `xdpdns-bench` (run by `make bench`, as root): xdpdns over AF_XDP, xdpdns
+//! `xdpdns-bench` (run by `make bench`, as root): xdpdns over AF_XDP (also
+//! under 100 rules with a 100 k-name blocklist: xdpdns-rules), xdpdns
 //! on the kernel path, dnsdist 1.7 and knotd (XDP and UDP), each answering
 //! REFUSED on the same veth lab, server pinned to one CPU and kxdpgun/dnsperf
 //! to another. Prints a table with ratios against xdpdns-AF_XDP and writes

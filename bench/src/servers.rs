@@ -15,6 +15,9 @@ pub const BACKEND: &str = "192.0.2.10";
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
     XdpdnsXsk,
+    /// As XdpdnsXsk, under 100 rules with a 100 k-name blocklist none of
+    /// which matches the queries (the rules' cost, #14).
+    XdpdnsRules,
     XdpdnsKernel,
     Dnsdist,
     KnotXdp,
@@ -32,8 +35,9 @@ pub enum Kind {
 pub const ATTACK_QPS: u32 = 15_000;
 
 impl Kind {
-    pub const ALL: [Kind; 5] = [
+    pub const ALL: [Kind; 6] = [
         Kind::XdpdnsXsk,
+        Kind::XdpdnsRules,
         Kind::XdpdnsKernel,
         Kind::Dnsdist,
         Kind::KnotXdp,
@@ -45,6 +49,7 @@ impl Kind {
     pub fn name(self) -> &'static str {
         match self {
             Kind::XdpdnsXsk => "xdpdns-afxdp",
+            Kind::XdpdnsRules => "xdpdns-rules",
             Kind::XdpdnsKernel => "xdpdns-kernel",
             Kind::Dnsdist => "dnsdist-1.7",
             Kind::KnotXdp => "knotd-xdp",
@@ -128,13 +133,21 @@ pub fn start(
     batch: u32,
 ) -> anyhow::Result<Running> {
     let running = match kind {
-        Kind::XdpdnsXsk | Kind::XdpdnsKernel | Kind::XdpdnsLimits => {
+        Kind::XdpdnsXsk | Kind::XdpdnsRules | Kind::XdpdnsKernel | Kind::XdpdnsLimits => {
             let xdp = if kind == Kind::XdpdnsKernel {
                 "redirect = false"
             } else {
                 ""
             };
             let mut extra = std::env::var("BENCH_EXTRA").unwrap_or_default();
+            if kind == Kind::XdpdnsRules {
+                let path = lab.dir.join("blocklist.txt");
+                let (rules, blocklist) =
+                    xdpdns_dataplane::testing::production_rules_toml(&path.to_string_lossy());
+                fs::write(&path, blocklist)?;
+                extra.push('\n');
+                extra.push_str(&rules);
+            }
             if kind == Kind::XdpdnsLimits {
                 extra.push_str(&format!(
                     "\n[limits]\nqps_per_client = {ATTACK_QPS}\nburst = {ATTACK_QPS}\n"

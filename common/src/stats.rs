@@ -306,6 +306,20 @@ impl DataplaneCounters {
             .collect();
     }
 
+    /// Per-rule hits follow their rule to its new index after a reload
+    /// (`map[new]` = old index, `None` for a new rule; see
+    /// [`crate::config::rule_map`]).
+    pub fn remap_rule_hits(&mut self, map: &[Option<usize>]) {
+        let old = std::mem::take(&mut self.rule_hits);
+        if old.is_empty() {
+            return;
+        }
+        self.rule_hits = map
+            .iter()
+            .map(|m| m.and_then(|o| old.get(o).copied()).unwrap_or(0))
+            .collect();
+    }
+
     /// Counters for `n` backends, sized now so that counting never allocates.
     pub fn size_backends(&mut self, n: usize) {
         self.backends.resize_with(n, BackendCounters::sized);

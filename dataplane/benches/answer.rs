@@ -13,7 +13,7 @@ use xdpdns_common::stats::DataplaneCounters;
 use xdpdns_dataplane::forward::Emit;
 use xdpdns_dataplane::frame::Headers;
 use xdpdns_dataplane::testing::{
-    FrameSpec, PEER, build, forwarding_engine, local_engine, query, turn_round,
+    FrameSpec, PEER, build, forwarding_engine, local_engine, production_engine, query, turn_round,
 };
 use xdpdns_dataplane::xsk::Fate;
 
@@ -106,6 +106,37 @@ fn bench(c: &mut Criterion) {
             black_box(e.pipeline.decide(&mut buf, msg.len(), PEER, &mut counters))
         })
     });
+    // Rules (#14): no rules against 100 mixed rules with a 100 k-name
+    // blocklist, side by side; a blocked name; a spoofed answer.
+    let mut none = local_engine(0);
+    let mut production = production_engine();
+    for (label, e) in [
+        ("0-rules", &mut none),
+        ("production-rules", &mut production),
+    ] {
+        g.bench_function(format!("decide/refused/{label}"), |b| {
+            b.iter(|| {
+                buf[..msg.len()].copy_from_slice(&msg);
+                black_box(e.pipeline.decide(&mut buf, msg.len(), PEER, &mut counters))
+            })
+        });
+    }
+    for (label, name, qtype) in [
+        ("blocked", "x.ads1.tracker1.example.", 1),
+        ("spoof", "spoof.example.", 28),
+    ] {
+        let msg = query(1, name, qtype, Some((1232, 0, true)));
+        g.bench_function(format!("decide/{label}/production-rules"), |b| {
+            b.iter(|| {
+                buf[..msg.len()].copy_from_slice(&msg);
+                black_box(
+                    production
+                        .pipeline
+                        .decide(&mut buf, msg.len(), PEER, &mut counters),
+                )
+            })
+        });
+    }
     g.finish();
 }
 

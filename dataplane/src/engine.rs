@@ -91,7 +91,7 @@ impl Engine {
                 if !frame::udp_checksum_ok(&chunk[head..head + len], &p, true) {
                     return Err(DropReason::BadChecksum);
                 }
-                return Ok(f.reply_frame(chunk, head, &p, c, emit));
+                return Ok(f.reply_frame(chunk, head, &p, self.pipeline.ttl_clamp(), c, emit));
             }
         }
         let at = head + p.payload();
@@ -102,6 +102,7 @@ impl Engine {
         let peer = Peer {
             ip: p.source_ip(&chunk[head..]),
             transport: Transport::Xsk,
+            local: p.dest(&chunk[head..]),
         };
         let (backend, query) = match self
             .pipeline
@@ -146,6 +147,7 @@ impl Engine {
         let peer = Peer {
             ip: from.ip(),
             transport: Transport::Udp,
+            local,
         };
         let verdict = match self.pipeline.decide(buf, len, peer, c) {
             Verdict::Forward { backend, query } => {

@@ -4,7 +4,9 @@
 
 use std::net::{SocketAddr, UdpSocket};
 
-use xdpdns_common::config::{Action, AnswerSpec, FailAction, Policy, RuleSpec};
+use xdpdns_common::config::{
+    Action, AnswerSpec, FailAction, NameEntry, Policy, RuleSpec, SelectorSpec,
+};
 use xdpdns_common::ipc::{BackendLive, BackendSpec, ForwardSpec, PoolSpec};
 
 pub use crate::dns::testing::query;
@@ -28,27 +30,106 @@ pub const SOURCE: &str = "192.0.2.1";
 pub fn answer_spec(rules: usize, default: Action) -> AnswerSpec {
     AnswerSpec {
         rules: (0..rules)
-            .map(|i| RuleSpec {
-                suffix: Some(
-                    xdpdns_common::dns::name_to_wire(&format!("blocked{i}.example.")).unwrap(),
-                ),
-                qtype: None,
-                opcode: None,
-                action: Action::NxDomain,
-                pool: None,
-            })
+            .map(|i| RuleSpec::new(suffix(&format!("blocked{i}.example.")), Action::NxDomain))
             .collect(),
         default,
         edns_udp_size: 1232,
         acl: open_acl(),
         tally: None,
+        min_ttl: 0,
+        max_ttl: 0,
     }
+}
+
+/// A selector of one name and below.
+pub fn suffix(name: &str) -> SelectorSpec {
+    SelectorSpec {
+        names: vec![NameEntry {
+            wire: xdpdns_common::dns::name_to_wire(name).unwrap(),
+            exact: false,
+        }],
+        ..SelectorSpec::default()
+    }
+}
+
+/// A production-like rule set in the configuration's own words, for the
+/// criterion benchmarks, `make bench` and the tests: 100 rules with mixed
+/// selectors (suffixes, exact names, sources, qtypes, opcodes, flags, EDNS,
+/// sizes, transports, `not`) — the first a 100 k-name `qname_file` at
+/// `blocklist_path`, the last spoofing `spoof.example.` (A and AAAA) — none
+/// of which matches `q….example.com.` type A from 192.0.2.0/24 or [`PEER`].
+/// Returns the `[[rule]]` tables and the blocklist's text.
+pub fn production_rules_toml(blocklist_path: &str) -> (String, String) {
+    let mut blocklist = String::from("# 100 k names: = marks an exact name\n");
+    for i in 0..100_000 {
+        let exact = if i % 3 == 0 { "=" } else { "" };
+        blocklist.push_str(&format!("{exact}ads{i}.tracker{}.example\n", i % 97));
+    }
+    let mut rules = format!("[[rule]]\nqname_file = \"{blocklist_path}\"\naction = \"nxdomain\"\n");
+    for i in 1..99u32 {
+        rules.push_str("[[rule]]\n");
+        rules.push_str(&match i % 10 {
+            0 => format!("qname_suffix = \"zone{i}.example.\"\n"),
+            1 => format!("qname = \"host{i}.example.com.\"\n"),
+            2 => format!("source = [\"198.51.{i}.0/24\"]\n"),
+            3 => format!("qtype = \"TYPE{}\"\n", 1000 + i),
+            4 => format!("opcode = \"update\"\nqtype = \"TYPE{}\"\n", 2000 + i),
+            5 => format!("rd = false\nsource = [\"203.0.113.{i}/32\"]\n"),
+            6 => format!("edns = 1\nqtype = \"TYPE{}\"\n", 3000 + i),
+            7 => format!("query_size = [{}, {}]\n", 1000 + i * 4, 1003 + i * 4),
+            8 => format!("transport = \"tcp\"\nqtype = \"TYPE{}\"\n", 4000 + i),
+            _ => format!("qtype = \"TXT\"\nqname_suffix = \"txt{i}.example.\"\n"),
+        });
+        if i % 7 == 0 {
+            rules.push_str("not = { qtype = \"A\" }\n");
+        }
+        rules.push_str("action = \"refused\"\n");
+    }
+    rules.push_str(
+        "[[rule]]\nqname = \"spoof.example.\"\naction = \"spoof\"\n\
+         answers = [\"A 192.0.2.99\", \"AAAA 2001:db8::99\"]\nttl = 60\n",
+    );
+    (rules, blocklist)
+}
+
+/// [`production_rules_toml`] compiled as the loader compiles it, with
+/// `default` as the default action.
+pub fn production_rules(default: Action) -> AnswerSpec {
+    let path = "/etc/xdpdns/blocklist.txt";
+    let (rules, blocklist) = production_rules_toml(path);
+    let text =
+        format!("[xdp]\ninterface = \"eth0\"\n[[listen]]\naddress = \"192.0.2.1:53\"\n{rules}");
+    let read = |p: &std::path::Path| {
+        if p == std::path::Path::new(path) {
+            Ok(blocklist.clone())
+        } else {
+            Err("no such file".to_string())
+        }
+    };
+    let config = xdpdns_common::config::Config::from_toml_with(&text, &read)
+        .expect("the production rule set is valid");
+    let mut spec = config.live.answer_spec();
+    spec.default = default;
+    spec.acl = open_acl();
+    spec
+}
+
+/// An engine answering locally under [`production_rules`].
+pub fn production_engine() -> Engine {
+    Engine::new(
+        Pipeline::new(&production_rules(Action::Refused), None),
+        None,
+    )
 }
 
 /// A client on the kernel path, inside the default ACL.
 pub const PEER: crate::pipeline::Peer = crate::pipeline::Peer {
     ip: std::net::IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 0, 2)),
     transport: crate::pipeline::Transport::Udp,
+    local: std::net::SocketAddr::new(
+        std::net::IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 0, 1)),
+        53,
+    ),
 };
 
 /// An ACL that lets everyone in.

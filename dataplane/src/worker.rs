@@ -295,12 +295,13 @@ impl Worker {
                     served.datagrams += kernel.serve_one(i, engine, counters, 4) as u32;
                 }
                 Token::Backend(b, s) => {
+                    let clamp = engine.pipeline.ttl_clamp();
                     if let Some(f) = engine.forwarder.as_mut() {
                         let mut out = Outbox {
                             xsk: &mut *xsk,
                             kernel: &*kernel,
                         };
-                        served.datagrams += f.serve_socket(b, s, counters, &mut out) as u32;
+                        served.datagrams += f.serve_socket(b, s, clamp, counters, &mut out) as u32;
                     }
                 }
             }

@@ -10,7 +10,7 @@ use xdpdns_common::stats::DataplaneCounters;
 use xdpdns_dataplane::forward::Emit;
 use xdpdns_dataplane::frame::Headers;
 use xdpdns_dataplane::testing::{
-    FrameSpec, PEER, build, forwarding_engine, local_engine, query, turn_round,
+    FrameSpec, PEER, build, forwarding_engine, local_engine, production_engine, query, turn_round,
 };
 use xdpdns_dataplane::xsk::Fate;
 
@@ -53,6 +53,7 @@ impl Emit for NoEmit {
 #[test]
 fn the_pipeline_allocates_nothing() {
     let mut local = local_engine(10);
+    let mut production = production_engine();
     let mut fwd = forwarding_engine(10);
     let mut vlan = FrameSpec::v6();
     vlan.vlan = Some(7);
@@ -70,6 +71,19 @@ fn the_pipeline_allocates_nothing() {
         &FrameSpec::v4(),
         &query(5, "www.example.com.", 1, Some((1232, 0, false))),
     );
+    // 100 rules and a 100 k-name blocklist: no match, a blocked name, a
+    // spoofed answer.
+    let production_frames = [
+        build(&FrameSpec::v4(), &query(6, "www.example.com.", 1, None)),
+        build(
+            &FrameSpec::v4(),
+            &query(7, "x.ads1.tracker1.example.", 1, None),
+        ),
+        build(
+            &FrameSpec::v4(),
+            &query(8, "spoof.example.", 28, Some((1232, 0, false))),
+        ),
+    ];
     let mut buf = vec![0u8; 1792];
     let mut reply = vec![0u8; 1792];
     // As the worker does at start: counters sized for the backends.
@@ -85,6 +99,16 @@ fn the_pipeline_allocates_nothing() {
         let n = f.len() - 42;
         buf[..n].copy_from_slice(&f[42..]);
         let _ = local.pipeline.decide(&mut buf, n, PEER, &mut c);
+    }
+    let mut spoofed = 0;
+    for i in 0..3_000 {
+        let f = &production_frames[i % production_frames.len()];
+        buf[..f.len()].copy_from_slice(f);
+        let fate = production.frame(&mut buf, 0, f.len(), &mut c, &mut NoEmit);
+        if let Fate::Transmit { head, len } = fate {
+            // ANCOUNT 1: the spoofed AAAA.
+            spoofed += usize::from(buf[head + 42 + 7] == 1 && len > 0);
+        }
     }
     let mut relayed = 0;
     for _ in 0..2_000 {
@@ -108,4 +132,5 @@ fn the_pipeline_allocates_nothing() {
     // garbage one is dropped.
     assert_eq!(answered, 8_000);
     assert_eq!(relayed, 2_000, "{:?}", c.forward);
+    assert_eq!(spoofed, 1_000);
 }

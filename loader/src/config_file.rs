@@ -6,7 +6,7 @@ use std::io::Read;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::Path;
 
-use xdpdns_common::config::Config;
+use xdpdns_common::config::{Config, MAX_NAME_FILE_BYTES};
 
 /// Largest configuration read.
 pub const MAX_BYTES: u64 = 1 << 20;
@@ -20,8 +20,8 @@ pub enum ConfigFileError {
     },
     #[error("{path} is not a regular file")]
     NotRegular { path: String },
-    #[error("{path} is larger than {MAX_BYTES} bytes")]
-    TooLarge { path: String },
+    #[error("{path} is larger than {max} bytes")]
+    TooLarge { path: String, max: u64 },
     #[error(
         "{path} is writable by its group or by everyone (mode {mode:o}): `chmod go-w` it; a privileged process reads it"
     )]
@@ -37,6 +37,12 @@ pub enum ConfigFileError {
 
 /// The text of `path`, checked as described above.
 pub fn read(path: &Path) -> Result<String, ConfigFileError> {
+    read_bounded(path, MAX_BYTES)
+}
+
+/// The text of `path`, checked as described above, of at most `max` bytes
+/// (a rule's `qname_file` may be larger than a configuration).
+pub fn read_bounded(path: &Path, max: u64) -> Result<String, ConfigFileError> {
     let name = || path.display().to_string();
     let file = std::fs::OpenOptions::new()
         .read(true)
@@ -54,8 +60,8 @@ pub fn read(path: &Path) -> Result<String, ConfigFileError> {
     if !meta.file_type().is_file() {
         return Err(ConfigFileError::NotRegular { path: name() });
     }
-    if meta.len() > MAX_BYTES {
-        return Err(ConfigFileError::TooLarge { path: name() });
+    if meta.len() > max {
+        return Err(ConfigFileError::TooLarge { path: name(), max });
     }
     if meta.mode() & 0o022 != 0 {
         return Err(ConfigFileError::Writable {
@@ -64,22 +70,24 @@ pub fn read(path: &Path) -> Result<String, ConfigFileError> {
         });
     }
     let mut bytes = Vec::new();
-    file.take(MAX_BYTES + 1)
+    file.take(max + 1)
         .read_to_end(&mut bytes)
         .map_err(|source| ConfigFileError::Open {
             path: name(),
             source,
         })?;
-    if bytes.len() as u64 > MAX_BYTES {
-        return Err(ConfigFileError::TooLarge { path: name() });
+    if bytes.len() as u64 > max {
+        return Err(ConfigFileError::TooLarge { path: name(), max });
     }
     String::from_utf8(bytes).map_err(|_| ConfigFileError::NotText { path: name() })
 }
 
-/// Reads and validates `path`.
+/// Reads and validates `path`, and the name files its rules name (each
+/// read as the configuration is, up to [`MAX_NAME_FILE_BYTES`]).
 pub fn load(path: &Path) -> Result<Config, ConfigFileError> {
     let text = read(path)?;
-    Config::from_toml(&text).map_err(|source| ConfigFileError::Invalid {
+    let names = |p: &Path| read_bounded(p, MAX_NAME_FILE_BYTES).map_err(|e| e.to_string());
+    Config::from_toml_with(&text, &names).map_err(|source| ConfigFileError::Invalid {
         path: path.display().to_string(),
         source,
     })

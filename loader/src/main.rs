@@ -4,6 +4,7 @@ mod blocks;
 mod bpf;
 mod config_file;
 mod control;
+mod dryrun;
 mod dynamic;
 mod forwarding;
 mod instance;
@@ -44,6 +45,22 @@ enum Command {
     Check {
         #[arg(long, short)]
         config: PathBuf,
+        /// Instead of the plan: say what the rules do with a query NAME TYPE
+        /// (nothing is sent).
+        #[arg(long, num_args = 2, value_names = ["NAME", "TYPE"])]
+        query: Option<Vec<String>>,
+        /// The query's client address.
+        #[arg(long, default_value = "192.0.2.100", requires = "query")]
+        from: std::net::IpAddr,
+        /// The listen address it arrives at (default: the first).
+        #[arg(long, requires = "query")]
+        to: Option<std::net::SocketAddr>,
+        /// Over TCP.
+        #[arg(long, requires = "query")]
+        tcp: bool,
+        /// With the DO bit.
+        #[arg(long = "do", requires = "query")]
+        dnssec_ok: bool,
     },
     /// Show a running instance's queues, dataplanes and counters.
     Status {
@@ -160,7 +177,31 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             runtime()?.block_on(run::run(plan, config.live, path))?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Check { config: path } => {
+        Command::Check {
+            config: path,
+            query: Some(q),
+            from,
+            to,
+            tcp,
+            dnssec_ok,
+        } => {
+            let config = load_config(&path)?;
+            let q = dryrun::DryQuery {
+                name: q[0].clone(),
+                qtype: q[1].clone(),
+                from,
+                to,
+                tcp,
+                dnssec_ok,
+            };
+            print!("{}", dryrun::explain(&config, &q)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Check {
+            config: path,
+            query: None,
+            ..
+        } => {
             let config = load_config(&path)?;
             let plan = Plan::resolve(&config)?;
             print!("{}", plan.describe(&config.live));

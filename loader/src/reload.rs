@@ -55,7 +55,7 @@ impl Changes {
             out.push("AF_XDP redirection updated".into());
         }
         if self.rules {
-            out.push("rules replaced (rule counters restart from zero)".into());
+            out.push("rules replaced (a rule kept keeps its counters)".into());
         } else if self.answer {
             out.push("answer settings updated".into());
         }

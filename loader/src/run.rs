@@ -707,7 +707,13 @@ impl Running {
             self.forwarding = Some(f);
         }
         if changes.rules {
-            self.queues.reset_rule_hits();
+            // By compiled rule, as the dataplanes map their own counters.
+            let map = xdpdns_common::config::rule_map(
+                &self.live.answer_spec().rules,
+                &new.answer_spec().rules,
+            );
+            self.queues.remap_rule_hits(&map);
+            self.services.remap_rule_hits(&map);
         }
         self.dynamic
             .set_rules(new.abuse.dynamic.clone(), new.abuse.tally());

@@ -67,7 +67,10 @@ impl Channel {
             .await?;
         match got {
             None => Err(ChannelError::Closed),
-            Some((len, fds)) => Ok((ipc::decode(&buf[..len])?, fds)),
+            Some((len, mut fds)) => {
+                let msg = wire::message(&buf[..len], &mut fds)?;
+                Ok((ipc::decode_large(&msg)?, fds))
+            }
         }
     }
 

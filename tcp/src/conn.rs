@@ -29,6 +29,10 @@ pub async fn serve(shared: Rc<Shared>, stream: TcpStream, peer: SocketAddr, tick
     let ms = |v: u32| Duration::from_millis(u64::from(v));
     let (idle, io) = (ms(limits.idle_timeout_ms), ms(limits.io_timeout_ms));
     let deadline = tokio::time::Instant::now() + ms(limits.max_connection_duration_ms);
+    // The listen address it came to, for the rules' `listen` selector.
+    let local = stream
+        .local_addr()
+        .unwrap_or_else(|_| SocketAddr::new(std::net::Ipv4Addr::UNSPECIFIED.into(), 0));
     let (rd, wr) = stream.into_split();
     // Pipelined queries arrive together: read them with one system call.
     let mut rd = tokio::io::BufReader::with_capacity(16 * 1024, rd);
@@ -61,7 +65,7 @@ pub async fn serve(shared: Rc<Shared>, stream: TcpStream, peer: SocketAddr, tick
         }
         queries += 1;
         shared.counters.borrow_mut().queries.received += 1;
-        handle(&shared, &mut buf, len, peer, &answers, permit);
+        handle(&shared, &mut buf, len, (peer, local), &answers, permit);
         if limits.max_queries_per_connection != 0 && queries >= limits.max_queries_per_connection {
             shared.counters.borrow_mut().query_limit_closed += 1;
             break None;
@@ -92,13 +96,14 @@ fn handle(
     shared: &Rc<Shared>,
     buf: &mut [u8],
     len: usize,
-    peer: SocketAddr,
+    (peer, local): (SocketAddr, SocketAddr),
     answers: &mpsc::Sender<Pending>,
     permit: OwnedSemaphorePermit,
 ) {
     let who = Peer {
         ip: peer.ip(),
         transport: Transport::Tcp,
+        local,
     };
     let verdict = {
         let mut p = shared.pipeline.borrow_mut();
@@ -137,7 +142,8 @@ fn handle(
                     b.done(backend);
                 }
                 let answer = match got {
-                    Ok(a) => {
+                    Ok(mut a) => {
+                        shared.pipeline.borrow().ttl_clamp().apply(&mut a);
                         let us = started.elapsed().as_micros() as u64;
                         let mut c = shared.counters.borrow_mut();
                         let bc = c.pipeline.backend(usize::from(backend));

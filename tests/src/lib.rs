@@ -857,20 +857,33 @@ impl Lab {
         listen: &[&str],
         big_txt: usize,
     ) -> anyhow::Result<Knot> {
-        let dir = self.dir.join(format!("knot-{tag}"));
-        fs::create_dir_all(dir.join("db"))?;
-        let mut zone = format!(
-            "$ORIGIN example.test.\n$TTL 300\n@ SOA ns hostmaster 1 3600 600 86400 300\n@ NS ns\nns A 192.0.2.10\n\
-             www A {ZONE_A}\nwww AAAA {ZONE_AAAA}\n"
-        );
+        let mut extra = String::new();
         if big_txt > 0 {
-            zone.push_str("big TXT");
+            extra.push_str("big TXT");
             let chunk = "x".repeat(250);
             for _ in 0..big_txt.div_ceil(251) {
-                zone.push_str(&format!(" \"{chunk}\""));
+                extra.push_str(&format!(" \"{chunk}\""));
             }
-            zone.push('\n');
+            extra.push('\n');
         }
+        self.knot_zone(ns, tag, listen, &extra)
+    }
+
+    /// Like [`Lab::knot`], with `extra` zone lines (relative to
+    /// `example.test.`) appended.
+    pub fn knot_zone(
+        &self,
+        ns: &str,
+        tag: &str,
+        listen: &[&str],
+        extra: &str,
+    ) -> anyhow::Result<Knot> {
+        let dir = self.dir.join(format!("knot-{tag}"));
+        fs::create_dir_all(dir.join("db"))?;
+        let zone = format!(
+            "$ORIGIN example.test.\n$TTL 300\n@ SOA ns hostmaster 1 3600 600 86400 300\n@ NS ns\nns A 192.0.2.10\n\
+             www A {ZONE_A}\nwww AAAA {ZONE_AAAA}\n{extra}"
+        );
         fs::write(dir.join("example.test.zone"), zone)?;
         let listen: Vec<String> = listen.iter().map(|l| format!("\"{l}\"")).collect();
         let conf = format!(

@@ -123,6 +123,12 @@ pub(crate) struct ForwardingSection {
     /// backend); with none that old, the new query is dropped (`no_slot`).
     #[serde(default = "default_max_in_flight")]
     pub max_in_flight: u32,
+    /// TTLs of forwarded answers are raised to at least this (0: untouched).
+    #[serde(default)]
+    pub min_ttl: u32,
+    /// TTLs of forwarded answers are lowered to at most this (0: untouched).
+    #[serde(default)]
+    pub max_ttl: u32,
 }
 
 impl Default for HealthConfig {
@@ -148,6 +154,8 @@ impl Default for ForwardingSection {
             ports: default_ports(),
             backend_sockets: default_backend_sockets(),
             max_in_flight: default_max_in_flight(),
+            min_ttl: 0,
+            max_ttl: 0,
         }
     }
 }

@@ -26,7 +26,12 @@ pub use backends::{
     BackendConfig, DEFAULT_POOL, FailAction, HealthConfig, Policy, PoolConfig, parse_mac,
 };
 pub use queues::QueueSelection;
-pub use rules::{Action, AnswerSpec, RuleConfig, RuleSpec};
+pub use rules::{
+    Action, AnswerSpec, EdnsMatch, MAX_NAME_FILE_BYTES, MAX_NAME_FILE_ENTRIES, MAX_RULES,
+    NameEntry, NameList, RuleConfig, RuleSpec, SelectorSpec, SoaSpec, SpoofRecord, TYPE_A,
+    TYPE_AAAA, TYPE_CNAME, TYPE_SOA, TYPE_TXT, TransportMatch, opcode_from_name, parse_name_file,
+    qclass_from_name, rule_map,
+};
 pub use split::{
     Config, DataplaneFixed, DataplaneLive, Fixed, ForwardingFixed, ForwardingLive, Live, XdpFixed,
     XdpLive, XskFixed, XskLive,
@@ -75,8 +80,21 @@ fn syntax(text: &str, e: &toml::de::Error) -> ConfigError {
 
 impl Config {
     /// Parses and validates a configuration file's text.
+    /// Rules may not name a `qname_file` (see [`Config::from_toml_with`]).
     pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
-        let file: types::File = toml::from_str(text).map_err(|e| syntax(text, &e))?;
+        Config::from_toml_with(text, &|_| Err("files are read by the loader only".into()))
+    }
+
+    /// Parses and validates a configuration file's text; `read` returns the
+    /// text of a rule's `qname_file` (this crate does no I/O).
+    pub fn from_toml_with(
+        text: &str,
+        read: &dyn Fn(&std::path::Path) -> Result<String, String>,
+    ) -> Result<Config, ConfigError> {
+        let mut file: types::File = toml::from_str(text).map_err(|e| syntax(text, &e))?;
+        for (i, rule) in file.rule.iter_mut().enumerate() {
+            rules::load_files(i, rule, read)?;
+        }
         file.validate()?;
         Ok(file.into())
     }

@@ -120,6 +120,9 @@ pub struct ForwardingLive {
     pub timeout_ms: u32,
     pub timeout_action: FailAction,
     pub all_down_action: FailAction,
+    /// Clamping of forwarded answers' TTLs (0: none).
+    pub min_ttl: u32,
+    pub max_ttl: u32,
 }
 
 impl From<File> for Config {
@@ -181,6 +184,8 @@ impl From<File> for Config {
             ports,
             backend_sockets,
             max_in_flight,
+            min_ttl,
+            max_ttl,
         } = forwarding;
         // Validated before the conversion.
         let acl = acl.compile().unwrap_or(Acl {
@@ -243,6 +248,8 @@ impl From<File> for Config {
                     timeout_ms,
                     timeout_action,
                     all_down_action,
+                    min_ttl,
+                    max_ttl,
                 },
                 acl,
                 tcp: tcp_limits,
@@ -367,6 +374,8 @@ impl Live {
             &self.acl,
         );
         spec.tally = self.abuse.tally();
+        spec.min_ttl = self.forwarding.min_ttl;
+        spec.max_ttl = self.forwarding.max_ttl;
         spec
     }
 }

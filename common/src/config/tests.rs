@@ -72,10 +72,13 @@ action = "nxdomain"
     assert_eq!(c.live.listen[1], "[2001:db8::1]:5353".parse().unwrap());
     let spec = c.live.answer_spec();
     assert_eq!(
-        spec.rules[0].suffix.as_deref(),
-        Some(&b"\x07example\x03com\0"[..])
+        spec.rules[0].when.names,
+        [NameEntry {
+            wire: b"\x07example\x03com\0".to_vec(),
+            exact: false
+        }]
     );
-    assert_eq!(spec.rules[0].qtype, Some(28));
+    assert_eq!(spec.rules[0].when.qtypes, [28]);
     assert_eq!(spec.rules[0].action, Action::NxDomain);
 }
 
@@ -86,7 +89,6 @@ fn unknown_keys_are_errors_everywhere() {
         with("", "typo_key = 1"),
         with("", "[xsk]\nframez = 10"),
         with("", "[dataplane]\nusr = \"x\""),
-        format!("{MINIMAL}\n[[rule]]\naction = \"drop\"\nqnmae = \"x\""),
     ] {
         let e = err(&text);
         assert!(
@@ -239,9 +241,9 @@ fn rules_are_checked() {
         );
     }
     let c = Config::from_toml(&rule("opcode = \"NOTIFY\"\naction = \"refused\"")).unwrap();
-    assert_eq!(c.live.answer_spec().rules[0].opcode, Some(4));
+    assert_eq!(c.live.answer_spec().rules[0].when.opcode, Some(4));
     let c = Config::from_toml(&rule("opcode = \"15\"\naction = \"notimp\"")).unwrap();
-    assert_eq!(c.live.answer_spec().rules[0].opcode, Some(15));
+    assert_eq!(c.live.answer_spec().rules[0].when.opcode, Some(15));
 }
 
 #[test]
@@ -276,10 +278,14 @@ fn every_commented_out_key_of_the_shipped_example_is_valid_with_its_default() {
             _ => l,
         })
         .collect();
-    let c =
-        Config::from_toml(&uncommented.join("\n")).expect("the commented-out keys must be valid");
+    let blocklist = |p: &std::path::Path| {
+        assert_eq!(p, std::path::Path::new("/etc/xdpdns/blocklist.txt"));
+        Ok("ads.example\n=host.example\n".to_string())
+    };
+    let c = Config::from_toml_with(&uncommented.join("\n"), &blocklist)
+        .expect("the commented-out keys must be valid");
     assert_eq!(c.live.backend.len(), 1);
-    assert_eq!(c.live.rule.len(), 1);
+    assert_eq!(c.live.rule.len(), 7, "every rule example");
     assert!(c.fixed.metrics.is_some());
     let d = Config::from_toml(text).unwrap();
     assert_eq!(

@@ -11,7 +11,7 @@ use super::{BackendConfig, PoolConfig, QueueSelection, RuleConfig};
 /// The whole configuration file, as written. The rest of xdpdns sees it
 /// only as a [`super::Config`], split into what is fixed while running and
 /// what reloads live.
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct File {
     /// Name of this instance: its pins live in `<pin_root>/<instance>/` and its

@@ -150,6 +150,12 @@ impl File {
             }
         }
         self.validate_listen()?;
+        if self.forwarding.max_ttl != 0 && self.forwarding.min_ttl > self.forwarding.max_ttl {
+            return Err(ConfigError::invalid(
+                "forwarding.min_ttl",
+                "is above forwarding.max_ttl",
+            ));
+        }
         for (i, rule) in self.rule.iter().enumerate() {
             rules::check(i, rule)?;
             if let Some(p) = &rule.pool {
@@ -169,6 +175,7 @@ impl File {
                 }
             }
         }
+        rules::check_order(&self.rule)?;
         let listen: Vec<_> = self.listen.iter().map(|l| l.address).collect();
         super::backends::check(&self.backend, &self.pool, &self.forwarding, &listen)?;
         self.acl.compile()?;

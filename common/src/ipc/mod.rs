@@ -24,6 +24,31 @@ pub const CONTROL_FD: i32 = 3;
 /// Largest message either side sends or accepts.
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
 
+/// Largest message the loader sends to a worker through a memfd: a
+/// message above [`MAX_MESSAGE_BYTES`] (rules with a large `qname_file`)
+/// travels as a sealed memfd, the first descriptor of a packet holding
+/// only [`blob_header`]. Workers read it with this bound.
+pub const MAX_BLOB_BYTES: usize = 128 << 20;
+
+/// Marks a packet whose message is in the memfd beside it.
+const BLOB_MAGIC: [u8; 8] = *b"XDPDNS\x00B";
+
+/// The packet announcing a message of `len` bytes in a memfd.
+pub fn blob_header(len: usize) -> [u8; 16] {
+    let mut h = [0u8; 16];
+    h[..8].copy_from_slice(&BLOB_MAGIC);
+    h[8..].copy_from_slice(&(len as u64).to_be_bytes());
+    h
+}
+
+/// The length a blob header announces, if `packet` is one.
+pub fn blob_len(packet: &[u8]) -> Option<u64> {
+    if packet.len() != 16 || packet[..8] != BLOB_MAGIC {
+        return None;
+    }
+    Some(u64::from_be_bytes(packet[8..].try_into().ok()?))
+}
+
 /// Most descriptors one message carries (the kernel's SCM_MAX_FD is 253).
 /// More follow in [`ToDataplane::MoreFds`] messages.
 pub const MAX_FDS: usize = 250;
@@ -211,7 +236,7 @@ pub enum IpcError {
     Encode(#[from] rmp_serde::encode::Error),
     #[error("cannot decode message: {0}")]
     Decode(#[from] rmp_serde::decode::Error),
-    #[error("message of {0} bytes exceeds the {MAX_MESSAGE_BYTES}-byte limit")]
+    #[error("message of {0} bytes exceeds its limit")]
     TooLarge(usize),
 }
 
@@ -224,9 +249,27 @@ pub fn encode<T: Serialize>(msg: &T) -> Result<Vec<u8>, IpcError> {
     Ok(bytes)
 }
 
+/// Encodes a message the loader may send as a blob (up to
+/// [`MAX_BLOB_BYTES`]).
+pub fn encode_large<T: Serialize>(msg: &T) -> Result<Vec<u8>, IpcError> {
+    let bytes = rmp_serde::to_vec_named(msg)?;
+    if bytes.len() > MAX_BLOB_BYTES {
+        return Err(IpcError::TooLarge(bytes.len()));
+    }
+    Ok(bytes)
+}
+
 /// Decodes one received packet.
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, IpcError> {
     if bytes.len() > MAX_MESSAGE_BYTES {
+        return Err(IpcError::TooLarge(bytes.len()));
+    }
+    Ok(rmp_serde::from_slice(bytes)?)
+}
+
+/// Decodes a message read from a blob.
+pub fn decode_large<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, IpcError> {
+    if bytes.len() > MAX_BLOB_BYTES {
         return Err(IpcError::TooLarge(bytes.len()));
     }
     Ok(rmp_serde::from_slice(bytes)?)

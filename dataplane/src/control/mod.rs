@@ -119,7 +119,10 @@ impl Control {
         let mut buf = wire::buffer();
         match wire::receive(self.fd.as_fd(), &mut buf, flags)? {
             None => Ok(None),
-            Some((len, fds)) => Ok(Some((ipc::decode(&buf[..len])?, fds))),
+            Some((len, mut fds)) => {
+                let msg = wire::message(&buf[..len], &mut fds)?;
+                Ok(Some((ipc::decode_large(&msg)?, fds)))
+            }
         }
     }
 

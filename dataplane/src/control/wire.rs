@@ -8,7 +8,7 @@ use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
 use nix::errno::Errno;
 use nix::sys::socket::{self, ControlMessage, ControlMessageOwned, MsgFlags, SockType, sockopt};
-use xdpdns_common::ipc::{CONTROL_FD, MAX_FDS, MAX_MESSAGE_BYTES};
+use xdpdns_common::ipc::{CONTROL_FD, MAX_BLOB_BYTES, MAX_FDS, MAX_MESSAGE_BYTES};
 
 #[derive(Debug, thiserror::Error)]
 pub enum WireError {
@@ -20,6 +20,8 @@ pub enum WireError {
     Sys(#[from] Errno),
     #[error("the loader sent a truncated message")]
     Truncated,
+    #[error("the loader sent a bad message blob: {0}")]
+    Blob(&'static str),
 }
 
 /// Takes ownership of the inherited control socket (fd 3), which must be a
@@ -110,7 +112,80 @@ pub fn send(
     Ok(())
 }
 
+/// The message of a received packet: the packet itself, or, for a blob
+/// header, the memfd that came first beside it (taken from `fds`), read
+/// whole with [`MAX_BLOB_BYTES`] as the bound. The loader seals the memfd;
+/// it is trusted, so the bound is what protects us here.
+pub fn message<'a>(
+    packet: &'a [u8],
+    fds: &mut Vec<OwnedFd>,
+) -> Result<std::borrow::Cow<'a, [u8]>, WireError> {
+    let Some(len) = xdpdns_common::ipc::blob_len(packet) else {
+        return Ok(std::borrow::Cow::Borrowed(packet));
+    };
+    if fds.is_empty() {
+        return Err(WireError::Blob("no memfd beside it"));
+    }
+    let len = usize::try_from(len)
+        .ok()
+        .filter(|l| *l <= MAX_BLOB_BYTES && *l > MAX_MESSAGE_BYTES)
+        .ok_or(WireError::Blob("announced size out of bounds"))?;
+    let fd = fds.remove(0);
+    let mut bytes = vec![0u8; len];
+    let mut at = 0;
+    while at < len {
+        match nix::unistd::read(&fd, &mut bytes[at..]) {
+            Ok(0) => return Err(WireError::Blob("shorter than announced")),
+            Ok(n) => at += n,
+            Err(Errno::EINTR) => {}
+            Err(e) => return Err(WireError::Sys(e)),
+        }
+    }
+    let mut probe = [0u8; 1];
+    if nix::unistd::read(&fd, &mut probe)? != 0 {
+        return Err(WireError::Blob("longer than announced"));
+    }
+    Ok(std::borrow::Cow::Owned(bytes))
+}
+
 /// A receive buffer of the largest message.
 pub fn buffer() -> Vec<u8> {
     vec![0u8; MAX_MESSAGE_BYTES]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Seek, Write};
+    use xdpdns_common::ipc::blob_header;
+
+    fn memfd(bytes: &[u8]) -> OwnedFd {
+        let fd = nix::sys::memfd::memfd_create(c"t", nix::sys::memfd::MFdFlags::empty()).unwrap();
+        let mut f = std::fs::File::from(fd);
+        f.write_all(bytes).unwrap();
+        f.rewind().unwrap();
+        f.into()
+    }
+
+    #[test]
+    fn blobs_are_read_whole_and_bounded() {
+        let big = vec![7u8; MAX_MESSAGE_BYTES + 10];
+        let header = blob_header(big.len());
+        let mut fds = vec![memfd(&big), memfd(b"other")];
+        let msg = message(&header, &mut fds).unwrap();
+        assert_eq!(&*msg, &big[..]);
+        assert_eq!(fds.len(), 1, "the blob's memfd is taken, the others stay");
+        // A plain packet is its own message.
+        let mut none = Vec::new();
+        assert_eq!(&*message(b"plain", &mut none).unwrap(), b"plain");
+        // Bad blobs: no memfd, shorter, longer, sizes out of bounds.
+        assert!(message(&header, &mut Vec::new()).is_err());
+        let short = &big[..big.len() - 1];
+        assert!(message(&header, &mut vec![memfd(short)]).is_err());
+        let long = [&big[..], b"x"].concat();
+        assert!(message(&header, &mut vec![memfd(&long)]).is_err());
+        for len in [10, MAX_BLOB_BYTES + 1] {
+            assert!(message(&blob_header(len), &mut vec![memfd(b"x")]).is_err());
+        }
+    }
 }

@@ -3,12 +3,14 @@
 
 mod answer;
 mod query;
+mod ttl;
 
 #[doc(hidden)]
 pub mod testing;
 
-pub use answer::{Original, write_answer, write_answer_for};
+pub use answer::{Extra, Original, write_answer, write_answer_for, write_answer_with};
 pub use query::{Edns, Query, parse_query};
+pub use ttl::TtlClamp;
 
 pub const HEADER_LEN: usize = 12;
 pub const TYPE_OPT: u16 = 41;

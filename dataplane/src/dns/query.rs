@@ -192,19 +192,20 @@ fn question_name_end(msg: &[u8]) -> Result<usize, DropReason> {
     Ok(at)
 }
 
-struct Record {
+pub(super) struct Record {
     name_len: usize,
-    rtype: u16,
+    pub(super) rtype: u16,
     class: u16,
     ttl: u32,
-    /// Where its RDATA starts; it ends at `next`.
-    rdata: usize,
-    next: usize,
+    /// Where its RDATA starts (its TTL is the 4 bytes 6 before); it ends at
+    /// `next`.
+    pub(super) rdata: usize,
+    pub(super) next: usize,
 }
 
 /// Skips one resource record starting at `at`. Owner names may end in a
 /// pointer, which is skipped (never followed), so loops cannot occur.
-fn skip_record(msg: &[u8], start: usize) -> Result<Record, DropReason> {
+pub(super) fn skip_record(msg: &[u8], start: usize) -> Result<Record, DropReason> {
     let mut at = start;
     loop {
         let len = *msg.get(at).ok_or(DropReason::DnsTruncated)?;

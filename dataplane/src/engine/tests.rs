@@ -18,17 +18,16 @@ impl Emit for NoEmit {
 
 fn spec() -> AnswerSpec {
     AnswerSpec {
-        rules: vec![RuleSpec {
-            suffix: Some(xdpdns_common::dns::name_to_wire("dropme.test.").unwrap()),
-            qtype: None,
-            opcode: None,
-            action: Action::Drop,
-            pool: None,
-        }],
+        rules: vec![RuleSpec::new(
+            crate::testing::suffix("dropme.test."),
+            Action::Drop,
+        )],
         default: Action::Refused,
         edns_udp_size: 1232,
         acl: crate::testing::open_acl(),
         tally: None,
+        min_ttl: 0,
+        max_ttl: 0,
     }
 }
 

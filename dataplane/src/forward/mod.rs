@@ -31,7 +31,7 @@ use xdpdns_common::ipc::ForwardSpec;
 use xdpdns_common::maps::XDP_PACKET_HEADROOM;
 use xdpdns_common::stats::DataplaneCounters;
 
-use crate::dns::{self, Edns, HEADER_LEN, Query};
+use crate::dns::{self, Edns, HEADER_LEN, Query, TtlClamp};
 use crate::frame::{self, ETH_HLEN, Headers, IPV4_HLEN, IPV6_HLEN, Parsed, UDP_HLEN, VLAN_HLEN};
 use crate::pipeline::backends::Backends;
 use crate::poller::{Poller, Token};
@@ -643,6 +643,7 @@ impl Forwarder {
         chunk: &mut [u8],
         head: usize,
         p: &Parsed,
+        clamp: TtlClamp,
         c: &mut DataplaneCounters,
         emit: &mut dyn Emit,
     ) -> Fate {
@@ -661,6 +662,7 @@ impl Forwarder {
         let Some(claimed) = self.claim(key, b, &mut chunk[at..at + len], c) else {
             return Fate::Recycle;
         };
+        clamp.apply(&mut chunk[at..at + len]);
         let cl = claimed.entry.client;
         if !self.listeners.trusts(&cl) {
             c.forward.bad_entries += 1;
@@ -692,6 +694,7 @@ impl Forwarder {
         &mut self,
         b: u16,
         s: u32,
+        clamp: TtlClamp,
         c: &mut DataplaneCounters,
         emit: &mut dyn Emit,
     ) -> usize {
@@ -725,7 +728,7 @@ impl Forwarder {
                 c.forward.bad_replies += 1;
                 continue;
             }
-            self.reply_datagram(b, port, &mut buf[..len], c, emit);
+            self.reply_datagram(b, port, &mut buf[..len], clamp, c, emit);
         }
         self.buf = buf;
         n
@@ -736,6 +739,7 @@ impl Forwarder {
         backend: u16,
         port: u16,
         msg: &mut [u8],
+        clamp: TtlClamp,
         c: &mut DataplaneCounters,
         emit: &mut dyn Emit,
     ) {
@@ -747,6 +751,7 @@ impl Forwarder {
         let Some(claimed) = self.claim(key, backend, msg, c) else {
             return;
         };
+        clamp.apply(msg);
         let cl = claimed.entry.client;
         if !self.listeners.trusts(&cl) {
             c.forward.bad_entries += 1;

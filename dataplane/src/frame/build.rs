@@ -111,6 +111,23 @@ impl Parsed {
         }
     }
 
+    /// The destination address and port of `frame`, which `self` was
+    /// parsed from.
+    #[inline]
+    pub fn dest(&self, frame: &[u8]) -> std::net::SocketAddr {
+        let ip = &frame[self.l3..self.l4];
+        let port = u16::from_be_bytes([frame[self.l4 + 2], frame[self.l4 + 3]]);
+        let addr = match self.family {
+            Family::V4 => std::net::IpAddr::from([ip[16], ip[17], ip[18], ip[19]]),
+            Family::V6 => {
+                let mut a = [0u8; 16];
+                a.copy_from_slice(&ip[24..40]);
+                std::net::IpAddr::from(a)
+            }
+        };
+        std::net::SocketAddr::new(addr, port)
+    }
+
     /// Reads the addresses of `frame`, which `self` was parsed from.
     pub fn addrs(&self, frame: &[u8]) -> Headers {
         let mut a = Headers {

@@ -6,13 +6,14 @@
 //! answers with the same answer writer as every local answer.
 
 pub mod backends;
+mod names;
 pub mod policy;
 pub mod rules;
 
 #[cfg(test)]
 mod tests;
 
-use xdpdns_common::config::{AclAction, Action, AnswerSpec, FailAction, RuleSpec};
+use xdpdns_common::config::{AclAction, Action, AnswerSpec, FailAction, RuleSpec, rule_map};
 use xdpdns_common::dns::Rcode;
 use xdpdns_common::ipc::ForwardSpec;
 use xdpdns_common::net::PrefixSet;
@@ -32,11 +33,13 @@ pub enum Transport {
     Tcp,
 }
 
-/// Who asked, and how.
+/// Who asked, how, and at which of our addresses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Peer {
     pub ip: std::net::IpAddr,
     pub transport: Transport,
+    /// The listen address the query came to.
+    pub local: std::net::SocketAddr,
 }
 
 /// What becomes of a query.
@@ -62,6 +65,8 @@ pub struct Pipeline {
     rule_specs: Vec<RuleSpec>,
     udp_size: u16,
     backends: Option<Backends>,
+    /// The response side: TTL bounds for forwarded answers.
+    ttl_clamp: dns::TtlClamp,
 }
 
 impl Pipeline {
@@ -78,20 +83,30 @@ impl Pipeline {
             rule_specs: answer.rules.clone(),
             udp_size: answer.edns_udp_size,
             backends: forward.map(Backends::new),
+            ttl_clamp: dns::TtlClamp {
+                min: answer.min_ttl,
+                max: answer.max_ttl,
+            },
         }
     }
 
-    /// The pipeline after a reconfiguration: rule hits are kept if the rules
-    /// are the same (the loader resets its totals only when they change),
-    /// and what is outstanding with kept backends stays counted.
+    /// The pipeline after a reconfiguration: a rule kept (the same rule,
+    /// wherever it moved) keeps its hits, as does the default action (the
+    /// loader maps its totals the same way, with [`rule_map`]), and what is
+    /// outstanding with kept backends stays counted.
     pub fn reconfigured(
         old: &Pipeline,
         answer: &AnswerSpec,
         forward: Option<&ForwardSpec>,
     ) -> Pipeline {
         let mut p = Pipeline::new(answer, forward);
-        if p.rule_specs == old.rule_specs && p.hits.len() == old.hits.len() {
-            p.hits.copy_from_slice(&old.hits);
+        for (new, from) in rule_map(&old.rule_specs, &p.rule_specs)
+            .into_iter()
+            .enumerate()
+        {
+            if let Some(o) = from {
+                p.hits[new] = old.hits.get(o).copied().unwrap_or(0);
+            }
         }
         if let (Some(new), Some(old)) = (p.backends.as_mut(), old.backends.as_ref()) {
             new.take_over(old);
@@ -141,7 +156,13 @@ impl Pipeline {
             c.error_answer(DropReason::DnsQdcount);
             return self.answer(buf, &q, Rcode::FormErr);
         }
-        let (rule, action) = self.rules.decide(msg, &q);
+        let facts = rules::Facts {
+            ip: peer.ip,
+            local: peer.local,
+            tcp: peer.transport == Transport::Tcp,
+            size: len,
+        };
+        let (rule, action) = self.rules.decide(msg, &q, &facts);
         if action.rcode().is_some() && q.edns.is_some_and(|e| e.version > 0) {
             // Answered here: BADVERS (the answer writer sets it).
             self.hits[rule] += 1;
@@ -156,7 +177,21 @@ impl Pipeline {
             }
             Action::Drop => Verdict::Drop(DropReason::RuleDrop),
             other => match other.rcode() {
-                Some(rcode) => self.answer(buf, &q, rcode),
+                Some(rcode) => {
+                    let local = self.rules.local(rule);
+                    let extra = dns::Extra {
+                        answers: &local.answers,
+                        soa: local.soa.as_ref(),
+                        aa: local.aa,
+                        ra: local.ra,
+                        tc: other == Action::Tc,
+                        max_len: client_limit(&q, peer.transport),
+                    };
+                    match dns::write_answer_with(buf, &q, rcode, self.udp_size, &extra) {
+                        Ok(n) => Verdict::Answer(n),
+                        Err(reason) => Verdict::Drop(reason),
+                    }
+                }
                 None => Verdict::Drop(DropReason::RuleDrop),
             },
         }
@@ -214,6 +249,11 @@ impl Pipeline {
         self.backends.as_mut()
     }
 
+    /// What forwarded answers' TTLs are clamped to, on every transport.
+    pub fn ttl_clamp(&self) -> dns::TtlClamp {
+        self.ttl_clamp
+    }
+
     /// UDP payload size advertised in our OPT records.
     pub fn udp_size(&self) -> u16 {
         self.udp_size
@@ -222,5 +262,15 @@ impl Pipeline {
     /// Queries per rule since the rules last changed; the last slot is the default.
     pub fn rule_hits(&self) -> &[u64] {
         &self.hits
+    }
+}
+
+/// The largest answer a client takes: 512 bytes over UDP without EDNS, its
+/// advertised size (at least 512) with it, a TCP message's 65,535.
+fn client_limit(q: &Query, transport: Transport) -> usize {
+    match (transport, q.edns) {
+        (Transport::Tcp, _) => usize::from(u16::MAX),
+        (_, Some(e)) => usize::from(e.udp_size.max(512)),
+        (_, None) => 512,
     }
 }

@@ -11,17 +11,13 @@ fn answer_spec(rules: Vec<RuleSpec>, default: Action) -> AnswerSpec {
         edns_udp_size: 1232,
         acl: crate::testing::open_acl(),
         tally: None,
+        min_ttl: 0,
+        max_ttl: 0,
     }
 }
 
 fn drop_rule() -> RuleSpec {
-    RuleSpec {
-        suffix: Some(xdpdns_common::dns::name_to_wire("dropme.test.").unwrap()),
-        qtype: None,
-        opcode: None,
-        action: Action::Drop,
-        pool: None,
-    }
+    RuleSpec::new(crate::testing::suffix("dropme.test."), Action::Drop)
 }
 
 fn forward_spec(backends: usize) -> ForwardSpec {
@@ -60,7 +56,7 @@ fn rule_hits_are_counted_per_rule_and_default() {
 }
 
 #[test]
-fn a_reconfiguration_keeps_rule_hits_only_if_the_rules_stay() {
+fn a_reconfiguration_keeps_the_hits_of_each_rule_kept() {
     let mut p = Pipeline::new(&answer_spec(vec![drop_rule()], Action::Refused), None);
     decide(&mut p, &query(1, "a.dropme.test.", 1, None), 0);
     let mut spec = answer_spec(vec![drop_rule()], Action::Refused);
@@ -71,7 +67,22 @@ fn a_reconfiguration_keeps_rule_hits_only_if_the_rules_stay() {
         "same rules, other EDNS size"
     );
     spec.rules[0].action = Action::NxDomain;
-    assert_eq!(Pipeline::reconfigured(&p, &spec, None).rule_hits(), &[0, 0]);
+    assert_eq!(
+        Pipeline::reconfigured(&p, &spec, None).rule_hits(),
+        &[0, 0],
+        "a changed rule starts from zero"
+    );
+    // A rule added in front: the kept one keeps its hits at its new index.
+    decide(&mut p, &query(1, "other.example.", 1, None), 0);
+    let mut spec = answer_spec(vec![drop_rule()], Action::Refused);
+    spec.rules.insert(
+        0,
+        RuleSpec::new(crate::testing::suffix("new.test."), Action::NxDomain),
+    );
+    assert_eq!(
+        Pipeline::reconfigured(&p, &spec, None).rule_hits(),
+        &[0, 1, 1]
+    );
 }
 
 #[test]
@@ -201,6 +212,7 @@ fn the_acl_judges_kernel_path_and_tcp_clients_but_not_frames() {
     let outside = |transport| Peer {
         ip: "198.51.100.1".parse().unwrap(),
         transport,
+        local: PEER.local,
     };
     let run = |p: &mut Pipeline, peer| {
         let mut buf = q.clone();
@@ -277,13 +289,13 @@ fn with_backends_every_opcode_and_a_cookie_only_query_is_forwarded() {
 
 #[test]
 fn rules_match_opcodes() {
-    let notify_refused = RuleSpec {
-        suffix: None,
-        qtype: None,
-        opcode: Some(4),
-        action: Action::Refused,
-        pool: None,
-    };
+    let notify_refused = RuleSpec::new(
+        xdpdns_common::config::SelectorSpec {
+            opcode: Some(4),
+            ..Default::default()
+        },
+        Action::Refused,
+    );
     let spec = forward_spec(1);
     let mut p = Pipeline::new(
         &answer_spec(vec![notify_refused], Action::Forward),
@@ -320,11 +332,8 @@ fn forwarding_rules_route_to_their_pool() {
         members: vec![2],
     });
     let to_b = RuleSpec {
-        suffix: Some(xdpdns_common::dns::name_to_wire("b.test.").unwrap()),
-        qtype: None,
-        opcode: None,
-        action: Action::Forward,
         pool: Some("b".into()),
+        ..RuleSpec::new(crate::testing::suffix("b.test."), Action::Forward)
     };
     let mut p = Pipeline::new(&answer_spec(vec![to_b], Action::Forward), Some(&spec));
     let backend_of = |p: &mut Pipeline, name: &str| match decide(p, &query(1, name, 1, None), 0).0 {

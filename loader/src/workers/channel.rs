@@ -4,7 +4,7 @@
 //! received AF_XDP socket is known to come from our own child.
 
 use std::io::{IoSlice, IoSliceMut};
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
 use nix::sys::socket::{
     self, AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType,
@@ -28,6 +28,32 @@ pub enum ChannelError {
     Ipc(#[from] IpcError),
     #[error("dataplane sent a truncated message")]
     Truncated,
+}
+
+/// A sealed memfd holding `bytes`, its offset at 0 (the receiver reads it
+/// from the start through the same open file).
+fn blob(bytes: &[u8]) -> Result<OwnedFd, ChannelError> {
+    use nix::fcntl::{FcntlArg, SealFlag};
+    use nix::sys::memfd::{MFdFlags, memfd_create};
+    use std::io::{Seek, Write};
+    let fd = memfd_create(
+        c"xdpdns-message",
+        MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING,
+    )?;
+    let mut file = std::fs::File::from(fd);
+    file.write_all(bytes)?;
+    file.rewind()?;
+    let fd = OwnedFd::from(file);
+    nix::fcntl::fcntl(
+        &fd,
+        FcntlArg::F_ADD_SEALS(
+            SealFlag::F_SEAL_SHRINK
+                | SealFlag::F_SEAL_GROW
+                | SealFlag::F_SEAL_WRITE
+                | SealFlag::F_SEAL_SEAL,
+        ),
+    )?;
+    Ok(fd)
 }
 
 /// A message from a worker with what came beside it.
@@ -80,30 +106,39 @@ impl Channel {
 
     /// Sends `msg` with any number of descriptors: the first [`MAX_FDS`]
     /// beside it, the rest beside copies of `more` (the kind's `MoreFds`).
+    /// A message larger than one packet goes as a sealed memfd (see
+    /// [`ipc::MAX_BLOB_BYTES`]), before the descriptors.
     pub async fn send_with<T: Serialize>(
         &self,
         msg: &T,
         more: &T,
         fds: &[BorrowedFd<'_>],
     ) -> Result<(), ChannelError> {
-        let mut chunks = fds.chunks(MAX_FDS);
-        self.send_one(msg, chunks.next().unwrap_or(&[])).await?;
-        for extra in chunks {
-            self.send_one(more, extra).await?;
+        let bytes = ipc::encode_large(msg)?;
+        let rest = if bytes.len() <= MAX_MESSAGE_BYTES {
+            let first = fds.len().min(MAX_FDS);
+            self.send_bytes(&bytes, &fds[..first]).await?;
+            &fds[first..]
+        } else {
+            let blob = blob(&bytes)?;
+            let first = fds.len().min(MAX_FDS - 1);
+            let mut with = vec![blob.as_fd()];
+            with.extend_from_slice(&fds[..first]);
+            self.send_bytes(&ipc::blob_header(bytes.len()), &with)
+                .await?;
+            &fds[first..]
+        };
+        for extra in rest.chunks(MAX_FDS) {
+            self.send_bytes(&ipc::encode(more)?, extra).await?;
         }
         Ok(())
     }
 
-    async fn send_one<T: Serialize>(
-        &self,
-        msg: &T,
-        fds: &[BorrowedFd<'_>],
-    ) -> Result<(), ChannelError> {
-        let bytes = ipc::encode(msg)?;
+    async fn send_bytes(&self, bytes: &[u8], fds: &[BorrowedFd<'_>]) -> Result<(), ChannelError> {
         let raw: Vec<RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
         self.fd
             .async_io(Interest::WRITABLE, |fd| {
-                let iov = [IoSlice::new(&bytes)];
+                let iov = [IoSlice::new(bytes)];
                 let cmsg = [ControlMessage::ScmRights(&raw)];
                 let cmsgs: &[ControlMessage] = if raw.is_empty() { &[] } else { &cmsg };
                 socket::sendmsg::<()>(fd.as_raw_fd(), &iov, cmsgs, MsgFlags::MSG_NOSIGNAL, None)

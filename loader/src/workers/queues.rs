@@ -211,11 +211,11 @@ impl Queues {
             .apply(ev)
     }
 
-    /// Rule hits restart from zero when the rule list changes.
-    pub fn reset_rule_hits(&mut self) {
+    /// Rule hits follow their rule when the rule list changes.
+    pub fn remap_rule_hits(&mut self, map: &[Option<usize>]) {
         for q in self.states.values_mut() {
-            q.base.rule_hits.clear();
-            q.live.rule_hits.clear();
+            q.base.remap_rule_hits(map);
+            q.live.remap_rule_hits(map);
         }
     }
 

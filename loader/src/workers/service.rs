@@ -575,6 +575,17 @@ impl Services {
         Services { states, tasks }
     }
 
+    /// Rule hits of the TCP workers follow their rule after a reload.
+    pub fn remap_rule_hits(&self, map: &[Option<usize>]) {
+        for s in &self.states {
+            let mut s = s.borrow_mut();
+            if matches!(s.role, Role::Tcp(_)) {
+                s.tcp_base.pipeline.remap_rule_hits(map);
+                s.tcp_live.pipeline.remap_rule_hits(map);
+            }
+        }
+    }
+
     /// TCP counters summed over workers and their lives.
     pub fn tcp_totals(&self) -> TcpCounters {
         let mut t = TcpCounters::new();

@@ -1,0 +1,470 @@
+//! Each selector, `not`, order, a 100 k-name list; the actions through the
+//! whole pipeline.
+
+use std::net::SocketAddr;
+
+use super::*;
+use crate::dns::{parse_query, testing::query};
+use crate::pipeline::{Peer, Pipeline, Transport, Verdict};
+use crate::testing::{PEER, answer_spec, suffix};
+use xdpdns_common::config::{NameEntry, RuleSpec, SoaSpec, SpoofRecord};
+use xdpdns_common::dns::name_to_wire;
+use xdpdns_common::stats::DataplaneCounters;
+
+fn facts(peer: Peer, size: usize) -> Facts {
+    Facts {
+        ip: peer.ip,
+        local: peer.local,
+        tcp: peer.transport == Transport::Tcp,
+        size,
+    }
+}
+
+fn rules_of(list: Vec<RuleSpec>) -> Rules {
+    let mut spec = answer_spec(0, Action::Refused);
+    spec.rules = list;
+    Rules::new(&spec, &[])
+}
+
+/// The index of the rule `msg` matches from `peer`.
+fn rule_for(r: &Rules, msg: &[u8], peer: Peer) -> usize {
+    let q = parse_query(msg).unwrap();
+    r.decide(msg, &q, &facts(peer, msg.len())).0
+}
+
+fn one(s: SelectorSpec) -> Rules {
+    rules_of(vec![RuleSpec::new(s, Action::Drop)])
+}
+
+fn matches(r: &Rules, msg: &[u8], peer: Peer) -> bool {
+    rule_for(r, msg, peer) == 0
+}
+
+fn a(name: &str) -> Vec<u8> {
+    query(1, name, 1, None)
+}
+
+fn from(ip: &str) -> Peer {
+    Peer {
+        ip: ip.parse().unwrap(),
+        ..PEER
+    }
+}
+
+#[test]
+fn names_exact_and_suffix() {
+    let r = one(SelectorSpec {
+        names: vec![
+            NameEntry {
+                wire: name_to_wire("exact.test.").unwrap(),
+                exact: true,
+            },
+            NameEntry {
+                wire: name_to_wire("below.test.").unwrap(),
+                exact: false,
+            },
+        ],
+        ..Default::default()
+    });
+    assert!(matches(&r, &a("EXACT.test."), PEER));
+    assert!(!matches(&r, &a("x.exact.test."), PEER));
+    assert!(matches(&r, &a("below.test."), PEER));
+    assert!(matches(&r, &a("a.b.Below.TEST."), PEER));
+    assert!(!matches(&r, &a("notbelow.test."), PEER));
+    assert!(!matches(&r, &a("test."), PEER));
+}
+
+#[test]
+fn source_and_listen() {
+    let r = one(SelectorSpec {
+        source: vec![
+            "198.51.100.0/24".parse().unwrap(),
+            "2001:db8::/32".parse().unwrap(),
+        ],
+        ..Default::default()
+    });
+    assert!(matches(&r, &a("x."), from("198.51.100.7")));
+    assert!(matches(&r, &a("x."), from("2001:db8::1")));
+    assert!(!matches(&r, &a("x."), from("198.51.101.7")));
+    assert!(!matches(&r, &a("x."), PEER));
+    let other: SocketAddr = "10.0.0.1:5353".parse().unwrap();
+    let r = one(SelectorSpec {
+        listen: vec![other],
+        ..Default::default()
+    });
+    assert!(!matches(&r, &a("x."), PEER));
+    assert!(matches(
+        &r,
+        &a("x."),
+        Peer {
+            local: other,
+            ..PEER
+        }
+    ));
+}
+
+#[test]
+fn qtype_qclass_opcode_rd() {
+    let r = one(SelectorSpec {
+        qtypes: vec![28, 16],
+        ..Default::default()
+    });
+    assert!(matches(&r, &query(1, "x.", 28, None), PEER));
+    assert!(matches(&r, &query(1, "x.", 16, None), PEER));
+    assert!(!matches(&r, &a("x."), PEER));
+    let mut ch = a("x.");
+    let n = ch.len();
+    ch[n - 1] = 3;
+    let r = one(SelectorSpec {
+        qclass: Some(3),
+        ..Default::default()
+    });
+    assert!(matches(&r, &ch, PEER));
+    assert!(!matches(&r, &a("x."), PEER));
+    let r = one(SelectorSpec {
+        opcode: Some(2),
+        ..Default::default()
+    });
+    let mut status = a("x.");
+    status[2] = 2 << 3;
+    assert!(matches(&r, &status, PEER));
+    assert!(!matches(&r, &a("x."), PEER));
+    let r = one(SelectorSpec {
+        rd: Some(false),
+        ..Default::default()
+    });
+    let mut no_rd = a("x.");
+    no_rd[2] &= !1;
+    assert!(matches(&r, &no_rd, PEER));
+    assert!(!matches(&r, &a("x."), PEER), "the helper sets RD");
+}
+
+#[test]
+fn do_edns_size_and_transport() {
+    let with_do = query(1, "x.", 1, Some((1232, 0, true)));
+    let without_do = query(1, "x.", 1, Some((1232, 0, false)));
+    let v1 = query(1, "x.", 1, Some((1232, 1, false)));
+    let plain = a("x.");
+    let r = one(SelectorSpec {
+        dnssec_ok: Some(true),
+        ..Default::default()
+    });
+    assert!(matches(&r, &with_do, PEER) && !matches(&r, &without_do, PEER));
+    assert!(!matches(&r, &plain, PEER));
+    for (m, want) in [
+        (EdnsMatch::Absent, [true, false, false]),
+        (EdnsMatch::Present, [false, true, true]),
+        (EdnsMatch::Version(1), [false, false, true]),
+    ] {
+        let r = one(SelectorSpec {
+            edns: Some(m),
+            ..Default::default()
+        });
+        let got = [&plain, &without_do, &v1].map(|q| matches(&r, q, PEER));
+        assert_eq!(got, want, "{m:?}");
+    }
+    let r = one(SelectorSpec {
+        query_size: Some((0, 20)),
+        ..Default::default()
+    });
+    assert!(matches(&r, &a("x."), PEER), "{} bytes", a("x.").len());
+    assert!(!matches(&r, &a("longer.example."), PEER));
+    let r = one(SelectorSpec {
+        transport: Some(TransportMatch::Tcp),
+        ..Default::default()
+    });
+    let tcp = Peer {
+        transport: Transport::Tcp,
+        ..PEER
+    };
+    assert!(matches(&r, &plain, tcp));
+    assert!(!matches(&r, &plain, PEER));
+    assert!(!matches(
+        &r,
+        &plain,
+        Peer {
+            transport: Transport::Xsk,
+            ..PEER
+        }
+    ));
+}
+
+#[test]
+fn not_order_and_default() {
+    let refused_unless_a = RuleSpec {
+        not: Some(SelectorSpec {
+            qtypes: vec![1],
+            ..Default::default()
+        }),
+        ..RuleSpec::new(
+            SelectorSpec {
+                source: vec!["198.51.100.0/24".parse().unwrap()],
+                ..Default::default()
+            },
+            Action::Refused,
+        )
+    };
+    let not_a_name = RuleSpec {
+        not: Some(suffix("ok.test.")),
+        ..RuleSpec::new(suffix("test."), Action::NxDomain)
+    };
+    let r = rules_of(vec![
+        refused_unless_a,
+        not_a_name,
+        RuleSpec::new(suffix("test."), Action::Drop),
+    ]);
+    let c = from("198.51.100.9");
+    assert_eq!(rule_for(&r, &query(1, "x.", 28, None), c), 0);
+    assert_eq!(
+        rule_for(&r, &a("x."), c),
+        3,
+        "not {{ qtype = A }}: the default"
+    );
+    assert_eq!(rule_for(&r, &a("bad.test."), PEER), 1);
+    assert_eq!(
+        rule_for(&r, &a("a.ok.test."), PEER),
+        2,
+        "not holds: next rule"
+    );
+    assert_eq!(rule_for(&r, &a("a.ok.test."), c), 2, "first match in order");
+    let empty = rules_of(vec![]);
+    assert_eq!(
+        empty.decide(&a("x."), &parse_query(&a("x.")).unwrap(), &facts(PEER, 0)),
+        (0, Action::Refused)
+    );
+}
+
+#[test]
+fn many_rules_span_mask_words() {
+    let list: Vec<RuleSpec> = (0..300)
+        .map(|i| RuleSpec::new(suffix(&format!("r{i}.test.")), Action::Drop))
+        .chain([RuleSpec::new(
+            SelectorSpec {
+                qtypes: vec![28],
+                ..Default::default()
+            },
+            Action::Refused,
+        )])
+        .collect();
+    let r = rules_of(list);
+    assert_eq!(rule_for(&r, &a("x.r0.test."), PEER), 0);
+    assert_eq!(rule_for(&r, &a("x.r199.test."), PEER), 199);
+    assert_eq!(rule_for(&r, &query(1, "x.", 28, None), PEER), 300);
+    assert_eq!(rule_for(&r, &a("x."), PEER), 301);
+}
+
+#[test]
+fn the_production_rule_set_and_its_blocklist() {
+    let spec = crate::testing::production_rules(Action::Refused);
+    let r = Rules::new(&spec, &[]);
+    assert_eq!(r.slots(), 101);
+    assert_eq!(rule_for(&r, &a("spoof.example."), PEER), 99);
+    assert_eq!(
+        rule_for(&r, &a("www.example.com."), PEER),
+        100,
+        "nothing matches"
+    );
+    assert_eq!(rule_for(&r, &a("ads1.tracker1.example."), PEER), 0);
+    assert_eq!(
+        rule_for(&r, &a("sub.ads1.tracker1.example."), PEER),
+        0,
+        "a suffix entry"
+    );
+    assert_eq!(
+        rule_for(&r, &a("sub.ads0.tracker0.example."), PEER),
+        100,
+        "an exact entry"
+    );
+    assert_eq!(rule_for(&r, &a("ads99999.tracker89.example."), PEER), 0);
+    assert_eq!(rule_for(&r, &a("a.zone10.example."), PEER), 10);
+}
+
+fn pipeline(rule: RuleSpec) -> Pipeline {
+    let mut spec = answer_spec(0, Action::Refused);
+    spec.rules = vec![rule];
+    Pipeline::new(&spec, None)
+}
+
+fn answer(p: &mut Pipeline, msg: &[u8], peer: Peer) -> Vec<u8> {
+    let mut buf = msg.to_vec();
+    buf.resize(4096, 0);
+    match p.decide(&mut buf, msg.len(), peer, &mut DataplaneCounters::new()) {
+        Verdict::Answer(n) => buf[..n].to_vec(),
+        other => panic!("{other:?}"),
+    }
+}
+
+/// (ANCOUNT, NSCOUNT, ARCOUNT)
+fn counts(m: &[u8]) -> (u16, u16, u16) {
+    let c = |at: usize| u16::from_be_bytes([m[at], m[at + 1]]);
+    (c(6), c(8), c(10))
+}
+
+fn spoof(records: &[(u16, &[u8])]) -> RuleSpec {
+    RuleSpec {
+        answers: records
+            .iter()
+            .map(|(t, d)| SpoofRecord {
+                rtype: *t,
+                ttl: 60,
+                rdata: d.to_vec(),
+            })
+            .collect(),
+        aa: true,
+        ..RuleSpec::new(suffix("spoof.test."), Action::Spoof)
+    }
+}
+
+#[test]
+fn spoofed_answers_by_type() {
+    let mut p = pipeline(spoof(&[
+        (1, &[192, 0, 2, 99]),
+        (
+            28,
+            &[0x20, 1, 0xd, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x99],
+        ),
+    ]));
+    let m = answer(
+        &mut p,
+        &query(7, "spoof.test.", 1, Some((1232, 0, false))),
+        PEER,
+    );
+    assert_eq!(counts(&m), (1, 0, 1));
+    assert_eq!(m[3] & 0xf, 0);
+    assert_eq!(m[2] & 0x04, 0x04, "AA");
+    let q_end = 12 + 12 + 4;
+    assert_eq!(
+        &m[q_end..q_end + 2],
+        &[0xc0, 12],
+        "owner: the question's name"
+    );
+    assert_eq!(&m[q_end + 2..q_end + 4], &[0, 1]);
+    assert_eq!(&m[q_end + 6..q_end + 10], &60u32.to_be_bytes());
+    assert_eq!(&m[q_end + 12..q_end + 16], &[192, 0, 2, 99]);
+    assert_eq!(m.len(), q_end + 16 + 11, "then our OPT");
+    let m = answer(&mut p, &query(7, "spoof.test.", 28, None), PEER);
+    assert_eq!(counts(&m), (1, 0, 0));
+    let m = answer(&mut p, &query(7, "spoof.test.", 255, None), PEER);
+    assert_eq!(counts(&m).0, 2, "ANY: all of them");
+    let m = answer(&mut p, &query(7, "spoof.test.", 16, None), PEER);
+    assert_eq!((counts(&m), m[3] & 0xf), ((0, 0, 0), 0), "TXT: NODATA");
+    let mut ch = query(7, "spoof.test.", 1, None);
+    let n = ch.len();
+    ch[n - 1] = 3;
+    assert_eq!(
+        counts(&answer(&mut p, &ch, PEER)).0,
+        0,
+        "IN records for IN only"
+    );
+    let mut p = pipeline(spoof(&[(5, b"\x06target\x04test\0")]));
+    let m = answer(&mut p, &query(7, "spoof.test.", 28, None), PEER);
+    assert_eq!(counts(&m).0, 1, "a CNAME answers every type");
+}
+
+#[test]
+fn spoofed_answers_too_large_for_the_client_are_truncated() {
+    let txt: Vec<u8> = std::iter::once(255).chain([b'x'; 255]).collect();
+    let records: Vec<(u16, &[u8])> = vec![(16, &txt[..]); 3];
+    let mut p = pipeline(spoof(&records));
+    let m = answer(&mut p, &query(7, "spoof.test.", 16, None), PEER);
+    assert_eq!(
+        (counts(&m).0, m[2] & 0x02),
+        (0, 0x02),
+        "512 bytes: TC, no records"
+    );
+    let m = answer(
+        &mut p,
+        &query(7, "spoof.test.", 16, Some((1232, 0, false))),
+        PEER,
+    );
+    assert_eq!((counts(&m).0, m[2] & 0x02), (3, 0));
+    let tcp = Peer {
+        transport: Transport::Tcp,
+        ..PEER
+    };
+    assert_eq!(
+        counts(&answer(&mut p, &query(7, "spoof.test.", 16, None), tcp)).0,
+        3
+    );
+}
+
+#[test]
+fn tc_over_udp_only() {
+    let mut p = pipeline(RuleSpec {
+        when: SelectorSpec {
+            transport: Some(TransportMatch::Udp),
+            ..suffix("tc.test.")
+        },
+        ..RuleSpec::new(SelectorSpec::default(), Action::Tc)
+    });
+    let m = answer(&mut p, &a("x.tc.test."), PEER);
+    assert_eq!((m[2] & 0x02, m[3] & 0xf, counts(&m)), (0x02, 0, (0, 0, 0)));
+    let tcp = Peer {
+        transport: Transport::Tcp,
+        ..PEER
+    };
+    let m = answer(&mut p, &a("x.tc.test."), tcp);
+    assert_eq!(
+        (m[2] & 0x02, m[3] & 0xf),
+        (0, 5),
+        "over TCP: the next rule (default)"
+    );
+}
+
+#[test]
+fn negative_answers_carry_the_soa_and_flags() {
+    let soa = SoaSpec {
+        owner: name_to_wire("gone.test.").unwrap(),
+        ttl: 300,
+        rdata: [
+            name_to_wire("gone.test.").unwrap(),
+            name_to_wire("hostmaster.gone.test.").unwrap(),
+            [1u32, 3600, 600, 86400, 300]
+                .iter()
+                .flat_map(|v| v.to_be_bytes())
+                .collect(),
+        ]
+        .concat(),
+    };
+    let mut p = pipeline(RuleSpec {
+        soa: Some(soa.clone()),
+        ra: true,
+        ..RuleSpec::new(suffix("gone.test."), Action::NxDomain)
+    });
+    let q = query(7, "a.gone.test.", 1, None);
+    let m = answer(&mut p, &q, PEER);
+    assert_eq!(
+        (m[3] & 0xf, m[3] & 0x80, m[2] & 0x04),
+        (3, 0x80, 0),
+        "NXDOMAIN, RA, not AA"
+    );
+    assert_eq!(counts(&m), (0, 1, 0));
+    let at = q.len();
+    assert_eq!(&m[at..at + soa.owner.len()], &soa.owner[..]);
+    let o = at + soa.owner.len();
+    assert_eq!(&m[o..o + 2], &[0, 6]);
+    assert_eq!(&m[o + 4..o + 8], &300u32.to_be_bytes());
+    assert_eq!(&m[o + 10..], &soa.rdata[..]);
+    // NODATA with the SOA too.
+    let mut p = pipeline(RuleSpec {
+        soa: Some(soa),
+        ..RuleSpec::new(suffix("gone.test."), Action::NoError)
+    });
+    let m = answer(&mut p, &q, PEER);
+    assert_eq!((m[3] & 0xf, counts(&m)), (0, (0, 1, 0)));
+}
+
+#[test]
+fn a_name_many_rules_select_is_judged_the_same() {
+    // Twenty rules on one suffix (more hits than the fast path keeps), the
+    // first eighteen excluded by their not tables.
+    let list: Vec<RuleSpec> = (0..20)
+        .map(|i| RuleSpec {
+            not: (i < 18).then(|| suffix("many.test.")),
+            ..RuleSpec::new(suffix("many.test."), Action::Drop)
+        })
+        .collect();
+    let r = rules_of(list);
+    assert_eq!(rule_for(&r, &a("x.many.test."), PEER), 18);
+    assert_eq!(rule_for(&r, &a("x.other.test."), PEER), 20);
+}
