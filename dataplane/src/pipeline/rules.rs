@@ -182,7 +182,7 @@ impl<K: Copy + Ord> Attr<K> {
                 }
             }
         }
-        // Sorted, for the binary search of long lists (qtypes).
+        // Sorted, for the binary search of qtypes.
         let mut order: Vec<usize> = (0..a.keys.len()).collect();
         order.sort_by_key(|i| a.keys[*i]);
         a.keys = order.iter().map(|i| a.keys[*i]).collect();
@@ -204,12 +204,41 @@ impl<K: Copy + Ord> Attr<K> {
     /// The rules `key` may match: (without a selector, naming `key`).
     #[inline]
     fn pick(&self, key: K) -> (&Mask, Option<&Mask>) {
-        let at = if self.keys.len() > 8 {
-            self.keys.binary_search(&key).ok()
-        } else {
-            self.keys.iter().position(|k| *k == key)
-        };
+        let at = self.keys.iter().position(|k| *k == key);
         (&self.any, at.map(|at| &self.masks[at]))
+    }
+}
+
+/// The qtype index: qtypes below 256 (every common one) by direct lookup,
+/// the others by binary search.
+struct Qtypes {
+    attr: Attr<u16>,
+    /// `small[t]`: 1 + the index of qtype `t` in `attr.keys`, 0 if none.
+    small: Box<[u16; 256]>,
+}
+
+impl Qtypes {
+    fn new(attr: Attr<u16>) -> Qtypes {
+        let mut small = Box::new([0u16; 256]);
+        for (i, k) in attr.keys.iter().enumerate() {
+            if *k < 256 {
+                small[usize::from(*k)] = i as u16 + 1;
+            }
+        }
+        Qtypes { attr, small }
+    }
+
+    #[inline(always)]
+    fn narrow(&self, c: &mut u64, word: usize, qtype: u16) {
+        if *c == 0 || self.attr.keys.is_empty() {
+            return;
+        }
+        let at = match self.small.get(usize::from(qtype)) {
+            Some(0) => None,
+            Some(i) => Some(usize::from(*i) - 1),
+            None => self.attr.keys.binary_search(&qtype).ok(),
+        };
+        *c &= self.attr.any.0[word] | at.map_or(0, |at| self.attr.masks[at].0[word]);
     }
 }
 
@@ -313,7 +342,7 @@ pub struct Rules {
     /// Per attribute, the rules a query's value of it may match; a query's
     /// candidates are their intersection, so only rules whose every
     /// selector holds are visited (then only `not` is left to judge).
-    qtype: Attr<u16>,
+    qtype: Qtypes,
     qclass: Attr<u16>,
     opcode: Attr<u8>,
     rd: Attr<bool>,
@@ -363,7 +392,7 @@ impl Rules {
             (!v.is_empty()).then(|| v.to_vec())
         }
         Rules {
-            qtype: Attr::new(when(), |s| list(&s.qtypes)),
+            qtype: Qtypes::new(Attr::new(when(), |s| list(&s.qtypes))),
             qclass: Attr::new(when(), |s| one(s.qclass)),
             opcode: Attr::new(when(), |s| one(s.opcode)),
             rd: Attr::new(when(), |s| one(s.rd)),
