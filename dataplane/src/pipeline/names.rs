@@ -389,12 +389,17 @@ mod tests {
         assert_eq!(hits(&t, "x.host99999.block.example."), [(7, Side::When)]);
         for i in (0..100_000).step_by(997) {
             let name = format!("host{i}.block.example.");
-            assert_eq!(hits(&t, &name), [(7, Side::When)], "no false negative: {name}");
+            assert_eq!(
+                hits(&t, &name),
+                [(7, Side::When)],
+                "no false negative: {name}"
+            );
         }
-        let passed = (0..10_000)
-            .filter(|i: &u64| !t.may_hold(mix64(*i)))
-            .count();
-        assert!(passed > 9_000, "the filter keeps most misses off the table: {passed}");
+        let passed = (0..10_000).filter(|i: &u64| !t.may_hold(mix64(*i))).count();
+        assert!(
+            passed > 9_000,
+            "the filter keeps most misses off the table: {passed}"
+        );
         assert!(hits(&t, "host100000.block.example.").is_empty());
         assert!(hits(&t, "block.example.").is_empty());
     }
