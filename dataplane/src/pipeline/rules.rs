@@ -190,15 +190,16 @@ impl<K: Copy + Ord> Attr<K> {
         a
     }
 
-    /// Narrows candidates `c` (mask word `word`) to the rules `key` may
-    /// match; nothing to do when no rule has this selector, or no
-    /// candidate is left.
+    /// Narrows candidates `c` (the mask words in use) to the rules `key`
+    /// may match (nothing to do when no rule has this selector); whether
+    /// candidates remain.
     #[inline(always)]
-    fn narrow(&self, c: &mut u64, word: usize, key: K) {
-        if *c != 0 && !self.keys.is_empty() {
-            let (any, named) = self.pick(key);
-            *c &= any.0[word] | named.map_or(0, |m| m.0[word]);
+    fn narrow(&self, c: &mut [u64], key: K) -> bool {
+        if self.keys.is_empty() {
+            return true;
         }
+        let (any, named) = self.pick(key);
+        narrow_by(c, any, named)
     }
 
     /// The rules `key` may match: (without a selector, naming `key`).
@@ -229,16 +230,16 @@ impl Qtypes {
     }
 
     #[inline(always)]
-    fn narrow(&self, c: &mut u64, word: usize, qtype: u16) {
-        if *c == 0 || self.attr.keys.is_empty() {
-            return;
+    fn narrow(&self, c: &mut [u64], qtype: u16) -> bool {
+        if self.attr.keys.is_empty() {
+            return c.iter().any(|w| *w != 0);
         }
         let at = match self.small.get(usize::from(qtype)) {
             Some(0) => None,
             Some(i) => Some(usize::from(*i) - 1),
             None => self.attr.keys.binary_search(&qtype).ok(),
         };
-        *c &= self.attr.any.0[word] | at.map_or(0, |at| self.attr.masks[at].0[word]);
+        narrow_by(c, &self.attr.any, at.map(|at| &self.attr.masks[at]))
     }
 }
 
@@ -306,30 +307,71 @@ impl Sources {
         s
     }
 
-    /// Word `word` of the rules whose source selector `ip` satisfies.
-    #[inline]
-    fn word(&self, ip: IpAddr, word: usize) -> u64 {
-        let mut w = self.any.0[word];
+    /// Narrows `c` to the rules whose source selector `ip` satisfies.
+    #[inline(always)]
+    fn narrow(&self, c: &mut [u64], ip: IpAddr) -> bool {
         match ip {
             IpAddr::V4(a) => {
                 let a = u32::from(a);
-                for ((net, mask), m) in self.v4.iter().zip(&self.v4_masks) {
-                    if a & mask == *net {
-                        w |= m.0[word];
-                    }
-                }
+                narrow_multi(c, &self.any, || {
+                    self.v4
+                        .iter()
+                        .zip(&self.v4_masks)
+                        .filter(move |((net, mask), _)| a & mask == *net)
+                        .map(|(_, m)| m)
+                })
             }
             IpAddr::V6(a) => {
                 let a = u128::from(a);
-                for ((net, mask), m) in self.v6.iter().zip(&self.v6_masks) {
-                    if a & mask == *net {
-                        w |= m.0[word];
-                    }
-                }
+                narrow_multi(c, &self.any, || {
+                    self.v6
+                        .iter()
+                        .zip(&self.v6_masks)
+                        .filter(move |((net, mask), _)| a & mask == *net)
+                        .map(|(_, m)| m)
+                })
             }
         }
-        w
     }
+}
+
+/// `c &= any | named`, word by word; whether candidates remain.
+#[inline(always)]
+fn narrow_by(c: &mut [u64], any: &Mask, named: Option<&Mask>) -> bool {
+    let mut left = 0;
+    for (word, c) in c.iter_mut().enumerate() {
+        *c &= any.0[word] | named.map_or(0, |m| m.0[word]);
+        left |= *c;
+    }
+    left != 0
+}
+
+/// `c &= any | (the union of `matching`)`, where the matching entries are
+/// found (once) only if a candidate has this selector; whether candidates
+/// remain.
+#[inline(always)]
+fn narrow_multi<'m, I: Iterator<Item = &'m Mask>>(
+    c: &mut [u64],
+    any: &Mask,
+    matching: impl FnOnce() -> I,
+) -> bool {
+    if c.iter().enumerate().all(|(word, c)| c & !any.0[word] == 0) {
+        return c.iter().any(|w| *w != 0);
+    }
+    let mut by = [0u64; WORDS];
+    let by = &mut by[..c.len()];
+    by.copy_from_slice(&any.0[..c.len()]);
+    for m in matching() {
+        for (word, b) in by.iter_mut().enumerate() {
+            *b |= m.0[word];
+        }
+    }
+    let mut left = 0;
+    for (c, b) in c.iter_mut().zip(by.iter()) {
+        *c &= b;
+        left |= *c;
+    }
+    left != 0
 }
 
 /// Compiled rules.
@@ -486,6 +528,41 @@ impl Rules {
         self.decide_with(q, f, hit_word)
     }
 
+    /// Narrows `c` by the query's EDNS; whether candidates remain.
+    #[inline(always)]
+    fn narrow_edns(&self, c: &mut [u64], q: &Query) -> bool {
+        let present = q.edns.is_some();
+        if self.edns.keys.is_empty() && self.edns_present.0[..c.len()].iter().all(|m| *m == 0) {
+            return true;
+        }
+        let (any, named) = self.edns.pick(q.edns.map(|e| e.version));
+        let mut left = 0;
+        for (word, c) in c.iter_mut().enumerate() {
+            let p = if present {
+                self.edns_present.0[word]
+            } else {
+                0
+            };
+            *c &= any.0[word] | named.map_or(0, |m| m.0[word]) | p;
+            left |= *c;
+        }
+        left != 0
+    }
+
+    /// Narrows `c` by the message size (ranges may overlap: all are
+    /// scanned, once, if a candidate has a size selector).
+    #[inline(always)]
+    fn narrow_size(&self, c: &mut [u64], size: usize) -> bool {
+        narrow_multi(c, &self.size.any, || {
+            self.size
+                .keys
+                .iter()
+                .zip(&self.size.masks)
+                .filter(move |((lo, hi), _)| (usize::from(*lo)..=usize::from(*hi)).contains(&size))
+                .map(|(_, m)| m)
+        })
+    }
+
     /// [`Rules::decide`] for a name that many rules select: its hits in
     /// whole masks.
     #[cold]
@@ -512,43 +589,31 @@ impl Rules {
         hit_word: impl Fn(usize, Side) -> u64,
     ) -> (usize, Action) {
         let w = self.words;
+        let mut c = [0u64; WORDS];
+        let c = &mut c[..w];
+        for (word, c) in c.iter_mut().enumerate() {
+            *c = self.nameless.0[word] | hit_word(word, Side::When);
+        }
+        // Most selective first; each attribute looked up once for all
+        // words, and only while candidates remain.
         let dnssec_ok = q.edns.is_some_and(|e| e.dnssec_ok);
-        let present = q.edns.is_some().then_some(&self.edns_present);
-        for word in 0..w {
-            let mut c = self.nameless.0[word] | hit_word(word, Side::When);
-            // Most selective first; each step only while candidates remain.
-            self.qtype.narrow(&mut c, word, q.qtype);
-            self.opcode.narrow(&mut c, word, q.opcode);
-            self.qclass.narrow(&mut c, word, q.qclass);
-            self.tcp.narrow(&mut c, word, f.tcp);
-            self.rd.narrow(&mut c, word, q.rd);
-            self.dnssec_ok.narrow(&mut c, word, dnssec_ok);
-            self.listen.narrow(&mut c, word, f.local);
-            if c != 0 && (!self.edns.keys.is_empty() || self.edns_present.0[word] != 0) {
-                let (any, named) = self.edns.pick(q.edns.map(|e| e.version));
-                c &=
-                    any.0[word] | named.map_or(0, |m| m.0[word]) | present.map_or(0, |m| m.0[word]);
-            }
-            if c == 0 {
-                continue;
-            }
-            // Sources and sizes may match several entries: scanned only if
-            // a candidate left has such a selector.
-            if c & !self.size.any.0[word] != 0 {
-                let mut by_size = self.size.any.0[word];
-                for ((lo, hi), m) in self.size.keys.iter().zip(&self.size.masks) {
-                    if (usize::from(*lo)..=usize::from(*hi)).contains(&f.size) {
-                        by_size |= m.0[word];
-                    }
-                }
-                c &= by_size;
-            }
-            if c & !self.source.any.0[word] != 0 {
-                c &= self.source.word(f.ip, word);
-            }
-            while c != 0 {
+        let left = self.qtype.narrow(c, q.qtype)
+            && self.opcode.narrow(c, q.opcode)
+            && self.qclass.narrow(c, q.qclass)
+            && self.tcp.narrow(c, f.tcp)
+            && self.rd.narrow(c, q.rd)
+            && self.dnssec_ok.narrow(c, dnssec_ok)
+            && self.listen.narrow(c, f.local)
+            && self.narrow_edns(c, q)
+            && self.narrow_size(c, f.size)
+            && self.source.narrow(c, f.ip);
+        if !left {
+            return (self.rules.len(), self.default);
+        }
+        for (word, c) in c.iter_mut().enumerate() {
+            while *c != 0 {
                 let i = word * 64 + c.trailing_zeros() as usize;
-                c &= c - 1;
+                *c &= *c - 1;
                 let rule = &self.rules[i];
                 if let Some(n) = &rule.not
                     && (!n.has_names || hit_word(word, Side::Not) & 1 << (i % 64) != 0)
