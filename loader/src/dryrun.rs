@@ -218,6 +218,7 @@ fn wire_text(wire: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use xdpdns_common::config::contract;
 
     const CONFIG: &str = r#"
 [xdp]
@@ -226,41 +227,20 @@ interface = "eth0"
 address = "192.0.2.1:53"
 [acl]
 allow = ["0.0.0.0/0", "::/0"]
-[[backend]]
-address = "192.0.2.53:53"
-pool = "a"
-[[backend]]
-address = "192.0.2.54:53"
-[[pool]]
-name = "a"
-[[rule]]
-qname_suffix = ["a.test.", "a.example."]
-action = "forward"
-pool = "a"
-[[rule]]
-source = ["198.51.100.0/24"]
-not = { qtype = "A" }
-action = "refused"
-[[rule]]
-qname = ["spoof.test."]
-action = "spoof"
-answers = ["A 192.0.2.99", "AAAA 2001:db8::99"]
-ttl = 60
-aa = true
-[[rule]]
-qname_suffix = "tc.test."
-action = "tc"
-[[rule]]
-qname_suffix = "gone.test."
-action = "nxdomain"
-soa = "gone.test. hostmaster.gone.test. 1 3600 600 86400 300"
-[[rule]]
-qname_suffix = "drop.test."
-action = "drop"
 "#;
 
+    /// The contract's rules, then one that drops.
+    fn config() -> Config {
+        let text = format!(
+            "{CONFIG}{}{}[[rule]]\nqname_suffix = \"drop.test.\"\naction = \"drop\"\n",
+            contract::POOLS,
+            contract::RULES
+        );
+        Config::from_toml(&text).unwrap()
+    }
+
     fn run(name: &str, qtype: &str, from: &str, tcp: bool) -> String {
-        let c = Config::from_toml(CONFIG).unwrap();
+        let c = config();
         explain(
             &c,
             &DryQuery {
@@ -352,7 +332,7 @@ action = "drop"
 
     #[test]
     fn bad_arguments_are_errors() {
-        let c = Config::from_toml(CONFIG).unwrap();
+        let c = config();
         let q = |name: &str, qtype: &str| DryQuery {
             name: name.into(),
             qtype: qtype.into(),

@@ -18,7 +18,7 @@ use anyhow::{Context, bail};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{mpsc, watch};
 use tracing::{error, info, warn};
-use xdpdns_common::config::Live;
+use xdpdns_common::config::{Live, RuleSpec};
 use xdpdns_common::ipc::BackendLive;
 use xdpdns_common::maps::XdpOutcome;
 use xdpdns_common::net::Prefix;
@@ -708,10 +708,14 @@ impl Running {
         }
         if changes.rules {
             // By compiled rule, as the dataplanes map their own counters.
-            let map = xdpdns_common::config::rule_map(
-                &self.live.answer_spec().rules,
-                &new.answer_spec().rules,
-            );
+            let ids = |l: &Live| -> Vec<u64> {
+                l.answer_spec()
+                    .rules
+                    .iter()
+                    .map(RuleSpec::fingerprint)
+                    .collect()
+            };
+            let map = xdpdns_common::config::rule_map(&ids(&self.live), &ids(&new));
             self.queues.remap_rule_hits(&map);
             self.services.remap_rule_hits(&map);
         }

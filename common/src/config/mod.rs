@@ -29,8 +29,8 @@ pub use queues::QueueSelection;
 pub use rules::{
     Action, AnswerSpec, EdnsMatch, MAX_NAME_FILE_BYTES, MAX_NAME_FILE_ENTRIES, MAX_RULES,
     NameEntry, NameList, RuleConfig, RuleSpec, SelectorSpec, SoaSpec, SpoofRecord, TYPE_A,
-    TYPE_AAAA, TYPE_CNAME, TYPE_SOA, TYPE_TXT, TransportMatch, opcode_from_name, parse_name_file,
-    qclass_from_name, rule_map,
+    TYPE_AAAA, TYPE_CNAME, TYPE_SOA, TYPE_TXT, TransportMatch, contract, opcode_from_name,
+    parse_name_file, qclass_from_name, rule_map,
 };
 pub use split::{
     Config, DataplaneFixed, DataplaneLive, Fixed, ForwardingFixed, ForwardingLive, Live, XdpFixed,

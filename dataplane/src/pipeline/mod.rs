@@ -61,8 +61,8 @@ pub struct Pipeline {
     rules: Rules,
     /// Queries per rule (the last slot is the default action).
     hits: Box<[u64]>,
-    /// The rules as configured, to tell whether a new spec changes them.
-    rule_specs: Vec<RuleSpec>,
+    /// Each rule's fingerprint, to find it again in a new spec.
+    rule_ids: Vec<u64>,
     udp_size: u16,
     backends: Option<Backends>,
     /// The response side: TTL bounds for forwarded answers.
@@ -80,7 +80,7 @@ impl Pipeline {
             acl_action: answer.acl.action,
             hits: vec![0; rules.slots()].into_boxed_slice(),
             rules,
-            rule_specs: answer.rules.clone(),
+            rule_ids: answer.rules.iter().map(RuleSpec::fingerprint).collect(),
             udp_size: answer.edns_udp_size,
             backends: forward.map(Backends::new),
             ttl_clamp: dns::TtlClamp {
@@ -100,10 +100,7 @@ impl Pipeline {
         forward: Option<&ForwardSpec>,
     ) -> Pipeline {
         let mut p = Pipeline::new(answer, forward);
-        for (new, from) in rule_map(&old.rule_specs, &p.rule_specs)
-            .into_iter()
-            .enumerate()
-        {
+        for (new, from) in rule_map(&old.rule_ids, &p.rule_ids).into_iter().enumerate() {
             if let Some(o) = from {
                 p.hits[new] = old.hits.get(o).copied().unwrap_or(0);
             }

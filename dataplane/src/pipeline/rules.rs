@@ -2,9 +2,10 @@
 //!
 //! A query is not matched against every rule in turn. Names (exact,
 //! suffixes, files) of all rules are in one [`NameTable`], looked up once
-//! per label; qtypes index rules too. Those give the set of candidate
-//! rules as a bitset, and only candidates are checked for their other
-//! selectors, in order. Nothing here allocates per query.
+//! per label; every other selector indexes the rules by value. The
+//! intersection is the bitset of rules whose selectors all hold; only
+//! those are visited, in order, for their `not` tables (judged selector
+//! by selector, [`Selector`]). Nothing here allocates per query.
 
 use std::net::{IpAddr, SocketAddr};
 

@@ -29,6 +29,37 @@ pub use names::{MAX_NAME_FILE_BYTES, MAX_NAME_FILE_ENTRIES, NameList, parse_name
 pub use records::{SoaSpec, SpoofRecord, TYPE_A, TYPE_AAAA, TYPE_CNAME, TYPE_SOA, TYPE_TXT};
 pub use spec::{AnswerSpec, EdnsMatch, NameEntry, RuleSpec, SelectorSpec, TransportMatch};
 
+/// The issue's configuration contract (#14), with the pool "a" it names:
+/// test data for the configuration's tests and the dry run's.
+#[doc(hidden)]
+pub mod contract {
+    /// Two backends: 192.0.2.53 in pool "a", 192.0.2.54 in the default.
+    pub const POOLS: &str = "[[backend]]\naddress = \"192.0.2.53:53\"\npool = \"a\"\n\
+                             [[backend]]\naddress = \"192.0.2.54:53\"\n[[pool]]\nname = \"a\"\n";
+    pub const RULES: &str = r#"[[rule]]
+qname_suffix = ["a.test.", "a.example."]
+action = "forward"
+pool = "a"
+[[rule]]
+source = ["198.51.100.0/24"]
+not = { qtype = "A" }
+action = "refused"
+[[rule]]
+qname = ["spoof.test."]
+action = "spoof"
+answers = ["A 192.0.2.99", "AAAA 2001:db8::99"]
+ttl = 60
+aa = true
+[[rule]]
+qname_suffix = "tc.test."
+action = "tc"
+[[rule]]
+qname_suffix = "gone.test."
+action = "nxdomain"
+soa = "gone.test. hostmaster.gone.test. 1 3600 600 86400 300"
+"#;
+}
+
 /// Most rules a configuration holds (the dataplane's per-query candidate
 /// sets are sized for it).
 pub const MAX_RULES: usize = 1024;

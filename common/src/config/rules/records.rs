@@ -16,7 +16,7 @@ pub const TYPE_AAAA: u16 = 28;
 pub const MAX_SPOOF_RECORDS: usize = 16;
 
 /// One record of a spoofed answer; its owner is the query's name.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct SpoofRecord {
     pub rtype: u16,
     pub ttl: u32,
@@ -25,7 +25,7 @@ pub struct SpoofRecord {
 }
 
 /// The SOA of a synthesized negative answer (RFC 2308 §3).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct SoaSpec {
     /// Owner, lower-case wire format.
     #[serde(with = "super::spec::wire_bytes")]

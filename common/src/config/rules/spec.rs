@@ -18,21 +18,21 @@ pub struct NameEntry {
 }
 
 /// What the OPT record must be.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum EdnsMatch {
     Absent,
     Present,
     Version(u8),
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum TransportMatch {
     Udp,
     Tcp,
 }
 
 /// A compiled selector: `None` or empty means "any".
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct SelectorSpec {
     pub source: Vec<Prefix>,
     pub listen: Vec<std::net::SocketAddr>,
@@ -51,7 +51,7 @@ pub struct SelectorSpec {
 }
 
 /// A compiled rule as the dataplane evaluates it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct RuleSpec {
     pub when: SelectorSpec,
     pub not: Option<SelectorSpec>,
@@ -67,6 +67,17 @@ pub struct RuleSpec {
 }
 
 impl RuleSpec {
+    /// The rule's identity across reloads: equal rules, equal values (the
+    /// same in every process of a build). Kept instead of the rule itself
+    /// so that a reload can match rules without a second copy of every
+    /// blocklist.
+    pub fn fingerprint(&self) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::hash::DefaultHasher::new();
+        self.hash(&mut h);
+        h.finish()
+    }
+
     /// A rule of selectors `when` doing `action`, with nothing else.
     pub fn new(when: SelectorSpec, action: Action) -> RuleSpec {
         RuleSpec {

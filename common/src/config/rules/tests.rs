@@ -11,13 +11,6 @@ const BASE: &str = r#"
 interface = "eth0"
 [[listen]]
 address = "192.0.2.1:53"
-[[backend]]
-address = "192.0.2.53:53"
-pool = "a"
-[[backend]]
-address = "192.0.2.54:53"
-[[pool]]
-name = "a"
 "#;
 
 fn parse(rules: &str) -> Result<Config, ConfigError> {
@@ -31,7 +24,7 @@ fn parse_with(rules: &str, files: &HashMap<&str, String>) -> Result<Config, Conf
             .cloned()
             .ok_or_else(|| format!("{}: no such file", p.display()))
     };
-    Config::from_toml_with(&format!("{BASE}\n{rules}"), &read)
+    Config::from_toml_with(&format!("{BASE}{}\n{rules}", contract::POOLS), &read)
 }
 
 fn invalid(rules: &str) -> (String, String) {
@@ -43,31 +36,7 @@ fn invalid(rules: &str) -> (String, String) {
 
 #[test]
 fn the_configuration_contract_compiles() {
-    let c = parse(
-        r#"
-[[rule]]
-qname_suffix = ["a.test.", "a.example."]
-action = "forward"
-pool = "a"
-[[rule]]
-source = ["198.51.100.0/24"]
-not = { qtype = "A" }
-action = "refused"
-[[rule]]
-qname = ["spoof.test."]
-action = "spoof"
-answers = ["A 192.0.2.99", "AAAA 2001:db8::99"]
-ttl = 60
-[[rule]]
-qname_suffix = "tc.test."
-action = "tc"
-[[rule]]
-qname_suffix = "gone.test."
-action = "nxdomain"
-soa = "gone.test. hostmaster.gone.test. 1 3600 600 86400 300"
-"#,
-    )
-    .unwrap();
+    let c = parse(contract::RULES).unwrap();
     let spec = c.live.answer_spec();
     assert_eq!(spec.rules.len(), 5);
     assert_eq!(spec.rules[0].when.names.len(), 2);
