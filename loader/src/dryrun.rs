@@ -6,7 +6,7 @@
 use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
 
-use xdpdns_common::config::{Action, Config, TYPE_CNAME};
+use xdpdns_common::config::{Action, Config};
 use xdpdns_common::dns::{name_to_wire, qtype_from_name};
 use xdpdns_common::net::PrefixSet;
 use xdpdns_dataplane::dns::{self, Extra, parse_query};
@@ -162,13 +162,8 @@ pub fn explain(config: &Config, q: &DryQuery) -> Result<String, DryRunError> {
                 counts(6),
                 counts(8),
             );
-            let cname = local.answers.iter().any(|r| r.rtype == TYPE_CNAME);
             if counts(6) > 0 {
-                for r in local
-                    .answers
-                    .iter()
-                    .filter(|r| cname || qtype == 255 || r.rtype == qtype)
-                {
+                for r in dns::records_for(&local.answers, qtype) {
                     let _ = writeln!(out, "  {} {} IN {}", q.name, r.ttl, record_text(r));
                 }
             }

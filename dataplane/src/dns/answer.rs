@@ -58,6 +58,15 @@ fn record_len(r: &SpoofRecord) -> usize {
     12 + r.rdata.len()
 }
 
+/// The records of `answers` a query of `qtype` is answered with: those of
+/// its type, all of them for ANY, a CNAME whatever the type.
+pub fn records_for(answers: &[SpoofRecord], qtype: u16) -> impl Iterator<Item = &SpoofRecord> {
+    let cname = answers.iter().any(|r| r.rtype == TYPE_CNAME);
+    answers
+        .iter()
+        .filter(move |r| cname || qtype == QTYPE_ANY || r.rtype == qtype)
+}
+
 /// As [`write_answer`], with `extra`'s records and flags.
 pub fn write_answer_with(
     buf: &mut [u8],
@@ -72,13 +81,11 @@ pub fn write_answer_with(
     let has_question = q.qdcount > 0 && q.question_end > HEADER_LEN;
     let badvers = q.edns.is_some_and(|e| e.version > 0);
     let class_ok = q.qclass == CLASS_IN || q.qclass == QTYPE_ANY;
-    let cname = extra.answers.iter().any(|r| r.rtype == TYPE_CNAME);
-    let wanted = |r: &&SpoofRecord| cname || q.qtype == QTYPE_ANY || r.rtype == q.qtype;
     let mut tc = extra.tc;
     let mut answers = 0usize;
     let mut records_len = 0usize;
     if has_question && class_ok && !tc && !badvers {
-        for r in extra.answers.iter().filter(wanted) {
+        for r in records_for(extra.answers, q.qtype) {
             answers += 1;
             records_len += record_len(r);
         }
@@ -123,7 +130,7 @@ pub fn write_answer_with(
     ]);
     let mut at = q.question_end;
     if answers > 0 {
-        for r in extra.answers.iter().filter(wanted) {
+        for r in records_for(extra.answers, q.qtype) {
             let rr = &mut buf[at..at + record_len(r)];
             rr[0..2].copy_from_slice(&[0xc0, HEADER_LEN as u8]);
             rr[2..4].copy_from_slice(&r.rtype.to_be_bytes());

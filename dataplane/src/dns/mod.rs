@@ -8,7 +8,7 @@ mod ttl;
 #[doc(hidden)]
 pub mod testing;
 
-pub use answer::{Extra, Original, write_answer, write_answer_for, write_answer_with};
+pub use answer::{Extra, Original, records_for, write_answer, write_answer_for, write_answer_with};
 pub use query::{Edns, Query, parse_query};
 pub use ttl::TtlClamp;
 
