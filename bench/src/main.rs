@@ -18,10 +18,14 @@
 //! relay every query to one knotd backend in the client namespace.
 //!
 //! The attack cases (xdpdns-limits, dnsdist-maxqps: a limit of 15,000 q/s per
-//! client, dropped in XDP or by MaxQPSIPRule in userspace) run
-//! BENCH_ATTACK_FLOODERS (4) dnsperf floods from one address as fast as
-//! they go while a legitimate client sends BENCH_ATTACK_LEGIT_QPS (10000)
-//! from another, for BENCH_SECS.
+//! client, dropped in XDP or by MaxQPSIPRule in userspace) run kxdpgun from
+//! one address at BENCH_ATTACK_FLOOD_QPS (10,000,000: more than it can send,
+//! so at the generator's maximum) while a legitimate client (dnsperf) sends
+//! BENCH_ATTACK_LEGIT_QPS (10000) from another, for BENCH_SECS. The
+//! legitimate client sits in a namespace of its own behind a switch (a
+//! bridge) so that kxdpgun's XDP program does not take its answers; the
+//! switch goes in before the first attack case, so the attack cases run
+//! after all the others whatever the order of BENCH_SERVERS.
 
 mod cgroup;
 mod measure;
@@ -69,7 +73,7 @@ fn main() -> anyhow::Result<()> {
     let dnsperf_secs: u64 = env("BENCH_DNSPERF_SECS", 10);
     let frames: u32 = env("BENCH_FRAMES", 2048);
     let batch: u32 = env("BENCH_BATCH", 64);
-    let kinds: Vec<Kind> = match std::env::var("BENCH_SERVERS") {
+    let mut kinds: Vec<Kind> = match std::env::var("BENCH_SERVERS") {
         Ok(list) => list
             .split(',')
             .map(|s| Kind::parse(s.trim()).with_context(|| format!("unknown server {s:?}")))
@@ -80,6 +84,9 @@ fn main() -> anyhow::Result<()> {
             .chain(Kind::ATTACK)
             .collect(),
     };
+    // The attack cases last: they put a switch into the lab (stable: the
+    // others keep their order).
+    kinds.sort_by_key(|k| Kind::ATTACK.contains(k));
     let fwd_rates = rates_from("BENCH_FWD_RATES", "100000,300000")?;
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [libc::SIGINT, libc::SIGTERM] {
@@ -116,9 +123,7 @@ fn main() -> anyhow::Result<()> {
         None
     };
     const LEGIT: &str = "192.0.2.3";
-    if kinds.iter().any(|k| Kind::ATTACK.contains(k)) {
-        lab.client_addr(&format!("{LEGIT}/24"), xdpdns_netns_tests::CLIENT_IF)?;
-    }
+    let mut legit_ns: Option<String> = None;
     eprintln!(
         "servers on CPU {}, generator on CPU {}; {secs} s per point, median of {runs}",
         srv.cpu, gen_.cpu
@@ -135,15 +140,21 @@ fn main() -> anyhow::Result<()> {
         attack: Vec::new(),
     };
     for kind in kinds {
+        if Kind::ATTACK.contains(&kind) && legit_ns.is_none() {
+            let ns = lab.add_switched_client(&format!("{LEGIT}/24"))?;
+            // The client's queue 0, the one kxdpgun listens on, again.
+            lab.steer_client_to_queue(0)?;
+            legit_ns = Some(ns);
+        }
         let running = servers::start(kind, &lab, &srv.wrap(), frames, batch)?;
-        if Kind::ATTACK.contains(&kind) {
+        if let (true, Some(ns)) = (Kind::ATTACK.contains(&kind), legit_ns.as_deref()) {
             let a = measure::attack(
                 &lab,
                 kind.name(),
                 (&srv, &gen_),
                 &queries,
-                (LEGIT, env("BENCH_ATTACK_LEGIT_QPS", 10_000)),
-                env("BENCH_ATTACK_FLOODERS", 4),
+                (ns, env("BENCH_ATTACK_LEGIT_QPS", 10_000)),
+                env("BENCH_ATTACK_FLOOD_QPS", 10_000_000),
                 secs,
             )?;
             eprintln!(

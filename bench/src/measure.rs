@@ -91,10 +91,14 @@ fn grab(text: &str, key: &str) -> anyhow::Result<f64> {
 /// cgroup is joined before `ip netns exec`: that remounts /sys, which hides
 /// the cgroup hierarchies from the command it runs.
 fn generator(lab: &Lab, gen_: &Pinned) -> Command {
+    generator_in(&lab.client_ns, gen_)
+}
+
+/// A command in namespace `ns`, in the generator's cgroup.
+fn generator_in(ns: &str, gen_: &Pinned) -> Command {
     let wrap = gen_.wrap();
     let mut cmd = Command::new(&wrap[0]);
-    cmd.args(&wrap[1..])
-        .args(["ip", "netns", "exec", &lab.client_ns]);
+    cmd.args(&wrap[1..]).args(["ip", "netns", "exec", ns]);
     cmd
 }
 
@@ -223,10 +227,10 @@ pub fn closed_loop(
     })
 }
 
-/// The attack case: flooders from the client's address (dnsperf, kernel
-/// sockets: kxdpgun's own XDP program would take the other client's
-/// replies) as fast as they go, and a legitimate client at `legit_qps`
-/// from another address, for `secs`.
+/// The attack case: kxdpgun from the client's address at `flood_qps` (more
+/// than it can send: the generator's maximum), and a legitimate client
+/// (dnsperf) at `legit_qps` from another address in a namespace of its own
+/// behind the lab's switch, for `secs`.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Attack {
     pub server: String,
@@ -244,43 +248,48 @@ pub fn attack(
     server: &str,
     (srv, gen_): (&Pinned, &Pinned),
     queries: &Path,
-    (legit_from, legit_qps): (&str, u64),
-    flooders: usize,
+    (legit_ns, legit_qps): (&str, u64),
+    flood_qps: u64,
     secs: u64,
 ) -> anyhow::Result<Attack> {
     let cpu0 = srv.cpu_seconds()?;
-    let dnsperf = |from: &str, args: &[&str]| {
-        let mut cmd = generator(lab, gen_);
-        cmd.args([
-            "dnsperf",
-            "-s",
-            SERVER_V4,
-            "-a",
-            from,
-            "-l",
+    let flood = generator(lab, gen_)
+        .args([
+            "kxdpgun",
+            "-t",
             &secs.to_string(),
+            "-Q",
+            &flood_qps.to_string(),
+            "-I",
+            CLIENT_IF,
         ])
+        .args(["-F", &gen_.cpu.to_string(), "-i"])
+        .arg(queries)
+        .arg(SERVER_V4)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    let legit = generator_in(legit_ns, gen_)
+        .args(["dnsperf", "-s", SERVER_V4, "-l", &secs.to_string()])
         .args(["-t", "1", "-d"])
         .arg(queries)
-        .args(args)
+        .args(["-Q", &legit_qps.to_string(), "-c", "8", "-q", "1000"])
         .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null());
-        cmd.spawn()
-    };
-    let flood: Vec<_> = (0..flooders)
-        .map(|_| dnsperf(xdpdns_netns_tests::CLIENT_V4, &["-c", "32", "-q", "60000"]))
-        .collect::<Result<_, _>>()?;
-    let legit = dnsperf(
-        legit_from,
-        &["-Q", &legit_qps.to_string(), "-c", "8", "-q", "1000"],
-    )?;
-    let mut totals = (0u64, 0u64);
-    for f in flood {
-        let out = f.wait_with_output()?;
-        let text = String::from_utf8_lossy(&out.stdout);
-        totals.0 += grab(&text, "Queries sent:")? as u64;
-        totals.1 += grab(&text, "Queries completed:")? as u64;
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    let out = flood.wait_with_output()?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if std::env::var_os("BENCH_VERBOSE").is_some() {
+        eprintln!("kxdpgun flood against {server}:\n{text}");
     }
+    let totals = (
+        grab(&text, "total queries:")? as u64,
+        grab(&text, "total replies:")? as u64,
+    );
     let out = legit.wait_with_output()?;
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     let cpu = srv.cpu_seconds()? - cpu0;

@@ -61,7 +61,7 @@ pub fn table(r: &Report) -> String {
     if !r.attack.is_empty() {
         let _ = writeln!(
             s,
-            "\nattack (dnsperf floods from one address, a legitimate client from another; limit {} q/s per client):",
+            "\nattack (kxdpgun at its maximum from one address, dnsperf from another behind a switch; limit {} q/s per client):",
             crate::servers::ATTACK_QPS
         );
         let _ = writeln!(

@@ -172,8 +172,8 @@ impl Engine {
         };
         match verdict {
             Verdict::Answer(n) => {
-                if let (Some(t), Some(flags)) = (self.tally.as_mut(), buf.get(3)) {
-                    t.observe(from.ip(), flags & 0x0f, n);
+                if let (Some(t), Some(msg)) = (self.tally.as_mut(), buf.get(..n)) {
+                    t.observe(from.ip(), msg);
                 }
                 Datagram::Answer(n)
             }
@@ -198,7 +198,7 @@ pub(crate) mod tests;
 fn tally_frame(t: &mut Tally, f: &[u8]) {
     let Ok(p) = frame::parse(f) else { return };
     let dns = p.payload();
-    if let (Some(&flags), Some(&rcode)) = (f.get(dns + 2), f.get(dns + 3))
+    if let Some(&flags) = f.get(dns + 2)
         && flags & 0x80 != 0
     {
         let a = p.addrs(f);
@@ -207,6 +207,6 @@ fn tally_frame(t: &mut Tally, f: &[u8]) {
         } else {
             std::net::IpAddr::from([a.dst_ip[0], a.dst_ip[1], a.dst_ip[2], a.dst_ip[3]])
         };
-        t.observe(to, rcode & 0x0f, f.len().saturating_sub(dns));
+        t.observe(to, &f[dns..]);
     }
 }

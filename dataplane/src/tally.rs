@@ -1,7 +1,9 @@
 //! Answers per client prefix, for the loader's dynamic block rules: a
 //! fixed table (no allocation while counting), drained into a report every
 //! [`REPORT_EVERY`]. A prefix that finds no room is not counted (`full`):
-//! the table holds [`SLOTS`] prefixes per report interval.
+//! the table holds [`SLOTS`] prefixes per report interval. Answers to
+//! names under the spec's suffixes are counted apart too, per suffix, of
+//! the kind its rule counts (the random-subdomain rate under one zone).
 
 use std::hash::Hasher;
 use std::net::IpAddr;
@@ -9,7 +11,7 @@ use std::time::Duration;
 
 use siphasher::sip::SipHasher13;
 
-use xdpdns_common::config::TallySpec;
+use xdpdns_common::config::{Counted, MAX_SUFFIX_RULES, TallySpec};
 use xdpdns_common::ipc::{ClientCount, MAX_CLIENT_COUNTS};
 
 /// Prefixes counted per report.
@@ -29,6 +31,7 @@ struct Slot {
     servfail: u32,
     refused: u32,
     bytes: u32,
+    under: [u32; MAX_SUFFIX_RULES],
 }
 
 pub struct Tally {
@@ -61,13 +64,16 @@ impl Tally {
         }
     }
 
-    pub fn spec(&self) -> TallySpec {
-        self.spec
+    pub fn spec(&self) -> &TallySpec {
+        &self.spec
     }
 
-    /// Counts one answer of `len` bytes with `rcode` to `client`.
+    /// Counts one answer, the DNS message `msg`, sent to `client`.
     #[inline]
-    pub fn observe(&mut self, client: IpAddr, rcode: u8, len: usize) {
+    pub fn observe(&mut self, client: IpAddr, msg: &[u8]) {
+        let Some(&flags) = msg.get(3) else { return };
+        let rcode = flags & 0x0f;
+        let len = msg.len();
         let (v6, mut addr) = match client {
             IpAddr::V4(a) => {
                 let mut b = [0u8; 16];
@@ -101,8 +107,12 @@ impl Tally {
             } else if s.v6 != v6 || s.addr != addr {
                 continue;
             }
+            let len = len.min(u16::MAX as usize) as u32;
             s.answers = s.answers.saturating_add(1);
-            s.bytes = s.bytes.saturating_add(len.min(u16::MAX as usize) as u32);
+            s.bytes = s.bytes.saturating_add(len);
+            if !self.spec.suffixes.is_empty() {
+                under_suffixes(&self.spec, msg, rcode, len, &mut s.under);
+            }
             match rcode {
                 3 => s.nxdomain = s.nxdomain.saturating_add(1),
                 2 => s.servfail = s.servfail.saturating_add(1),
@@ -126,6 +136,7 @@ impl Tally {
                 servfail: s.servfail,
                 refused: s.refused,
                 bytes: s.bytes,
+                under: s.under,
             });
             *s = Slot::default();
         }
@@ -134,28 +145,89 @@ impl Tally {
     }
 }
 
+/// Adds the answer `msg` (`rcode`, `len` bytes) to the count of each suffix
+/// of `spec` its question name is at or below, if its rule counts it.
+fn under_suffixes(
+    spec: &TallySpec,
+    msg: &[u8],
+    rcode: u8,
+    len: u32,
+    under: &mut [u32; MAX_SUFFIX_RULES],
+) {
+    const QUESTION: usize = 12;
+    if msg.get(4..6) != Some(&[0, 1]) {
+        return;
+    }
+    // The question's name ends where its root label is; a pointer or a
+    // name running off the message counts under no suffix.
+    let mut p = QUESTION;
+    let end = loop {
+        match msg.get(p) {
+            Some(0) => break p + 1,
+            Some(&l) if l < 64 => p += 1 + usize::from(l),
+            _ => return,
+        }
+    };
+    let name = &msg[QUESTION..end];
+    let mut p = 0;
+    while p < name.len() {
+        let rest = &name[p..];
+        for (i, s) in spec.suffixes.iter().enumerate().take(MAX_SUFFIX_RULES) {
+            if s.wire.len() == rest.len() && s.wire.eq_ignore_ascii_case(rest) {
+                let add = match s.counted {
+                    Counted::Answers => 1,
+                    Counted::Rcode(r) => u32::from(r == rcode),
+                    Counted::Bytes => len,
+                };
+                under[i] = under[i].saturating_add(add);
+            }
+        }
+        p += 1 + usize::from(name[p]);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use xdpdns_common::config::SuffixTally;
+    use xdpdns_common::dns::name_to_wire;
 
     fn tally() -> Tally {
         Tally::new(
             TallySpec {
                 v4_prefix: 24,
                 v6_prefix: 56,
+                suffixes: Vec::new(),
             },
             (1, 2),
         )
+    }
+
+    /// An answer for `name` with `rcode`, `len` bytes long (at least its
+    /// header and question).
+    fn answer(name: &str, rcode: u8, len: usize) -> Vec<u8> {
+        let mut m = vec![0x12, 0x34, 0x81, 0x80 | rcode, 0, 1, 0, 0, 0, 0, 0, 0];
+        m.extend(name_to_wire(name).unwrap());
+        m.extend([0, 1, 0, 1]);
+        m.resize(len.max(m.len()), 0);
+        m
+    }
+
+    fn ans(rcode: u8, len: usize) -> Vec<u8> {
+        answer("a.example", rcode, len)
     }
 
     #[test]
     fn answers_are_counted_per_prefix_and_drained() {
         let mut t = tally();
         for i in 0..10u8 {
-            t.observe(IpAddr::from([192, 0, 2, i]), if i < 4 { 3 } else { 0 }, 100);
+            t.observe(
+                IpAddr::from([192, 0, 2, i]),
+                &ans(if i < 4 { 3 } else { 0 }, 100),
+            );
         }
-        t.observe("2001:db8:0:1::1".parse().unwrap(), 2, 40);
-        t.observe("2001:db8:0:1:ffff::9".parse().unwrap(), 5, 40);
+        t.observe("2001:db8:0:1::1".parse().unwrap(), &ans(2, 40));
+        t.observe("2001:db8:0:1:ffff::9".parse().unwrap(), &ans(5, 40));
         let mut r = t.drain();
         r.sort_by_key(|c| c.v6);
         assert_eq!(r.len(), 2, "{r:?}");
@@ -176,14 +248,53 @@ mod tests {
             TallySpec {
                 v4_prefix: 32,
                 v6_prefix: 128,
+                suffixes: Vec::new(),
             },
             (3, 4),
         );
         for i in 0..(SLOTS as u32 * 2) {
-            t.observe(IpAddr::from(i.to_be_bytes()), 0, 50);
+            t.observe(IpAddr::from(i.to_be_bytes()), &ans(0, 50));
         }
         let r = t.drain();
         assert!(r.len() <= SLOTS);
         assert_eq!(r.len() as u64 + t.full, SLOTS as u64 * 2);
+    }
+
+    #[test]
+    fn answers_under_a_suffix_are_counted_apart_of_their_rules_kind() {
+        let suffix = |name: &str, counted| SuffixTally {
+            wire: name_to_wire(name).unwrap(),
+            counted,
+        };
+        let mut t = Tally::new(
+            TallySpec {
+                v4_prefix: 32,
+                v6_prefix: 56,
+                suffixes: vec![
+                    suffix("victim.test", Counted::Rcode(3)),
+                    suffix("test", Counted::Answers),
+                    suffix("victim.test", Counted::Bytes),
+                ],
+            },
+            (5, 6),
+        );
+        let c = IpAddr::from([192, 0, 2, 7]);
+        t.observe(c, &answer("X1.Victim.TEST", 3, 100));
+        t.observe(c, &answer("victim.test", 3, 60));
+        t.observe(c, &answer("x2.victim.test", 0, 80));
+        // Not under victim.test: a label boundary, not a byte suffix.
+        t.observe(c, &answer("xvictim.test", 3, 70));
+        t.observe(c, &answer("other.example", 3, 50));
+        // No question, or a pointer for a name: under no suffix.
+        let mut bare = ans(3, 40);
+        bare[5] = 0;
+        t.observe(c, &bare);
+        let mut pointer = vec![0, 0, 0x81, 0x83, 0, 1, 0, 0, 0, 0, 0, 0, 0xc0, 12];
+        pointer.extend([0, 1, 0, 1]);
+        t.observe(c, &pointer);
+        let r = t.drain();
+        assert_eq!(r.len(), 1);
+        assert_eq!(r[0].answers, 7);
+        assert_eq!(r[0].under, [2, 4, 240, 0], "{r:?}");
     }
 }

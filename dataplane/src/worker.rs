@@ -164,7 +164,7 @@ impl Worker {
     /// Tallies answers per client for the dynamic block rules (`spec`), or
     /// stops; a tally kept with the same spec keeps its counts.
     pub fn set_tally(&mut self, spec: Option<xdpdns_common::config::TallySpec>) {
-        if self.engine.tally.as_ref().map(crate::tally::Tally::spec) != spec {
+        if self.engine.tally.as_ref().map(crate::tally::Tally::spec) != spec.as_ref() {
             self.engine.tally = spec.map(|s| crate::tally::Tally::new(s, self.tally_key));
         }
     }
@@ -425,7 +425,7 @@ impl Worker {
         forward_fds: Option<ForwardFds>,
     ) {
         self.serve_ready(Duration::ZERO);
-        self.set_tally(answer.tally);
+        self.set_tally(answer.tally.clone());
         let pipeline = Pipeline::reconfigured(&self.engine.pipeline, answer, forward.as_ref());
         // Per-backend counters follow their backend to its new index.
         if let (Some(new), Some(old)) = (forward.as_ref(), self.engine.pipeline.backends()) {

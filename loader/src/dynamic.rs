@@ -11,7 +11,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use xdpdns_common::config::{Counted, DynamicRule, TallySpec};
+use xdpdns_common::config::{Counted, DynamicRule, MAX_SUFFIX_RULES, TallySpec};
 use xdpdns_common::ipc::ClientCount;
 use xdpdns_common::net::Prefix;
 
@@ -31,6 +31,7 @@ struct Counts {
     servfail: u64,
     refused: u64,
     bytes: u64,
+    under: [u64; MAX_SUFFIX_RULES],
 }
 
 impl Counts {
@@ -40,10 +41,16 @@ impl Counts {
         self.servfail += u64::from(c.servfail);
         self.refused += u64::from(c.refused);
         self.bytes += u64::from(c.bytes);
+        for (sum, n) in self.under.iter_mut().zip(c.under) {
+            *sum += u64::from(n);
+        }
     }
 
-    fn of(&self, c: Counted) -> u64 {
-        match c {
+    fn of(&self, r: &DynamicRule) -> u64 {
+        if let Some(i) = r.under {
+            return self.under.get(usize::from(i)).copied().unwrap_or(0);
+        }
+        match r.counted {
             Counted::Answers => self.answers,
             Counted::Rcode(3) => self.nxdomain,
             Counted::Rcode(2) => self.servfail,
@@ -123,7 +130,8 @@ impl Dynamic {
     /// counts older than the longest window.
     pub fn evaluate(&mut self, now: Instant) -> Vec<(Prefix, Duration)> {
         let horizon = self.horizon();
-        let Some(spec) = self.spec else {
+        let Some((v4_prefix, v6_prefix)) = self.spec.as_ref().map(|s| (s.v4_prefix, s.v6_prefix))
+        else {
             return Vec::new();
         };
         let mut out = Vec::new();
@@ -149,15 +157,15 @@ impl Dynamic {
                 let n: u64 = q
                     .iter()
                     .filter(|(t, _)| now.duration_since(*t) <= window)
-                    .map(|(_, c)| c.of(r.counted))
+                    .map(|(_, c)| c.of(r))
                     .sum();
                 if n > u64::from(r.rate) * u64::from(r.window_s) {
                     let (ip, bits) = if *v6 {
-                        (IpAddr::from(*addr), spec.v6_prefix)
+                        (IpAddr::from(*addr), v6_prefix)
                     } else {
                         (
                             IpAddr::from([addr[0], addr[1], addr[2], addr[3]]),
-                            spec.v4_prefix,
+                            v4_prefix,
                         )
                     };
                     if let Ok(p) = Prefix::new(ip, bits) {
@@ -208,6 +216,7 @@ mod tests {
             servfail: 0,
             refused: 0,
             bytes: 0,
+            under: [0; MAX_SUFFIX_RULES],
         }
     }
 
@@ -216,12 +225,14 @@ mod tests {
         let rule = DynamicRule {
             counted: Counted::Rcode(3),
             rate: 50,
+            under: None,
             window_s: 2,
             block_s: 60,
         };
         let spec = TallySpec {
             v4_prefix: 32,
             v6_prefix: 56,
+            suffixes: Vec::new(),
         };
         let mut d = Dynamic::new(vec![rule], Some(spec));
         let t0 = Instant::now();
@@ -249,6 +260,7 @@ mod tests {
     fn a_bytes_rule_counts_answer_bytes() {
         let rule = DynamicRule {
             counted: Counted::Bytes,
+            under: None,
             rate: 10_000,
             window_s: 1,
             block_s: 5,
@@ -256,6 +268,7 @@ mod tests {
         let spec = TallySpec {
             v4_prefix: 24,
             v6_prefix: 56,
+            suffixes: Vec::new(),
         };
         let mut d = Dynamic::new(vec![rule], Some(spec));
         let t0 = Instant::now();
@@ -271,6 +284,7 @@ mod tests {
     fn the_state_is_bounded() {
         let rule = DynamicRule {
             counted: Counted::Answers,
+            under: None,
             rate: 1_000_000,
             window_s: 5,
             block_s: 1,
@@ -280,6 +294,7 @@ mod tests {
             Some(TallySpec {
                 v4_prefix: 32,
                 v6_prefix: 128,
+                suffixes: Vec::new(),
             }),
         );
         let t0 = Instant::now();
@@ -296,9 +311,41 @@ mod tests {
                     servfail: 0,
                     refused: 0,
                     bytes: 0,
+                    under: [0; MAX_SUFFIX_RULES],
                 }],
             );
         }
         assert_eq!(d.seen.len(), MAX_PREFIXES);
+    }
+
+    #[test]
+    fn a_suffix_rule_counts_only_under_its_suffix() {
+        let spec = TallySpec {
+            v4_prefix: 32,
+            v6_prefix: 56,
+            suffixes: vec![xdpdns_common::config::SuffixTally {
+                wire: b"\x06victim\x04test\0".to_vec(),
+                counted: Counted::Rcode(3),
+            }],
+        };
+        let rule = DynamicRule {
+            counted: Counted::Rcode(3),
+            under: Some(0),
+            rate: 50,
+            window_s: 1,
+            block_s: 30,
+        };
+        let mut d = Dynamic::new(vec![rule], Some(spec));
+        let t0 = Instant::now();
+        // 200 NXDOMAIN elsewhere: not this rule's.
+        let mut elsewhere = count(7, 200, 200);
+        elsewhere.under = [0, 0, 0, 0];
+        let mut flooder = count(9, 60, 60);
+        flooder.under = [60, 0, 0, 0];
+        d.observe(t0, &[elsewhere, flooder]);
+        assert_eq!(
+            d.evaluate(t0),
+            vec![("192.0.2.9/32".parse().unwrap(), Duration::from_secs(30))]
+        );
     }
 }

@@ -292,6 +292,54 @@ impl Lab {
         Ok(())
     }
 
+    /// Puts a switch between the server and the client: a bridge in a
+    /// third namespace (`<lab>-w`) with the server's `srv0` peer, a new
+    /// `cli0` for the client (its addresses as before) and a second client
+    /// namespace (returned, `<lab>-l`) whose `leg0` has `cidr`. On a wire a
+    /// client's XDP program sees only its own traffic; on a veth pair it
+    /// would see the other client's answers too. Frames the switch sends a
+    /// client leave on queue 0 (kxdpgun listens there). Call it before
+    /// anything else uses `cli0`.
+    pub fn add_switched_client(&self, cidr: &str) -> anyhow::Result<String> {
+        let (w, l, c) = (self.switch_ns(), self.legit_ns(), self.client_ns.as_str());
+        ip(&["netns", "add", &w])?;
+        ip(&["netns", "add", &l])?;
+        ip(&["-n", &w, "link", "add", "br0", "type", "bridge"])?;
+        ip(&["-n", &w, "link", "set", "br0", "up"])?;
+        ip(&["-n", c, "link", "set", CLIENT_IF, "netns", &w])?;
+        ip(&["-n", &w, "link", "set", CLIENT_IF, "name", "sw0"])?;
+        let two = ["numtxqueues", "2", "numrxqueues", "2"];
+        for (ns, ifname, port) in [(c, CLIENT_IF, "sw1"), (l.as_str(), "leg0", "sw2")] {
+            let mut args = vec!["-n", ns, "link", "add", ifname];
+            args.extend(two);
+            args.extend(["type", "veth", "peer", "name", port, "netns", &w]);
+            args.extend(two);
+            ip(&args)?;
+            ip(&["-n", ns, "link", "set", ifname, "up"])?;
+        }
+        for port in ["sw0", "sw1", "sw2"] {
+            ip(&["-n", &w, "link", "set", port, "master", "br0", "up"])?;
+        }
+        // Frames the server's XDP program sends back with XDP_TX reach the
+        // switch only if its port takes them in NAPI (GRO on).
+        sh(Command::new("ip").args(["netns", "exec", &w, "ethtool", "-K", "sw0", "gro", "on"]))?;
+        self.steer(&w, "sw1", 0)?;
+        self.steer(&w, "sw2", 0)?;
+        ns_addr(c, &format!("{CLIENT_V4}/24"), CLIENT_IF)?;
+        ns_addr(c, &format!("{CLIENT_V6}/64"), CLIENT_IF)?;
+        ns_addr(&l, cidr, "leg0")?;
+        ip(&["-n", &l, "link", "set", "lo", "up"])?;
+        Ok(l)
+    }
+
+    fn switch_ns(&self) -> String {
+        format!("{}-w", self.name)
+    }
+
+    fn legit_ns(&self) -> String {
+        format!("{}-l", self.name)
+    }
+
     /// Sets the MTU of both ends of the lab's veth pair.
     pub fn set_mtu(&self, mtu: u32) -> anyhow::Result<()> {
         let mtu = mtu.to_string();
@@ -512,7 +560,15 @@ address = "[{SERVER_V6}]:53"
 impl Drop for Lab {
     fn drop(&mut self) {
         // Namespaces first: that detaches every XDP program in them.
-        for ns in [&self.server_ns, &self.client_ns] {
+        for ns in [
+            &self.server_ns,
+            &self.client_ns,
+            &self.switch_ns(),
+            &self.legit_ns(),
+        ] {
+            if !Path::new("/run/netns").join(ns).exists() {
+                continue;
+            }
             let _ = Command::new("ip").args(["netns", "del", ns]).status();
         }
         if let Ok(entries) = fs::read_dir(&self.pin_root) {

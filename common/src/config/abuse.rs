@@ -93,6 +93,11 @@ pub(crate) struct DynamicBlockConfig {
     /// With `rcode`: how many such answers a second trip the rule.
     #[serde(default)]
     pub rate: Option<u32>,
+    /// Count only answers to names at or below this suffix (a
+    /// random-subdomain flood aimed at one zone): at most
+    /// [`MAX_SUFFIX_RULES`] rules have one.
+    #[serde(default)]
+    pub suffix: Option<String>,
     #[serde(default = "default_window_s")]
     pub window_s: u32,
     #[serde(default = "default_block_s")]
@@ -124,6 +129,10 @@ pub enum Counted {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DynamicRule {
     pub counted: Counted,
+    /// Counts only answers under a suffix: the index of that suffix in
+    /// [`TallySpec::suffixes`] (and of its count in a client's report).
+    #[serde(default)]
+    pub under: Option<u8>,
     /// Per second, over the window.
     pub rate: u32,
     pub window_s: u32,
@@ -131,11 +140,25 @@ pub struct DynamicRule {
 }
 
 /// How dataplanes tally answers per client for the dynamic rules: the
-/// prefix lengths a client is counted by.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// prefix lengths a client is counted by, and the suffixes whose answers
+/// are counted apart.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TallySpec {
     pub v4_prefix: u8,
     pub v6_prefix: u8,
+    #[serde(default)]
+    pub suffixes: Vec<SuffixTally>,
+}
+
+/// Dynamic rules that count under a suffix, at most.
+pub const MAX_SUFFIX_RULES: usize = 4;
+
+/// Answers counted apart per client: those to names at or below `wire`
+/// (lower case, wire format), of the kind `counted`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SuffixTally {
+    pub wire: Vec<u8>,
+    pub counted: Counted,
 }
 
 /// A rate limit in force.
@@ -159,6 +182,8 @@ pub struct Abuse {
     pub tcp_blocks: Vec<Prefix>,
     pub dry_run: bool,
     pub dynamic: Vec<DynamicRule>,
+    /// What the rules of `dynamic` with a suffix count, by their `under`.
+    pub suffixes: Vec<SuffixTally>,
 }
 
 impl Abuse {
@@ -168,6 +193,7 @@ impl Abuse {
         (!self.dynamic.is_empty()).then(|| TallySpec {
             v4_prefix: self.limit.map_or(32, |l| l.v4_prefix),
             v6_prefix: self.limit.map_or(56, |l| l.v6_prefix),
+            suffixes: self.suffixes.clone(),
         })
     }
 }
@@ -243,6 +269,7 @@ fn dynamic_rule(i: usize, d: &DynamicBlockConfig) -> Result<DynamicRule, ConfigE
     }
     Ok(DynamicRule {
         counted,
+        under: None,
         rate,
         window_s: d.window_s,
         block_s: d.block_s,
@@ -262,7 +289,29 @@ pub(super) fn compile(
         ));
     }
     for (i, d) in dynamic.iter().enumerate() {
-        abuse.dynamic.push(dynamic_rule(i, d)?);
+        let mut rule = dynamic_rule(i, d)?;
+        if let Some(s) = &d.suffix {
+            let key = format!("dynamic_block[{i}].suffix");
+            let wire = crate::dns::name_to_wire(s).map_err(|e| ConfigError::invalid(&key, e))?;
+            if wire == [0] {
+                return Err(ConfigError::invalid(
+                    &key,
+                    "the root is every name: leave suffix out",
+                ));
+            }
+            if abuse.suffixes.len() == MAX_SUFFIX_RULES {
+                return Err(ConfigError::invalid(
+                    key,
+                    format!("at most {MAX_SUFFIX_RULES} rules with a suffix"),
+                ));
+            }
+            rule.under = Some(abuse.suffixes.len() as u8);
+            abuse.suffixes.push(SuffixTally {
+                wire,
+                counted: rule.counted,
+            });
+        }
+        abuse.dynamic.push(rule);
     }
     if let Some(l) = limits {
         if l.qps_per_client == 0 {

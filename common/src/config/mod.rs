@@ -18,8 +18,8 @@ mod validate;
 mod tests;
 
 pub use abuse::{
-    Abuse, BlockAction, Counted, DynamicRule, LimitAction, MAX_POLICY_PREFIXES, RateLimit,
-    TallySpec,
+    Abuse, BlockAction, Counted, DynamicRule, LimitAction, MAX_POLICY_PREFIXES, MAX_SUFFIX_RULES,
+    RateLimit, SuffixTally, TallySpec,
 };
 pub use acl::{Acl, AclAction, DEFAULT_ALLOW, MAX_ACL_PREFIXES};
 pub use backends::{

@@ -718,7 +718,8 @@ fn dynamic_block_rules_compile_and_bad_ones_are_refused() {
         c.live.answer_spec().tally,
         Some(TallySpec {
             v4_prefix: 32,
-            v6_prefix: 56
+            v6_prefix: 56,
+            suffixes: Vec::new(),
         }),
         "dataplanes tally answers only when a rule needs it"
     );
@@ -739,11 +740,50 @@ fn dynamic_block_rules_compile_and_bad_ones_are_refused() {
         ("qps = 5\nwindow_s = 61", "dynamic_block[0].window_s"),
         ("qps = 5\nblock_s = 0", "dynamic_block[0].block_s"),
         ("qps = 5\nbytes = 5", "dynamic_block[0].bytes"),
+        ("qps = 5\nsuffix = \"bad..name\"", "dynamic_block[0].suffix"),
+        ("qps = 5\nsuffix = \".\"", "dynamic_block[0].suffix"),
     ] {
         assert_eq!(invalid_key(&d(body)), key, "{body}");
     }
     let many: String = (0..17).map(|_| "[[dynamic_block]]\nqps = 5\n").collect();
     assert_eq!(invalid_key(&format!("{MINIMAL}\n{many}")), "dynamic_block");
+    let suffixed: String = (0..5)
+        .map(|i| format!("[[dynamic_block]]\nqps = 5\nsuffix = \"z{i}.test\"\n"))
+        .collect();
+    assert_eq!(
+        invalid_key(&format!("{MINIMAL}\n{suffixed}")),
+        "dynamic_block[4].suffix",
+        "at most 4 rules with a suffix"
+    );
+}
+
+#[test]
+fn dynamic_rules_with_a_suffix_count_apart_under_it() {
+    let c = Config::from_toml(&format!(
+        "{MINIMAL}\n[[dynamic_block]]\nrcode = \"NXDOMAIN\"\nrate = 1000\n\
+         [[dynamic_block]]\nrcode = \"NXDOMAIN\"\nrate = 50\nsuffix = \"Victim.Test.\"\n\
+         [[dynamic_block]]\nbytes = 9000\nsuffix = \"amp.test\"\n"
+    ))
+    .unwrap();
+    let a = &c.live.abuse;
+    assert_eq!(
+        a.dynamic.iter().map(|r| r.under).collect::<Vec<_>>(),
+        [None, Some(0), Some(1)]
+    );
+    let tally = c.live.answer_spec().tally.unwrap();
+    assert_eq!(
+        tally.suffixes,
+        [
+            SuffixTally {
+                wire: b"\x06victim\x04test\0".to_vec(),
+                counted: Counted::Rcode(3)
+            },
+            SuffixTally {
+                wire: b"\x03amp\x04test\0".to_vec(),
+                counted: Counted::Bytes
+            }
+        ]
+    );
 }
 
 #[test]

@@ -210,6 +210,11 @@ pub struct ClientCount {
     /// Bytes of DNS answers (payloads).
     #[serde(default)]
     pub bytes: u32,
+    /// Per suffix of the tally spec (by index): answers of its kind to
+    /// names under it (bytes for a bytes rule); zero past the spec's
+    /// suffixes.
+    #[serde(default)]
+    pub under: [u32; crate::config::MAX_SUFFIX_RULES],
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

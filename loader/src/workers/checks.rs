@@ -119,10 +119,11 @@ pub fn dataplane_counters(
 /// answer spec asked for (`tally`): no report without one, at most
 /// `MAX_CLIENT_COUNTS` entries, every address masked to the spec's prefix
 /// length, per-rcode counts within the answers, no more answers than a
-/// report interval could hold.
+/// report interval could hold; counts under a suffix only for the spec's
+/// suffixes, each within the answers (or bytes) it is part of.
 pub fn client_counts(
     counts: &[xdpdns_common::ipc::ClientCount],
-    tally: Option<xdpdns_common::config::TallySpec>,
+    tally: Option<&xdpdns_common::config::TallySpec>,
 ) -> Result<(), String> {
     let Some(spec) = tally else {
         return Err("client counts nobody asked for: killed".into());
@@ -140,7 +141,14 @@ pub fn client_counts(
         });
         let v4_rest_zero = c.v6 || c.addr[4..].iter().all(|b| *b == 0);
         let by_rcode = u64::from(c.nxdomain) + u64::from(c.servfail) + u64::from(c.refused);
-        if !masked || !v4_rest_zero || by_rcode > u64::from(c.answers) {
+        let under_ok = c.under.iter().enumerate().all(|(i, &n)| {
+            match spec.suffixes.get(i).map(|s| s.counted) {
+                None => n == 0,
+                Some(xdpdns_common::config::Counted::Bytes) => n <= c.bytes,
+                Some(_) => n <= c.answers,
+            }
+        });
+        if !masked || !v4_rest_zero || by_rcode > u64::from(c.answers) || !under_ok {
             return Err("client counts that cannot be: killed".into());
         }
         if u64::from(c.answers) > MAX_EVENTS_PER_SECOND
@@ -185,11 +193,17 @@ mod tests {
     #[test]
     fn client_counts_are_checked_against_the_tally() {
         use xdpdns_common::config::TallySpec;
+        use xdpdns_common::config::{Counted, SuffixTally};
         use xdpdns_common::ipc::ClientCount;
-        let spec = Some(TallySpec {
+        let spec = TallySpec {
             v4_prefix: 24,
             v6_prefix: 56,
-        });
+            suffixes: vec![SuffixTally {
+                wire: b"\x04test\0".to_vec(),
+                counted: Counted::Bytes,
+            }],
+        };
+        let spec = Some(&spec);
         let mut addr = [0u8; 16];
         addr[..4].copy_from_slice(&[192, 0, 2, 0]);
         let ok = ClientCount {
@@ -200,8 +214,20 @@ mod tests {
             servfail: 3,
             refused: 3,
             bytes: 1000,
+            under: [900, 0, 0, 0],
         };
         assert!(client_counts(&[ok], spec).is_ok());
+        let mut under = ok;
+        under.under[0] = 1001;
+        assert!(
+            client_counts(&[under], spec).is_err(),
+            "more bytes under a suffix than in all"
+        );
+        under.under = [0, 1, 0, 0];
+        assert!(
+            client_counts(&[under], spec).is_err(),
+            "a count for a suffix the spec has not"
+        );
         assert!(client_counts(&[ok], None).is_err(), "not asked for");
         let mut host = ok;
         host.addr[3] = 7;

@@ -536,7 +536,7 @@ impl Supervisor {
             }
             FromDataplane::Clients(_) if !*registered => Err("client counts before Ready".into()),
             FromDataplane::Clients(counts) => {
-                checks::client_counts(&counts, self.ch.spec.borrow().answer.tally)?;
+                checks::client_counts(&counts, self.ch.spec.borrow().answer.tally.as_ref())?;
                 self.emit(QueueEvent::Clients { queue, counts });
                 Ok(())
             }
