@@ -665,16 +665,27 @@ static __always_inline int police(struct xdp_md *ctx, __u32 set, __u32 l3, int v
 	int dry = l && (l->flags & XDPDNS_LIMIT_DRY_RUN);
 	__u64 now, *tat;
 
-	__u32 kind = policy ? (*policy & 0xff) : 0;
+	__u32 kind = policy ? (*policy & XDPDNS_POLICY_KIND) : 0;
 
 	if (kind == XDPDNS_POLICY_EXEMPT)
 		return -1;
 	if (kind == XDPDNS_POLICY_BLOCK || kind == XDPDNS_POLICY_BLOCK_TCP) {
+		__u32 how = 0;
+
 		if (dry) {
 			count(XDPDNS_STAT_DRY_RUN, 0);
 			return -1;
 		}
 		count_block(*policy >> 8);
+		if (*policy & XDPDNS_POLICY_ANSWER_REFUSED)
+			how = 5;
+		else if (*policy & XDPDNS_POLICY_ANSWER_TC)
+			how = ANSWER_TC;
+		/* Answered here where XDP_TX reaches the peer; otherwise (and
+		 * for what cannot be answered) dropped, never passed: the
+		 * kernel path would serve it. */
+		if (how && !(set & XDPDNS_SETTING_NO_TX) && answer_here(ctx, l3, v6, how) == 0)
+			return count(XDPDNS_STAT_BLOCK_ANSWERED, XDP_TX);
 		return count(XDPDNS_STAT_BLOCKED, XDP_DROP);
 	}
 	if (!l || !(l->flags & XDPDNS_LIMIT_ON))
@@ -759,7 +770,7 @@ static __always_inline int tcp_verdict(__u32 set, __u32 *policy)
 {
 	const struct xdpdns_limits *l;
 
-	if (!policy || (*policy & 0xff) != XDPDNS_POLICY_BLOCK_TCP)
+	if (!policy || (*policy & XDPDNS_POLICY_KIND) != XDPDNS_POLICY_BLOCK_TCP)
 		return count(XDPDNS_STAT_NOT_UDP, XDP_PASS);
 	l = current_limits(set);
 	if (l && (l->flags & XDPDNS_LIMIT_DRY_RUN)) {

@@ -56,11 +56,15 @@
 /* Block hit counters (and so blocks with one of their own). */
 #define XDPDNS_MAX_BLOCK_HITS 8192
 
-/* Policy trie values: the longest matching prefix decides. The low 8 bits
- * say what (below), the rest a block's index in block_hits. */
+/* Policy trie values: the longest matching prefix decides. The low 4 bits
+ * say what (XDPDNS_POLICY_KIND: below), bits 4-5 how a block's UDP queries
+ * are answered, bits 8 and up a block's index in block_hits. */
+#define XDPDNS_POLICY_KIND   15
 #define XDPDNS_POLICY_EXEMPT 1 /* never rate-limited */
 #define XDPDNS_POLICY_BLOCK  2 /* UDP dropped (TCP left alone: TC-slipped clients retry) */
 #define XDPDNS_POLICY_BLOCK_TCP 3 /* UDP and TCP to listen addresses dropped */
+#define XDPDNS_POLICY_ANSWER_REFUSED 16 /* a block's UDP queries answered REFUSED */
+#define XDPDNS_POLICY_ANSWER_TC      32 /* a block's UDP queries answered TC=1 */
 
 /* struct xdpdns_limits flags. */
 #define XDPDNS_LIMIT_ON      1 /* rate limits apply */
@@ -127,6 +131,8 @@
                                     * counted here too, then served) */
 #define XDPDNS_STAT_LIMIT_ANSWERED 20 /* over its prefix's rate: answered REFUSED or
                                        * TC=1 (slip) in XDP (XDP_TX) */
-#define XDPDNS_STAT_COUNT       21
+#define XDPDNS_STAT_BLOCK_ANSWERED 21 /* a query from a blocked prefix: answered
+                                       * REFUSED or TC=1 in XDP (XDP_TX) */
+#define XDPDNS_STAT_COUNT       22
 
 #endif /* XDPDNS_ABI_H */

@@ -44,6 +44,10 @@ pub const POLICY_EXEMPT: u32 = 1;
 pub const POLICY_BLOCK: u32 = 2;
 /// Blocked for TCP to listen addresses too.
 pub const POLICY_BLOCK_TCP: u32 = 3;
+/// Or-ed into a block's value: its UDP queries answered REFUSED, or TC=1,
+/// by the program (dropped where XDP_TX does not reach the peer).
+pub const POLICY_ANSWER_REFUSED: u32 = 16;
+pub const POLICY_ANSWER_TC: u32 = 32;
 
 /// Rate-limit parameters as the program reads them (`struct xdpdns_limits`).
 #[repr(C)]
@@ -278,10 +282,11 @@ pub enum XdpOutcome {
     DryRun = 19,
     /// Over the client prefix's rate: answered REFUSED or TC=1 in XDP.
     LimitAnswered = 20,
+    BlockAnswered = 21,
 }
 
 impl XdpOutcome {
-    pub const COUNT: usize = 21;
+    pub const COUNT: usize = 22;
     pub const ALL: [XdpOutcome; Self::COUNT] = [
         XdpOutcome::Redirect,
         XdpOutcome::NoSocket,
@@ -304,6 +309,7 @@ impl XdpOutcome {
         XdpOutcome::RateLimited,
         XdpOutcome::DryRun,
         XdpOutcome::LimitAnswered,
+        XdpOutcome::BlockAnswered,
     ];
 
     /// Stable lower-case name, used in status output and metric labels.
@@ -330,6 +336,7 @@ impl XdpOutcome {
             XdpOutcome::RateLimited => "rate_limited",
             XdpOutcome::DryRun => "dry_run",
             XdpOutcome::LimitAnswered => "limit_answered",
+            XdpOutcome::BlockAnswered => "block_answered",
         }
     }
 
@@ -341,7 +348,7 @@ impl XdpOutcome {
             | XdpOutcome::NotBackend
             | XdpOutcome::Blocked
             | XdpOutcome::RateLimited => "drop",
-            XdpOutcome::AclRefused | XdpOutcome::LimitAnswered => "tx",
+            XdpOutcome::AclRefused | XdpOutcome::LimitAnswered | XdpOutcome::BlockAnswered => "tx",
             XdpOutcome::PartialCsum => "subset_of_redirect",
             XdpOutcome::DryRun => "subset",
             _ => "pass",
@@ -401,6 +408,14 @@ mod tests {
         assert_eq!(
             define("XDPDNS_POLICY_BLOCK_TCP"),
             POLICY_BLOCK_TCP.to_string()
+        );
+        assert_eq!(
+            define("XDPDNS_POLICY_ANSWER_REFUSED"),
+            POLICY_ANSWER_REFUSED.to_string()
+        );
+        assert_eq!(
+            define("XDPDNS_POLICY_ANSWER_TC"),
+            POLICY_ANSWER_TC.to_string()
         );
         assert_eq!(
             define("XDPDNS_SETTING_TCP_BLOCKS"),

@@ -5,6 +5,7 @@
 
 use std::time::{Duration, Instant};
 
+use xdpdns_common::config::BlockAction;
 use xdpdns_common::net::Prefix;
 
 /// More run-time blocks than this are refused (the policy tries hold
@@ -19,6 +20,8 @@ pub struct RuntimeBlock {
     pub prefix: Prefix,
     /// TCP to listen addresses dropped too.
     pub tcp: bool,
+    /// What its UDP queries get.
+    pub action: BlockAction,
     pub added: Instant,
     /// None: until deleted (or the loader restarts).
     pub until: Option<Instant>,
@@ -48,7 +51,7 @@ impl RuntimeBlocks {
         &mut self,
         prefix: Prefix,
         duration: Option<Duration>,
-        tcp: bool,
+        (tcp, action): (bool, BlockAction),
         exempt: &[Prefix],
         now: Instant,
     ) -> Result<(), BlockError> {
@@ -61,6 +64,7 @@ impl RuntimeBlocks {
         let entry = RuntimeBlock {
             prefix,
             tcp,
+            action,
             added: now,
             until: duration.map(|d| now + d),
         };
@@ -137,18 +141,25 @@ mod tests {
         b.add(
             p("198.51.100.0/24"),
             Some(Duration::from_secs(60)),
-            false,
+            (false, BlockAction::Drop),
             &[],
             t0,
         )
         .unwrap();
-        b.add(p("2001:db8::/48"), None, false, &[], t0).unwrap();
+        b.add(
+            p("2001:db8::/48"),
+            None,
+            (false, BlockAction::Drop),
+            &[],
+            t0,
+        )
+        .unwrap();
         assert_eq!(b.list().len(), 2);
         // Re-adding changes the expiry, not the count.
         b.add(
             p("198.51.100.0/24"),
             Some(Duration::from_secs(5)),
-            false,
+            (false, BlockAction::Drop),
             &[],
             t0,
         )
@@ -174,14 +185,20 @@ mod tests {
         let mut b = RuntimeBlocks::default();
         let exempt = [p("10.0.0.0/8")];
         assert_eq!(
-            b.add(p("10.0.0.0/8"), None, false, &exempt, t0),
+            b.add(
+                p("10.0.0.0/8"),
+                None,
+                (false, BlockAction::Drop),
+                &exempt,
+                t0
+            ),
             Err(BlockError::Exempt(p("10.0.0.0/8")))
         );
         assert_eq!(
             b.add(
                 p("10.1.0.0/16"),
                 Some(Duration::from_secs(86_401)),
-                false,
+                (false, BlockAction::Drop),
                 &[],
                 t0
             ),
@@ -189,10 +206,11 @@ mod tests {
         );
         for i in 0..MAX_RUNTIME_BLOCKS {
             let a = format!("10.{}.{}.0/24", i / 256, i % 256);
-            b.add(p(&a), None, false, &[], t0).unwrap();
+            b.add(p(&a), None, (false, BlockAction::Drop), &[], t0)
+                .unwrap();
         }
         assert_eq!(
-            b.add(p("192.0.2.0/24"), None, false, &[], t0),
+            b.add(p("192.0.2.0/24"), None, (false, BlockAction::Drop), &[], t0),
             Err(BlockError::Full)
         );
     }

@@ -56,6 +56,9 @@ pub enum Request {
         /// TCP to listen addresses dropped too.
         #[serde(default)]
         tcp: bool,
+        /// What its UDP queries get.
+        #[serde(default)]
+        action: xdpdns_common::config::BlockAction,
     },
     /// Lift a run-time block.
     BlockDel {
@@ -368,6 +371,7 @@ mod tests {
             prefix: "192.0.2.0/24".into(),
             for_s: None,
             tcp: false,
+            action: xdpdns_common::config::BlockAction::Refused,
         };
         let del = Request::BlockDel {
             prefix: "192.0.2.0/24".into(),

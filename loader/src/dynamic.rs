@@ -11,7 +11,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use xdpdns_common::config::{Counted, DynamicRule, MAX_SUFFIX_RULES, TallySpec};
+use xdpdns_common::config::{BlockAction, Counted, DynamicRule, MAX_SUFFIX_RULES, TallySpec};
 use xdpdns_common::ipc::ClientCount;
 use xdpdns_common::net::Prefix;
 
@@ -126,9 +126,9 @@ impl Dynamic {
         }
     }
 
-    /// Prefixes a rule trips at `now`, each with its block time; forgets
-    /// counts older than the longest window.
-    pub fn evaluate(&mut self, now: Instant) -> Vec<(Prefix, Duration)> {
+    /// Prefixes a rule trips at `now`, each with its block time and action;
+    /// forgets counts older than the longest window.
+    pub fn evaluate(&mut self, now: Instant) -> Vec<(Prefix, Duration, BlockAction)> {
         let horizon = self.horizon();
         let Some((v4_prefix, v6_prefix)) = self.spec.as_ref().map(|s| (s.v4_prefix, s.v6_prefix))
         else {
@@ -169,14 +169,14 @@ impl Dynamic {
                         )
                     };
                     if let Ok(p) = Prefix::new(ip, bits) {
-                        out.push((p, Duration::from_secs(u64::from(r.block_s))));
+                        out.push((p, Duration::from_secs(u64::from(r.block_s)), r.action));
                     }
                     break;
                 }
             }
         }
         // A blocked prefix starts afresh when the block ends.
-        for (p, _) in &out {
+        for (p, _, _) in &out {
             let key = match p.addr() {
                 IpAddr::V4(a) => {
                     let mut b = [0u8; 16];
@@ -228,6 +228,7 @@ mod tests {
             under: None,
             window_s: 2,
             block_s: 60,
+            action: BlockAction::Drop,
         };
         let spec = TallySpec {
             v4_prefix: 32,
@@ -247,7 +248,11 @@ mod tests {
         let blocked = d.evaluate(now);
         assert_eq!(
             blocked,
-            vec![("192.0.2.9/32".parse().unwrap(), Duration::from_secs(60))]
+            vec![(
+                "192.0.2.9/32".parse().unwrap(),
+                Duration::from_secs(60),
+                BlockAction::Drop
+            )]
         );
         assert!(d.evaluate(now).is_empty(), "counted afresh after a block");
         // Old counts are forgotten.
@@ -264,6 +269,7 @@ mod tests {
             rate: 10_000,
             window_s: 1,
             block_s: 5,
+            action: BlockAction::Drop,
         };
         let spec = TallySpec {
             v4_prefix: 24,
@@ -288,6 +294,7 @@ mod tests {
             rate: 1_000_000,
             window_s: 5,
             block_s: 1,
+            action: BlockAction::Drop,
         };
         let mut d = Dynamic::new(
             vec![rule],
@@ -334,6 +341,7 @@ mod tests {
             rate: 50,
             window_s: 1,
             block_s: 30,
+            action: BlockAction::Tc,
         };
         let mut d = Dynamic::new(vec![rule], Some(spec));
         let t0 = Instant::now();
@@ -345,7 +353,11 @@ mod tests {
         d.observe(t0, &[elsewhere, flooder]);
         assert_eq!(
             d.evaluate(t0),
-            vec![("192.0.2.9/32".parse().unwrap(), Duration::from_secs(30))]
+            vec![(
+                "192.0.2.9/32".parse().unwrap(),
+                Duration::from_secs(30),
+                BlockAction::Tc
+            )]
         );
     }
 }

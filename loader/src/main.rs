@@ -102,7 +102,8 @@ enum BlockCommand {
         /// For how long: 60s, 5m, 2h, 1d (at most a day); default: until deleted.
         #[arg(long = "for")]
         duration: Option<String>,
-        /// What happens to its queries: drop (the only action so far).
+        /// What its UDP queries get: drop, refused or tc (answered in XDP;
+        /// dropped where XDP_TX cannot reach the peer, see xdp.tx_answers).
         #[arg(long, default_value = "drop")]
         action: String,
         /// Drop its TCP to listen addresses too (by default TCP stays open,
@@ -230,16 +231,21 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 action,
                 tcp,
             } => {
-                if action != "drop" {
-                    anyhow::bail!("--action {action:?}: only \"drop\" is implemented so far");
-                }
+                let action: xdpdns_common::config::BlockAction = action
+                    .parse()
+                    .map_err(|e| anyhow::anyhow!("--action {e}"))?;
                 let for_s = duration
                     .map(|d| blocks::parse_duration(&d).map(|d| d.as_secs()))
                     .transpose()
                     .map_err(|e| anyhow::anyhow!("--for {e}"))?;
                 done(ask(
                     &config,
-                    control::Request::BlockAdd { prefix, for_s, tcp },
+                    control::Request::BlockAdd {
+                        prefix,
+                        for_s,
+                        tcp,
+                        action,
+                    },
                 )?)
             }
             BlockCommand::Del { config, prefix } => {

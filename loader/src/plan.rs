@@ -278,6 +278,17 @@ impl Plan {
                     .to_string(),
             );
         }
+        if !live.abuse.answered_blocks.is_empty()
+            && iface
+                .as_ref()
+                .is_some_and(|i| !live.xdp.tx_answers.enabled(i.link.veth))
+        {
+            warnings.push(
+                "blocks answer REFUSED or TC=1 with XDP_TX, which does not reach this interface's peer \
+                 (a veth, xdp.tx_answers): their queries are dropped instead"
+                    .to_string(),
+            );
+        }
         if live.acl.open_to_a_family() {
             warnings.push(format!(
                 "acl.allow admits {}: anyone who reaches this address may query{} — make sure that is intended",

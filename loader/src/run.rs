@@ -18,7 +18,7 @@ use anyhow::{Context, bail};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{mpsc, watch};
 use tracing::{error, info, warn};
-use xdpdns_common::config::{Live, RuleSpec};
+use xdpdns_common::config::{BlockAction, Live, RuleSpec};
 use xdpdns_common::ipc::BackendLive;
 use xdpdns_common::maps::XdpOutcome;
 use xdpdns_common::net::Prefix;
@@ -171,6 +171,11 @@ fn steering(
         }
         if b.tcp && !abuse.tcp_blocks.contains(&b.prefix) {
             abuse.tcp_blocks.push(b.prefix);
+        }
+        // A run-time block of a configured prefix says what it gets.
+        abuse.answered_blocks.retain(|(p, _)| *p != b.prefix);
+        if b.action != BlockAction::Drop {
+            abuse.answered_blocks.push((b.prefix, b.action));
         }
     }
     Steering {
@@ -474,15 +479,20 @@ impl Running {
                     }
                 }
             }
-            Request::BlockAdd { prefix, for_s, tcp } => {
+            Request::BlockAdd {
+                prefix,
+                for_s,
+                tcp,
+                action,
+            } => {
                 let p: Prefix = match prefix.parse() {
                     Ok(p) => p,
                     Err(e) => return Response::Error(format!("{prefix:?}: {e}")),
                 };
                 let d = for_s.map(Duration::from_secs);
-                if let Err(e) = self
-                    .blocks
-                    .add(p, d, tcp, &self.live.abuse.exempt, Instant::now())
+                if let Err(e) =
+                    self.blocks
+                        .add(p, d, (tcp, action), &self.live.abuse.exempt, Instant::now())
                 {
                     return Response::Error(e.to_string());
                 }
@@ -491,6 +501,22 @@ impl Running {
                         let how =
                             for_s.map_or("until deleted".to_string(), |s| format!("for {s}s"));
                         let how = if tcp { format!("{how}, TCP too") } else { how };
+                        let how = match action {
+                            BlockAction::Drop => how,
+                            a if self
+                                .live
+                                .xdp
+                                .tx_answers
+                                .enabled(self.plan.interface.link.veth) =>
+                            {
+                                format!("{how}, answered {}", a.name())
+                            }
+                            a => format!(
+                                "{how}, {} wanted but dropped: XDP_TX does not reach this \
+                                 interface's peer (xdp.tx_answers)",
+                                a.name()
+                            ),
+                        };
                         info!(prefix = %p, %how, "blocked");
                         Response::Done(vec![format!("{p} blocked {how}")])
                     }
@@ -526,16 +552,18 @@ impl Running {
                     .iter()
                     .map(|b| match b.until {
                         Some(u) => format!(
-                            "{} drop{}, {}s left (added {}s ago), {} hits",
+                            "{} {}{}, {}s left (added {}s ago), {} hits",
                             b.prefix,
+                            b.action.name(),
                             if b.tcp { " (UDP and TCP)" } else { "" },
                             u.saturating_duration_since(now).as_secs(),
                             now.duration_since(b.added).as_secs(),
                             hit(&b.prefix)
                         ),
                         None => format!(
-                            "{} drop{}, until deleted (added {}s ago), {} hits",
+                            "{} {}{}, until deleted (added {}s ago), {} hits",
                             b.prefix,
+                            b.action.name(),
                             if b.tcp { " (UDP and TCP)" } else { "" },
                             now.duration_since(b.added).as_secs(),
                             hit(&b.prefix)
@@ -544,8 +572,16 @@ impl Running {
                     .collect();
                 for p in &self.live.abuse.blocks {
                     let tcp = self.live.abuse.tcp_blocks.contains(p);
+                    let action = self
+                        .live
+                        .abuse
+                        .answered_blocks
+                        .iter()
+                        .find(|(q, _)| q == p)
+                        .map_or(BlockAction::Drop, |(_, a)| *a);
                     lines.push(format!(
-                        "{p} drop{}, configured, {} hits",
+                        "{p} {}{}, configured, {} hits",
+                        action.name(),
                         if tcp { " (UDP and TCP)" } else { "" },
                         hit(p)
                     ));
@@ -571,13 +607,13 @@ impl Running {
     fn police_blocks(&mut self) {
         let now = Instant::now();
         let mut changed = self.blocks.expire(now);
-        for (p, d) in self.dynamic.evaluate(now) {
+        for (p, d, action) in self.dynamic.evaluate(now) {
             if self.blocks.list().iter().any(|b| b.prefix == p) {
                 continue;
             }
             match self
                 .blocks
-                .add(p, Some(d), false, &self.live.abuse.exempt, now)
+                .add(p, Some(d), (false, action), &self.live.abuse.exempt, now)
             {
                 Ok(()) => {
                     warn!(prefix = %p, secs = d.as_secs(), "blocked by a dynamic rule");

@@ -257,14 +257,103 @@ fn blocks_added_at_run_time_apply_at_once_and_expire_on_time() -> anyhow::Result
         (vec!["block", "add", BLOCKED, "--for", "2d"], "at most"),
         (vec!["block", "add", BLOCKED, "--for", "soon"], "--for"),
         (
-            vec!["block", "add", BLOCKED, "--action", "tc"],
-            "only \"drop\"",
+            vec!["block", "add", BLOCKED, "--action", "reject"],
+            "drop, refused or tc",
         ),
         (vec!["block", "del", "198.51.100.0/24"], "not blocked"),
     ] {
         let (ok, said) = ask(&args);
         assert!(!ok && said.contains(why), "{args:?}: {said}");
     }
+    Ok(())
+}
+
+#[test]
+#[ignore = "needs root: run by make test"]
+fn blocked_queries_can_be_answered_refused_or_tc_in_xdp() -> anyhow::Result<()> {
+    let lab = Lab::new("blockans")?;
+    lab.client_addr(&format!("{BLOCKED}/24"), CLIENT_IF)?;
+    // XDP_TX reaches a veth peer that runs XDP: kxdpgun's, from the
+    // blocked address.
+    let cfg = lab.config_full(
+        "a",
+        "tx_answers = \"always\"",
+        "",
+        &format!(
+            "[[rule]]\nqname_suffix = \"b.test.\"\naction = \"nxdomain\"\n\
+             [[block]]\nprefix = \"{BLOCKED}/32\"\naction = \"refused\"\n"
+        ),
+    );
+    let server = lab.start("a", &cfg)?;
+    let ask = |args: &[&str]| {
+        let out = server.cli(args);
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let names = lab.dir.join("b-names.txt");
+    std::fs::write(&names, "x.b.test A\ny.b.test AAAA\n")?;
+    // kxdpgun from the blocked address, 1,000 q/s for 2 s: (sent,
+    // received, its output).
+    let blocked_load = || -> anyhow::Result<(u64, u64, String)> {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &lab.client_ns, "kxdpgun", "-t", "2"])
+            .args(["-Q", "1000", "-I", CLIENT_IF, "-l", BLOCKED, "-i"])
+            .arg(&names)
+            .arg(SERVER_V4)
+            .output()?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let grab = |key: &str| -> u64 {
+            text.lines()
+                .find_map(|l| l.trim().strip_prefix(key))
+                .and_then(|r| r.split_whitespace().next()?.parse().ok())
+                .unwrap_or(0)
+        };
+        Ok((grab("total queries:"), grab("total replies:"), text))
+    };
+    assert_eq!(
+        lab.kdig(&[&format!("@{SERVER_V4}"), "x.b.test"]),
+        "NXDOMAIN",
+        "others are served"
+    );
+    let (sent, got, text) = blocked_load()?;
+    let s = server.wait_status("answered in XDP", |s| xdp(s, "block_answered") >= sent)?;
+    assert!(sent >= 1900, "{text}");
+    assert_eq!(xdp(&s, "block_answered"), sent, "every query: {s:#}");
+    assert_eq!(xdp(&s, "blocked"), 0, "nothing dropped: {s:#}");
+    // kxdpgun reads its queue 0 only; XDP_TX lands on either queue.
+    assert!(got * 3 >= sent, "received {got} of {sent}:\n{text}");
+    assert!(
+        text.contains("responded REFUSED") && !text.contains("NXDOMAIN"),
+        "the configured block answers REFUSED:\n{text}"
+    );
+    // A run-time block of the same prefix says what it gets: TC=1.
+    let (ok, said) = ask(&["block", "add", BLOCKED, "--action", "tc", "--for", "60s"]);
+    assert!(ok && said.contains("answered tc"), "{said}");
+    let (ok, said) = ask(&["block", "list"]);
+    assert!(ok && said.contains(&format!("{BLOCKED}/32 tc, ")), "{said}");
+    let (sent2, got2, text) = blocked_load()?;
+    let s = server.wait_status("answered in XDP", |s| {
+        xdp(s, "block_answered") >= sent + sent2
+    })?;
+    assert_eq!(xdp(&s, "blocked"), 0, "{s:#}");
+    assert!(got2 * 3 >= sent2, "received {got2} of {sent2}:\n{text}");
+    assert!(
+        text.contains("responded NOERROR")
+            && !text.contains("REFUSED")
+            && !text.contains("NXDOMAIN"),
+        "TC=1 answers (NOERROR, the question only):\n{text}"
+    );
+    // Lifted: the configured action again.
+    let (ok, said) = ask(&["block", "del", BLOCKED]);
+    assert!(ok, "{said}");
+    let (ok, said) = ask(&["block", "list"]);
+    assert!(
+        ok && said.contains(&format!("{BLOCKED}/32 refused, configured")),
+        "{said}"
+    );
     Ok(())
 }
 

@@ -57,11 +57,38 @@ fn default_v6_prefix() -> u8 {
 }
 
 /// What happens to a query from a blocked prefix.
-#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+/// What a blocked prefix's queries get: dropped, or answered REFUSED or
+/// TC=1 (the client retries over TCP) by the XDP program (XDP_TX; where
+/// that cannot reach the peer, dropped).
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq, Hash)]
 #[serde(rename_all = "lowercase")]
 pub enum BlockAction {
     #[default]
     Drop,
+    Refused,
+    Tc,
+}
+
+impl BlockAction {
+    pub fn name(self) -> &'static str {
+        match self {
+            BlockAction::Drop => "drop",
+            BlockAction::Refused => "refused",
+            BlockAction::Tc => "tc",
+        }
+    }
+}
+
+impl std::str::FromStr for BlockAction {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "drop" => Ok(BlockAction::Drop),
+            "refused" => Ok(BlockAction::Refused),
+            "tc" => Ok(BlockAction::Tc),
+            _ => Err(format!("{s:?}: drop, refused or tc")),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -137,6 +164,9 @@ pub struct DynamicRule {
     pub rate: u32,
     pub window_s: u32,
     pub block_s: u32,
+    /// What the prefixes it blocks get.
+    #[serde(default)]
+    pub action: BlockAction,
 }
 
 /// How dataplanes tally answers per client for the dynamic rules: the
@@ -180,6 +210,8 @@ pub struct Abuse {
     pub blocks: Vec<Prefix>,
     /// Those of `blocks` that cover TCP too.
     pub tcp_blocks: Vec<Prefix>,
+    /// Those of `blocks` answered rather than dropped, with their action.
+    pub answered_blocks: Vec<(Prefix, BlockAction)>,
     pub dry_run: bool,
     pub dynamic: Vec<DynamicRule>,
     /// What the rules of `dynamic` with a suffix count, by their `under`.
@@ -273,6 +305,7 @@ fn dynamic_rule(i: usize, d: &DynamicBlockConfig) -> Result<DynamicRule, ConfigE
         rate,
         window_s: d.window_s,
         block_s: d.block_s,
+        action: d.action,
     })
 }
 
@@ -354,6 +387,13 @@ pub(super) fn compile(
         .zip(blocks)
         .filter(|(_, b)| b.tcp)
         .map(|(p, _)| *p)
+        .collect();
+    abuse.answered_blocks = abuse
+        .blocks
+        .iter()
+        .zip(blocks)
+        .filter(|(_, b)| b.action != BlockAction::Drop)
+        .map(|(p, b)| (*p, b.action))
         .collect();
     if abuse.exempt.len() + abuse.blocks.len() > MAX_POLICY_PREFIXES {
         return Err(ConfigError::invalid(

@@ -632,6 +632,21 @@ fn limits_and_blocks_compile_and_bad_ones_are_refused() {
         c.live.abuse.tcp_blocks,
         vec!["198.51.100.0/24".parse().unwrap()]
     );
+    assert!(a.answered_blocks.is_empty(), "dropped by default");
+    let c = Config::from_toml(&format!(
+        "{MINIMAL}\n[[block]]\nprefix = \"198.51.100.0/24\"\naction = \"refused\"\n\
+         [[block]]\nprefix = \"203.0.113.0/24\"\naction = \"tc\"\n[[block]]\nprefix = \"192.0.2.0/24\"\n\
+         [[dynamic_block]]\nqps = 100\naction = \"tc\"\n"
+    ))
+    .unwrap();
+    assert_eq!(
+        c.live.abuse.answered_blocks,
+        vec![
+            ("198.51.100.0/24".parse().unwrap(), BlockAction::Refused),
+            ("203.0.113.0/24".parse().unwrap(), BlockAction::Tc)
+        ]
+    );
+    assert_eq!(c.live.abuse.dynamic[0].action, BlockAction::Tc);
     assert!(!a.dry_run);
     assert!(
         a.describe().contains("200 q/s (burst 400)"),
@@ -681,9 +696,9 @@ fn limits_and_blocks_compile_and_bad_ones_are_refused() {
         "block[0].prefix"
     );
     assert!(
-        err(&block("prefix = \"192.0.2.0/24\"\naction = \"refused\""))
+        err(&block("prefix = \"192.0.2.0/24\"\naction = \"reject\""))
             .to_string()
-            .contains("expected `drop`")
+            .contains("expected one of `drop`, `refused`, `tc`")
     );
     assert_eq!(
         invalid_key(&format!(

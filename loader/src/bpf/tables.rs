@@ -11,12 +11,12 @@ use std::net::{IpAddr, SocketAddr};
 use aya::Pod;
 use aya::maps::lpm_trie::{Key as LpmKey, LpmTrie};
 use aya::maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray};
-use xdpdns_common::config::{Abuse, Acl, AclAction, LimitAction};
+use xdpdns_common::config::{Abuse, Acl, AclAction, BlockAction, LimitAction};
 use xdpdns_common::maps::{
     DEST_FORWARD, DestKey, DestV4Key, DestV6Key, Limits, ListenStat, MAP_ACL, MAP_BACKENDS_V4,
     MAP_BACKENDS_V6, MAP_BLOCK_HITS, MAP_DEST_V4, MAP_DEST_V6, MAP_LIMITS, MAP_LISTEN_STATS,
-    MAP_POLICY, MAP_SETTINGS, MAP_STATS, MAX_BLOCK_HITS, MAX_LISTEN, POLICY_BLOCK,
-    POLICY_BLOCK_TCP, POLICY_EXEMPT, Settings, dest_listen,
+    MAP_POLICY, MAP_SETTINGS, MAP_STATS, MAX_BLOCK_HITS, MAX_LISTEN, POLICY_ANSWER_REFUSED,
+    POLICY_ANSWER_TC, POLICY_BLOCK, POLICY_BLOCK_TCP, POLICY_EXEMPT, Settings, dest_listen,
 };
 use xdpdns_common::net::Prefix;
 
@@ -153,13 +153,24 @@ impl Tables {
         policy(&s.abuse.exempt, POLICY_EXEMPT, &mut p4, &mut p6);
         self.index_blocks(&s.abuse.blocks);
         let tcp: std::collections::HashSet<&Prefix> = s.abuse.tcp_blocks.iter().collect();
+        let answered: std::collections::HashMap<&Prefix, BlockAction> = s
+            .abuse
+            .answered_blocks
+            .iter()
+            .map(|(p, a)| (p, *a))
+            .collect();
         for p in &s.abuse.blocks {
             let kind = if tcp.contains(p) {
                 POLICY_BLOCK_TCP
             } else {
                 POLICY_BLOCK
             };
-            let value = kind | (self.block_index.get(p).copied().unwrap_or(0) << 8);
+            let how = match answered.get(p) {
+                Some(BlockAction::Refused) => POLICY_ANSWER_REFUSED,
+                Some(BlockAction::Tc) => POLICY_ANSWER_TC,
+                Some(BlockAction::Drop) | None => 0,
+            };
+            let value = kind | how | (self.block_index.get(p).copied().unwrap_or(0) << 8);
             policy(std::slice::from_ref(p), value, &mut p4, &mut p6);
         }
         let keys4: Vec<_> = p4.iter().map(|(k, _)| *k).collect();
