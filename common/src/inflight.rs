@@ -9,7 +9,7 @@ pub const SLOT_WORDS: usize = 48;
 /// Longest question a slot keeps (for answers made without the backend).
 pub const MAX_QUESTION: usize = 259;
 /// Header words of a slot, before the question.
-pub const SLOT_HEADER_WORDS: usize = 11;
+pub const SLOT_HEADER_WORDS: usize = 12;
 /// Slots the index can name (22 bits of slot number).
 pub const MAX_SLOTS: u64 = 1 << 22;
 

@@ -5,6 +5,7 @@
 //! and never makes a system call. Reading files, binding sockets and talking to
 //! the kernel is the business of the binaries.
 
+pub mod cache;
 pub mod config;
 pub mod dns;
 pub mod hash;

@@ -176,6 +176,57 @@ pub struct DataplaneCounters {
     /// answer (FORMERR, NOTIMP, BADVERS), by [`DropReason`] discriminant.
     #[serde(default)]
     pub error_answers: Vec<u64>,
+    #[serde(default)]
+    pub cache: CacheCounters,
+}
+
+/// What one dataplane did with the shared packet cache.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CacheCounters {
+    /// Queries answered from the cache (stale ones included).
+    pub hits: u64,
+    /// Queries looked up and not found (or found expired): forwarded.
+    pub misses: u64,
+    /// Hits on expired entries while their pool was down.
+    pub stale: u64,
+    /// Entries whose hash matched but whose contents did not (a collision,
+    /// a race with a writer, corruption): treated as misses.
+    pub collisions: u64,
+    /// Queries that bypassed the cache: they carry an ECS or COOKIE option.
+    pub bypassed: u64,
+    /// Answers stored.
+    pub inserts: u64,
+    /// Of those, over another name's live entry (its bucket was full).
+    pub evictions: u64,
+    /// Answers not stored: TC=1, an rcode or negative answer the cache does
+    /// not keep, per-client options, too large, malformed.
+    pub uncacheable: u64,
+}
+
+impl CacheCounters {
+    pub fn events(&self) -> [u64; 8] {
+        [
+            self.hits,
+            self.misses,
+            self.stale,
+            self.collisions,
+            self.bypassed,
+            self.inserts,
+            self.evictions,
+            self.uncacheable,
+        ]
+    }
+
+    fn accumulate(&mut self, o: &CacheCounters) {
+        self.hits = self.hits.saturating_add(o.hits);
+        self.misses = self.misses.saturating_add(o.misses);
+        self.stale = self.stale.saturating_add(o.stale);
+        self.collisions = self.collisions.saturating_add(o.collisions);
+        self.bypassed = self.bypassed.saturating_add(o.bypassed);
+        self.inserts = self.inserts.saturating_add(o.inserts);
+        self.evictions = self.evictions.saturating_add(o.evictions);
+        self.uncacheable = self.uncacheable.saturating_add(o.uncacheable);
+    }
 }
 
 /// Upper bounds (µs) of the backend latency histogram buckets; a last,
@@ -393,6 +444,7 @@ impl DataplaneCounters {
         ]
         .into_iter()
         .chain(self.forward.events())
+        .chain(self.cache.events())
         .chain(paths)
         .chain(self.rule_hits.iter().copied())
         .chain(self.error_answers.iter().copied())
@@ -426,6 +478,7 @@ impl DataplaneCounters {
             self.backend(i).accumulate(b);
         }
         self.forward.accumulate(&other.forward);
+        self.cache.accumulate(&other.cache);
         if self.error_answers.len() < other.error_answers.len() {
             self.error_answers.resize(other.error_answers.len(), 0);
         }

@@ -36,7 +36,9 @@ pub struct Engine {
 }
 
 impl Engine {
-    pub fn new(pipeline: Pipeline, forwarder: Option<Forwarder>) -> Engine {
+    /// The pipeline answers from the forwarder's packet cache, if it has one.
+    pub fn new(mut pipeline: Pipeline, forwarder: Option<Forwarder>) -> Engine {
+        pipeline.set_cache(forwarder.as_ref().and_then(Forwarder::cache));
         Engine {
             pipeline,
             forwarder,
@@ -104,17 +106,22 @@ impl Engine {
             transport: Transport::Xsk,
             local: p.dest(&chunk[head..]),
         };
-        let (backend, query) = match self
-            .pipeline
-            .decide(&mut chunk[at..], p.payload_len, peer, c)
-        {
-            Verdict::Answer(n) => return Ok(answer(n, chunk)),
-            Verdict::Drop(reason) => return Err(reason),
-            Verdict::Forward { backend, query } => (backend, query),
-        };
+        let (backend, query, cache) =
+            match self
+                .pipeline
+                .decide(&mut chunk[at..], p.payload_len, peer, c)
+            {
+                Verdict::Answer(n) => return Ok(answer(n, chunk)),
+                Verdict::Drop(reason) => return Err(reason),
+                Verdict::Forward {
+                    backend,
+                    query,
+                    cache,
+                } => (backend, query, cache),
+            };
         let sent = match (self.forwarder.as_mut(), self.pipeline.backends()) {
             (Some(f), Some(backends)) => {
-                f.forward_frame(chunk, head, &p, &query, backend, backends, c)
+                f.forward_frame(chunk, head, &p, &query, (backend, cache), backends, c)
             }
             _ => Sent::Failed(xdpdns_common::config::FailAction::Refused),
         };
@@ -150,12 +157,16 @@ impl Engine {
             local,
         };
         let verdict = match self.pipeline.decide(buf, len, peer, c) {
-            Verdict::Forward { backend, query } => {
+            Verdict::Forward {
+                backend,
+                query,
+                cache,
+            } => {
                 let sent = match (self.forwarder.as_mut(), self.pipeline.backends()) {
                     (Some(f), Some(backends)) => f.forward_datagram(
                         &mut buf[..len],
                         &query,
-                        backend,
+                        (backend, cache),
                         from,
                         local,
                         backends,

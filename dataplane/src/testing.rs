@@ -166,6 +166,7 @@ pub fn forward_spec(backends: usize) -> ForwardSpec {
             name: "default".into(),
             policy: Policy::RoundRobin,
             members: (0..backends as u16).collect(),
+            cache: true,
         }],
         default_pool: 0,
         timeout_ms: 1000,
@@ -186,6 +187,7 @@ pub fn forward_spec(backends: usize) -> ForwardSpec {
             };
             backends
         ],
+        cache: None,
     }
 }
 
@@ -200,7 +202,44 @@ pub fn local_engine(rules: usize) -> Engine {
 /// An engine of queue 0 forwarding to one AF_XDP backend, over an anonymous
 /// in-flight table (the production code path, without a loader).
 pub fn forwarding_engine(rules: usize) -> Engine {
-    let spec = forward_spec(1);
+    forwarding_engine_with(rules, forward_spec(1), None)
+}
+
+/// The TTL bounds of [`cached_forwarding_engine`]: the defaults.
+pub const CACHE_TTLS: xdpdns_common::config::CacheTtls = xdpdns_common::config::CacheTtls {
+    min: 0,
+    max: 86_400,
+    negative: 3_600,
+    servfail: 5,
+    stale: 30,
+};
+
+/// [`forwarding_engine`] with a packet cache of 1,024 entries in anonymous
+/// shared memory (a second engine may share it: `shared`).
+pub fn cached_forwarding_engine(
+    rules: usize,
+    shared: Option<std::sync::Arc<crate::shm::cache::Cache>>,
+) -> (Engine, std::sync::Arc<crate::shm::cache::Cache>) {
+    let mut spec = forward_spec(1);
+    spec.cache = Some(xdpdns_common::ipc::CacheSpec {
+        slots: 1024,
+        ttls: CACHE_TTLS,
+        key: (7, 8),
+    });
+    let cache = shared.unwrap_or_else(|| {
+        std::sync::Arc::new(crate::shm::cache::Cache::anonymous(1024, (7, 8)).expect("cache"))
+    });
+    (
+        forwarding_engine_with(rules, spec, Some(cache.clone())),
+        cache,
+    )
+}
+
+fn forwarding_engine_with(
+    rules: usize,
+    spec: ForwardSpec,
+    cache: Option<std::sync::Arc<crate::shm::cache::Cache>>,
+) -> Engine {
     let table = Table::anonymous(spec.regions, spec.max_in_flight).expect("anonymous table");
     let alloc = table.allocator(0);
     // Socket backends' sockets; AF_XDP backends with a MAC never use them.
@@ -213,9 +252,11 @@ pub fn forwarding_engine(rules: usize) -> Engine {
         .collect();
     let fds = ForwardFds {
         table: None,
+        cache: None,
         backends: vec![socks],
     };
     let mut f = Forwarder::with_table(0, spec.clone(), fds, table, alloc).expect("forwarder");
+    f.set_cache(cache);
     f.set_listen(&[
         "192.0.2.1:53".parse().expect("address"),
         "[2001:db8::1]:53".parse().expect("address"),
@@ -229,9 +270,15 @@ pub fn forwarding_engine(rules: usize) -> Engine {
 /// The backend's reply to a forwarded query frame: addresses turned round,
 /// QR set, NOERROR, nothing else changed.
 pub fn backend_reply(forwarded: &[u8]) -> Vec<u8> {
+    backend_reply_with(forwarded, |_| {})
+}
+
+/// [`backend_reply`] with its DNS payload changed by `edit` first.
+pub fn backend_reply_with(forwarded: &[u8], edit: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
     let got = receive_from(forwarded, SERVER_MAC, BACKEND_MAC);
     let mut payload = got.payload;
     payload[2] |= 0x80;
+    edit(&mut payload);
     let spec = FrameSpec {
         src_mac: BACKEND_MAC,
         dst_mac: SERVER_MAC,

@@ -641,6 +641,7 @@ pub(crate) mod tests {
                 name: "default".into(),
                 policy: Default::default(),
                 members: vec![0],
+                cache: true,
             }],
             default_pool: 0,
             timeout_ms: 1000,
@@ -655,6 +656,7 @@ pub(crate) mod tests {
             regions: 2,
             local_mac: [2, 0, 0, 0, 0, 1],
             live: Vec::new(),
+            cache: None,
         }
     }
 

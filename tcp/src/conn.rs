@@ -115,7 +115,7 @@ fn handle(
             let _ = answers.try_send((buf[..n].to_vec(), permit));
         }
         Verdict::Drop(reason) => shared.counters.borrow_mut().queries.drop(reason),
-        Verdict::Forward { backend, query } => {
+        Verdict::Forward { backend, query, .. } => {
             let msg = buf[..len].to_vec();
             let question = buf[HEADER_LEN..query.question_end].to_vec();
             let sent = match shared.upstreams.borrow_mut().as_mut() {

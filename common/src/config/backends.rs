@@ -72,6 +72,13 @@ pub struct PoolConfig {
     pub name: String,
     #[serde(default)]
     pub policy: Policy,
+    /// Its answers go through the packet cache (when `[cache]` has one).
+    #[serde(default = "yes")]
+    pub cache: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// What to send when a query cannot be forwarded or times out.

@@ -7,6 +7,7 @@
 mod abuse;
 mod acl;
 mod backends;
+mod cache;
 mod queues;
 mod rules;
 mod split;
@@ -25,6 +26,7 @@ pub use acl::{Acl, AclAction, DEFAULT_ALLOW, MAX_ACL_PREFIXES};
 pub use backends::{
     BackendConfig, DEFAULT_POOL, FailAction, HealthConfig, Policy, PoolConfig, parse_mac,
 };
+pub use cache::{CacheTtls, MAX_CACHE_ENTRIES};
 pub use queues::QueueSelection;
 pub use rules::{
     Action, AnswerSpec, EdnsMatch, MAX_NAME_FILE_BYTES, MAX_NAME_FILE_ENTRIES, MAX_RULES,

@@ -37,6 +37,8 @@ pub struct Fixed {
     pub metrics: Option<MetricsSection>,
     pub forwarding: ForwardingFixed,
     pub tcp: TcpFixed,
+    /// Entries of the shared packet cache (0: none).
+    pub cache_slots: u32,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -89,6 +91,7 @@ pub struct Live {
     pub acl: Acl,
     pub tcp: TcpLimits,
     pub abuse: super::abuse::Abuse,
+    pub cache: super::cache::CacheTtls,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -146,6 +149,7 @@ impl From<File> for Config {
             limits,
             block,
             dynamic_block,
+            cache,
         } = f;
         // Validated before the conversion.
         let abuse =
@@ -222,6 +226,7 @@ impl From<File> for Config {
                     max_in_flight,
                 },
                 tcp: tcp_fixed,
+                cache_slots: cache.slots(),
             },
             live: Live {
                 xdp: XdpLive {
@@ -254,6 +259,7 @@ impl From<File> for Config {
                 acl,
                 tcp: tcp_limits,
                 abuse,
+                cache: cache.ttls(),
             },
         }
     }
@@ -308,11 +314,13 @@ impl Fixed {
                     group: tcp_group,
                     binary: tcp_binary,
                 },
+            cache_slots,
         } = self;
         let o = other;
         let (of, ox, ok, od) = (&o.forwarding, &o.xdp, &o.xsk, &o.dataplane);
         [
             (instance != &o.instance, "instance"),
+            (cache_slots != &o.cache_slots, "cache.entries"),
             (runtime_dir != &o.runtime_dir, "runtime_dir"),
             (interface != &ox.interface, "xdp.interface"),
             (mode != &ox.mode, "xdp.mode"),

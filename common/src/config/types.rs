@@ -60,6 +60,9 @@ pub(crate) struct File {
     /// kind come too fast.
     #[serde(default)]
     pub dynamic_block: Vec<super::abuse::DynamicBlockConfig>,
+    /// The packet cache shared by every queue.
+    #[serde(default)]
+    pub cache: super::cache::CacheSection,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]

@@ -20,6 +20,7 @@ impl File {
             ));
         }
         check_interface(&self.xdp.interface)?;
+        self.cache.validate()?;
         if let QueueSelection::List(ids) = &self.xdp.queues {
             if ids.is_empty() {
                 return Err(ConfigError::invalid(

@@ -106,6 +106,21 @@ pub struct ForwardSpec {
     pub local_mac: [u8; 6],
     /// Initial health and MACs.
     pub live: Vec<BackendLive>,
+    /// The shared packet cache, if there is one (its memfd comes with Init,
+    /// after the in-flight table's).
+    #[serde(default)]
+    pub cache: Option<CacheSpec>,
+}
+
+/// The packet cache as the dataplanes use it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CacheSpec {
+    /// Entries (a power of two): the region is `cache::table_bytes(slots)`.
+    pub slots: u32,
+    pub ttls: crate::config::CacheTtls,
+    /// Keys of the entry hash, drawn by the loader per instance: a client
+    /// cannot pick names that collide.
+    pub key: (u64, u64),
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -127,13 +142,18 @@ pub struct PoolSpec {
     pub name: String,
     pub policy: Policy,
     pub members: Vec<u16>,
+    /// Its answers go through the packet cache (if there is one).
+    #[serde(default)]
+    pub cache: bool,
 }
 
 impl ForwardSpec {
     /// The descriptors forwarding adds to an Init (`with_table`) or a
     /// Reconfigure.
     pub fn descriptors(&self, with_table: bool) -> usize {
-        usize::from(with_table) + self.backends.len() * self.backend_sockets as usize
+        usize::from(with_table)
+            + usize::from(with_table && self.cache.is_some())
+            + self.backends.len() * self.backend_sockets as usize
     }
 }
 

@@ -201,6 +201,7 @@ pub fn write_answer_for(
             opt_size_at: None,
             qdcount: 0,
             cookie: false,
+            ecs: false,
             problem: None,
         };
         return write_answer(buf, &q, rcode, udp_size);
@@ -219,6 +220,7 @@ pub fn write_answer_for(
         opt_size_at: None,
         qdcount: 1,
         cookie: false,
+        ecs: false,
         problem: None,
     };
     write_answer(buf, &q, rcode, udp_size)

@@ -2,6 +2,7 @@
 //! message bytes in place and never allocate.
 
 mod answer;
+pub mod cacheable;
 mod query;
 mod ttl;
 

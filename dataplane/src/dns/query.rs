@@ -43,6 +43,8 @@ pub struct Query {
     pub qdcount: u16,
     /// The OPT record carries a COOKIE option (RFC 7873).
     pub cookie: bool,
+    /// The OPT record carries a CLIENT-SUBNET option (RFC 7871).
+    pub ecs: bool,
     /// Why the query is malformed (answered FORMERR), if it is.
     pub problem: Option<DropReason>,
 }
@@ -62,7 +64,9 @@ fn be16(b: &[u8], at: usize) -> Result<u16, DropReason> {
 }
 
 /// EDNS option code of COOKIE (RFC 7873).
-const OPTION_COOKIE: u16 = 10;
+pub(super) const OPTION_COOKIE: u16 = 10;
+/// EDNS option code of CLIENT-SUBNET (RFC 7871).
+pub(super) const OPTION_ECS: u16 = 8;
 
 /// Parses `msg`, a complete DNS message. Errors only for what must never
 /// be answered; a malformed query is `Ok` with [`Query::problem`] set.
@@ -88,6 +92,7 @@ pub fn parse_query(msg: &[u8]) -> Result<Query, DropReason> {
         opt_size_at: None,
         qdcount: 0,
         cookie: false,
+        ecs: false,
         problem: None,
     };
     if let Err(reason) = parse_body(msg, &mut q) {
@@ -96,6 +101,7 @@ pub fn parse_query(msg: &[u8]) -> Result<Query, DropReason> {
         q.edns = None;
         q.opt_size_at = None;
         q.cookie = false;
+        q.ecs = false;
     }
     Ok(q)
 }
@@ -142,6 +148,7 @@ fn parse_body(msg: &[u8], q: &mut Query) -> Result<(), DropReason> {
             });
             q.opt_size_at = Some(at + rr.name_len + 2);
             q.cookie = has_option(&msg[rr.rdata..rr.next], OPTION_COOKIE)?;
+            q.ecs = has_option(&msg[rr.rdata..rr.next], OPTION_ECS)?;
         }
         at = rr.next;
     }
@@ -153,7 +160,7 @@ fn parse_body(msg: &[u8], q: &mut Query) -> Result<(), DropReason> {
 
 /// Whether the OPT RDATA `rdata` holds option `code`; malformed options
 /// (one running past the RDATA) make the OPT malformed.
-fn has_option(rdata: &[u8], code: u16) -> Result<bool, DropReason> {
+pub(super) fn has_option(rdata: &[u8], code: u16) -> Result<bool, DropReason> {
     let mut at = 0;
     let mut found = false;
     while at < rdata.len() {

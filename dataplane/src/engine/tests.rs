@@ -557,3 +557,154 @@ fn a_forwarded_query_and_its_reply_are_rewritten_in_place() {
     );
     assert_eq!(c.forward.duplicate_replies, 1);
 }
+
+/// Turns a query payload into an answer with one A record (TTL `ttl`),
+/// its OPT record (if any) kept after it.
+fn add_a_record(p: &mut Vec<u8>, ttl: u32) {
+    let mut as_query = p.clone();
+    as_query[2] &= !0x80;
+    let q = crate::dns::parse_query(&as_query).unwrap();
+    let tail = p.split_off(q.question_end);
+    p[7] = 1;
+    p.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1]);
+    p.extend_from_slice(&ttl.to_be_bytes());
+    p.extend_from_slice(&[0, 4, 192, 0, 2, 33]);
+    p.extend_from_slice(&tail);
+}
+
+/// A query as a resolver sends it: no cookie, with OPT if `edns` (its DO
+/// bit), the name's letters in the case `case` gives them.
+fn resolver_query(
+    id: u16,
+    name: &str,
+    edns: Option<bool>,
+    case: impl Fn(usize) -> bool,
+) -> Vec<u8> {
+    let mut m = query(id, name, 1, None);
+    let end = crate::dns::parse_query(&m).unwrap().qname_end;
+    for (i, b) in m[12..end].iter_mut().enumerate() {
+        if b.is_ascii_lowercase() && case(i) {
+            *b = b.to_ascii_uppercase();
+        }
+    }
+    if let Some(dnssec_ok) = edns {
+        m[11] = 1;
+        m.extend_from_slice(&[
+            0,
+            0,
+            41,
+            0x04,
+            0xd0,
+            0,
+            0,
+            if dnssec_ok { 0x80 } else { 0 },
+            0,
+            0,
+            0,
+        ]);
+    }
+    m
+}
+
+#[test]
+fn queries_with_a_cookie_bypass_the_cache() {
+    use crate::testing::cached_forwarding_engine;
+    let (mut e, _) = cached_forwarding_engine(0, None);
+    let mut c = DataplaneCounters::new();
+    let q = query(0x1111, "www.example.com.", 1, Some((1232, 0, false)));
+    let f = build(&FrameSpec::v4(), &q);
+    let mut buf = f.clone();
+    buf.resize(2048 - 256, 0);
+    e.frame(&mut buf, 0, f.len(), &mut c, &mut NoEmit);
+    assert_eq!(
+        (c.cache.bypassed, c.cache.misses, c.backends[0].queries),
+        (1, 0, 1)
+    );
+}
+
+#[test]
+fn an_answer_relayed_once_is_served_from_the_cache_by_another_queue() {
+    use crate::testing::{backend_reply_with, cached_forwarding_engine};
+    let (mut e, cache) = cached_forwarding_engine(0, None);
+    let mut c = DataplaneCounters::new();
+    let q = resolver_query(0x1111, "www.example.com.", Some(false), |_| false);
+    let first = build(&FrameSpec::v4(), &q);
+    let mut buf = first.clone();
+    buf.resize(2048 - 256, 0);
+    let Fate::Transmit { head, len } = e.frame(&mut buf, 0, first.len(), &mut c, &mut NoEmit)
+    else {
+        panic!("not forwarded: {c:?}")
+    };
+    assert_eq!((c.cache.misses, c.backends[0].queries), (1, 1));
+    let reply = backend_reply_with(&buf[head..head + len], |p| add_a_record(p, 300));
+    let mut buf = reply.clone();
+    buf.resize(2048 - 256, 0);
+    assert!(matches!(
+        e.frame(&mut buf, 0, reply.len(), &mut c, &mut NoEmit),
+        Fate::Transmit { .. }
+    ));
+    assert_eq!(c.cache.inserts, 1, "{c:?}");
+
+    // Another engine (another queue's dataplane) over the same cache: the
+    // same name in another case, another ID, answered without a backend.
+    let (mut other, _) = cached_forwarding_engine(0, Some(cache));
+    let mut oc = DataplaneCounters::new();
+    let q2 = resolver_query(0x2222, "www.example.com.", Some(false), |i| i % 2 == 0);
+    assert_ne!(q2[12..29], q[12..29], "another case");
+    let second = build(&FrameSpec::v4(), &q2);
+    let mut buf = second.clone();
+    buf.resize(2048 - 256, 0);
+    let Fate::Transmit { head, len } = other.frame(&mut buf, 0, second.len(), &mut oc, &mut NoEmit)
+    else {
+        panic!("not answered: {oc:?}")
+    };
+    assert_eq!((oc.cache.hits, oc.backends.len()), (1, 0), "{oc:?}");
+    let back = receive(&buf[head..head + len]);
+    let spec = FrameSpec::v4();
+    assert_eq!((back.src, back.dst), (spec.dst, spec.src));
+    assert_eq!(&back.payload[..2], &[0x22, 0x22], "the asker's ID");
+    assert_eq!(&back.payload[12..29], &q2[12..29], "the asker's case");
+    assert_eq!(back.payload[7], 1, "the answer record");
+    assert!(back.payload.windows(4).any(|w| w == [192, 0, 2, 33]));
+
+    // DO set: another entry, so forwarded.
+    let q3 = resolver_query(0x3333, "www.example.com.", Some(true), |_| false);
+    let third = build(&FrameSpec::v4(), &q3);
+    let mut buf = third.clone();
+    buf.resize(2048 - 256, 0);
+    other.frame(&mut buf, 0, third.len(), &mut oc, &mut NoEmit);
+    assert_eq!((oc.cache.misses, oc.backends[0].queries), (1, 1));
+}
+
+#[test]
+fn truncated_and_negative_answers_without_soa_are_not_cached() {
+    use crate::testing::{backend_reply_with, cached_forwarding_engine};
+    let (mut e, _) = cached_forwarding_engine(0, None);
+    let mut c = DataplaneCounters::new();
+    for (i, edit) in [
+        |p: &mut Vec<u8>| {
+            add_a_record(p, 60);
+            p[2] |= 0x02;
+        },
+        |p: &mut Vec<u8>| p[3] = (p[3] & 0xf0) | 3,
+        |p: &mut Vec<u8>| p[3] = (p[3] & 0xf0) | 5,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let q = query(0x100 + i as u16, "nc.example.com.", 1, None);
+        let f = build(&FrameSpec::v4(), &q);
+        let mut buf = f.clone();
+        buf.resize(2048 - 256, 0);
+        let Fate::Transmit { head, len } = e.frame(&mut buf, 0, f.len(), &mut c, &mut NoEmit)
+        else {
+            panic!("not forwarded: {c:?}")
+        };
+        let reply = backend_reply_with(&buf[head..head + len], edit);
+        let mut buf = reply.clone();
+        buf.resize(2048 - 256, 0);
+        e.frame(&mut buf, 0, reply.len(), &mut c, &mut NoEmit);
+    }
+    assert_eq!((c.cache.inserts, c.cache.uncacheable), (0, 3), "{c:?}");
+    assert_eq!(c.cache.misses, 3);
+}

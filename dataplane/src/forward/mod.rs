@@ -24,6 +24,7 @@ pub mod trust;
 use std::io;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::sync::Arc;
 
 use xdpdns_common::config::FailAction;
 use xdpdns_common::inflight::MAX_QUESTION;
@@ -36,6 +37,7 @@ use crate::frame::{self, ETH_HLEN, Headers, IPV4_HLEN, IPV6_HLEN, Parsed, UDP_HL
 use crate::pipeline::backends::Backends;
 use crate::poller::{Poller, Token};
 use crate::shm::ShmError;
+use crate::shm::cache::{Cache, Stored, Variant};
 use crate::shm::inflight::{self, Allocator, ClaimError, Claimed, Client, Entry, Swept, Table};
 use crate::xsk::Fate;
 use keys::{Draws, below};
@@ -61,6 +63,8 @@ pub trait Emit {
 pub struct ForwardFds {
     /// The in-flight table: with Init only (it lives as long as the instance).
     pub table: Option<OwnedFd>,
+    /// The packet cache, if the spec has one: with Init only, as the table.
+    pub cache: Option<OwnedFd>,
     /// Per backend, its connected sockets.
     pub backends: Vec<Vec<OwnedFd>>,
 }
@@ -85,11 +89,23 @@ impl ForwardFds {
         };
         let mut it = rest.into_iter();
         let table = if with_table { Some(it.next()?) } else { None };
+        let cache = if with_table && s.cache.is_some() {
+            Some(it.next()?)
+        } else {
+            None
+        };
         let per = s.backend_sockets as usize;
         let backends = (0..s.backends.len())
             .map(|_| it.by_ref().take(per).collect())
             .collect();
-        Some((fds, Some(ForwardFds { table, backends })))
+        Some((
+            fds,
+            Some(ForwardFds {
+                table,
+                cache,
+                backends,
+            }),
+        ))
     }
 }
 
@@ -99,6 +115,8 @@ pub enum ForwardError {
     Table(#[from] ShmError),
     #[error("the loader sent no in-flight table")]
     NoTable,
+    #[error("the packet cache: {0}")]
+    Cache(ShmError),
     #[error("{want} sockets per backend expected")]
     Sockets { want: u32 },
     #[error("forwarding socket: {0}")]
@@ -143,6 +161,8 @@ pub struct Forwarder {
     /// Our listen addresses: what an entry must name to be answered.
     listeners: Listeners,
     buf: Box<[u8]>,
+    /// The shared packet cache, where backends' answers go.
+    cache: Option<Arc<Cache>>,
 }
 
 #[cfg(feature = "test-hooks")]
@@ -186,17 +206,7 @@ fn sockaddr(v6: bool, ip: &[u8; 16], port: u16) -> SocketAddr {
     }
 }
 
-/// CLOCK_MONOTONIC in nanoseconds: the same clock in every process, so a
-/// restarted dataplane reads its predecessor's deadlines right.
-pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes one timespec into a live local.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
+pub use crate::shm::monotonic_ns;
 
 /// Non-blocking UDP sockets from descriptors the loader bound, with the
 /// local port of each.
@@ -235,7 +245,26 @@ impl Forwarder {
         let fd = fds.table.as_ref().ok_or(ForwardError::NoTable)?;
         let table = Table::open(fd.as_fd(), spec.regions, spec.max_in_flight)?;
         let alloc = table.allocator(queue);
-        Forwarder::with_table(queue, spec, fds, table, alloc)
+        let cache = match (&spec.cache, &fds.cache) {
+            (Some(s), Some(fd)) => Some(Arc::new(
+                Cache::open(fd.as_fd(), s.slots, s.key).map_err(ForwardError::Cache)?,
+            )),
+            _ => None,
+        };
+        let mut f = Forwarder::with_table(queue, spec, fds, table, alloc)?;
+        f.cache = cache;
+        Ok(f)
+    }
+
+    /// Puts backends' answers into `cache` (tests and benchmarks map an
+    /// anonymous one).
+    pub fn set_cache(&mut self, cache: Option<Arc<Cache>>) {
+        self.cache = cache;
+    }
+
+    /// The shared packet cache, for the pipeline's lookups.
+    pub fn cache(&self) -> Option<Arc<Cache>> {
+        self.cache.clone()
     }
 
     /// Forwarding with a table already mapped (tests and benchmarks use an
@@ -299,6 +328,7 @@ impl Forwarder {
             latency,
             listeners: Listeners::default(),
             buf: vec![0u8; RECV_BUF].into_boxed_slice(),
+            cache: None,
         })
     }
 
@@ -318,7 +348,10 @@ impl Forwarder {
             mine: self.mine,
             latency: self.latency,
         };
-        Forwarder::build(kept, spec, fds)
+        let cache = self.cache;
+        let mut f = Forwarder::build(kept, spec, fds)?;
+        f.cache = cache;
+        Ok(f)
     }
 
     /// Our listen addresses (at start and after a reconfiguration): only
@@ -350,7 +383,7 @@ impl Forwarder {
         move |tag, sent| now.saturating_sub(sent) > latency.lost_after_ns(tag, timeout_ms)
     }
 
-    fn entry(&self, backend: u16, client: Client, question: &[u8]) -> Entry {
+    fn entry(&self, backend: u16, client: Client, question: &[u8], cache: Option<u32>) -> Entry {
         let now = monotonic_ns();
         let mut q = [0u8; MAX_QUESTION];
         let n = question.len().min(MAX_QUESTION);
@@ -362,6 +395,7 @@ impl Forwarder {
             client,
             question_len: n as u16,
             question: q,
+            cache,
         }
     }
 
@@ -396,7 +430,7 @@ impl Forwarder {
         head: usize,
         p: &Parsed,
         q: &Query,
-        backend: u16,
+        (backend, cache): (u16, Option<Variant>),
         backends: &mut Backends,
         c: &mut DataplaneCounters,
     ) -> Sent {
@@ -421,6 +455,7 @@ impl Forwarder {
             backend,
             client,
             &chunk[at + HEADER_LEN..at + q.question_end],
+            cache.map(Variant::bits),
         );
         let bi = usize::from(backend);
         let mac = backends.live(backend).and_then(|l| l.mac);
@@ -542,7 +577,7 @@ impl Forwarder {
         &mut self,
         msg: &mut [u8],
         q: &Query,
-        backend: u16,
+        (backend, cache): (u16, Option<Variant>),
         from: SocketAddr,
         local: SocketAddr,
         backends: &mut Backends,
@@ -562,7 +597,12 @@ impl Forwarder {
             edns: q.edns.is_some(),
             dnssec_ok: q.edns.is_some_and(|e| e.dnssec_ok),
         };
-        let entry = self.entry(backend, client, &msg[HEADER_LEN..q.question_end]);
+        let entry = self.entry(
+            backend,
+            client,
+            &msg[HEADER_LEN..q.question_end],
+            cache.map(Variant::bits),
+        );
         self.send(msg, &entry, backend, backends, c)
     }
 
@@ -663,6 +703,7 @@ impl Forwarder {
             return Fate::Recycle;
         };
         clamp.apply(&mut chunk[at..at + len]);
+        self.remember(&claimed.entry, &chunk[at..at + len], c);
         let cl = claimed.entry.client;
         if !self.listeners.trusts(&cl) {
             c.forward.bad_entries += 1;
@@ -752,6 +793,7 @@ impl Forwarder {
             return;
         };
         clamp.apply(msg);
+        self.remember(&claimed.entry, msg, c);
         let cl = claimed.entry.client;
         if !self.listeners.trusts(&cl) {
             c.forward.bad_entries += 1;
@@ -770,6 +812,45 @@ impl Forwarder {
                 sockaddr(cl.v6, &cl.ip, cl.port),
                 payload,
             );
+        }
+    }
+
+    /// Puts a backend's answer `msg` to the query of `entry` into the
+    /// cache, if the query may be cached and the answer may be (see
+    /// `dns::cacheable`): its question must be the query's, byte for byte.
+    fn remember(&self, entry: &Entry, msg: &[u8], c: &mut DataplaneCounters) {
+        let (Some(cache), Some(bits), Some(spec)) =
+            (self.cache.as_deref(), entry.cache, self.spec.cache.as_ref())
+        else {
+            return;
+        };
+        let q = entry.question();
+        let question_end = HEADER_LEN + q.len();
+        if q.len() < 5 || msg.get(HEADER_LEN..question_end) != Some(q) {
+            c.cache.uncacheable += 1;
+            return;
+        }
+        let secs = match crate::dns::cacheable::lifetime(msg, question_end, &spec.ttls) {
+            Ok(s) => s,
+            Err(_) => {
+                c.cache.uncacheable += 1;
+                return;
+            }
+        };
+        let now_ms = monotonic_ns() / 1_000_000;
+        match cache.insert(
+            msg,
+            question_end - 4,
+            question_end,
+            Variant::from_bits(bits),
+            secs,
+            now_ms,
+        ) {
+            Ok(stored) => {
+                c.cache.inserts += 1;
+                c.cache.evictions += u64::from(stored == Stored::Evicted);
+            }
+            Err(_) => c.cache.uncacheable += 1,
         }
     }
 

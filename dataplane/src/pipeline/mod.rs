@@ -19,7 +19,10 @@ use xdpdns_common::ipc::ForwardSpec;
 use xdpdns_common::net::PrefixSet;
 use xdpdns_common::stats::{DataplaneCounters, DropReason};
 
+use std::sync::Arc;
+
 use crate::dns::{self, OPCODE_QUERY, Query};
+use crate::shm::cache::{Cache, Miss, Variant};
 use backends::Backends;
 use rules::Rules;
 
@@ -47,8 +50,13 @@ pub struct Peer {
 pub enum Verdict {
     /// An answer of this many bytes was written over the query.
     Answer(usize),
-    /// Send it to this backend (an index into the forwarding spec).
-    Forward { backend: u16, query: Query },
+    /// Send it to this backend (an index into the forwarding spec); its
+    /// answer goes into the packet cache under this variant, if any.
+    Forward {
+        backend: u16,
+        query: Query,
+        cache: Option<Variant>,
+    },
     /// Send nothing; counted under this reason.
     Drop(DropReason),
 }
@@ -67,6 +75,17 @@ pub struct Pipeline {
     backends: Option<Backends>,
     /// The response side: TTL bounds for forwarded answers.
     ttl_clamp: dns::TtlClamp,
+    /// The shared packet cache, once mapped, and how it is used.
+    cache: Option<Arc<Cache>>,
+    cache_use: Option<CacheUse>,
+}
+
+/// How forwarded queries use the packet cache: the spec's TTLs and, per
+/// pool, whether its answers are cached.
+struct CacheUse {
+    stale_ms: u64,
+    pools: Vec<bool>,
+    default_pool: u16,
 }
 
 impl Pipeline {
@@ -87,7 +106,20 @@ impl Pipeline {
                 min: answer.min_ttl,
                 max: answer.max_ttl,
             },
+            cache: None,
+            cache_use: forward.and_then(|f| {
+                f.cache.map(|c| CacheUse {
+                    stale_ms: u64::from(c.ttls.stale) * 1000,
+                    pools: f.pools.iter().map(|p| p.cache).collect(),
+                    default_pool: f.default_pool,
+                })
+            }),
         }
+    }
+
+    /// Answers forwarded queries from `cache` too (None: not at all).
+    pub fn set_cache(&mut self, cache: Option<Arc<Cache>>) {
+        self.cache = cache;
     }
 
     /// The pipeline after a reconfiguration: a rule kept (the same rule,
@@ -108,6 +140,7 @@ impl Pipeline {
         if let (Some(new), Some(old)) = (p.backends.as_mut(), old.backends.as_ref()) {
             new.take_over(old);
         }
+        p.cache = old.cache.clone();
         p
     }
 
@@ -170,7 +203,7 @@ impl Pipeline {
         match action {
             Action::Forward => {
                 let pool = self.rules.pool_of(rule);
-                self.forward(buf, q, pool, c)
+                self.forward(buf, q, pool, peer.transport, c)
             }
             Action::Drop => Verdict::Drop(DropReason::RuleDrop),
             other => match other.rcode() {
@@ -194,15 +227,33 @@ impl Pipeline {
         }
     }
 
-    /// Picks a backend; with the whole pool down, the pool's failure
-    /// action is the verdict.
+    /// Answers from the packet cache, or picks a backend; with the whole
+    /// pool down, an expired answer still in the cache (`stale_ttl`) or
+    /// the pool's failure action is the verdict.
     fn forward(
         &mut self,
         buf: &mut [u8],
         q: Query,
         pool: Option<u16>,
+        transport: Transport,
         c: &mut DataplaneCounters,
     ) -> Verdict {
+        let variant = self.cache_variant(&q, pool, c);
+        let room = buf.len().min(client_limit(&q, transport));
+        let now_ms = crate::shm::monotonic_ns() / 1_000_000;
+        if let (Some(v), Some(cache)) = (variant, self.cache.as_deref()) {
+            match cache.lookup(buf, &q, v, room, now_ms, 0) {
+                Ok(hit) => {
+                    c.cache.hits += 1;
+                    return Verdict::Answer(hit.len);
+                }
+                Err(Miss::Collision) => {
+                    c.cache.collisions += 1;
+                    c.cache.misses += 1;
+                }
+                Err(_) => c.cache.misses += 1,
+            }
+        }
         let Some(b) = self.backends.as_mut() else {
             // A rule forwards, but no backend is configured.
             return self.fail(buf, &q, FailAction::Refused);
@@ -212,13 +263,48 @@ impl Pipeline {
             None => b.pick(q.qname(buf)),
         };
         match picked {
-            Some(backend) => Verdict::Forward { backend, query: q },
+            Some(backend) => Verdict::Forward {
+                backend,
+                query: q,
+                cache: variant,
+            },
             None => {
                 c.forward.pool_down += 1;
                 let action = b.all_down_action();
+                let stale_ms = self.cache_use.as_ref().map_or(0, |u| u.stale_ms);
+                if let (Some(v), Some(cache), true) = (variant, self.cache.as_deref(), stale_ms > 0)
+                    && let Ok(hit) = cache.lookup(buf, &q, v, room, now_ms, stale_ms)
+                {
+                    c.cache.hits += 1;
+                    c.cache.stale += u64::from(hit.stale);
+                    return Verdict::Answer(hit.len);
+                }
                 self.fail(buf, &q, action)
             }
         }
+    }
+
+    /// The cache variant of a query forwarded to `pool` (None: the default
+    /// pool), if its answer may come from or go into the cache: not with
+    /// an ECS or COOKIE option (counted), not for a pool with `cache =
+    /// false`, not without a cache.
+    fn cache_variant(
+        &self,
+        q: &Query,
+        pool: Option<u16>,
+        c: &mut DataplaneCounters,
+    ) -> Option<Variant> {
+        let u = self.cache_use.as_ref()?;
+        self.cache.as_ref()?;
+        let pool = pool.unwrap_or(u.default_pool);
+        if !u.pools.get(usize::from(pool)).copied().unwrap_or(false) || q.qdcount != 1 {
+            return None;
+        }
+        if q.ecs || q.cookie {
+            c.cache.bypassed += 1;
+            return None;
+        }
+        Some(Variant::of(q, pool))
     }
 
     /// The answer (or silence) for a query that could not be forwarded:

@@ -114,7 +114,7 @@ fn forwarding_picks_a_backend_and_a_dead_pool_gets_its_failure_action() {
     let q = query(7, "www.example.", 1, None);
     let picks: Vec<_> = (0..4)
         .map(|_| match decide(&mut p, &q, 0).0 {
-            Verdict::Forward { backend, query } => {
+            Verdict::Forward { backend, query, .. } => {
                 assert_eq!(query.id, 7);
                 backend
             }
@@ -330,6 +330,7 @@ fn forwarding_rules_route_to_their_pool() {
         name: "b".into(),
         policy: spec.pools[0].policy,
         members: vec![2],
+        cache: true,
     });
     let to_b = RuleSpec {
         pool: Some("b".into()),

@@ -86,6 +86,8 @@ pub struct Entry {
     pub client: Client,
     pub question_len: u16,
     pub question: [u8; MAX_QUESTION],
+    /// The packet cache's variant of the query, if its answer may be cached.
+    pub cache: Option<u32>,
 }
 
 impl Entry {
@@ -493,6 +495,7 @@ fn write_entry(w: &[AtomicU64], e: &Entry, key: u32) {
     put(8, pack(&c.local_ip[..8]));
     put(9, pack(&c.local_ip[8..]));
     put(10, u64::from(key));
+    put(11, e.cache.map_or(0, |v| (1 << 32) | u64::from(v)));
     let q = e.question();
     for (i, chunk) in q.chunks(8).enumerate() {
         put(SLOT_HEADER_WORDS + i, pack(chunk));
@@ -541,6 +544,10 @@ fn read_entry(w: &[AtomicU64]) -> Entry {
         },
         question_len,
         question,
+        cache: {
+            let w = get(11);
+            (w >> 32 == 1).then_some(w as u32)
+        },
     }
 }
 

@@ -25,12 +25,26 @@
 //!   `inflight` for which checks apply and docs/security.md for what a
 //!   compromised dataplane can and cannot do.
 
+pub mod cache;
 pub mod inflight;
 
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd};
 use std::ptr::NonNull;
 use std::sync::atomic::AtomicU64;
+
+/// CLOCK_MONOTONIC in nanoseconds: the same clock in every process, so a
+/// restarted dataplane reads its predecessor's deadlines right, and every
+/// queue ages the cache's entries alike.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec into a live local.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
 
 /// Seals a shared region's memfd must carry.
 const REQUIRED_SEALS: libc::c_int = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL;

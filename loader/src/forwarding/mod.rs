@@ -18,7 +18,7 @@ use tokio::task::JoinHandle;
 use tracing::{error, info};
 use xdpdns_common::config::{DEFAULT_POOL, Live};
 use xdpdns_common::inflight;
-use xdpdns_common::ipc::{BackendLive, BackendSpec, ForwardSpec, PoolSpec};
+use xdpdns_common::ipc::{BackendLive, BackendSpec, CacheSpec, ForwardSpec, PoolSpec};
 
 use crate::plan::Plan;
 use crate::sockets;
@@ -46,6 +46,8 @@ pub enum ForwardError {
     },
     #[error("cannot create the in-flight table: {0}")]
     Table(nix::Error),
+    #[error("cannot create the packet cache ({bytes} bytes): {source}")]
+    Cache { bytes: u64, source: std::io::Error },
     #[error(
         "backend {address}: the running instance forwards over {have} only (its forwarding ports are reserved for that): restart xdpdns to add another address family"
     )]
@@ -66,6 +68,8 @@ pub struct ForwardResources {
     /// The families the reservations cover (false = IPv4).
     families: Vec<bool>,
     table: OwnedFd,
+    /// The shared packet cache, if `[cache]` has one.
+    cache: Option<OwnedFd>,
     /// Held, never read.
     _reserved: Vec<OwnedFd>,
 }
@@ -87,6 +91,9 @@ impl ForwardResources {
                     .try_clone_to_owned()
                     .map_err(ForwardError::Dup)?,
             );
+            if let (Some(fd), Some(_)) = (&self.cache, &spec.cache) {
+                out.push(fd.as_fd().try_clone_to_owned().map_err(ForwardError::Dup)?);
+            }
         }
         for b in &spec.backends {
             for _ in 0..spec.backend_sockets {
@@ -126,23 +133,34 @@ pub fn prepare(plan: &Plan, live: &Live) -> Result<Option<Forwarding>, ForwardEr
     let f = &plan.fixed.forwarding;
     let lf = &live.forwarding;
     let regions = plan.interface.queues;
-    let table = memfd_create(
+    let table = sealed_region(
         c"xdpdns-inflight",
-        MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING,
+        inflight::table_bytes(regions, f.max_in_flight),
     )
     .map_err(ForwardError::Table)?;
-    nix::unistd::ftruncate(
-        &table,
-        inflight::table_bytes(regions, f.max_in_flight) as i64,
-    )
-    .map_err(ForwardError::Table)?;
-    fcntl(
-        &table,
-        FcntlArg::F_ADD_SEALS(
-            SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_GROW | SealFlag::F_SEAL_SEAL,
-        ),
-    )
-    .map_err(ForwardError::Table)?;
+    let slots = plan.fixed.cache_slots;
+    let cache = if slots > 0 {
+        let bytes = xdpdns_common::cache::table_bytes(slots);
+        let fd = sealed_region(c"xdpdns-cache", bytes).map_err(|e| ForwardError::Cache {
+            bytes,
+            source: e.into(),
+        })?;
+        let key = cache_key().map_err(|source| ForwardError::Cache { bytes, source })?;
+        Some((
+            fd,
+            CacheSpec {
+                slots,
+                ttls: live.cache,
+                key,
+            },
+        ))
+    } else {
+        None
+    };
+    let (cache_fd, cache_spec) = match cache {
+        Some((fd, spec)) => (Some(fd), Some(spec)),
+        None => (None, None),
+    };
     let families = families(&backends);
     let mut reserved = Vec::with_capacity(f.ports as usize * families.len());
     for v6 in &families {
@@ -169,16 +187,45 @@ pub fn prepare(plan: &Plan, live: &Live) -> Result<Option<Forwarding>, ForwardEr
             regions,
             local_mac: plan.interface.link.mac.unwrap_or_default(),
             live: live_state.clone(),
+            cache: cache_spec,
         },
         resources: Rc::new(ForwardResources {
             families,
             table,
+            cache: cache_fd,
             _reserved: reserved,
         }),
         live: live_state,
         health: Vec::new(),
         generation: 0,
     }))
+}
+
+/// A memfd of `bytes` zeroes, sealed against resizing: what every
+/// dataplane maps (shm::SharedRegion refuses it otherwise).
+fn sealed_region(name: &std::ffi::CStr, bytes: u64) -> Result<OwnedFd, nix::Error> {
+    let fd = memfd_create(name, MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING)?;
+    nix::unistd::ftruncate(&fd, bytes as i64)?;
+    fcntl(
+        &fd,
+        FcntlArg::F_ADD_SEALS(
+            SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_GROW | SealFlag::F_SEAL_SEAL,
+        ),
+    )?;
+    Ok(fd)
+}
+
+/// The packet cache's hash keys: from the kernel's random source, per
+/// instance (every dataplane must find the others' entries).
+fn cache_key() -> std::io::Result<(u64, u64)> {
+    use std::io::Read;
+    let mut b = [0u8; 16];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut b)?;
+    let (k0, k1) = b.split_at(8);
+    Ok((
+        u64::from_le_bytes(k0.try_into().expect("8 bytes")),
+        u64::from_le_bytes(k1.try_into().expect("8 bytes")),
+    ))
 }
 
 /// Health before the first check: up, with the configured MAC if any.
@@ -215,12 +262,18 @@ fn resolve(
             .map(|p| p.policy)
             .unwrap_or_default(),
         members: Vec::new(),
+        cache: c
+            .pool
+            .iter()
+            .find(|p| p.name == DEFAULT_POOL)
+            .is_none_or(|p| p.cache),
     }];
     for p in c.pool.iter().filter(|p| p.name != DEFAULT_POOL) {
         pools.push(PoolSpec {
             name: p.name.clone(),
             policy: p.policy,
             members: Vec::new(),
+            cache: p.cache,
         });
     }
     let kept = |a: SocketAddr| previous.iter().find(|p| p.address == a).map(|p| p.tag);
@@ -376,6 +429,7 @@ impl Forwarding {
             timeout_action: f.timeout_action,
             all_down_action: f.all_down_action,
             live: live.clone(),
+            cache: self.spec.cache.map(|s| CacheSpec { ttls: c.cache, ..s }),
             ..self.spec.clone()
         };
         Ok(Reloaded {

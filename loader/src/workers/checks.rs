@@ -76,6 +76,8 @@ pub fn dataplane_counters(
         && new.rule_hits.len() <= rules + 1
         && new.error_answers.len() <= DropReason::COUNT
         && new.backends.len() <= backends
+        && new.cache.stale <= new.cache.hits
+        && new.cache.evictions <= new.cache.inserts
         && new
             .backends
             .iter()
@@ -96,6 +98,12 @@ pub fn dataplane_counters(
             .events()
             .iter()
             .zip(old.forward.events())
+            .all(|(n, o)| *n >= o)
+        && new
+            .cache
+            .events()
+            .iter()
+            .zip(old.cache.events())
             .all(|(n, o)| *n >= o);
     if !monotonic {
         return Err("counters went backwards: killed".into());
