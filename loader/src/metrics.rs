@@ -265,6 +265,27 @@ pub fn render(s: &Status) -> String {
             );
         }
         reg.register_collector(Box::new(LatencyCollector(s.backends.clone())));
+        let cache = CounterFamily::new(
+            &mut reg,
+            "cache_events",
+            "Packet cache: hits (stale ones among them), misses, collisions, bypassed queries, inserts, evictions, uncacheable answers, by queue",
+        );
+        for q in &s.queues {
+            let c = &q.counters.cache;
+            let queue = q.queue.to_string();
+            for (event, n) in [
+                ("hit", c.hits),
+                ("miss", c.misses),
+                ("stale", c.stale),
+                ("collision", c.collisions),
+                ("bypassed", c.bypassed),
+                ("insert", c.inserts),
+                ("eviction", c.evictions),
+                ("uncacheable", c.uncacheable),
+            ] {
+                cache.set(labels(&[("queue", &queue), ("event", event)]), n);
+            }
+        }
     }
 
     let tcp = CounterFamily::new(
@@ -398,6 +419,14 @@ mod tests {
     #[test]
     fn the_exposition_carries_every_family_with_labels() {
         let text = render(&crate::status::tests::snapshot());
+        assert_eq!(
+            value(&text, "xdpdns_cache_events_total{queue=\"1\",event=\"hit\"}"),
+            Some(10.0)
+        );
+        assert_eq!(
+            value(&text, "xdpdns_cache_events_total{queue=\"0\",event=\"insert\"}"),
+            Some(3.0)
+        );
         assert_eq!(
             value(&text, "xdpdns_received_total{queue=\"1\",path=\"xsk\"}"),
             Some(20.0)

@@ -383,6 +383,31 @@ impl Plan {
             );
         }
         line(
+            "cache",
+            if c.cache_slots == 0 {
+                "none ([cache] entries = 0)".to_string()
+            } else if !c.forwarding.enabled {
+                format!(
+                    "{} entries, unused: nothing is forwarded (no backends)",
+                    c.cache_slots
+                )
+            } else {
+                let t = &live.cache;
+                format!(
+                    "{} entries ({} shared by every queue; a restart resizes it), TTL {}..={} s, \
+                     negative <= {} s, SERVFAIL {} s, stale {} s; UDP only, queries with ECS or a \
+                     cookie bypass it",
+                    c.cache_slots,
+                    human(xdpdns_common::cache::table_bytes(c.cache_slots)),
+                    t.min,
+                    t.max,
+                    t.negative,
+                    t.servfail,
+                    t.stale
+                )
+            },
+        );
+        line(
             "umem",
             format!(
                 "{} per queue ({} frames x {} B), {} for {} queue(s)",

@@ -221,6 +221,9 @@ pub struct Counters {
     pub xsk_kernel: XskKernelStats,
     pub rings: RingLevels,
     pub forward: xdpdns_common::stats::ForwardCounters,
+    /// The shared packet cache, as this queue (or all) used it.
+    #[serde(default)]
+    pub cache: xdpdns_common::stats::CacheCounters,
     /// Queries answered FORMERR, NOTIMP or BADVERS, by reason.
     #[serde(default)]
     pub error_answers: BTreeMap<String, u64>,
@@ -256,6 +259,7 @@ impl From<&DataplaneCounters> for Counters {
             xsk_kernel: c.xsk_kernel.clone(),
             rings: c.rings,
             forward: c.forward.clone(),
+            cache: c.cache.clone(),
             error_answers: DropReason::ALL
                 .iter()
                 .map(|r| (r.name().to_string(), c.error_answers_for(*r)))
@@ -543,6 +547,19 @@ impl Status {
                 f.large_replies,
                 f.send_errors
             );
+            let c = &self.totals.cache;
+            let _ = writeln!(
+                s,
+                "cache    hits={} (stale {}) misses={} inserts={} evictions={} collisions={} bypassed={} uncacheable={}",
+                c.hits,
+                c.stale,
+                c.misses,
+                c.inserts,
+                c.evictions,
+                c.collisions,
+                c.bypassed,
+                c.uncacheable
+            );
         }
         let t = &self.tcp;
         let _ = writeln!(
@@ -624,6 +641,8 @@ pub(crate) mod tests {
         q.live.backends[0].replies = replies;
         q.live.backends[0].observe(300);
         q.live.forward.in_flight = 4;
+        q.base.cache.hits = received / 2;
+        q.live.cache.inserts = replies;
         q
     }
 

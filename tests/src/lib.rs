@@ -870,6 +870,20 @@ pub struct Knot {
     pub dir: PathBuf,
 }
 
+impl Knot {
+    /// Makes knotd reload its configuration and changed zones (SIGHUP).
+    pub fn reload(&self) -> anyhow::Result<()> {
+        sh(Command::new("kill").args(["-HUP", &self.child.id().to_string()]))?;
+        Ok(())
+    }
+
+    /// Stops knotd now.
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 impl Drop for Knot {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -934,19 +948,37 @@ impl Lab {
         listen: &[&str],
         extra: &str,
     ) -> anyhow::Result<Knot> {
+        self.knot_zones(ns, tag, listen, extra, "")
+    }
+
+    /// The zone file of [`Lab::knot_zone`] with `extra` records and SOA
+    /// serial `serial`.
+    pub fn zone_text(extra: &str, serial: u32) -> String {
+        format!(
+            "$ORIGIN example.test.\n$TTL 300\n@ SOA ns hostmaster {serial} 3600 600 86400 300\n@ NS ns\nns A 192.0.2.10\n\
+             www A {ZONE_A}\nwww AAAA {ZONE_AAAA}\n{extra}"
+        )
+    }
+
+    /// Like [`Lab::knot_zone`], with `zones` appended to knotd's zone list
+    /// (e.g. a zone whose file is missing: knotd answers SERVFAIL for it).
+    pub fn knot_zones(
+        &self,
+        ns: &str,
+        tag: &str,
+        listen: &[&str],
+        extra: &str,
+        zones: &str,
+    ) -> anyhow::Result<Knot> {
         let dir = self.dir.join(format!("knot-{tag}"));
         fs::create_dir_all(dir.join("db"))?;
-        let zone = format!(
-            "$ORIGIN example.test.\n$TTL 300\n@ SOA ns hostmaster 1 3600 600 86400 300\n@ NS ns\nns A 192.0.2.10\n\
-             www A {ZONE_A}\nwww AAAA {ZONE_AAAA}\n{extra}"
-        );
-        fs::write(dir.join("example.test.zone"), zone)?;
+        fs::write(dir.join("example.test.zone"), Lab::zone_text(extra, 1))?;
         let listen: Vec<String> = listen.iter().map(|l| format!("\"{l}\"")).collect();
         let conf = format!(
             "server:\n    rundir: \"{d}\"\n    listen: [{l}]\n    udp-workers: 1\n    tcp-workers: 1\n    background-workers: 1\n    udp-max-payload: 4096\n\
              log:\n  - target: stderr\n    any: warning\n\
              database:\n    storage: \"{d}/db\"\n\
-             zone:\n  - domain: example.test\n    storage: \"{d}\"\n    file: example.test.zone\n",
+             zone:\n  - domain: example.test\n    storage: \"{d}\"\n    file: example.test.zone\n{zones}",
             d = dir.display(),
             l = listen.join(", ")
         );
