@@ -201,11 +201,16 @@ pub struct CacheCounters {
     /// Answers not stored: TC=1, an rcode or negative answer the cache does
     /// not keep, per-client options, too large, malformed.
     pub uncacheable: u64,
+    /// Entries removed by `xdpdns cache purge` (done by one dataplane for
+    /// all).
+    #[serde(default)]
+    pub purged: u64,
 }
 
 impl CacheCounters {
-    pub fn events(&self) -> [u64; 8] {
+    pub fn events(&self) -> [u64; 9] {
         [
+            self.purged,
             self.hits,
             self.misses,
             self.stale,
@@ -226,6 +231,7 @@ impl CacheCounters {
         self.inserts = self.inserts.saturating_add(o.inserts);
         self.evictions = self.evictions.saturating_add(o.evictions);
         self.uncacheable = self.uncacheable.saturating_add(o.uncacheable);
+        self.purged = self.purged.saturating_add(o.purged);
     }
 }
 

@@ -397,6 +397,11 @@ impl Worker {
                         ))?;
                     self.reconfigure(&r.answer, sockets, r.kernel_sockets, r.forward, forward);
                 }
+                Ok(Some((ToDataplane::PurgeCache(p), _))) => {
+                    if let Some(cache) = self.engine.forwarder.as_ref().and_then(|f| f.cache()) {
+                        self.counters.cache.purged += cache.purge(&p.name, p.qtype, p.suffix);
+                    }
+                }
                 Ok(Some((ToDataplane::Backends(live), _))) => {
                     if let Some(b) = self.engine.pipeline.backends() {
                         b.set_live(live);

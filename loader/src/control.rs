@@ -66,6 +66,15 @@ pub enum Request {
     },
     /// The run-time blocks.
     BlockList {},
+    /// Remove packet cache entries: NAME's (of TYPE only, if given), or
+    /// those at or below it with `suffix`.
+    CachePurge {
+        name: String,
+        #[serde(default)]
+        qtype: Option<String>,
+        #[serde(default)]
+        suffix: bool,
+    },
 }
 
 impl Request {
@@ -377,6 +386,15 @@ mod tests {
             prefix: "192.0.2.0/24".into(),
         };
         assert!(add.needs_admin() && del.needs_admin() && !Request::BlockList {}.needs_admin());
+        let purge = Request::CachePurge {
+            name: "example.test".into(),
+            qtype: None,
+            suffix: true,
+        };
+        assert!(
+            purge.needs_admin(),
+            "purging is the admin's; stats come with status"
+        );
     }
 
     #[test]

@@ -90,6 +90,30 @@ enum Command {
         #[command(subcommand)]
         what: BlockCommand,
     },
+    /// The packet cache shared by every queue ([cache] entries).
+    Cache {
+        #[command(subcommand)]
+        what: CacheCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum CacheCommand {
+    /// Remove NAME's entries (of TYPE only, if given) from the cache, for
+    /// every queue at once; with --suffix, every name at or below NAME.
+    Purge {
+        #[arg(long, short)]
+        config: PathBuf,
+        name: String,
+        qtype: Option<String>,
+        #[arg(long)]
+        suffix: bool,
+    },
+    /// Hits, misses, inserts, evictions, collisions, stale answers per queue.
+    Stats {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -252,6 +276,28 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 done(ask(&config, control::Request::BlockDel { prefix })?)
             }
             BlockCommand::List { config } => done(ask(&config, control::Request::BlockList {})?),
+        },
+        Command::Cache { what } => match what {
+            CacheCommand::Purge {
+                config,
+                name,
+                qtype,
+                suffix,
+            } => done(ask(
+                &config,
+                control::Request::CachePurge {
+                    name,
+                    qtype,
+                    suffix,
+                },
+            )?),
+            CacheCommand::Stats { config } => match ask(&config, control::Request::Status)? {
+                control::Response::Status(s) => {
+                    print!("{}", s.render_cache());
+                    Ok(ExitCode::SUCCESS)
+                }
+                other => done(other),
+            },
         },
     }
 }

@@ -420,11 +420,17 @@ mod tests {
     fn the_exposition_carries_every_family_with_labels() {
         let text = render(&crate::status::tests::snapshot());
         assert_eq!(
-            value(&text, "xdpdns_cache_events_total{queue=\"1\",event=\"hit\"}"),
+            value(
+                &text,
+                "xdpdns_cache_events_total{queue=\"1\",event=\"hit\"}"
+            ),
             Some(10.0)
         );
         assert_eq!(
-            value(&text, "xdpdns_cache_events_total{queue=\"0\",event=\"insert\"}"),
+            value(
+                &text,
+                "xdpdns_cache_events_total{queue=\"0\",event=\"insert\"}"
+            ),
             Some(3.0)
         );
         assert_eq!(

@@ -591,6 +591,52 @@ impl Running {
                 }
                 Response::Done(lines)
             }
+            Request::CachePurge {
+                name,
+                qtype,
+                suffix,
+            } => {
+                if self.plan.fixed.cache_slots == 0 || self.forwarding.is_none() {
+                    return Response::Error(
+                        "no packet cache: set [cache] entries (and restart)".into(),
+                    );
+                }
+                let wire = match xdpdns_common::dns::name_to_wire(&name) {
+                    Ok(w) => w,
+                    Err(e) => return Response::Error(e),
+                };
+                let qtype = match qtype.as_deref().map(|t| {
+                    xdpdns_common::dns::qtype_from_name(t).ok_or(format!("{t:?}: not a type"))
+                }) {
+                    Some(Err(e)) => return Response::Error(e),
+                    Some(Ok(t)) => Some(t),
+                    None => None,
+                };
+                // The cache is shared: one running dataplane purges it for all.
+                let running = self
+                    .queues
+                    .states()
+                    .iter()
+                    .find(|(_, s)| s.phase == Phase::Running)
+                    .map(|(q, _)| *q);
+                let purge = xdpdns_common::ipc::CachePurge {
+                    name: wire,
+                    qtype,
+                    suffix,
+                };
+                match running {
+                    Some(q) if self.queues.command(q, QueueCommand::PurgeCache(purge)) => {
+                        info!(%name, ?qtype, suffix, queue = q, "cache purge");
+                        Response::Done(vec![format!(
+                            "purging {name}{}{} (queue {q}'s dataplane, for every queue); \
+                             `xdpdns cache stats` counts the entries removed as purged",
+                            if suffix { " and below" } else { "" },
+                            qtype.map_or(String::new(), |t| format!(", type {t}"))
+                        )])
+                    }
+                    _ => Response::Error("no dataplane is running to purge the cache".into()),
+                }
+            }
             Request::RestartQueue { queue } => {
                 if self.queues.command(queue, QueueCommand::Restart) {
                     Response::Done(vec![format!("queue {queue}: dataplane being replaced")])

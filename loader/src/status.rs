@@ -397,6 +397,36 @@ impl Status {
     }
 
     /// The human-readable table.
+    /// The packet cache's counters per queue and in total (`cache stats`).
+    pub fn render_cache(&self) -> String {
+        let line = |c: &xdpdns_common::stats::CacheCounters| {
+            let looked = c.hits + c.misses;
+            format!(
+                "hits={} misses={} ({:.1}% hits) stale={} inserts={} evictions={} collisions={} bypassed={} uncacheable={} purged={}",
+                c.hits,
+                c.misses,
+                if looked > 0 {
+                    c.hits as f64 * 100.0 / looked as f64
+                } else {
+                    0.0
+                },
+                c.stale,
+                c.inserts,
+                c.evictions,
+                c.collisions,
+                c.bypassed,
+                c.uncacheable,
+                c.purged
+            )
+        };
+        let mut s = String::new();
+        for q in &self.queues {
+            let _ = writeln!(s, "queue {}  {}", q.queue, line(&q.counters.cache));
+        }
+        let _ = writeln!(s, "total    {}", line(&self.totals.cache));
+        s
+    }
+
     pub fn render(&self) -> String {
         let mut s = String::new();
         let _ = writeln!(
@@ -677,6 +707,14 @@ pub(crate) mod tests {
             live: Vec::new(),
             cache: None,
         }
+    }
+
+    #[test]
+    fn cache_stats_show_every_queue_and_the_total() {
+        let t = snapshot().render_cache();
+        assert!(t.contains("queue 0"), "{t}");
+        assert!(t.contains("queue 1  hits=10 "), "{t}");
+        assert!(t.contains("total    hits=15 "), "{t}");
     }
 
     pub(crate) fn snapshot() -> Status {

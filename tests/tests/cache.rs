@@ -8,7 +8,8 @@ use xdpdns_netns_tests::*;
 
 const BACKEND_V4: &str = "192.0.2.10";
 
-const RECORDS: &str = "c1 30 A 192.0.2.101\nshort 2 A 192.0.2.102\n*.w 60 A 192.0.2.55\n";
+const RECORDS: &str =
+    "c1 30 A 192.0.2.101\nshort 2 A 192.0.2.102\np1 300 A 192.0.2.110\n*.w 60 A 192.0.2.55\n";
 
 /// The zone's records, with a TXT record too large for 1,232 bytes.
 fn records() -> String {
@@ -78,7 +79,9 @@ fn answers_are_cached_for_every_queue_and_outlive_their_dataplanes() -> anyhow::
     let (hits, inserts) = (queue_cache(&s, "hits"), queue_cache(&s, "inserts"));
     let inserted_on = inserts.iter().position(|n| *n == 1).unwrap();
     assert!(
-        hits.iter().enumerate().any(|(q, n)| q != inserted_on && *n > 0),
+        hits.iter()
+            .enumerate()
+            .any(|(q, n)| q != inserted_on && *n > 0),
         "the other queue answered from the cache: hits {hits:?}, inserts {inserts:?}"
     );
     // The TTL counts down.
@@ -89,10 +92,21 @@ fn answers_are_cached_for_every_queue_and_outlive_their_dataplanes() -> anyhow::
     // (dig: kdig lower-cases names.)
     let dig = lab.client(
         "dig",
-        &["+nocookie", "+noedns", "+tries=1", "+time=2", "@192.0.2.1", "C1.eXaMpLe.TeSt", "A"],
+        &[
+            "+nocookie",
+            "+noedns",
+            "+tries=1",
+            "+time=2",
+            "@192.0.2.1",
+            "C1.eXaMpLe.TeSt",
+            "A",
+        ],
     );
     let out = String::from_utf8_lossy(&dig.stdout);
-    assert!(out.contains(";C1.eXaMpLe.TeSt.") && out.contains("192.0.2.101"), "{out}");
+    assert!(
+        out.contains(";C1.eXaMpLe.TeSt.") && out.contains("192.0.2.101"),
+        "{out}"
+    );
     // DO and no DO: two entries.
     let out = ask(&["+dnssec", "c1.example.test", "A"]);
     assert!(out.contains("192.0.2.101"), "{out}");
@@ -127,20 +141,59 @@ fn answers_are_cached_for_every_queue_and_outlive_their_dataplanes() -> anyhow::
 
     // A zone change: the cached answer until its TTL (2 s) runs out.
     assert!(ask(&["short.example.test", "A"]).contains("192.0.2.102"));
+    assert!(ask(&["p1.example.test", "A"]).contains("192.0.2.110"));
     std::fs::write(
         knot.dir.join("example.test.zone"),
-        Lab::zone_text(&records().replace("192.0.2.102", "192.0.2.103"), 2),
+        Lab::zone_text(
+            &records()
+                .replace("192.0.2.102", "192.0.2.103")
+                .replace("192.0.2.110", "192.0.2.111"),
+            2,
+        ),
     )?;
     knot.reload()?;
     let changed = Instant::now();
     std::thread::sleep(Duration::from_millis(300));
-    assert!(ask(&["short.example.test", "A"]).contains("192.0.2.102"), "cached");
+    assert!(
+        ask(&["short.example.test", "A"]).contains("192.0.2.102"),
+        "cached"
+    );
     wait_for(Duration::from_secs(6), "the new address", || {
         ask(&["short.example.test", "A"])
             .contains("192.0.2.103")
             .then_some(())
     })?;
     assert!(changed.elapsed() >= Duration::from_millis(1500));
+    // TTL 300: cached until purged, then the new address at once.
+    assert!(ask(&["p1.example.test", "A"]).contains("192.0.2.110"));
+    let out = server.cli(&["cache", "purge", "P1.example.test", "A"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    settled("purged", &|s| cache(s, "purged") >= 1)?;
+    assert!(ask(&["p1.example.test", "A"]).contains("192.0.2.111"));
+    for (args, why) in [
+        (vec!["cache", "purge", "bad..name"], "empty label"),
+        (
+            vec!["cache", "purge", "p1.example.test", "NOTATYPE"],
+            "not a type",
+        ),
+    ] {
+        let out = server.cli(&args);
+        let said = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && said.contains(why),
+            "{args:?}: {said}"
+        );
+    }
+    let out = server.cli(&["cache", "stats"]);
+    let stats = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stats.contains("purged=1") && stats.contains("queue 0"),
+        "{stats}"
+    );
 
     // A full cache (64 entries) evicts and keeps answering.
     for i in 0..200 {
@@ -167,21 +220,24 @@ fn answers_are_cached_for_every_queue_and_outlive_their_dataplanes() -> anyhow::
         assert!(server.cli(&["restart-queue", q]).status.success());
     }
     settled("both queues back", &|s| {
-        s["queues"]
-            .as_array()
-            .is_some_and(|qs| qs.iter().all(|q| q["restarts"] == 1 && q["registered"] == true))
+        s["queues"].as_array().is_some_and(|qs| {
+            qs.iter()
+                .all(|q| q["restarts"] == 1 && q["registered"] == true)
+        })
     })?;
     let pid = server.dataplane_pids()?[0];
     sh(std::process::Command::new("kill").args(["-9", &pid.to_string()]))?;
     settled("the killed one replaced", &|s| {
         s["queues"].as_array().is_some_and(|qs| {
-            qs.iter().all(|q| q["registered"] == true)
-                && qs.iter().any(|q| q["restarts"] == 2)
+            qs.iter().all(|q| q["registered"] == true) && qs.iter().any(|q| q["restarts"] == 2)
         })
     })?;
     for _ in 0..8 {
         let out = ask(&["c1.example.test", "A"]);
-        assert!(out.contains("192.0.2.101"), "from the cache, the backend down: {out}");
+        assert!(
+            out.contains("192.0.2.101"),
+            "from the cache, the backend down: {out}"
+        );
     }
     Ok(())
 }

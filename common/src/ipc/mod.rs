@@ -73,6 +73,18 @@ pub enum ToDataplane {
     Backends(Vec<BackendLive>),
     /// Finish what is in flight and exit 0.
     Shutdown,
+    /// Remove these entries from the shared packet cache (counted as
+    /// `purged`).
+    PurgeCache(CachePurge),
+}
+
+/// Packet cache entries to remove: those for `name` (wire format, lower
+/// case), or at or below it with `suffix`; of `qtype` only, if given.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CachePurge {
+    pub name: Vec<u8>,
+    pub qtype: Option<u16>,
+    pub suffix: bool,
 }
 
 /// Where unanswered queries go. Comes with Init or Reconfigure; its

@@ -335,6 +335,89 @@ impl Cache {
     pub fn purge_all(&self) {
         self.epoch().fetch_add(1, Ordering::AcqRel);
     }
+
+    /// Removes the entries for `name` (wire format; any case matches), or
+    /// at or below it with `suffix`, of `qtype` only if given. Walks the
+    /// whole cache; returns how many it removed. An entry being written is
+    /// skipped.
+    pub fn purge(&self, name: &[u8], qtype: Option<u16>, suffix: bool) -> u64 {
+        let epoch = self.epoch().load(Ordering::Acquire);
+        let mut removed = 0;
+        // Header and question at most: the name, type and class.
+        const QUESTION_WORDS: usize = (12 + MAX_NAME + 4).div_ceil(8);
+        for i in 0..self.buckets * WAYS {
+            let w = self.entry(i);
+            let seq = w[0].load(Ordering::Acquire);
+            if seq == 0 || seq & 1 == 1 || w[5].load(Ordering::Relaxed) != epoch {
+                continue;
+            }
+            let len = usize::from((w[2].load(Ordering::Relaxed) >> 32) as u16).min(MAX_RESPONSE);
+            let mut bytes = [0u8; QUESTION_WORDS * 8];
+            for (d, s) in bytes
+                .chunks_exact_mut(8)
+                .zip(&w[ENTRY_HEADER_WORDS..ENTRY_HEADER_WORDS + QUESTION_WORDS])
+            {
+                d.copy_from_slice(&s.load(Ordering::Relaxed).to_le_bytes());
+            }
+            fence(Ordering::Acquire);
+            if w[0].load(Ordering::Relaxed) != seq {
+                continue;
+            }
+            let r = &bytes[..len.min(bytes.len())];
+            let Some((qname, rtype)) = question(r) else {
+                continue;
+            };
+            let named = if suffix {
+                under(qname, name)
+            } else {
+                qname.eq_ignore_ascii_case(name)
+            };
+            if !named || qtype.is_some_and(|t| t != rtype) {
+                continue;
+            }
+            if w[0]
+                .compare_exchange(seq, seq | 1, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+            {
+                fence(Ordering::Release);
+                w[5].store(epoch.wrapping_sub(1), Ordering::Relaxed);
+                w[0].store((seq | 1) + 1, Ordering::Release);
+                removed += 1;
+            }
+        }
+        removed
+    }
+}
+
+/// The question name and type of the answer `r`, if its question parses
+/// (labels only, within the message).
+fn question(r: &[u8]) -> Option<(&[u8], u16)> {
+    let mut at = 12;
+    loop {
+        let l = *r.get(at)?;
+        match l {
+            0 => break,
+            1..=63 => at += 1 + usize::from(l),
+            _ => return None,
+        }
+        if at - 12 > MAX_NAME {
+            return None;
+        }
+    }
+    let t = r.get(at + 1..at + 3)?;
+    Some((&r[12..=at], u16::from_be_bytes([t[0], t[1]])))
+}
+
+/// `name` is `zone` or below it (wire format, any case).
+fn under(name: &[u8], zone: &[u8]) -> bool {
+    let mut at = 0;
+    while at < name.len() {
+        if name[at..].eq_ignore_ascii_case(zone) {
+            return true;
+        }
+        at += 1 + usize::from(name[at]);
+    }
+    zone == [0]
 }
 
 #[cfg(test)]

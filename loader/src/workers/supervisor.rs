@@ -66,10 +66,14 @@ pub enum Phase {
 }
 
 /// What the run loop can ask a supervisor to do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum QueueCommand {
     /// Replace the dataplane now (graceful stop, immediate start; resets the budget).
     Restart,
+    /// Have the running dataplane remove these packet cache entries (the
+    /// cache is shared: one dataplane does it for all); ignored while none
+    /// runs.
+    PurgeCache(xdpdns_common::ipc::CachePurge),
     /// Stop the dataplane and end supervision (the queue was removed).
     Stop,
 }
@@ -230,13 +234,10 @@ impl Supervisor {
                     "the dataplane could not be killed: the queue stays on the kernel path until `xdpdns restart-queue`"
                 );
                 self.phase(Phase::KernelOnly);
-                tokio::select! {
-                    cmd = self.ch.commands.recv() => match cmd {
-                        Some(QueueCommand::Restart) => recent.clear(),
-                        Some(QueueCommand::Stop) | None => return,
-                    },
-                    _ = self.ch.stop.changed() => return,
+                if !self.await_restart().await {
+                    return;
                 }
+                recent.clear();
                 continue;
             }
 
@@ -256,13 +257,10 @@ impl Supervisor {
                 );
                 self.phase(Phase::KernelOnly);
                 // Wait for an operator's restart-queue, a removal or shutdown.
-                tokio::select! {
-                    cmd = self.ch.commands.recv() => match cmd {
-                        Some(QueueCommand::Restart) => recent.clear(),
-                        Some(QueueCommand::Stop) | None => return,
-                    },
-                    _ = self.ch.stop.changed() => return,
+                if !self.await_restart().await {
+                    return;
                 }
+                recent.clear();
                 continue;
             }
             let delay = backoff.next(started.elapsed());
@@ -273,13 +271,33 @@ impl Supervisor {
                 "dataplane exited; the queue takes the kernel path until it is back"
             );
             self.phase(Phase::BackingOff);
+            let wake = tokio::time::sleep(delay);
+            tokio::pin!(wake);
+            loop {
+                tokio::select! {
+                    _ = &mut wake => break,
+                    _ = self.ch.stop.changed() => return,
+                    cmd = self.ch.commands.recv() => match cmd {
+                        Some(QueueCommand::Stop) | None => return,
+                        Some(QueueCommand::Restart) => break,
+                        Some(QueueCommand::PurgeCache(_)) => continue,
+                    },
+                }
+            }
+        }
+    }
+
+    /// Waits, with no dataplane, for an operator's restart-queue (true), a
+    /// removal or shutdown (false).
+    async fn await_restart(&mut self) -> bool {
+        loop {
             tokio::select! {
-                _ = tokio::time::sleep(delay) => {}
-                _ = self.ch.stop.changed() => return,
                 cmd = self.ch.commands.recv() => match cmd {
-                    Some(QueueCommand::Stop) | None => return,
-                    Some(QueueCommand::Restart) => {}
+                    Some(QueueCommand::Restart) => return true,
+                    Some(QueueCommand::PurgeCache(_)) => continue,
+                    Some(QueueCommand::Stop) | None => return false,
                 },
+                _ = self.ch.stop.changed() => return false,
             }
         }
     }
@@ -445,6 +463,12 @@ impl Supervisor {
                     }
                 }
                 cmd = self.ch.commands.recv() => match cmd {
+                    Some(QueueCommand::PurgeCache(p)) => {
+                        if let Err(e) = channel.send(&ToDataplane::PurgeCache(p), &[]).await {
+                            self.evict(&mut child).await;
+                            return Outcome::Exited(format!("control channel: {e}"));
+                        }
+                    }
                     Some(QueueCommand::Restart) => {
                         self.stop_child(&mut child, &channel).await;
                         info!(queue, "dataplane replaced on request");

@@ -267,3 +267,38 @@ fn readers_and_writers_in_parallel_only_ever_see_whole_answers() {
     writer.join().unwrap();
     assert!(hits > 0);
 }
+
+#[test]
+fn purges_remove_a_name_a_type_or_a_subtree() {
+    let c = cache();
+    let wire = |n: &str| xdpdns_common::dns::name_to_wire(n).unwrap();
+    let names = [
+        ("a.zone.test", 1),
+        ("a.zone.test", 28),
+        ("b.a.zone.test", 1),
+        ("zone.test", 1),
+        ("xzone.test", 1),
+    ];
+    let fill = || {
+        for (n, t) in names {
+            store(&c, &query(1, n, t, None), 60, NOW).unwrap();
+        }
+    };
+    let present = || -> Vec<bool> {
+        names
+            .iter()
+            .map(|(n, t)| ask(&c, &query(1, n, *t, None), NOW, 0).is_ok())
+            .collect()
+    };
+    fill();
+    assert_eq!(present(), [true; 5]);
+    assert_eq!(c.purge(&wire("A.Zone.Test"), Some(28), false), 1);
+    assert_eq!(present(), [true, false, true, true, true]);
+    assert_eq!(c.purge(&wire("a.zone.test"), None, false), 1);
+    assert_eq!(present(), [false, false, true, true, true]);
+    fill();
+    assert_eq!(c.purge(&wire("zone.test"), None, true), 4, "not xzone.test");
+    assert_eq!(present(), [false, false, false, false, true]);
+    assert_eq!(c.purge(&wire("."), None, true), 1, "the root: everything");
+    assert_eq!(present(), [false; 5]);
+}
