@@ -202,7 +202,7 @@ pub fn local_engine(rules: usize) -> Engine {
 /// An engine of queue 0 forwarding to one AF_XDP backend, over an anonymous
 /// in-flight table (the production code path, without a loader).
 pub fn forwarding_engine(rules: usize) -> Engine {
-    forwarding_engine_with(rules, forward_spec(1), None)
+    forwarding_engine_with(answer_spec(rules, Action::Forward), forward_spec(1), None)
 }
 
 /// The TTL bounds of [`cached_forwarding_engine`]: the defaults.
@@ -229,14 +229,29 @@ pub fn cached_forwarding_engine(
     let cache = shared.unwrap_or_else(|| {
         std::sync::Arc::new(crate::shm::cache::Cache::anonymous(1024, (7, 8)).expect("cache"))
     });
+    let answer = answer_spec(rules, Action::Forward);
     (
-        forwarding_engine_with(rules, spec, Some(cache.clone())),
+        forwarding_engine_with(answer, spec, Some(cache.clone())),
         cache,
     )
 }
 
+/// [`production_rules`] forwarding what they do not answer, with a packet
+/// cache (as [`cached_forwarding_engine`]).
+pub fn production_cached_engine() -> Engine {
+    let mut spec = forward_spec(1);
+    spec.cache = Some(xdpdns_common::ipc::CacheSpec {
+        slots: 1024,
+        ttls: CACHE_TTLS,
+        key: (7, 8),
+    });
+    let cache =
+        std::sync::Arc::new(crate::shm::cache::Cache::anonymous(1024, (7, 8)).expect("cache"));
+    forwarding_engine_with(production_rules(Action::Forward), spec, Some(cache))
+}
+
 fn forwarding_engine_with(
-    rules: usize,
+    answer: AnswerSpec,
     spec: ForwardSpec,
     cache: Option<std::sync::Arc<crate::shm::cache::Cache>>,
 ) -> Engine {
@@ -261,10 +276,7 @@ fn forwarding_engine_with(
         "192.0.2.1:53".parse().expect("address"),
         "[2001:db8::1]:53".parse().expect("address"),
     ]);
-    Engine::new(
-        Pipeline::new(&answer_spec(rules, Action::Forward), Some(&spec)),
-        Some(f),
-    )
+    Engine::new(Pipeline::new(&answer, Some(&spec)), Some(f))
 }
 
 /// The backend's reply to a forwarded query frame: addresses turned round,
@@ -288,6 +300,29 @@ pub fn backend_reply_with(forwarded: &[u8], edit: impl FnOnce(&mut Vec<u8>)) -> 
         zero_udp_checksum: false,
     };
     build(&spec, &payload)
+}
+
+/// [`turn_round`] with an answer: one A record (TTL 300) appended to the
+/// reply (a query without OPT: its payload ends with the question), the
+/// IPv4 and UDP lengths and the IPv4 checksum fixed. Without allocating.
+pub fn turn_round_with_answer(fwd: &[u8], out: &mut [u8]) -> usize {
+    const RR: [u8; 16] = [0xc0, 12, 0, 1, 0, 1, 0, 0, 1, 44, 0, 4, 192, 0, 2, 80];
+    let n = turn_round(fwd, out);
+    out[n..n + RR.len()].copy_from_slice(&RR);
+    out[42 + 7] = 1;
+    let ip_len = u16::from_be_bytes([out[16], out[17]]) + RR.len() as u16;
+    out[16..18].copy_from_slice(&ip_len.to_be_bytes());
+    let udp_len = u16::from_be_bytes([out[38], out[39]]) + RR.len() as u16;
+    out[38..40].copy_from_slice(&udp_len.to_be_bytes());
+    out[24..26].copy_from_slice(&[0, 0]);
+    let sum: u32 = out[14..34]
+        .chunks(2)
+        .map(|w| u32::from(u16::from_be_bytes([w[0], w[1]])))
+        .sum();
+    let folded = (sum & 0xffff) + (sum >> 16);
+    let folded = (folded & 0xffff) + (folded >> 16);
+    out[24..26].copy_from_slice(&(!(folded as u16)).to_be_bytes());
+    n + RR.len()
 }
 
 /// The backend's reply to a forwarded IPv4 frame, made in `out` without

@@ -10,7 +10,8 @@ use xdpdns_common::stats::DataplaneCounters;
 use xdpdns_dataplane::forward::Emit;
 use xdpdns_dataplane::frame::Headers;
 use xdpdns_dataplane::testing::{
-    FrameSpec, PEER, build, forwarding_engine, local_engine, production_engine, query, turn_round,
+    FrameSpec, PEER, build, cached_forwarding_engine, forwarding_engine, local_engine,
+    production_engine, query, turn_round, turn_round_with_answer,
 };
 use xdpdns_dataplane::xsk::Fate;
 
@@ -55,6 +56,8 @@ fn the_pipeline_allocates_nothing() {
     let mut local = local_engine(10);
     let mut production = production_engine();
     let mut fwd = forwarding_engine(10);
+    let (mut cached, _cache) = cached_forwarding_engine(10, None);
+    let cq = build(&FrameSpec::v4(), &query(9, "cached.example.com.", 1, None));
     let mut vlan = FrameSpec::v6();
     vlan.vlan = Some(7);
     let frames = [
@@ -123,11 +126,29 @@ fn the_pipeline_allocates_nothing() {
             Fate::Transmit { .. }
         ));
     }
+    // The packet cache: a miss forwarded, its answer inserted, then hits.
+    let mut hits = 0;
+    for i in 0..2_000 {
+        buf[..cq.len()].copy_from_slice(&cq);
+        match cached.frame(&mut buf, 0, cq.len(), &mut c, &mut NoEmit) {
+            Fate::Transmit { head, len } if i == 0 => {
+                let n = turn_round_with_answer(&buf[head..head + len], &mut reply);
+                assert!(matches!(
+                    cached.frame(&mut reply, 0, n, &mut c, &mut NoEmit),
+                    Fate::Transmit { .. }
+                ));
+            }
+            Fate::Transmit { head, .. } => hits += usize::from(buf[head + 42 + 7] == 1),
+            Fate::Recycle => panic!("dropped"),
+        }
+    }
     assert_eq!(
         ALLOCATIONS.load(Ordering::Relaxed) - before,
         0,
         "allocations in the pipeline"
     );
+    assert_eq!((c.cache.inserts, c.cache.hits), (1, 1_999), "{:?}", c.cache);
+    assert_eq!(hits, 1_999);
     // Four of five frames are answered (REFUSED, NXDOMAIN by rule, BADVERS); the
     // garbage one is dropped.
     assert_eq!(answered, 8_000);

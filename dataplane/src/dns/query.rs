@@ -147,8 +147,9 @@ fn parse_body(msg: &[u8], q: &mut Query) -> Result<(), DropReason> {
                 dnssec_ok: ttl & 0x8000 != 0,
             });
             q.opt_size_at = Some(at + rr.name_len + 2);
-            q.cookie = has_option(&msg[rr.rdata..rr.next], OPTION_COOKIE)?;
-            q.ecs = has_option(&msg[rr.rdata..rr.next], OPTION_ECS)?;
+            let options = option_bits(&msg[rr.rdata..rr.next])?;
+            q.cookie = options & (1 << OPTION_COOKIE) != 0;
+            q.ecs = options & (1 << OPTION_ECS) != 0;
         }
         at = rr.next;
     }
@@ -160,6 +161,25 @@ fn parse_body(msg: &[u8], q: &mut Query) -> Result<(), DropReason> {
 
 /// Whether the OPT RDATA `rdata` holds option `code`; malformed options
 /// (one running past the RDATA) make the OPT malformed.
+/// Bit `code` set for every option (of codes below 64) the OPT RDATA
+/// `rdata` holds; malformed options make the OPT malformed.
+fn option_bits(rdata: &[u8]) -> Result<u64, DropReason> {
+    let mut at = 0;
+    let mut bits = 0u64;
+    while at < rdata.len() {
+        let c = be16(rdata, at).map_err(|_| DropReason::DnsBadOpt)?;
+        let len = usize::from(be16(rdata, at + 2).map_err(|_| DropReason::DnsBadOpt)?);
+        at += 4 + len;
+        if at > rdata.len() {
+            return Err(DropReason::DnsBadOpt);
+        }
+        if c < 64 {
+            bits |= 1 << c;
+        }
+    }
+    Ok(bits)
+}
+
 pub(super) fn has_option(rdata: &[u8], code: u16) -> Result<bool, DropReason> {
     let mut at = 0;
     let mut found = false;

@@ -221,18 +221,17 @@ impl Cache {
             if len > MAX_RESPONSE || len < qe {
                 return Err(Miss::Collision);
             }
-            let mut copy = [0u64; SLOT_WORDS - ENTRY_HEADER_WORDS];
+            let mut bytes = [0u8; MAX_RESPONSE];
             let words = len.div_ceil(8);
-            for (d, s) in copy[..words].iter_mut().zip(&w[ENTRY_HEADER_WORDS..]) {
-                *d = s.load(Ordering::Relaxed);
+            for (d, s) in bytes[..words * 8]
+                .chunks_exact_mut(8)
+                .zip(&w[ENTRY_HEADER_WORDS..])
+            {
+                d.copy_from_slice(&s.load(Ordering::Relaxed).to_le_bytes());
             }
             fence(Ordering::Acquire);
             if w[0].load(Ordering::Relaxed) != seq {
                 return Err(Miss::Collision);
-            }
-            let mut bytes = [0u8; MAX_RESPONSE];
-            for (d, s) in bytes.chunks_exact_mut(8).zip(&copy[..words]) {
-                d.copy_from_slice(&s.to_le_bytes());
             }
             let r = &bytes[..len];
             // Only an answer to this very question is served.
