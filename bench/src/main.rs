@@ -17,6 +17,11 @@
 //! The forwarding cases (xdpdns-fwd-afxdp, xdpdns-fwd-socket, dnsdist-fwd)
 //! relay every query to one knotd backend in the client namespace.
 //!
+//! The cached cases (xdpdns-cache, dnsdist-cache with newPacketCache, and
+//! knotd-xdp-zone answering the zone itself) ask 1,000 names the backend's
+//! zone answers, at BENCH_CACHE_RATES (300000,1000000), after a warm-up of
+//! one second at 20,000 q/s that caches them all.
+//!
 //! The attack cases (xdpdns-limits, dnsdist-maxqps: a limit of 15,000 q/s per
 //! client, dropped in XDP or by MaxQPSIPRule in userspace) run kxdpgun from
 //! one address at BENCH_ATTACK_FLOOD_QPS (10,000,000: more than it can send,
@@ -81,6 +86,7 @@ fn main() -> anyhow::Result<()> {
         Err(_) => Kind::ALL
             .into_iter()
             .chain(Kind::FORWARDING)
+            .chain(Kind::CACHED)
             .chain(Kind::ATTACK)
             .collect(),
     };
@@ -88,6 +94,7 @@ fn main() -> anyhow::Result<()> {
     // others keep their order).
     kinds.sort_by_key(|k| Kind::ATTACK.contains(k));
     let fwd_rates = rates_from("BENCH_FWD_RATES", "100000,300000")?;
+    let cache_rates = rates_from("BENCH_CACHE_RATES", "300000,1000000")?;
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [libc::SIGINT, libc::SIGTERM] {
         signal_flag(sig, &stop)?;
@@ -98,11 +105,22 @@ fn main() -> anyhow::Result<()> {
     // stack must answer on that queue too.
     lab.steer_server_to_queue(0)?;
     let queries = lab.query_file(100_000)?;
+    // The cached case's names: 1,000, all answered by the backend's zone.
+    let cached_names = lab.dir.join("cached-names.txt");
+    std::fs::write(
+        &cached_names,
+        (0..1000)
+            .map(|i| format!("n{i}.cached.example.test A\n"))
+            .collect::<String>(),
+    )?;
     let srv = Pinned::new("xdpdns-bench-server", env("BENCH_SERVER_CPU", 0))?;
     let gen_ = Pinned::new("xdpdns-bench-gen", env("BENCH_GEN_CPU", 1))?;
     // The forwarding cases' backend: knotd (UDP) in the client namespace,
     // sharing the generator's CPU.
-    let _backend = if kinds.iter().any(|k| Kind::FORWARDING.contains(k)) {
+    let needs_backend = |k: &Kind| {
+        Kind::FORWARDING.contains(k) || (Kind::CACHED.contains(k) && *k != Kind::KnotZone)
+    };
+    let _backend = if kinds.iter().any(needs_backend) {
         // The backend's replies, and so the answers of the dataplane that
         // receives them, on queue 0, the only one kxdpgun listens on (a NIC
         // would not care on which queue an answer leaves; a veth pair maps
@@ -170,11 +188,23 @@ fn main() -> anyhow::Result<()> {
             running.stop()?;
             continue;
         }
+        let cached = Kind::CACHED.contains(&kind);
         let rates = if Kind::FORWARDING.contains(&kind) {
             &fwd_rates
+        } else if cached {
+            &cache_rates
         } else {
             &rates
         };
+        let (file, expect) = if cached {
+            (&cached_names, "NOERROR")
+        } else {
+            (&queries, "REFUSED")
+        };
+        if cached {
+            // Warm-up: every name asked (and cached) before measuring.
+            measure::open_loop(&lab, kind.name(), &srv, &gen_, file, 20_000, 1, expect)?;
+        }
         for &rate in rates {
             let mut samples: Vec<Point> = Vec::new();
             for _ in 0..runs {
@@ -186,9 +216,10 @@ fn main() -> anyhow::Result<()> {
                     kind.name(),
                     &srv,
                     &gen_,
-                    &queries,
+                    file,
                     rate,
                     secs,
+                    expect,
                 )?);
             }
             if std::env::var_os("BENCH_VERBOSE").is_some()
@@ -214,7 +245,7 @@ fn main() -> anyhow::Result<()> {
                     &lab,
                     kind.name(),
                     (&srv, &gen_),
-                    &queries,
+                    file,
                     dnsperf_secs,
                     tcp,
                 )?);

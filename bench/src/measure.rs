@@ -102,7 +102,9 @@ fn generator_in(ns: &str, gen_: &Pinned) -> Command {
     cmd
 }
 
-/// kxdpgun at `rate` for `secs`, pinned to the generator's cgroup and CPU.
+/// kxdpgun at `rate` for `secs`, pinned to the generator's cgroup and CPU;
+/// answers with another rcode than `expect` are shown with the losses.
+#[allow(clippy::too_many_arguments)]
 pub fn open_loop(
     lab: &Lab,
     server: &str,
@@ -111,6 +113,7 @@ pub fn open_loop(
     queries: &Path,
     rate: u64,
     secs: u64,
+    expect: &str,
 ) -> anyhow::Result<Point> {
     let before = counters(lab);
     let cpu0 = srv.cpu_seconds()?;
@@ -145,15 +148,16 @@ pub fn open_loop(
         .map(|(k, v)| (k.clone(), v.saturating_sub(*before.get(k).unwrap_or(&0))))
         .filter(|(_, d)| *d > 0)
         .collect();
-    // Every server answers REFUSED (itself, or its backend does): other
-    // codes (SERVFAIL for a timeout or a full pool) are answers that hide
-    // a failure, so they are shown with the losses.
+    // Every server answers `expect` (REFUSED itself, or its backend does;
+    // NOERROR for the cached names): other codes (SERVFAIL for a timeout
+    // or a full pool) are answers that hide a failure, so they are shown
+    // with the losses.
     for l in text.lines() {
         if let Some((code, n)) = l
             .trim()
             .strip_prefix("responded ")
             .and_then(|r| r.split_once(':'))
-            && code != "REFUSED"
+            && code != expect
             && let Ok(n) = n.trim().parse::<u64>()
         {
             losses.insert(format!("answered {code}"), n);

@@ -29,6 +29,12 @@ pub enum Kind {
     /// REFUSED, with a per-client limit of [`ATTACK_QPS`] (above the legitimate client's rate): the attack case.
     XdpdnsLimits,
     DnsdistMaxQps,
+    /// The cached case: 1,000 names, forwarded once to the knotd backend
+    /// and then answered from the packet cache (dnsdist: newPacketCache);
+    /// knotd answering them itself (XDP) beside.
+    XdpdnsCache,
+    DnsdistCache,
+    KnotZone,
 }
 
 /// The attack case's per-client limit (queries/s).
@@ -45,6 +51,7 @@ impl Kind {
     ];
     pub const FORWARDING: [Kind; 3] = [Kind::XdpdnsFwdXsk, Kind::XdpdnsFwdSocket, Kind::DnsdistFwd];
     pub const ATTACK: [Kind; 2] = [Kind::XdpdnsLimits, Kind::DnsdistMaxQps];
+    pub const CACHED: [Kind; 3] = [Kind::XdpdnsCache, Kind::DnsdistCache, Kind::KnotZone];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -59,6 +66,9 @@ impl Kind {
             Kind::DnsdistFwd => "dnsdist-fwd",
             Kind::XdpdnsLimits => "xdpdns-limits",
             Kind::DnsdistMaxQps => "dnsdist-maxqps",
+            Kind::XdpdnsCache => "xdpdns-cache",
+            Kind::DnsdistCache => "dnsdist-cache",
+            Kind::KnotZone => "knotd-xdp-zone",
         }
     }
 
@@ -67,6 +77,7 @@ impl Kind {
             .into_iter()
             .chain(Kind::FORWARDING)
             .chain(Kind::ATTACK)
+            .chain(Kind::CACHED)
             .find(|k| k.name() == s)
     }
 }
@@ -163,15 +174,18 @@ pub fn start(
                 .replace("stats_interval_ms = 200", "stats_interval_ms = 1000");
             Running::Xdpdns(Box::new(lab.start_with("bench", &config, wrap)?))
         }
-        Kind::XdpdnsFwdXsk | Kind::XdpdnsFwdSocket => {
-            let xsk = if kind == Kind::XdpdnsFwdXsk {
-                "true"
-            } else {
+        Kind::XdpdnsFwdXsk | Kind::XdpdnsFwdSocket | Kind::XdpdnsCache => {
+            let xsk = if kind == Kind::XdpdnsFwdSocket {
                 "false"
+            } else {
+                "true"
             };
             let mut backend = format!(
                 "[[backend]]\naddress = \"{BACKEND}:53\"\nxsk = {xsk}\n[backend.health]\nqname = \"www.example.test.\"\n"
             );
+            if kind == Kind::XdpdnsCache {
+                backend.push_str("[cache]\nentries = 65536\n");
+            }
             if let Ok(lines) = std::env::var("BENCH_FORWARDING") {
                 backend.push_str(&format!("[forwarding]\n{lines}\n"));
             }
@@ -189,6 +203,15 @@ pub fn start(
             "dnsdist-fwd",
             &format!("newServer({{address=\"{BACKEND}:53\", checkName=\"www.example.test.\"}})"),
         )?,
+        Kind::DnsdistCache => dnsdist(
+            lab,
+            wrap,
+            "dnsdist-cache",
+            &format!(
+                "newServer({{address=\"{BACKEND}:53\", checkName=\"www.example.test.\"}})\n\
+                 getPool(\"\"):setCache(newPacketCache(65536))"
+            ),
+        )?,
         Kind::Dnsdist => dnsdist(
             lab,
             wrap,
@@ -204,10 +227,19 @@ pub fn start(
                  addAction(AllRule(), RCodeAction(DNSRCode.REFUSED))"
             ),
         )?,
-        Kind::KnotXdp | Kind::KnotUdp => {
+        Kind::KnotXdp | Kind::KnotUdp | Kind::KnotZone => {
             let run = lab.dir.join("knot");
             fs::create_dir_all(run.join("db"))?;
-            let xdp = if kind == Kind::KnotXdp {
+            let zone = if kind == Kind::KnotZone {
+                fs::write(run.join("example.test.zone"), Lab::zone_text("", 1))?;
+                format!(
+                    "zone:\n  - domain: example.test\n    storage: \"{}\"\n    file: example.test.zone\n",
+                    run.display()
+                )
+            } else {
+                String::new()
+            };
+            let xdp = if kind != Kind::KnotUdp {
                 format!("xdp:\n    listen: {SERVER_IF}\n")
             } else {
                 String::new()
@@ -218,7 +250,7 @@ pub fn start(
                 format!(
                     "server:\n    rundir: \"{r}\"\n    listen: {SERVER_V4}@53\n    udp-workers: 1\n    tcp-workers: 1\n    background-workers: 1\n{xdp}\
                      log:\n  - target: stderr\n    any: warning\n\
-                     database:\n    storage: \"{r}/db\"\n",
+                     database:\n    storage: \"{r}/db\"\n{zone}",
                     r = run.display()
                 ),
             )?;

@@ -956,7 +956,7 @@ impl Lab {
     pub fn zone_text(extra: &str, serial: u32) -> String {
         format!(
             "$ORIGIN example.test.\n$TTL 300\n@ SOA ns hostmaster {serial} 3600 600 86400 300\n@ NS ns\nns A 192.0.2.10\n\
-             www A {ZONE_A}\nwww AAAA {ZONE_AAAA}\n{extra}"
+             www A {ZONE_A}\nwww AAAA {ZONE_AAAA}\n*.cached A 192.0.2.55\n{extra}"
         )
     }
 
