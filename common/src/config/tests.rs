@@ -835,3 +835,55 @@ fn forwarding_rules_name_a_declared_pool() {
         .is_ok()
     );
 }
+
+#[test]
+fn the_cache_section_compiles_and_bad_values_are_refused() {
+    let c = Config::from_toml(MINIMAL).unwrap();
+    assert_eq!(c.fixed.cache_slots, 0, "off by default");
+    let c = Config::from_toml(&format!(
+        "{MINIMAL}\n[cache]\nentries = 1000\nmin_ttl = 10\nmax_ttl = 600\nnegative_ttl = 60\nservfail_ttl = 0\nstale_ttl = 30\n"
+    ))
+    .unwrap();
+    assert_eq!(c.fixed.cache_slots, 1024, "a power of two");
+    assert_eq!(
+        c.live.cache,
+        CacheTtls {
+            min: 10,
+            max: 600,
+            negative: 60,
+            servfail: 0,
+            stale: 30
+        }
+    );
+    let cache = |body: &str| format!("{MINIMAL}\n[cache]\n{body}");
+    for (body, key) in [
+        ("entries = 16777217", "cache.entries"),
+        ("entries = 8\nmax_ttl = 0", "cache.max_ttl"),
+        ("entries = 8\nmin_ttl = 100\nmax_ttl = 50", "cache.min_ttl"),
+        ("entries = 8\nstale_ttl = 700000", "cache.stale_ttl"),
+    ] {
+        assert_eq!(invalid_key(&cache(body)), key, "{body}");
+    }
+    assert!(
+        err(&cache("entries = 8\nsize = 3"))
+            .to_string()
+            .contains("size")
+    );
+    let small = Config::from_toml(&cache("entries = 8")).unwrap();
+    let big = Config::from_toml(&cache("entries = 16")).unwrap();
+    assert_eq!(
+        small.fixed.differences(&big.fixed),
+        ["cache.entries"],
+        "resizing needs a restart"
+    );
+    let ttl = Config::from_toml(&cache("entries = 8\nmax_ttl = 60")).unwrap();
+    assert!(
+        small.fixed.differences(&ttl.fixed).is_empty(),
+        "TTLs reload live"
+    );
+    let pools = Config::from_toml(&format!(
+        "{MINIMAL}\n[[backend]]\naddress = \"192.0.2.53:53\"\npool = \"a\"\n[[pool]]\nname = \"a\"\ncache = false\n"
+    ))
+    .unwrap();
+    assert!(!pools.live.pool[0].cache);
+}
