@@ -395,7 +395,7 @@ impl Plan {
                 let t = &live.cache;
                 format!(
                     "{} entries ({} shared by every queue; a restart resizes it), TTL {}..={} s, \
-                     negative <= {} s, SERVFAIL {} s, stale {} s; UDP only, queries with ECS or a \
+                     negative <= {} s, SERVFAIL {} s, stale {} s; UDP and TCP, queries with ECS or a \
                      cookie bypass it",
                     c.cache_slots,
                     human(xdpdns_common::cache::table_bytes(c.cache_slots)),

@@ -306,6 +306,7 @@ impl Running {
                 metrics_address: f.metrics.as_ref().map(|m| m.address),
                 metrics_connections: 16,
                 metrics_allow: f.metrics.as_ref().map(|m| m.allowed()).unwrap_or_default(),
+                cache: forwarding.as_ref().and_then(Forwarding::cache_fd),
             })
         };
         let inputs = || Inputs {

@@ -115,7 +115,11 @@ fn handle(
             let _ = answers.try_send((buf[..n].to_vec(), permit));
         }
         Verdict::Drop(reason) => shared.counters.borrow_mut().queries.drop(reason),
-        Verdict::Forward { backend, query, .. } => {
+        Verdict::Forward {
+            backend,
+            query,
+            cache,
+        } => {
             let msg = buf[..len].to_vec();
             let question = buf[HEADER_LEN..query.question_end].to_vec();
             let sent = match shared.upstreams.borrow_mut().as_mut() {
@@ -144,6 +148,15 @@ fn handle(
                 let answer = match got {
                     Ok(mut a) => {
                         shared.pipeline.borrow().ttl_clamp().apply(&mut a);
+                        {
+                            let mut c = shared.counters.borrow_mut();
+                            shared.pipeline.borrow().remember(
+                                cache,
+                                &question,
+                                &a,
+                                &mut c.pipeline,
+                            );
+                        }
                         let us = started.elapsed().as_micros() as u64;
                         let mut c = shared.counters.borrow_mut();
                         let bc = c.pipeline.backend(usize::from(backend));

@@ -112,6 +112,22 @@ fn answers_are_cached_for_every_queue_and_outlive_their_dataplanes() -> anyhow::
     assert!(out.contains("192.0.2.101"), "{out}");
     let s = settled("the DO query forwarded", &|s| backend_queries(s) >= 2)?;
     assert_eq!((backend_queries(&s), cache(&s, "hits")), (2, 17));
+    // TCP (the TCP workers map the same cache): c1 from the cache, and a
+    // name first asked over TCP is then a hit over UDP.
+    assert!(ask(&["+tcp", "c1.example.test", "A"]).contains("192.0.2.101"));
+    assert!(ask(&["+tcp", "t1.w.example.test", "A"]).contains("192.0.2.55"));
+    let s = settled("the TCP queries counted", &|s| {
+        cache(s, "hits") >= 18 && cache(s, "inserts") >= 3
+    })?;
+    let tcp_backend = s["backends"][0]["queries"].as_u64().unwrap_or(0);
+    assert_eq!(
+        tcp_backend, 3,
+        "only t1 reached the backend: {:#}",
+        s["totals"]["cache"]
+    );
+    assert!(ask(&["t1.w.example.test", "A"]).contains("192.0.2.55"));
+    let s = settled("the UDP hit", &|s| cache(s, "hits") >= 19)?;
+    assert_eq!(backend_queries(&s), 3);
 
     // NXDOMAIN: cached (for the SOA minimum, 300 s), its SOA TTL aged.
     let first = ask(&["nx1.example.test", "A"]);
@@ -129,14 +145,14 @@ fn answers_are_cached_for_every_queue_and_outlive_their_dataplanes() -> anyhow::
     // SERVFAIL (a zone knotd cannot load): cached for servfail_ttl (5 s).
     assert!(ask(&["x.broken.test", "A"]).contains("SERVFAIL"));
     assert!(ask(&["x.broken.test", "A"]).contains("SERVFAIL"));
-    let s = settled("negative answers cached", &|s| backend_queries(s) >= 4)?;
-    assert_eq!(backend_queries(&s), 4, "one each for nx1 and broken");
+    let s = settled("negative answers cached", &|s| backend_queries(s) >= 5)?;
+    assert_eq!(backend_queries(&s), 5, "one each for nx1 and broken");
     // TC=1 over UDP: never cached.
     for _ in 0..2 {
         let out = ask(&["+bufsize=1232", "+ignore", "big.example.test", "TXT"]);
         assert!(out.contains(" tc"), "{out}");
     }
-    let s = settled("both TC queries forwarded", &|s| backend_queries(s) >= 6)?;
+    let s = settled("both TC queries forwarded", &|s| backend_queries(s) >= 7)?;
     assert!(cache(&s, "uncacheable") >= 2, "{:#}", s["totals"]["cache"]);
 
     // A zone change: the cached answer until its TTL (2 s) runs out.

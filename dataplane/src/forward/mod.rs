@@ -37,7 +37,7 @@ use crate::frame::{self, ETH_HLEN, Headers, IPV4_HLEN, IPV6_HLEN, Parsed, UDP_HL
 use crate::pipeline::backends::Backends;
 use crate::poller::{Poller, Token};
 use crate::shm::ShmError;
-use crate::shm::cache::{Cache, Stored, Variant};
+use crate::shm::cache::{Cache, Variant};
 use crate::shm::inflight::{self, Allocator, ClaimError, Claimed, Client, Entry, Swept, Table};
 use crate::xsk::Fate;
 use keys::{Draws, below};
@@ -824,34 +824,13 @@ impl Forwarder {
         else {
             return;
         };
-        let q = entry.question();
-        let question_end = HEADER_LEN + q.len();
-        if q.len() < 5 || msg.get(HEADER_LEN..question_end) != Some(q) {
-            c.cache.uncacheable += 1;
-            return;
-        }
-        let secs = match crate::dns::cacheable::lifetime(msg, question_end, &spec.ttls) {
-            Ok(s) => s,
-            Err(_) => {
-                c.cache.uncacheable += 1;
-                return;
-            }
-        };
-        let now_ms = monotonic_ns() / 1_000_000;
-        match cache.insert(
-            msg,
-            question_end - 4,
-            question_end,
+        cache.store_answer(
+            &spec.ttls,
             Variant::from_bits(bits),
-            secs,
-            now_ms,
-        ) {
-            Ok(stored) => {
-                c.cache.inserts += 1;
-                c.cache.evictions += u64::from(stored == Stored::Evicted);
-            }
-            Err(_) => c.cache.uncacheable += 1,
-        }
+            entry.question(),
+            msg,
+            &mut c.cache,
+        );
     }
 
     /// Walks this queue's region: learns which queries were answered

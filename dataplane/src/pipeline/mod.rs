@@ -83,6 +83,7 @@ pub struct Pipeline {
 /// How forwarded queries use the packet cache: the spec's TTLs and, per
 /// pool, whether its answers are cached.
 struct CacheUse {
+    ttls: xdpdns_common::config::CacheTtls,
     stale_ms: u64,
     pools: Vec<bool>,
     default_pool: u16,
@@ -109,11 +110,29 @@ impl Pipeline {
             cache: None,
             cache_use: forward.and_then(|f| {
                 f.cache.map(|c| CacheUse {
+                    ttls: c.ttls,
                     stale_ms: u64::from(c.ttls.stale) * 1000,
                     pools: f.pools.iter().map(|p| p.cache).collect(),
                     default_pool: f.default_pool,
                 })
             }),
+        }
+    }
+
+    /// Stores a backend's answer `msg` to a query forwarded with `variant`
+    /// (its question `question`) in the packet cache, if there is one
+    /// (transports whose forwarder has no cache of its own: TCP).
+    pub fn remember(
+        &self,
+        variant: Option<Variant>,
+        question: &[u8],
+        msg: &[u8],
+        c: &mut DataplaneCounters,
+    ) {
+        if let (Some(v), Some(cache), Some(u)) =
+            (variant, self.cache.as_deref(), self.cache_use.as_ref())
+        {
+            cache.store_answer(&u.ttls, v, question, msg, &mut c.cache);
         }
     }
 

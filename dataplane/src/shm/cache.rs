@@ -330,6 +330,37 @@ impl Cache {
         })
     }
 
+    /// Stores a backend's answer `msg` to the question `question` (name,
+    /// type, class, as forwarded) if the answer may be cached
+    /// (`dns::cacheable`) and its question is that one, byte for byte;
+    /// counted in `c`.
+    pub fn store_answer(
+        &self,
+        ttls: &xdpdns_common::config::CacheTtls,
+        variant: Variant,
+        question: &[u8],
+        msg: &[u8],
+        c: &mut xdpdns_common::stats::CacheCounters,
+    ) {
+        let question_end = 12 + question.len();
+        if question.len() < 5 || msg.get(12..question_end) != Some(question) {
+            c.uncacheable += 1;
+            return;
+        }
+        let Ok(secs) = crate::dns::cacheable::lifetime(msg, question_end, ttls) else {
+            c.uncacheable += 1;
+            return;
+        };
+        let now_ms = super::monotonic_ns() / 1_000_000;
+        match self.insert(msg, question_end - 4, question_end, variant, secs, now_ms) {
+            Ok(stored) => {
+                c.inserts += 1;
+                c.evictions += u64::from(stored == Stored::Evicted);
+            }
+            Err(_) => c.uncacheable += 1,
+        }
+    }
+
     /// Forgets every entry at once (they stay in memory, dead).
     pub fn purge_all(&self) {
         self.epoch().fetch_add(1, Ordering::AcqRel);

@@ -444,6 +444,18 @@ impl Forwarding {
         })
     }
 
+    /// A copy of the packet cache's memfd, for the TCP workers.
+    pub fn cache_fd(&self) -> Option<Rc<OwnedFd>> {
+        let fd = self.resources.cache.as_ref()?;
+        match fd.try_clone() {
+            Ok(fd) => Some(Rc::new(fd)),
+            Err(e) => {
+                error!(error = %e, "cannot duplicate the packet cache for the TCP workers: TCP forwards uncached");
+                None
+            }
+        }
+    }
+
     /// (Re)starts one health-check task per backend of `config` (the live
     /// configuration this forwarding was built from), reporting to `tx`.
     pub fn start_health(

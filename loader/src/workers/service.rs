@@ -160,6 +160,9 @@ pub struct ServiceContext {
     pub metrics_connections: u32,
     /// Who may scrape.
     pub metrics_allow: Vec<xdpdns_common::net::Prefix>,
+    /// The shared packet cache (TCP role), sent after the listeners when
+    /// the forwarding spec has one.
+    pub cache: Option<Rc<OwnedFd>>,
 }
 
 /// Supervises one worker until told to stop.
@@ -209,17 +212,34 @@ pub async fn supervise(
 }
 
 /// What the worker is handed at start or reconfiguration.
-fn sockets_for(role: Role, ctx: &ServiceContext, spec: &TcpSpec) -> Result<Vec<OwnedFd>, String> {
+/// The descriptors a worker gets: its listeners, and (TCP, `with_cache`:
+/// at start) the packet cache's memfd after them.
+fn sockets_for(
+    role: Role,
+    ctx: &ServiceContext,
+    spec: &TcpSpec,
+    with_cache: bool,
+) -> Result<Vec<OwnedFd>, String> {
     match role {
-        Role::Tcp(_) => spec
-            .listen
-            .iter()
-            .map(|a| {
-                sockets::tcp_listener_shared(*a, BACKLOG)
-                    .map(OwnedFd::from)
-                    .map_err(|e| e.to_string())
-            })
-            .collect(),
+        Role::Tcp(_) => {
+            let mut fds = spec
+                .listen
+                .iter()
+                .map(|a| {
+                    sockets::tcp_listener_shared(*a, BACKLOG)
+                        .map(OwnedFd::from)
+                        .map_err(|e| e.to_string())
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            let cached = spec.forward.as_ref().and_then(|f| f.cache).is_some();
+            if let (true, true, Some(fd)) = (with_cache, cached, &ctx.cache) {
+                fds.push(
+                    fd.try_clone()
+                        .map_err(|e| format!("the packet cache: {e}"))?,
+                );
+            }
+            Ok(fds)
+        }
         Role::Metrics => {
             let a = ctx.metrics_address.ok_or("no metrics address")?;
             sockets::tcp_listener(a, 128)
@@ -254,7 +274,7 @@ async fn run_once(
 ) -> Option<String> {
     let mut spec = inputs.spec.borrow_and_update().clone();
     inputs.live.borrow_and_update();
-    let fds = match sockets_for(role, ctx, &spec) {
+    let fds = match sockets_for(role, ctx, &spec, true) {
         Ok(f) => f,
         Err(e) => return Some(format!("cannot bind: {e}")),
     };
@@ -369,7 +389,7 @@ async fn run_once(
                 }
                 let new = inputs.spec.borrow_and_update().clone();
                 if role != Role::Metrics && new.reconfigures(&spec) {
-                    let fds = match sockets_for(role, ctx, &new) {
+                    let fds = match sockets_for(role, ctx, &new, false) {
                         Ok(f) => f,
                         Err(e) => {
                             warn!(worker = %role.name(), error = %e, "reload: cannot bind the new listeners; the worker keeps the old ones");

@@ -2,6 +2,7 @@
 //! loader as its own unprivileged user with no capabilities and
 //! no-new-privs; its control socket is fd 3, the listeners come with Init.
 
+use std::os::fd::AsFd;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -54,12 +55,25 @@ async fn run() -> anyhow::Result<Exit> {
             matches!(m, ToTcp::MoreFds)
         })
         .await?;
+    let mut fds = fds;
+    // The packet cache's memfd follows the listeners when there is one.
+    let cache_spec = init.config.forward.as_ref().and_then(|f| f.cache);
+    let cache = match cache_spec {
+        Some(spec) if fds.len() == init.config.listen.len() + 1 => {
+            let fd = fds.pop().context("the packet cache")?;
+            let cache = xdpdns_dataplane::shm::cache::Cache::open(fd.as_fd(), spec.slots, spec.key)
+                .context("mapping the packet cache")?;
+            Some(std::sync::Arc::new(cache))
+        }
+        _ => None,
+    };
     if fds.len() != init.config.listen.len() || !fds.iter().all(server::is_listener) {
         bail!("the loader must send one TCP listener per listen address");
     }
     xdpdns_dataplane::privileges::set_name(&format!("xdpdns-tcp-{}", init.worker));
     let _span = tracing::info_span!("tcp", worker = init.worker).entered();
     let shared = Shared::new(&init.config)?;
+    shared.pipeline.borrow_mut().set_cache(cache);
     #[cfg(feature = "test-hooks")]
     sandbox::arm_forbidden_call_on_sigusr2()?;
     xdpdns_dataplane::sandbox::apply(&sandbox::tcp_filter()?).context("seccomp")?;
