@@ -20,7 +20,9 @@
 //! The cached cases (xdpdns-cache, dnsdist-cache with newPacketCache, and
 //! knotd-xdp-zone answering the zone itself) ask 1,000 names the backend's
 //! zone answers, at BENCH_CACHE_RATES (300000,1000000), after a warm-up of
-//! one second at 20,000 q/s that caches them all.
+//! one second at 20,000 q/s that caches them all. BENCH_CACHE_ENTRIES
+//! (8192: room for the names without bucket overflow) sizes xdpdns' cache;
+//! dnsdist's newPacketCache(65536) allocates as it fills.
 //!
 //! The attack cases (xdpdns-limits, dnsdist-maxqps: a limit of 15,000 q/s per
 //! client, dropped in XDP or by MaxQPSIPRule in userspace) run kxdpgun from

@@ -184,7 +184,11 @@ pub fn start(
                 "[[backend]]\naddress = \"{BACKEND}:53\"\nxsk = {xsk}\n[backend.health]\nqname = \"www.example.test.\"\n"
             );
             if kind == Kind::XdpdnsCache {
-                backend.push_str("[cache]\nentries = 65536\n");
+                let entries: u32 = std::env::var("BENCH_CACHE_ENTRIES")
+                    .ok()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(8192);
+                backend.push_str(&format!("[cache]\nentries = {entries}\n"));
             }
             if let Ok(lines) = std::env::var("BENCH_FORWARDING") {
                 backend.push_str(&format!("[forwarding]\n{lines}\n"));
