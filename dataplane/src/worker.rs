@@ -12,7 +12,7 @@ use xdpdns_common::stats::{DataplaneCounters, DropReason};
 
 use crate::control::{Control, ControlError};
 use crate::engine::Engine;
-use crate::forward::{Emit, ForwardFds};
+use crate::forward::{Emit, ForwardFds, Forwarder};
 use crate::frame::Headers;
 use crate::kernel_path::KernelPath;
 use crate::pipeline::Pipeline;
@@ -32,6 +32,9 @@ const NAP_WINDOW: Duration = Duration::from_millis(2);
 const DRAIN: Duration = Duration::from_millis(200);
 /// How often the forwarder's region is swept (timeouts, answered queries).
 const SWEEP_EVERY: Duration = Duration::from_millis(10);
+/// How often with nothing of ours in flight (entries left by a predecessor
+/// or a sibling are still found and timed out).
+const SWEEP_IDLE: Duration = Duration::from_millis(100);
 /// Where a payload goes in a chunk when a whole frame is built around it:
 /// after the kernel's headroom and room for the largest headers.
 const BUILD_AT: usize = 256 + 66;
@@ -223,9 +226,16 @@ impl Worker {
             if work > 0 {
                 last_work = now;
             }
-            if self.engine.forwarder.is_some() && now >= next_sweep {
-                next_sweep = now + SWEEP_EVERY;
-                self.sweep();
+            if let Some(f) = self.engine.forwarder.as_ref() {
+                // A query forwarded while idle brings the next sweep in.
+                if f.busy() {
+                    next_sweep = next_sweep.min(now + SWEEP_EVERY);
+                }
+                if now >= next_sweep {
+                    self.sweep();
+                    let busy = self.engine.forwarder.as_ref().is_some_and(Forwarder::busy);
+                    next_sweep = now + if busy { SWEEP_EVERY } else { SWEEP_IDLE };
+                }
             }
             if now >= next_tally {
                 next_tally = now + crate::tally::REPORT_EVERY;

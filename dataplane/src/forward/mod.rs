@@ -157,6 +157,9 @@ pub struct Forwarder {
     /// and have not seen answered yet: a sweep that finds the slot free
     /// learns the query is done, wherever its reply was claimed.
     mine: Vec<Option<u16>>,
+    /// A query was forwarded since the last sweep, or the last sweep left
+    /// some of ours in flight: sweep at the normal pace.
+    busy: bool,
     latency: Latency,
     /// Our listen addresses: what an entry must name to be answered.
     listeners: Listeners,
@@ -326,6 +329,7 @@ impl Forwarder {
             backend_keys,
             mine,
             latency,
+            busy: true,
             listeners: Listeners::default(),
             buf: vec![0u8; RECV_BUF].into_boxed_slice(),
             cache: None,
@@ -537,6 +541,7 @@ impl Forwarder {
         if let Some(m) = self.mine.get_mut(ins.index as usize) {
             *m = Some(tag);
         }
+        self.busy = true;
         Some(ins.key)
     }
 
@@ -910,6 +915,14 @@ impl Forwarder {
                 );
             }
         });
+        self.busy = self.mine.iter().any(Option::is_some);
+    }
+
+    /// Whether the region needs sweeping at the normal pace: queries of
+    /// ours are (or may be) in flight. Otherwise (every answer from the
+    /// cache, say) a slower pace still finds what others left in it.
+    pub fn busy(&self) -> bool {
+        self.busy
     }
 
     /// Refreshes the in-flight gauge.
