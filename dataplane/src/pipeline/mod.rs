@@ -1,7 +1,9 @@
 //! The one packet pipeline. Whatever brought a query — an AF_XDP frame, a
 //! kernel-socket datagram, a TCP message — [`Pipeline::decide`] decides its
-//! fate: answered in place, forwarded to a chosen backend, or dropped with a
-//! counted reason. Transports only move bytes and carry the verdict out;
+//! fate: answered in place (by a rule, or from the shared packet cache),
+//! forwarded to a chosen backend, or dropped with a counted reason; the
+//! answers of forwarded queries go into the cache through
+//! [`Pipeline::remember`] (or the forwarder). Transports only move bytes and carry the verdict out;
 //! when forwarding then fails (no slot, a timeout), [`Pipeline::fail`]
 //! answers with the same answer writer as every local answer.
 
@@ -259,9 +261,10 @@ impl Pipeline {
     ) -> Verdict {
         let variant = self.cache_variant(&q, pool, c);
         let room = buf.len().min(client_limit(&q, transport));
-        let now_ms = crate::shm::monotonic_ns() / 1_000_000;
+        // The clock only for the cache: plain forwarding pays nothing.
+        let now_ms = || crate::shm::monotonic_ns() / 1_000_000;
         if let (Some(v), Some(cache)) = (variant, self.cache.as_deref()) {
-            match cache.lookup(buf, &q, v, room, now_ms, 0) {
+            match cache.lookup(buf, &q, v, room, now_ms(), 0) {
                 Ok(hit) => {
                     c.cache.hits += 1;
                     return Verdict::Answer(hit.len);
@@ -292,7 +295,7 @@ impl Pipeline {
                 let action = b.all_down_action();
                 let stale_ms = self.cache_use.as_ref().map_or(0, |u| u.stale_ms);
                 if let (Some(v), Some(cache), true) = (variant, self.cache.as_deref(), stale_ms > 0)
-                    && let Ok(hit) = cache.lookup(buf, &q, v, room, now_ms, stale_ms)
+                    && let Ok(hit) = cache.lookup(buf, &q, v, room, now_ms(), stale_ms)
                 {
                     c.cache.hits += 1;
                     c.cache.stale += u64::from(hit.stale);
