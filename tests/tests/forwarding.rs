@@ -165,8 +165,16 @@ fn replies_landing_on_the_other_queue_are_answered() -> anyhow::Result<()> {
         );
         assert!(answer_has(&out, ZONE_A), "query {i}:\n{out}");
     }
+    // Each queue reports on its own clock: wait for both reports.
+    let received = |s: &serde_json::Value, q: usize| {
+        s["queues"][q]["counters"]["xsk"]["received"]
+            .as_u64()
+            .unwrap_or(0)
+    };
     let s = server.wait_status("counters", |s| {
         s["backends"][0]["replies"].as_u64().unwrap_or(0) >= 10
+            && received(s, 0) >= 10
+            && received(s, 1) >= 10
     })?;
     let q0 = &s["queues"][0]["counters"]["xsk"]["received"];
     let q1 = &s["queues"][1]["counters"]["xsk"]["received"];
