@@ -266,28 +266,28 @@ impl Plan {
                 Err(e) => warnings.push(e),
             }
         }
-        if let Some(l) = &live.abuse.limit
-            && (l.action != xdpdns_common::config::LimitAction::Drop || l.slip > 0)
-            && iface
-                .as_ref()
-                .is_some_and(|i| !live.xdp.tx_answers.enabled(i.link.veth))
-        {
-            warnings.push(
-                "limits answer REFUSED or TC=1 with XDP_TX, which does not reach this interface's peer \
-                 (a veth, xdp.tx_answers): limited queries are dropped instead"
-                    .to_string(),
-            );
-        }
-        if !live.abuse.answered_blocks.is_empty()
-            && iface
-                .as_ref()
-                .is_some_and(|i| !live.xdp.tx_answers.enabled(i.link.veth))
-        {
-            warnings.push(
-                "blocks answer REFUSED or TC=1 with XDP_TX, which does not reach this interface's peer \
-                 (a veth, xdp.tx_answers): their queries are dropped instead"
-                    .to_string(),
-            );
+        // What the XDP program would answer itself (XDP_TX) but cannot here.
+        let no_tx = iface
+            .as_ref()
+            .is_some_and(|i| !live.xdp.tx_answers.enabled(i.link.veth));
+        let limits_answer =
+            live.abuse.limit.as_ref().is_some_and(|l| {
+                l.action != xdpdns_common::config::LimitAction::Drop || l.slip > 0
+            });
+        for (answers, who, what) in [
+            (limits_answer, "limits", "limited queries"),
+            (
+                !live.abuse.answered_blocks.is_empty(),
+                "blocks",
+                "their queries",
+            ),
+        ] {
+            if no_tx && answers {
+                warnings.push(format!(
+                    "{who} answer REFUSED or TC=1 with XDP_TX, which does not reach this interface's peer \
+                     (a veth, xdp.tx_answers): {what} are dropped instead"
+                ));
+            }
         }
         if live.acl.open_to_a_family() {
             warnings.push(format!(

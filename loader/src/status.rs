@@ -269,6 +269,28 @@ impl From<&DataplaneCounters> for Counters {
     }
 }
 
+/// One line of packet cache counters, for `status` and `cache stats`.
+fn cache_line(c: &xdpdns_common::stats::CacheCounters) -> String {
+    let looked = c.hits + c.misses;
+    format!(
+        "hits={} misses={} ({:.1}% hits) stale={} inserts={} evictions={} collisions={} bypassed={} uncacheable={} purged={}",
+        c.hits,
+        c.misses,
+        if looked > 0 {
+            c.hits as f64 * 100.0 / looked as f64
+        } else {
+            0.0
+        },
+        c.stale,
+        c.inserts,
+        c.evictions,
+        c.collisions,
+        c.bypassed,
+        c.uncacheable,
+        c.purged
+    )
+}
+
 impl Status {
     pub fn collect(src: &Sources<'_>) -> Status {
         let queues: Vec<QueueStatus> = src
@@ -399,31 +421,11 @@ impl Status {
     /// The human-readable table.
     /// The packet cache's counters per queue and in total (`cache stats`).
     pub fn render_cache(&self) -> String {
-        let line = |c: &xdpdns_common::stats::CacheCounters| {
-            let looked = c.hits + c.misses;
-            format!(
-                "hits={} misses={} ({:.1}% hits) stale={} inserts={} evictions={} collisions={} bypassed={} uncacheable={} purged={}",
-                c.hits,
-                c.misses,
-                if looked > 0 {
-                    c.hits as f64 * 100.0 / looked as f64
-                } else {
-                    0.0
-                },
-                c.stale,
-                c.inserts,
-                c.evictions,
-                c.collisions,
-                c.bypassed,
-                c.uncacheable,
-                c.purged
-            )
-        };
         let mut s = String::new();
         for q in &self.queues {
-            let _ = writeln!(s, "queue {}  {}", q.queue, line(&q.counters.cache));
+            let _ = writeln!(s, "queue {}  {}", q.queue, cache_line(&q.counters.cache));
         }
-        let _ = writeln!(s, "total    {}", line(&self.totals.cache));
+        let _ = writeln!(s, "total    {}", cache_line(&self.totals.cache));
         s
     }
 
@@ -577,19 +579,7 @@ impl Status {
                 f.large_replies,
                 f.send_errors
             );
-            let c = &self.totals.cache;
-            let _ = writeln!(
-                s,
-                "cache    hits={} (stale {}) misses={} inserts={} evictions={} collisions={} bypassed={} uncacheable={}",
-                c.hits,
-                c.stale,
-                c.misses,
-                c.inserts,
-                c.evictions,
-                c.collisions,
-                c.bypassed,
-                c.uncacheable
-            );
+            let _ = writeln!(s, "cache    {}", cache_line(&self.totals.cache));
         }
         let t = &self.tcp;
         let _ = writeln!(

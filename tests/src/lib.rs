@@ -814,7 +814,29 @@ impl Lab {
 
     /// Waits for kxdpgun and parses its totals.
     pub fn kxdpgun_result(child: Child) -> anyhow::Result<Load> {
-        let out = child.wait_with_output()?;
+        Ok(Lab::kxdpgun_text(child.wait_with_output()?)?.0)
+    }
+
+    /// kxdpgun from the client's address `from` at `qps` for `secs` with
+    /// the queries of `file`, to completion: its counts and its output.
+    pub fn kxdpgun_from(
+        &self,
+        from: &str,
+        qps: u64,
+        secs: u64,
+        file: &Path,
+    ) -> anyhow::Result<(Load, String)> {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.client_ns, "kxdpgun"])
+            .args(["-t", &secs.to_string(), "-Q", &qps.to_string()])
+            .args(["-I", CLIENT_IF, "-l", from, "-i"])
+            .arg(file)
+            .arg(SERVER_V4)
+            .output()?;
+        Lab::kxdpgun_text(out)
+    }
+
+    fn kxdpgun_text(out: Output) -> anyhow::Result<(Load, String)> {
         let text = format!(
             "{}{}",
             String::from_utf8_lossy(&out.stdout),
@@ -827,10 +849,11 @@ impl Lab {
                 .and_then(|n| n.parse().ok())
                 .with_context(|| format!("no {key:?} in kxdpgun output:\n{text}"))
         };
-        Ok(Load {
+        let load = Load {
             sent: grab("total queries:")?,
             received: grab("total replies:")?,
-        })
+        };
+        Ok((load, text))
     }
 }
 
@@ -842,6 +865,19 @@ impl Server {
             .as_array()
             .and_then(|qs| qs.iter().find(|q| q["queue"] == queue).cloned())
             .with_context(|| format!("queue {queue} not in status: {s:#}"))
+    }
+
+    /// [`Server::cli`]: whether it succeeded, and all it printed.
+    pub fn said(&self, args: &[&str]) -> (bool, String) {
+        let out = self.cli(args);
+        (
+            out.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
     }
 
     /// Runs an `xdpdns` subcommand against this server's configuration.

@@ -173,17 +173,7 @@ fn blocks_added_at_run_time_apply_at_once_and_expire_on_time() -> anyhow::Result
         "[limits]\nqps_per_client = 1000\nexempt = [\"192.0.2.5/32\"]\n",
     );
     let server = lab.start("b", &cfg)?;
-    let ask = |args: &[&str]| {
-        let out = server.cli(args);
-        (
-            out.status.success(),
-            format!(
-                "{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            ),
-        )
-    };
+    let ask = |args: &[&str]| server.said(args);
     let query = || lab.kdig(&["-b", BLOCKED, &format!("@{SERVER_V4}"), "b.test"]);
     assert_eq!(query(), "REFUSED", "served before the block");
     let (ok, said) = ask(&["block", "add", &format!("{BLOCKED}/32"), "--for", "4s"]);
@@ -285,33 +275,14 @@ fn blocked_queries_can_be_answered_refused_or_tc_in_xdp() -> anyhow::Result<()> 
         ),
     );
     let server = lab.start("a", &cfg)?;
-    let ask = |args: &[&str]| {
-        let out = server.cli(args);
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned()
-                + &String::from_utf8_lossy(&out.stderr),
-        )
-    };
+    let ask = |args: &[&str]| server.said(args);
     let names = lab.dir.join("b-names.txt");
     std::fs::write(&names, "x.b.test A\ny.b.test AAAA\n")?;
     // kxdpgun from the blocked address, 1,000 q/s for 2 s: (sent,
     // received, its output).
     let blocked_load = || -> anyhow::Result<(u64, u64, String)> {
-        let out = Command::new("ip")
-            .args(["netns", "exec", &lab.client_ns, "kxdpgun", "-t", "2"])
-            .args(["-Q", "1000", "-I", CLIENT_IF, "-l", BLOCKED, "-i"])
-            .arg(&names)
-            .arg(SERVER_V4)
-            .output()?;
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        let grab = |key: &str| -> u64 {
-            text.lines()
-                .find_map(|l| l.trim().strip_prefix(key))
-                .and_then(|r| r.split_whitespace().next()?.parse().ok())
-                .unwrap_or(0)
-        };
-        Ok((grab("total queries:"), grab("total replies:"), text))
+        let (load, text) = lab.kxdpgun_from(BLOCKED, 1000, 2, &names)?;
+        Ok((load.sent, load.received, text))
     };
     assert_eq!(
         lab.kdig(&[&format!("@{SERVER_V4}"), "x.b.test"]),

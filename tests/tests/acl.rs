@@ -265,29 +265,8 @@ fn the_xdp_program_answers_refused_itself_where_xdp_tx_reaches_the_client() -> a
     let server = lab.start("t", &cfg)?;
     // kxdpgun from the outside address, at a rate the lab holds.
     let file = lab.query_file(1000)?;
-    let out = std::process::Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &lab.client_ns,
-            "kxdpgun",
-            "-t",
-            "2",
-            "-Q",
-            "2000",
-        ])
-        .args(["-I", CLIENT_IF, "-l", OUTSIDE_V4, "-i"])
-        .arg(&file)
-        .arg(SERVER_V4)
-        .output()?;
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let grab = |key: &str| -> u64 {
-        text.lines()
-            .find_map(|l| l.trim().strip_prefix(key))
-            .and_then(|r| r.split_whitespace().next()?.parse().ok())
-            .unwrap_or(0)
-    };
-    let (sent, got) = (grab("total queries:"), grab("total replies:"));
+    let (load, text) = lab.kxdpgun_from(OUTSIDE_V4, 2000, 2, &file)?;
+    let (sent, got) = (load.sent, load.received);
     let s = server.status()?;
     let refused = xdp(&s, "acl_refused");
     assert!(sent >= 2000, "{text}");

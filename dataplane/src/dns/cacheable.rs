@@ -4,7 +4,7 @@
 
 use xdpdns_common::config::CacheTtls;
 
-use super::query::{OPTION_COOKIE, OPTION_ECS, has_option, skip_record};
+use super::query::{OPTION_COOKIE, OPTION_ECS, option_bits, skip_record};
 use super::{HEADER_LEN, TYPE_OPT};
 
 const TYPE_SOA: u16 = 6;
@@ -50,11 +50,9 @@ pub fn lifetime(msg: &[u8], question_end: usize, ttls: &CacheTtls) -> Result<u32
         let rr = skip_record(msg, at).map_err(|_| Uncacheable::Malformed)?;
         let ttl = be32(msg, rr.rdata - 6);
         if rr.rtype == TYPE_OPT {
-            let rdata = &msg[rr.rdata..rr.next];
-            let per_client = has_option(rdata, OPTION_COOKIE)
-                .map_err(|_| Uncacheable::Malformed)?
-                || has_option(rdata, OPTION_ECS).map_err(|_| Uncacheable::Malformed)?;
-            if per_client {
+            let options =
+                option_bits(&msg[rr.rdata..rr.next]).map_err(|_| Uncacheable::Malformed)?;
+            if options & ((1 << OPTION_COOKIE) | (1 << OPTION_ECS)) != 0 {
                 return Err(Uncacheable::PerClient);
             }
         } else {

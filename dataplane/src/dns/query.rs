@@ -159,11 +159,10 @@ fn parse_body(msg: &[u8], q: &mut Query) -> Result<(), DropReason> {
     Ok(())
 }
 
-/// Whether the OPT RDATA `rdata` holds option `code`; malformed options
-/// (one running past the RDATA) make the OPT malformed.
 /// Bit `code` set for every option (of codes below 64) the OPT RDATA
-/// `rdata` holds; malformed options make the OPT malformed.
-fn option_bits(rdata: &[u8]) -> Result<u64, DropReason> {
+/// `rdata` holds; malformed options (one running past the RDATA) make the
+/// OPT malformed.
+pub(super) fn option_bits(rdata: &[u8]) -> Result<u64, DropReason> {
     let mut at = 0;
     let mut bits = 0u64;
     while at < rdata.len() {
@@ -178,21 +177,6 @@ fn option_bits(rdata: &[u8]) -> Result<u64, DropReason> {
         }
     }
     Ok(bits)
-}
-
-pub(super) fn has_option(rdata: &[u8], code: u16) -> Result<bool, DropReason> {
-    let mut at = 0;
-    let mut found = false;
-    while at < rdata.len() {
-        let c = be16(rdata, at).map_err(|_| DropReason::DnsBadOpt)?;
-        let len = usize::from(be16(rdata, at + 2).map_err(|_| DropReason::DnsBadOpt)?);
-        at += 4 + len;
-        if at > rdata.len() {
-            return Err(DropReason::DnsBadOpt);
-        }
-        found |= c == code;
-    }
-    Ok(found)
 }
 
 /// Walks the question name at offset 12. Pointers are refused: nothing before
