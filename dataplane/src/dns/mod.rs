@@ -10,7 +10,7 @@ mod ttl;
 pub mod testing;
 
 pub use answer::{Extra, Original, records_for, write_answer, write_answer_for, write_answer_with};
-pub use query::{Edns, Query, parse_query};
+pub use query::{Edns, LABEL_TAIL, LabelStarts, Query, parse_query};
 pub use ttl::TtlClamp;
 
 pub const HEADER_LEN: usize = 12;

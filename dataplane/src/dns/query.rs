@@ -20,6 +20,53 @@ pub struct Edns {
     pub dnssec_ok: bool,
 }
 
+/// How many of a name's last labels [`LabelStarts`] remembers.
+pub const LABEL_TAIL: usize = 8;
+
+/// Where the last [`LABEL_TAIL`] labels of a name start, recorded while
+/// it is parsed, so a walk from the root (the rules' name lookup) need
+/// not scan the name again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct LabelStarts {
+    /// Labels, the root aside.
+    count: u8,
+    /// `tail[k % LABEL_TAIL]`: where label `k` (0: the leftmost) starts,
+    /// from the name's first byte, for the last [`LABEL_TAIL`] labels.
+    tail: [u8; LABEL_TAIL],
+}
+
+impl LabelStarts {
+    /// Of wire name `name` (validated: at most 255 bytes, 127 labels).
+    pub fn scan(name: &[u8]) -> LabelStarts {
+        let mut s = LabelStarts::default();
+        let mut i = 0;
+        while i < name.len() && name[i] != 0 && s.count < 127 {
+            s.push(i);
+            i += 1 + usize::from(name[i]);
+        }
+        s
+    }
+
+    #[inline(always)]
+    fn push(&mut self, start: usize) {
+        self.tail[usize::from(self.count) % LABEL_TAIL] = start as u8;
+        self.count += 1;
+    }
+
+    /// Labels, the root aside.
+    #[inline(always)]
+    pub fn count(&self) -> usize {
+        usize::from(self.count)
+    }
+
+    /// Where label `k` starts, if it is one of the last [`LABEL_TAIL`].
+    #[inline(always)]
+    pub fn start(&self, k: usize) -> Option<usize> {
+        (k < self.count() && k + LABEL_TAIL >= self.count())
+            .then(|| usize::from(self.tail[k % LABEL_TAIL]))
+    }
+}
+
 /// A parsed query: offsets into the message it came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Query {
@@ -31,6 +78,8 @@ pub struct Query {
     pub cd: bool,
     /// The question name, wire format, `msg[12..qname_end]` (root label included).
     pub qname_end: usize,
+    /// Where its last labels start.
+    pub labels: LabelStarts,
     pub qtype: u16,
     pub qclass: u16,
     /// Where the question section ends (answers are written from here).
@@ -85,6 +134,7 @@ pub fn parse_query(msg: &[u8]) -> Result<Query, DropReason> {
         rd: flags & 0x0100 != 0,
         cd: flags & 0x0010 != 0,
         qname_end: HEADER_LEN,
+        labels: LabelStarts::default(),
         qtype: 0,
         qclass: 0,
         question_end: HEADER_LEN,
@@ -117,7 +167,8 @@ fn parse_body(msg: &[u8], q: &mut Query) -> Result<(), DropReason> {
     }
     let mut at = HEADER_LEN;
     if qdcount == 1 {
-        let qname_end = question_name_end(msg)?;
+        let (qname_end, labels) = question_name(msg)?;
+        q.labels = labels;
         q.qtype = be16(msg, qname_end)?;
         q.qclass = be16(msg, qname_end + 2)?;
         q.qname_end = qname_end;
@@ -181,8 +232,10 @@ pub(super) fn option_bits(rdata: &[u8]) -> Result<u64, DropReason> {
 
 /// Walks the question name at offset 12. Pointers are refused: nothing before
 /// the question can be a name, so a pointer here is malformed or hostile.
-fn question_name_end(msg: &[u8]) -> Result<usize, DropReason> {
+/// Where the question's name ends, and its labels' starts.
+fn question_name(msg: &[u8]) -> Result<(usize, LabelStarts), DropReason> {
     let mut at = HEADER_LEN;
+    let mut labels = LabelStarts::default();
     loop {
         let len = *msg.get(at).ok_or(DropReason::DnsTruncated)?;
         match len {
@@ -190,7 +243,11 @@ fn question_name_end(msg: &[u8]) -> Result<usize, DropReason> {
                 at += 1;
                 break;
             }
-            1..=63 => at += 1 + usize::from(len),
+            1..=63 => {
+                // Within 255 bytes (checked below): at most 127 labels.
+                labels.push(at - HEADER_LEN);
+                at += 1 + usize::from(len);
+            }
             _ => return Err(DropReason::DnsBadQname),
         }
         if at - HEADER_LEN > 255 {
@@ -200,7 +257,7 @@ fn question_name_end(msg: &[u8]) -> Result<usize, DropReason> {
     if at - HEADER_LEN > 255 {
         return Err(DropReason::DnsBadQname);
     }
-    Ok(at)
+    Ok((at, labels))
 }
 
 pub(super) struct Record {

@@ -9,6 +9,7 @@
 //! labels from the root, so every suffix's hash comes from one pass over
 //! the name.
 
+use crate::dns::{LABEL_TAIL, LabelStarts};
 use xdpdns_common::config::NameEntry;
 use xdpdns_common::hash::mix64;
 
@@ -60,24 +61,64 @@ pub struct NameTable {
     max_probe: usize,
     keys: Box<[u8]>,
     refs: Box<[Ref]>,
-    seed: u64,
+    /// The root's hash, where every name's hash chain starts (the table's
+    /// seed mixed).
+    root_hash: u64,
     /// Bit `d` set: some name has `d` labels. Only suffixes of those
     /// depths are looked up.
     depths: u128,
-    /// A Bloom filter of the keys' hashes (8 bits per key, two probes:
-    /// ~5 % false positives), small enough to stay in cache while the
-    /// table is not: most names asked are in no list, and are then
-    /// answered without touching the table.
-    bloom: Box<[u64]>,
+    /// Two blocked Bloom filters side by side (≥ 16 bits per name each),
+    /// small enough to stay in cache while the table is not: the first
+    /// word of each pair holds every name and ancestor (two probes, ~1 %
+    /// false positives; a suffix absent there ends the walk), the second
+    /// only the names in the table (three probes, ~0.5 %: the others —
+    /// most names asked, and the ancestors of listed names such as `com.`
+    /// — are passed over without touching it; a false positive costs a
+    /// probe of the table, ~6 ns). One cache line answers both.
+    bloom: Box<[BloomPair]>,
     bloom_mask: u64,
 }
 
-/// The filter's word for `hash` (of `mask + 1` words) and its two bits
-/// there: one memory access per test.
+/// A word of each filter.
+#[derive(Clone, Copy, Default)]
+#[repr(align(16))]
+struct BloomPair {
+    named: u64,
+    listed: u64,
+}
+
+/// The filters' pair for `hash` (of `mask + 1` pairs) and the bits of the
+/// first (every name and ancestor) and the second (names in the table).
 #[inline]
-fn bloom_bits(hash: u64, mask: u64) -> (usize, u64) {
-    let word = ((hash >> 32) & mask) as usize;
-    (word, 1 << ((hash >> 20) & 63) | 1 << ((hash >> 26) & 63))
+fn bloom_bits(hash: u64, mask: u64) -> (usize, u64, u64) {
+    let pair = ((hash >> 32) & mask) as usize;
+    let bit = |at: u32| 1u64 << ((hash >> at) & 63);
+    (pair, bit(20) | bit(26), bit(14) | bit(52) | bit(58))
+}
+
+/// Whether `a` (a table key: lower-case) equals `b` (a query's suffix),
+/// ASCII case aside, eight bytes at a time.
+#[inline]
+fn same_name(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let mut x = a.chunks_exact(8);
+    let mut y = b.chunks_exact(8);
+    for (p, q) in (&mut x).zip(&mut y) {
+        let word = |c: &[u8]| {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(c);
+            u64::from_le_bytes(w)
+        };
+        if word(p) != lower8(word(q)) {
+            return false;
+        }
+    }
+    x.remainder()
+        .iter()
+        .zip(y.remainder())
+        .all(|(k, q)| *k == q.to_ascii_lowercase())
 }
 
 /// ASCII upper-case letters of the eight bytes of `v` lowered (SWAR:
@@ -93,72 +134,149 @@ fn lower8(v: u64) -> u64 {
     v | (upper >> 2)
 }
 
-/// Hash of one label (its length octet included), lower-cased, eight
-/// bytes at a time.
-#[inline]
-fn label_hash(label: &[u8]) -> u64 {
-    let step = |h: u64, v: u64| {
-        (h ^ lower8(v))
-            .wrapping_mul(0x9e37_79b9_7f4a_7c15)
-            .rotate_left(29)
-    };
-    let mut h = label.len() as u64;
-    let mut chunks = label.chunks_exact(8);
-    for c in &mut chunks {
-        let mut b = [0u8; 8];
-        b.copy_from_slice(c);
-        h = step(h, u64::from_le_bytes(b));
+/// The 128-bit product of `a` and `b` folded to 64 bits: one multiply
+/// that mixes every input bit into every output bit (wyhash's `mum`).
+#[inline(always)]
+fn fold_mul(a: u64, b: u64) -> u64 {
+    let p = u128::from(a) * u128::from(b);
+    (p as u64) ^ (p >> 64) as u64
+}
+
+/// The eight bytes of `name` from `at`, little-endian.
+#[inline(always)]
+fn word_at(name: &[u8], at: usize) -> u64 {
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&name[at..at + 8]);
+    u64::from_le_bytes(b)
+}
+
+/// `h` chained with the label `name[start..end]` (its length octet
+/// included, so the chunks of a name split one way only), lower-cased,
+/// eight bytes a multiply. A last chunk shorter than eight bytes is read
+/// as one word ending at `end` (or starting at it) where the name has
+/// room, not byte by byte.
+#[inline(always)]
+fn chain_label(mut h: u64, name: &[u8], start: usize, end: usize) -> u64 {
+    const K: u64 = 0xe703_7ed1_a0b4_28db;
+    let mut i = start;
+    while end - i >= 8 {
+        h = fold_mul(h ^ lower8(word_at(name, i)), K);
+        i += 8;
     }
-    let rest = chunks.remainder();
-    if !rest.is_empty() {
-        let v = rest
-            .iter()
-            .enumerate()
-            .fold(0u64, |v, (i, b)| v | u64::from(*b) << (8 * i));
-        h = step(h, v);
+    let rest = end - i;
+    if rest > 0 {
+        let v = if end >= 8 {
+            word_at(name, end - 8) >> (8 * (8 - rest))
+        } else if i + 8 <= name.len() {
+            word_at(name, i) & (u64::MAX >> (8 * (8 - rest)))
+        } else {
+            name[i..end]
+                .iter()
+                .enumerate()
+                .fold(0u64, |v, (k, b)| v | u64::from(*b) << (8 * k))
+        };
+        h = fold_mul(h ^ lower8(v), K);
     }
     h
 }
 
-/// Calls `each(k, suffix, hash)` for the suffixes of `name` whose label
-/// count (0 for the root) is in `depths`, from the root up, while it
-/// returns true: `k` counts labels from the left (0: the whole name),
-/// `hash` chains the labels' hashes from the root, so each byte is hashed
-/// once, and labels deeper than the deepest of `depths` are not hashed at
-/// all. `name` must be a validated uncompressed name of at most 255 bytes.
-#[inline]
-fn for_each_suffix(
-    seed: u64,
-    name: &[u8],
-    depths: u128,
-    mut each: impl FnMut(usize, &[u8], u64) -> bool,
-) {
-    // Label offsets; a 255-byte name has at most 127 labels.
-    let mut at = [0u8; MAX_LABELS];
-    let mut n = 0;
-    let mut i = 0;
-    if depths == 0 {
-        return;
+/// Where labels start: the few a query's parse recorded, or all of them.
+trait Starts {
+    /// Where label `k` starts, if known.
+    fn start(&self, k: usize) -> Option<usize>;
+}
+
+impl Starts for LabelStarts {
+    #[inline(always)]
+    fn start(&self, k: usize) -> Option<usize> {
+        LabelStarts::start(self, k)
     }
-    while i < name.len() && name[i] != 0 && n < MAX_LABELS - 1 {
-        at[n] = i as u8;
-        n += 1;
-        i += 1 + usize::from(name[i]);
-    }
-    let root = i.min(name.len().saturating_sub(1));
-    let mut h = mix64(seed);
-    if depths & 1 != 0 && !each(n, &name[root..], h) {
-        return;
-    }
-    let deepest = 127 - depths.leading_zeros() as usize;
-    let mut end = root;
-    for k in (n.saturating_sub(deepest)..n).rev() {
-        let start = usize::from(at[k]);
-        h = mix64(h ^ label_hash(&name[start..end]));
-        if depths >> (n - k) & 1 != 0 && !each(k, &name[start..], h) {
-            return;
+}
+
+/// Every label's start, scanned (for walks deeper than [`LabelStarts`]
+/// reaches).
+struct AllStarts([u8; MAX_LABELS]);
+
+impl AllStarts {
+    fn scan(name: &[u8]) -> AllStarts {
+        let mut at = [0u8; MAX_LABELS];
+        let (mut k, mut i) = (0, 0);
+        while i < name.len() && name[i] != 0 && k < MAX_LABELS {
+            at[k] = i as u8;
+            k += 1;
+            i += 1 + usize::from(name[i]);
         }
-        end = start;
+        AllStarts(at)
+    }
+}
+
+impl Starts for AllStarts {
+    #[inline(always)]
+    fn start(&self, k: usize) -> Option<usize> {
+        self.0.get(k).map(|s| usize::from(*s))
+    }
+}
+
+/// The suffixes of a name whose label count (0 for the root) is in
+/// `depths`, from the root up, as (`k`, where the suffix starts, its
+/// hash): `k` counts labels from the left (0: the whole name); the hash
+/// chains the labels' hashes from the root, so each byte is hashed once,
+/// and labels deeper than the deepest of `depths` are not hashed at all.
+/// The name must be a validated uncompressed name of at most 255 bytes;
+/// starts that do not fit it end the walk.
+struct Suffixes<'a, S> {
+    name: &'a [u8],
+    starts: &'a S,
+    /// The next label to hash; the walk ends below `lowest`.
+    k: usize,
+    lowest: usize,
+    /// Labels, the root aside.
+    n: usize,
+    /// Where the suffix hashed last starts.
+    end: usize,
+    hash: u64,
+    depths: u128,
+    /// The root is yet to be yielded.
+    root: bool,
+}
+
+impl<'a, S: Starts> Suffixes<'a, S> {
+    #[inline(always)]
+    fn new(root_hash: u64, name: &'a [u8], n: usize, starts: &'a S, depths: u128) -> Self {
+        let deepest = 127 - depths.leading_zeros() as usize;
+        Suffixes {
+            name,
+            starts,
+            k: n,
+            lowest: n.saturating_sub(deepest),
+            n,
+            end: name.len().saturating_sub(1),
+            hash: root_hash,
+            depths,
+            root: depths & 1 != 0 && !name.is_empty(),
+        }
+    }
+}
+
+impl<S: Starts> Iterator for Suffixes<'_, S> {
+    type Item = (usize, usize, u64);
+
+    #[inline(always)]
+    fn next(&mut self) -> Option<(usize, usize, u64)> {
+        if self.root {
+            self.root = false;
+            return Some((self.n, self.end, self.hash));
+        }
+        while self.k > self.lowest {
+            self.k -= 1;
+            let start = self.starts.start(self.k).filter(|s| *s < self.end)?;
+            self.hash = chain_label(self.hash, self.name, start, self.end);
+            self.end = start;
+            if self.depths >> (self.n - self.k) & 1 != 0 {
+                return Some((self.k, start, self.hash));
+            }
+        }
+        None
     }
 }
 
@@ -188,8 +306,8 @@ impl NameTable {
             }
         }
         // Every proper ancestor of a name (but the root) is an entry too,
-        // without refs: the walk from the root stops at the first suffix
-        // absent from the table.
+        // without refs (in the first filter, not the table): the walk from
+        // the root stops at the first suffix absent from the filter.
         let names: Vec<&[u8]> = grouped.keys().copied().collect();
         for name in names {
             let mut at = 0;
@@ -202,7 +320,8 @@ impl NameTable {
         }
         let mut entries: Vec<(&[u8], Vec<Ref>)> = grouped.into_iter().collect();
         entries.sort_by(|a, b| a.0.cmp(b.0));
-        let cap = (entries.len() * 2).next_power_of_two().max(16);
+        let listed = entries.iter().filter(|(_, r)| !r.is_empty()).count();
+        let cap = (listed * 2).next_power_of_two().max(16);
         let mut best: Option<NameTable> = None;
         for attempt in 0..8u64 {
             let t = Self::build(&entries, cap, 0x9e37_79b9_7f4a_7c15 ^ attempt);
@@ -221,17 +340,23 @@ impl NameTable {
         let mut keys = Vec::new();
         let mut refs = Vec::new();
         let mut max_probe = 0;
-        let words = (entries.len() * 8 / 64).next_power_of_two().max(1);
-        let bloom_mask = words as u64 - 1;
-        let mut bloom = vec![0u64; words];
+        let pairs = (entries.len() / 4).next_power_of_two().max(1);
+        let bloom_mask = pairs as u64 - 1;
+        let mut bloom = vec![BloomPair::default(); pairs];
         for (key, r) in entries {
             let mut hash = 0;
-            for_each_suffix(seed, key, u128::MAX, |k, _, h| {
+            let labels = AllStarts::scan(key);
+            for (k, _, h) in Suffixes::new(mix64(seed), key, depth(key), &labels, u128::MAX) {
                 if k == 0 {
                     hash = h;
                 }
-                true
-            });
+            }
+            let (pair, named, listed) = bloom_bits(hash, bloom_mask);
+            bloom[pair].named |= named;
+            if r.is_empty() {
+                continue;
+            }
+            bloom[pair].listed |= listed;
             let mut i = hash as usize & (cap - 1);
             let mut probe = 1;
             while slots[i].len != 0 {
@@ -239,8 +364,6 @@ impl NameTable {
                 probe += 1;
             }
             max_probe = max_probe.max(probe);
-            let (word, bits) = bloom_bits(hash, bloom_mask);
-            bloom[word] |= bits;
             slots[i] = Slot {
                 hash,
                 key: keys.len() as u32,
@@ -260,16 +383,18 @@ impl NameTable {
                 .fold(0, |d, (k, _)| d | 1u128 << depth(k).min(127)),
             keys: keys.into_boxed_slice(),
             refs: refs.into_boxed_slice(),
-            seed,
+            root_hash: mix64(seed),
             bloom: bloom.into_boxed_slice(),
             bloom_mask,
         }
     }
 
+    /// Whether the name of `hash` may be (name or ancestor, in the table).
     #[inline]
-    fn may_hold(&self, hash: u64) -> bool {
-        let (word, bits) = bloom_bits(hash, self.bloom_mask);
-        self.bloom[word] & bits == bits
+    fn may_hold(&self, hash: u64) -> (bool, bool) {
+        let (pair, named, listed) = bloom_bits(hash, self.bloom_mask);
+        let p = self.bloom[pair];
+        (p.named & named == named, p.listed & listed == listed)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -279,46 +404,71 @@ impl NameTable {
     /// Calls `hit(rule, side)` for every rule selector a name of which
     /// matches `qname` (validated wire format): exactly, or as a suffix.
     #[inline]
-    pub fn lookup(&self, qname: &[u8], mut hit: impl FnMut(u16, Side)) {
+    pub fn lookup(&self, qname: &[u8], labels: &LabelStarts, hit: impl FnMut(u16, Side)) {
         if self.is_empty() || qname.is_empty() {
             return;
         }
-        // Every ancestor of a name is in the table (without refs), so a
-        // suffix that is not ends the walk: nothing below it can be.
-        for_each_suffix(self.seed, qname, self.depths, |k, suffix, hash| {
-            let root = suffix.len() == 1;
-            if !self.may_hold(hash) {
-                return root;
-            }
-            let mut i = hash as usize & self.mask;
-            for _ in 0..self.max_probe {
-                let s = &self.slots[i];
-                if s.len == 0 {
-                    break;
+        let n = labels.count();
+        let deepest = 127 - self.depths.leading_zeros() as usize;
+        if n - n.saturating_sub(deepest) <= LABEL_TAIL {
+            let walk = Suffixes::new(self.root_hash, qname, n, labels, self.depths);
+            self.lookup_in(qname, walk, hit);
+        } else {
+            let all = AllStarts::scan(qname);
+            let walk = Suffixes::new(self.root_hash, qname, n, &all, self.depths);
+            self.lookup_in(qname, walk, hit);
+        }
+    }
+
+    #[inline(always)]
+    fn lookup_in<S: Starts>(
+        &self,
+        qname: &[u8],
+        walk: Suffixes<'_, S>,
+        mut hit: impl FnMut(u16, Side),
+    ) {
+        // Every ancestor of a name is in the first filter, so a suffix that
+        // is not ends the walk: nothing below it can be (the root aside).
+        for (k, start, hash) in walk {
+            let suffix = &qname[start..];
+            let (named, listed) = self.may_hold(hash);
+            if !named {
+                if suffix.len() == 1 {
+                    continue;
                 }
-                if s.hash == hash && self.key_is(s, suffix) {
-                    let refs = &self.refs[s.refs as usize..(s.refs + s.nrefs) as usize];
-                    for r in refs {
-                        if !r.exact || k == 0 {
-                            hit(r.rule, r.side);
-                        }
+                return;
+            }
+            if listed && let Some(refs) = self.find(hash, suffix) {
+                for r in refs {
+                    if !r.exact || k == 0 {
+                        hit(r.rule, r.side);
                     }
-                    return true;
                 }
-                i = (i + 1) & self.mask;
             }
-            root
-        });
+        }
+    }
+
+    /// The refs of `suffix` (of hash `hash`), if it is in the table.
+    #[inline]
+    fn find(&self, hash: u64, suffix: &[u8]) -> Option<&[Ref]> {
+        let mut i = hash as usize & self.mask;
+        for _ in 0..self.max_probe {
+            let s = &self.slots[i];
+            if s.len == 0 {
+                break;
+            }
+            if s.hash == hash && self.key_is(s, suffix) {
+                return Some(&self.refs[s.refs as usize..(s.refs + s.nrefs) as usize]);
+            }
+            i = (i + 1) & self.mask;
+        }
+        None
     }
 
     #[inline]
     fn key_is(&self, s: &Slot, suffix: &[u8]) -> bool {
         let key = &self.keys[s.key as usize..s.key as usize + usize::from(s.len)];
-        key.len() == suffix.len()
-            && key
-                .iter()
-                .zip(suffix)
-                .all(|(k, q)| *k == q.to_ascii_lowercase())
+        same_name(key, suffix)
     }
 }
 
@@ -341,7 +491,7 @@ mod tests {
             wire[1] = wire[1].to_ascii_uppercase();
         }
         let mut v = Vec::new();
-        t.lookup(&wire, |r, s| v.push((r, s)));
+        t.lookup(&wire, &LabelStarts::scan(&wire), |r, s| v.push((r, s)));
         v.sort_by_key(|(r, s)| (*r, *s == Side::Not));
         v
     }
@@ -395,10 +545,18 @@ mod tests {
                 "no false negative: {name}"
             );
         }
-        let passed = (0..10_000).filter(|i: &u64| !t.may_hold(mix64(*i))).count();
+        // Measured: 0.44 % and 1.07 % false positives.
+        let (named, listed) = (0..100_000).fold((0, 0), |(n, l), i: u64| {
+            let (a, b) = t.may_hold(mix64(i));
+            (n + usize::from(a), l + usize::from(b))
+        });
         assert!(
-            passed > 9_000,
-            "the filter keeps most misses off the table: {passed}"
+            listed < 1_000,
+            "the filter keeps misses off the table: {listed} in 100,000"
+        );
+        assert!(
+            named < 3_000,
+            "the filter of names and ancestors ends walks: {named} in 100,000"
         );
         assert!(hits(&t, "host100000.block.example.").is_empty());
         assert!(hits(&t, "block.example.").is_empty());
@@ -411,6 +569,23 @@ mod tests {
             let want: Vec<u8> = v.to_le_bytes().iter().map(u8::to_ascii_lowercase).collect();
             assert_eq!(lower8(v).to_le_bytes().to_vec(), want, "{b}");
         }
+    }
+
+    #[test]
+    fn names_compare_case_blind_in_words_and_tails() {
+        let key = name_to_wire("abcdefghijklmnop.example.").unwrap();
+        let mut q = key.clone();
+        q[1..17].make_ascii_uppercase();
+        q[20] = b'A';
+        assert!(same_name(&key, &q));
+        for at in [3, 12, 19, key.len() - 2] {
+            let mut bad = q.clone();
+            bad[at] ^= 0x01;
+            assert!(!same_name(&key, &bad), "byte {at}");
+        }
+        assert!(!same_name(&key, &key[..key.len() - 1]));
+        // `[` is not `{` lowered, nor `@` a lowered `` ` ``.
+        assert!(!same_name(b"\x02{`\x00", b"\x02[@\x00"));
     }
 
     #[test]

@@ -468,3 +468,163 @@ fn a_name_many_rules_select_is_judged_the_same() {
     assert_eq!(rule_for(&r, &a("x.many.test."), PEER), 18);
     assert_eq!(rule_for(&r, &a("x.other.test."), PEER), 20);
 }
+
+/// A rule judged the plain way: every selector of `s` holds for the
+/// query (names compared label by label, case aside).
+fn holds_plainly(s: &SelectorSpec, msg: &[u8], q: &Query, f: &Facts) -> bool {
+    let qname: Vec<u8> = q.qname(msg).to_ascii_lowercase();
+    let names_ok = s.names.is_empty()
+        || s.names.iter().any(|e| {
+            if e.exact {
+                return qname == e.wire;
+            }
+            let mut at = 0;
+            loop {
+                if qname[at..] == e.wire[..] {
+                    return true;
+                }
+                if qname[at] == 0 {
+                    return false;
+                }
+                at += 1 + usize::from(qname[at]);
+            }
+        });
+    names_ok && Selector::new(s).holds(q, f)
+}
+
+/// Random rule sets over small pools of values (so selectors collide,
+/// ranges and prefixes overlap and nest) judged by the index and the
+/// plain way agree on every query of a random set.
+#[test]
+fn the_index_agrees_with_judging_each_rule_in_turn() {
+    let mut seed = 0x2545_f491_4f6c_dd1du64;
+    let mut rand = move |n: u64| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed % n
+    };
+    let names = [
+        "example.com.",
+        "www.example.com.",
+        "com.",
+        "b.example.org.",
+        ".",
+    ];
+    let prefixes = [
+        "10.0.0.0/8",
+        "10.1.0.0/16",
+        "10.1.2.3/32",
+        "192.0.2.0/24",
+        "0.0.0.0/0",
+        "2001:db8::/32",
+        "2001:db8:1::/48",
+        "::/0",
+    ];
+    let sources = [
+        "10.1.2.3",
+        "10.9.9.9",
+        "192.0.2.7",
+        "198.51.100.1",
+        "2001:db8:1::5",
+        "2001:db8:2::1",
+        "fe80::1",
+    ];
+    let listens: [SocketAddr; 2] = [
+        "192.0.2.1:53".parse().unwrap(),
+        "[2001:db8::1]:53".parse().unwrap(),
+    ];
+    let qtypes = [1u16, 28, 16, 300, 1000];
+    let sizes = [(0u16, 40u16), (30, 60), (50, 50), (61, 65535), (1000, 2000)];
+    let edns = [
+        EdnsMatch::Absent,
+        EdnsMatch::Present,
+        EdnsMatch::Version(0),
+        EdnsMatch::Version(1),
+    ];
+    let pick = |rand: &mut dyn FnMut(u64) -> u64| {
+        let mut s = SelectorSpec::default();
+        for _ in 0..=rand(3) {
+            match rand(11) {
+                0 => s.names.push(NameEntry {
+                    wire: name_to_wire(names[rand(5) as usize]).unwrap(),
+                    exact: rand(2) == 0,
+                }),
+                1 => s.source.push(prefixes[rand(8) as usize].parse().unwrap()),
+                2 => s.listen.push(listens[rand(2) as usize]),
+                3 => s.qtypes.push(qtypes[rand(5) as usize]),
+                4 => s.qclass = Some([1, 3][rand(2) as usize]),
+                5 => s.opcode = Some([0, 5][rand(2) as usize]),
+                6 => s.rd = Some(rand(2) == 0),
+                7 => s.dnssec_ok = Some(rand(2) == 0),
+                8 => s.edns = Some(edns[rand(4) as usize]),
+                9 => s.query_size = Some(sizes[rand(5) as usize]),
+                _ => {
+                    s.transport = Some(if rand(2) == 0 {
+                        TransportMatch::Tcp
+                    } else {
+                        TransportMatch::Udp
+                    })
+                }
+            }
+        }
+        s
+    };
+    for round in 0..40 {
+        // 1 to 150 rules: one, two and three mask words.
+        let n = [1, 5, 40, 70, 150][round % 5];
+        let list: Vec<RuleSpec> = (0..n)
+            .map(|_| {
+                let mut r = RuleSpec::new(pick(&mut rand), Action::Drop);
+                if rand(4) == 0 {
+                    r.not = Some(pick(&mut rand));
+                }
+                r
+            })
+            .collect();
+        let rules = rules_of(list.clone());
+        for _ in 0..300 {
+            let name = [
+                "www.example.com.",
+                "x.www.example.com.",
+                "EXAMPLE.com.",
+                "a.b.example.org.",
+                "org.",
+                ".",
+            ][rand(6) as usize];
+            let e = match rand(4) {
+                0 => None,
+                v => Some((1232, (v - 1) as u8, rand(2) == 0)),
+            };
+            let msg = query(1, name, qtypes[rand(5) as usize], e);
+            let mut q = parse_query(&msg).unwrap();
+            q.qclass = [1, 3][rand(2) as usize];
+            q.opcode = [0, 5, 2][rand(3) as usize];
+            q.rd = rand(2) == 0;
+            let f = Facts {
+                ip: sources[rand(7) as usize].parse().unwrap(),
+                local: listens[rand(2) as usize],
+                tcp: rand(2) == 0,
+                size: [12, 35, 50, 55, 61, 1500, 70_000][rand(7) as usize],
+            };
+            let plain = list
+                .iter()
+                .position(|r| {
+                    holds_plainly(&r.when, &msg, &q, &f)
+                        && !r
+                            .not
+                            .as_ref()
+                            .is_some_and(|n| holds_plainly(n, &msg, &q, &f))
+                })
+                .unwrap_or(list.len());
+            let got = rules.decide(&msg, &q, &f).0;
+            assert_eq!(
+                got,
+                plain,
+                "round {round}: {name} {q:?} {f:?}\nindex: {:?}\nplain: {:?}",
+                list.get(got),
+                list.get(plain)
+            );
+        }
+    }
+}
