@@ -74,7 +74,7 @@ bench: test-deps
 	@scripts/install-deps.sh $(BENCH_DEPS)
 	$(CARGO) build $(CARGO_FLAGS) --release --workspace --bins
 	$(CARGO) bench $(CARGO_FLAGS) -p xdpdns-dataplane --bench answer -- --warm-up-time 1 --measurement-time 3
-	$(CARGO) bench $(CARGO_FLAGS) -p xdpdns-dataplane --bench rules
+	$(CARGO) bench $(CARGO_FLAGS) -p xdpdns-dataplane --bench overhead
 	target/release/xdpdns-bench
 
 deb: release

@@ -262,7 +262,7 @@ impl Pipeline {
         let variant = self.cache_variant(&q, pool, c);
         let room = buf.len().min(client_limit(&q, transport));
         // The clock only for the cache: plain forwarding pays nothing.
-        let now_ms = || crate::shm::monotonic_ns() / 1_000_000;
+        let now_ms = crate::shm::cache_clock_ms;
         if let (Some(v), Some(cache)) = (variant, self.cache.as_deref()) {
             match cache.lookup(buf, &q, v, room, now_ms(), 0) {
                 Ok(hit) => {

@@ -351,7 +351,7 @@ impl Cache {
             c.uncacheable += 1;
             return;
         };
-        let now_ms = super::monotonic_ns() / 1_000_000;
+        let now_ms = super::cache_clock_ms();
         match self.insert(msg, question_end - 4, question_end, variant, secs, now_ms) {
             Ok(stored) => {
                 c.inserts += 1;
