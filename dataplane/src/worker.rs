@@ -199,6 +199,9 @@ impl Worker {
             }
             iteration = iteration.wrapping_add(1);
             self.counters.iterations += 1;
+            if let Some(f) = self.engine.forwarder.as_ref() {
+                f.new_batch();
+            }
             let reclaimed = self.xsk.reclaim(u32::MAX);
             let refilled = self.xsk.refill();
             let mut work = reclaimed + refilled;
@@ -297,7 +300,12 @@ impl Worker {
             ..
         } = self;
         let mut served = Served::default();
-        for token in poller.wait(timeout) {
+        let ready = poller.wait(timeout);
+        // After a wait, the batch's clock is stale.
+        if let Some(f) = engine.forwarder.as_ref() {
+            f.new_batch();
+        }
+        for token in ready {
             match *token {
                 Token::Xsk => {}
                 Token::Control => served.control = true,
