@@ -8,7 +8,8 @@
 //!   (no rule matches), for one name (`www.example.com.`, the criterion
 //!   benches' query) and for 256 names over many zones (what a frontend
 //!   sees), a quarter of them under `example.`, the top of the blocklist's
-//!   tree.
+//!   tree; and for 65,536 random names (under `example.com.`, `example.`
+//!   and `net.`), whose filter words and table slots are seldom cached.
 //! - cache: REFUSED against a cache hit for the same plain query, both
 //!   under the production rules (as `pipeline/decide/…/plain` in criterion).
 
@@ -94,9 +95,26 @@ fn main() {
         })
         .collect();
     let one = vec!["www.example.com.".to_string()];
+    // Random names, as an attack or a resolver's cache misses bring them:
+    // the Bloom filter's words and the table's slots are mostly not in
+    // the CPU's caches.
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    let random: Vec<String> = (0..65_536)
+        .map(|i| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            format!(
+                "q{:x}.{}",
+                x >> 20,
+                ["example.com.", "example.", "net."][i % 3]
+            )
+        })
+        .collect();
     for (label, names) in [
         ("rules over none, www.example.com.", &one),
         ("rules over none, 256 names", &mixed),
+        ("rules over none, 65,536 random names", &random),
     ] {
         let msgs: Vec<Vec<u8>> = names
             .iter()
