@@ -2,12 +2,13 @@
 //!
 //! A query is not matched against every rule in turn. Names (exact,
 //! suffixes, files) of all rules are in one [`NameTable`], looked up once
-//! per label; every other selector indexes the rules by value. The
+//! per label; every other selector indexes the rules by value
+//! (`rules/index.rs`: precomputed rows, intersected). The
 //! intersection is the bitset of rules whose selectors all hold; only
 //! those are visited, in order, for their `not` tables (judged selector
 //! by selector, [`Selector`]). Nothing here allocates per query.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 
 use xdpdns_common::config::{
     Action, AnswerSpec, EdnsMatch, MAX_RULES, SelectorSpec, SoaSpec, SpoofRecord, TransportMatch,
@@ -19,15 +20,7 @@ use crate::dns::Query;
 
 use index::{Index, Mask, WORDS};
 
-/// What the rules look at, beyond the name.
-#[derive(Debug, Clone, Copy)]
-pub struct Facts {
-    pub ip: IpAddr,
-    pub local: SocketAddr,
-    pub tcp: bool,
-    /// The message's length.
-    pub size: usize,
-}
+pub use index::Facts;
 
 /// A `not` table's selectors, judged one by one.
 struct Selector {
