@@ -13,8 +13,8 @@ use xdpdns_common::stats::DataplaneCounters;
 use xdpdns_dataplane::forward::Emit;
 use xdpdns_dataplane::frame::Headers;
 use xdpdns_dataplane::testing::{
-    FrameSpec, PEER, build, forwarding_engine, local_engine, production_cached_engine,
-    production_engine, query, turn_round, turn_round_with_answer,
+    FrameSpec, PEER, build, forwarding_engine, local_engine, production_engine, query, turn_round,
+    warm_cached_engine,
 };
 use xdpdns_dataplane::xsk::Fate;
 
@@ -142,19 +142,7 @@ fn bench(c: &mut Criterion) {
     // production rules (100 rules, a 100 k-name blocklist), for the same
     // query (no OPT: a resolver's plain query; cookies bypass the cache).
     let plain = query(1, "www.example.com.", 1, None);
-    let mut cached = production_cached_engine();
-    let frame = build(&FrameSpec::v4(), &plain);
-    let mut fbuf = vec![0u8; 2048];
-    let mut reply = vec![0u8; 2048];
-    fbuf[..frame.len()].copy_from_slice(&frame);
-    let mut warm = DataplaneCounters::new();
-    if let Fate::Transmit { head, len } =
-        cached.frame(&mut fbuf, 0, frame.len(), &mut warm, &mut NoEmit)
-    {
-        let n = turn_round_with_answer(&fbuf[head..head + len], &mut reply);
-        cached.frame(&mut reply, 0, n, &mut warm, &mut NoEmit);
-    }
-    assert_eq!(warm.cache.inserts, 1, "the cache is warm");
+    let mut cached = warm_cached_engine(&plain);
     for (label, e) in [("refused", &mut production), ("cache-hit", &mut cached)] {
         g.bench_function(format!("decide/{label}/production-rules/plain"), |b| {
             b.iter(|| {

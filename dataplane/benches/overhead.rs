@@ -18,26 +18,10 @@ use std::time::Instant;
 
 use xdpdns_common::stats::DataplaneCounters;
 use xdpdns_dataplane::engine::Engine;
-use xdpdns_dataplane::frame::Headers;
-use xdpdns_dataplane::testing::{
-    FrameSpec, PEER, build, local_engine, production_cached_engine, production_engine, query,
-    turn_round_with_answer,
-};
-use xdpdns_dataplane::xsk::Fate;
+use xdpdns_dataplane::testing::{PEER, local_engine, production_engine, query, warm_cached_engine};
 
 const ROUNDS: usize = 150;
 const PER_ROUND: usize = 20_000;
-
-struct NoEmit;
-
-impl xdpdns_dataplane::forward::Emit for NoEmit {
-    fn kernel(&mut self, _: std::net::SocketAddr, _: std::net::SocketAddr, _: &[u8]) -> bool {
-        false
-    }
-    fn frame(&mut self, _: &Headers, _: &[u8]) -> bool {
-        false
-    }
-}
 
 fn round(e: &mut Engine, msgs: &[Vec<u8>], buf: &mut [u8], c: &mut DataplaneCounters) -> f64 {
     let t = Instant::now();
@@ -98,17 +82,11 @@ fn main() {
     // Random names, as an attack or a resolver's cache misses bring them:
     // the Bloom filter's words and the table's slots are mostly not in
     // the CPU's caches.
-    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    let mut rand = xdpdns_dataplane::testing::xorshift(0x9e37_79b9_7f4a_7c15);
     let random: Vec<String> = (0..65_536)
         .map(|i| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            format!(
-                "q{:x}.{}",
-                x >> 20,
-                ["example.com.", "example.", "net."][i % 3]
-            )
+            let tail = ["example.com.", "example.", "net."][i % 3];
+            format!("q{:x}.{tail}", rand(1 << 44))
         })
         .collect();
     for (label, names) in [
@@ -125,19 +103,7 @@ fn main() {
 
     // A hit against a local REFUSED, both under the production rules.
     let plain = query(1, "www.example.com.", 1, None);
-    let mut cached = production_cached_engine();
-    let frame = build(&FrameSpec::v4(), &plain);
-    let mut fbuf = vec![0u8; 2048];
-    let mut reply = vec![0u8; 2048];
-    fbuf[..frame.len()].copy_from_slice(&frame);
-    let mut warm = DataplaneCounters::new();
-    if let Fate::Transmit { head, len } =
-        cached.frame(&mut fbuf, 0, frame.len(), &mut warm, &mut NoEmit)
-    {
-        let n = turn_round_with_answer(&fbuf[head..head + len], &mut reply);
-        cached.frame(&mut reply, 0, n, &mut warm, &mut NoEmit);
-    }
-    assert_eq!(warm.cache.inserts, 1, "the cache is warm");
+    let mut cached = warm_cached_engine(&plain);
     compare(
         "cache hit over REFUSED",
         &mut production_engine(),

@@ -342,3 +342,44 @@ pub fn turn_round(fwd: &[u8], out: &mut [u8]) -> usize {
     out[44] |= 0x80;
     fwd.len()
 }
+
+/// A deterministic xorshift generator for randomized tests: each call
+/// gives a number below its argument (which must not be 0).
+pub fn xorshift(mut seed: u64) -> impl FnMut(u64) -> u64 {
+    move |below| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed % below
+    }
+}
+
+/// [`production_cached_engine`] with the answer to `plain` (a query
+/// without OPT, for [`build`]'s IPv4 frame) in its cache: the query
+/// forwarded and the backend's reply relayed once, so that asking it again
+/// is a hit.
+pub fn warm_cached_engine(plain: &[u8]) -> Engine {
+    struct NoEmit;
+    impl crate::forward::Emit for NoEmit {
+        fn kernel(&mut self, _: SocketAddr, _: SocketAddr, _: &[u8]) -> bool {
+            false
+        }
+        fn frame(&mut self, _: &crate::frame::Headers, _: &[u8]) -> bool {
+            false
+        }
+    }
+    let mut cached = production_cached_engine();
+    let frame = build(&FrameSpec::v4(), plain);
+    let mut fbuf = vec![0u8; 2048];
+    let mut reply = vec![0u8; 2048];
+    fbuf[..frame.len()].copy_from_slice(&frame);
+    let mut warm = xdpdns_common::stats::DataplaneCounters::new();
+    if let crate::xsk::Fate::Transmit { head, len } =
+        cached.frame(&mut fbuf, 0, frame.len(), &mut warm, &mut NoEmit)
+    {
+        let n = turn_round_with_answer(&fbuf[head..head + len], &mut reply);
+        cached.frame(&mut reply, 0, n, &mut warm, &mut NoEmit);
+    }
+    assert_eq!(warm.cache.inserts, 1, "the cache is warm");
+    cached
+}

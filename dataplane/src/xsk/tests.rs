@@ -164,13 +164,8 @@ fn owned_by_userspace(f: &mut Frames) -> u32 {
 #[test]
 fn every_chunk_is_in_exactly_one_place_whatever_the_callbacks_decide() {
     let (mut k, mut f) = Kernel::new();
-    let mut seed = 0x9e37_79b9u32;
-    let mut rnd = move |m: u32| {
-        seed ^= seed << 13;
-        seed ^= seed >> 17;
-        seed ^= seed << 5;
-        seed % m
-    };
+    let mut draw = crate::testing::xorshift(0x9e37_79b9);
+    let mut rnd = move |m: u32| draw(u64::from(m)) as u32;
     let mut transmitted = 0;
     for round in 0..5_000 {
         f.refill();

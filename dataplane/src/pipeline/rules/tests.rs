@@ -533,13 +533,7 @@ fn holds_plainly(s: &SelectorSpec, msg: &[u8], q: &Query, f: &Facts) -> bool {
 /// plain way agree on every query of a random set.
 #[test]
 fn the_index_agrees_with_judging_each_rule_in_turn() {
-    let mut seed = 0x2545_f491_4f6c_dd1du64;
-    let mut rand = move |n: u64| {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        seed % n
-    };
+    let mut rand = crate::testing::xorshift(0x2545_f491_4f6c_dd1d);
     let names = [
         "example.com.",
         "www.example.com.",

@@ -220,13 +220,8 @@ fn randomized_against_a_model() {
     let shm = Shared::new(32, u32::MAX - 50);
     let mut ring = Producer::new(shm.mem());
     let mut model: VecDeque<u64> = VecDeque::new();
-    let mut seed = 0x2545_f491u32;
-    let mut rnd = move |m: u32| {
-        seed ^= seed << 13;
-        seed ^= seed >> 17;
-        seed ^= seed << 5;
-        seed % m
-    };
+    let mut draw = crate::testing::xorshift(0x2545_f491);
+    let mut rnd = move |m: u32| draw(u64::from(m)) as u32;
     let mut next = 0u64;
     for _ in 0..20_000 {
         if rnd(2) == 0 {
