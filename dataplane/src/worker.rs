@@ -301,8 +301,11 @@ impl Worker {
         } = self;
         let mut served = Served::default();
         let ready = poller.wait(timeout);
-        // After a wait, the batch's clock is stale.
-        if let Some(f) = engine.forwarder.as_ref() {
+        // After a wait, the batch's clock is stale (a poll without one
+        // stays in the loop iteration that already renewed it).
+        if !timeout.is_zero()
+            && let Some(f) = engine.forwarder.as_ref()
+        {
             f.new_batch();
         }
         for token in ready {

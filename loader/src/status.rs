@@ -418,7 +418,6 @@ impl Status {
         }
     }
 
-    /// The human-readable table.
     /// The packet cache's counters per queue and in total (`cache stats`).
     pub fn render_cache(&self) -> String {
         let mut s = String::new();
@@ -429,6 +428,7 @@ impl Status {
         s
     }
 
+    /// The human-readable table.
     pub fn render(&self) -> String {
         let mut s = String::new();
         let _ = writeln!(

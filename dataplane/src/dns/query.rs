@@ -230,9 +230,9 @@ pub(super) fn option_bits(rdata: &[u8]) -> Result<u64, DropReason> {
     Ok(bits)
 }
 
-/// Walks the question name at offset 12. Pointers are refused: nothing before
-/// the question can be a name, so a pointer here is malformed or hostile.
-/// Where the question's name ends, and its labels' starts.
+/// Walks the question name at offset 12: where it ends, and where its
+/// labels start. Pointers are refused: nothing before the question can be
+/// a name, so a pointer here is malformed or hostile.
 fn question_name(msg: &[u8]) -> Result<(usize, LabelStarts), DropReason> {
     let mut at = HEADER_LEN;
     let mut labels = LabelStarts::default();

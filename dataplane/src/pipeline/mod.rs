@@ -3,8 +3,8 @@
 //! fate: answered in place (by a rule, or from the shared packet cache),
 //! forwarded to a chosen backend, or dropped with a counted reason; the
 //! answers of forwarded queries go into the cache through
-//! [`Pipeline::remember`] (or the forwarder). Transports only move bytes and carry the verdict out;
-//! when forwarding then fails (no slot, a timeout), [`Pipeline::fail`]
+//! [`Pipeline::remember`] (or the forwarder). Transports only move bytes
+//! and carry the verdict out; when forwarding then fails (no slot, a timeout), [`Pipeline::fail`]
 //! answers with the same answer writer as every local answer.
 
 pub mod backends;

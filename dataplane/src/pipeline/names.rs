@@ -105,22 +105,14 @@ fn same_name(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
         return false;
     }
-    let mut x = a.chunks_exact(8);
-    let mut y = b.chunks_exact(8);
-    for (p, q) in (&mut x).zip(&mut y) {
-        let word = |c: &[u8]| {
-            let mut w = [0u8; 8];
-            w.copy_from_slice(c);
-            u64::from_le_bytes(w)
-        };
-        if word(p) != lower8(word(q)) {
-            return false;
-        }
-    }
-    x.remainder()
-        .iter()
-        .zip(y.remainder())
-        .all(|(k, q)| *k == q.to_ascii_lowercase())
+    let words = a.len() / 8 * 8;
+    (0..words)
+        .step_by(8)
+        .all(|i| word_at(a, i) == lower8(word_at(b, i)))
+        && a[words..]
+            .iter()
+            .zip(&b[words..])
+            .all(|(k, q)| *k == q.to_ascii_lowercase())
 }
 
 /// ASCII upper-case letters of the eight bytes of `v` lowered (SWAR:
