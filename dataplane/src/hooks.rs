@@ -6,6 +6,8 @@
 //!   kernel signal someone, executable or locked memory); a dataplane that
 //!   survives exits with status 77;
 //! - `probe-tgkill`: signal a thread of another process;
+//! - `probe-ppoll`: `ppoll` with a signal mask (the loop's own `ppoll`
+//!   passes none, on two descriptors);
 //! - `second-ready`, `big-vector`, `overflow`: lie to the loader;
 //! - `scribble-from-Q`: the dataplane of queue Q, on every sweep, rewrites
 //!   the in-flight entries of the other queues whose question has a label
@@ -55,6 +57,20 @@ pub fn probe_sandbox(queue: u32, control: BorrowedFd<'_>) {
                     -1,
                     0,
                 );
+            }
+            "probe-ppoll" => {
+                let mut fd = libc::pollfd {
+                    fd: control.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                };
+                let ts = libc::timespec {
+                    tv_sec: 0,
+                    tv_nsec: 0,
+                };
+                let mut mask: libc::sigset_t = std::mem::zeroed();
+                libc::sigemptyset(&mut mask);
+                libc::ppoll(&mut fd, 1, &ts, &mask);
             }
             "probe-mlock" => {
                 libc::mmap(

@@ -86,6 +86,21 @@ fn arg(index: u8, op: SeccompCmpOp, value: u64) -> Result<SeccompCondition, Sand
     )?)
 }
 
+/// The dataplane's calls allowed only with certain arguments: the
+/// [`common`] ones, and `ppoll` with at most two descriptors and no signal
+/// mask (the loop blocks on its epoll set and AF_XDP socket, see `poller`).
+pub fn guarded() -> Result<Vec<(libc::c_long, Vec<SeccompRule>)>, SandboxError> {
+    let mut calls = common()?;
+    calls.push((
+        libc::SYS_ppoll,
+        vec![rule(vec![
+            arg(1, SeccompCmpOp::Le, 2)?,
+            SeccompCondition::new(3, SeccompCmpArgLen::Qword, SeccompCmpOp::Eq, 0)?,
+        ])?],
+    ));
+    Ok(calls)
+}
+
 /// Calls every worker may make only with certain arguments (each rule
 /// allows; none matching kills):
 /// - `mmap` and `mprotect` never executable, `mmap` never MAP_LOCKED;
@@ -94,7 +109,7 @@ fn arg(index: u8, op: SeccompCmpOp, value: u64) -> Result<SeccompCondition, Sand
 ///   leases, the ways to have the kernel signal someone else;
 /// - `tgkill` only to this process (abort on a panic). `kill` is not
 ///   allowed at all.
-pub fn guarded() -> Result<Vec<(libc::c_long, Vec<SeccompRule>)>, SandboxError> {
+pub fn common() -> Result<Vec<(libc::c_long, Vec<SeccompRule>)>, SandboxError> {
     let no_exec = || arg(2, SeccompCmpOp::MaskedEq(libc::PROT_EXEC as u64), 0);
     let no_lock = || arg(3, SeccompCmpOp::MaskedEq(libc::MAP_LOCKED as u64), 0);
     let cmd = |c: libc::c_int| arg(1, SeccompCmpOp::Eq, c as u64);

@@ -139,7 +139,6 @@ impl Worker {
             xsk.reserve_for_builds();
         }
         let poller = Poller::new()?;
-        poller.add(std::os::fd::AsFd::as_fd(&xsk), Token::Xsk)?;
         poller.add(control.fd(), Token::Control)?;
         kernel.watch(&poller)?;
         if let Some(f) = &engine.forwarder {
@@ -300,7 +299,7 @@ impl Worker {
             ..
         } = self;
         let mut served = Served::default();
-        let ready = poller.wait(timeout);
+        let ready = poller.wait(timeout, Some(std::os::fd::AsFd::as_fd(&*xsk)));
         // After a wait, the batch's clock is stale (a poll without one
         // stays in the loop iteration that already renewed it).
         if !timeout.is_zero()

@@ -72,7 +72,7 @@ fn cond(arg: u8, op: Op, value: u64) -> Result<Cond, SandboxError> {
 /// FIONBIO only (std's set_nonblocking on a new listener) and, for the TCP
 /// worker, sockets of the kinds it makes.
 fn conditional(sockets: bool) -> Result<Vec<(libc::c_long, Vec<SeccompRule>)>, SandboxError> {
-    let mut out = xdpdns_dataplane::sandbox::guarded()?;
+    let mut out = xdpdns_dataplane::sandbox::common()?;
     out.push((
         libc::SYS_ioctl,
         vec![rule(vec![cond(1, Op::Eq, libc::FIONBIO)?])?],

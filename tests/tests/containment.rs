@@ -124,6 +124,7 @@ fn inside_the_sandbox_signals_executable_and_locked_memory_kill_the_dataplane() 
         "probe-setown",
         "probe-exec",
         "probe-mlock",
+        "probe-ppoll",
     ]
     .into_iter()
     .enumerate()
