@@ -94,29 +94,25 @@ impl Poller {
         Ok(())
     }
 
-    /// Waits up to `timeout` (zero: just looks) for the set or for `also`
-    /// (watched during this call only; reported as [`Token::Xsk`]); the
-    /// ready descriptors' tokens (without allocating).
-    pub fn wait(&mut self, timeout: Duration, also: Option<BorrowedFd<'_>>) -> &[Token] {
+    /// Waits up to `timeout` (zero: just looks at the set) for the set or
+    /// for `xsk` (watched during a blocking call only, reported as
+    /// [`Token::Xsk`]); the ready descriptors' tokens (without allocating).
+    pub fn wait(&mut self, timeout: Duration, xsk: BorrowedFd<'_>) -> &[Token] {
         self.ready.clear();
-        if !timeout.is_zero()
-            && let Some(also) = also
-        {
-            let (set_ready, also_ready) = self.block(timeout, also);
-            if also_ready {
+        if !timeout.is_zero() {
+            let (set_ready, xsk_ready) = self.block(timeout, xsk);
+            if xsk_ready {
                 self.ready.push(Token::Xsk);
             }
             if !set_ready {
                 return &self.ready;
             }
-        } else if !timeout.is_zero() {
-            return self.collect(timeout.as_millis().min(60_000) as libc::c_int);
         }
-        self.collect(0)
+        self.collect()
     }
 
-    /// Blocks in `ppoll` on the epoll descriptor and `also`: which is ready.
-    fn block(&self, timeout: Duration, also: BorrowedFd<'_>) -> (bool, bool) {
+    /// Blocks in `ppoll` on the epoll descriptor and `xsk`: which is ready.
+    fn block(&self, timeout: Duration, xsk: BorrowedFd<'_>) -> (bool, bool) {
         let mut fds = [
             libc::pollfd {
                 fd: self.epoll.as_raw_fd(),
@@ -124,7 +120,7 @@ impl Poller {
                 revents: 0,
             },
             libc::pollfd {
-                fd: also.as_raw_fd(),
+                fd: xsk.as_raw_fd(),
                 events: libc::POLLIN,
                 revents: 0,
             },
@@ -132,7 +128,7 @@ impl Poller {
         let t = timeout.min(Duration::from_secs(60));
         let ts = libc::timespec {
             tv_sec: t.as_secs() as libc::time_t,
-            tv_nsec: libc::c_long::from(t.subsec_nanos() as i32),
+            tv_nsec: t.subsec_nanos() as libc::c_long,
         };
         // SAFETY: the kernel reads and writes the two live pollfds and
         // reads the live timespec; no signal mask is passed.
@@ -144,8 +140,8 @@ impl Poller {
         (fds[0].revents != 0, fds[1].revents != 0)
     }
 
-    /// Ready tokens of the set, waiting up to `ms`.
-    fn collect(&mut self, ms: libc::c_int) -> &[Token] {
+    /// Ready tokens of the set (appended), without waiting.
+    fn collect(&mut self) -> &[Token] {
         // SAFETY: the kernel writes at most `events.len()` events into the
         // live buffer.
         let n = unsafe {
@@ -153,7 +149,7 @@ impl Poller {
                 self.epoll.as_raw_fd(),
                 self.events.as_mut_ptr(),
                 self.events.len() as libc::c_int,
-                ms,
+                0,
             )
         };
         for ev in &self.events[..n.max(0) as usize] {
@@ -178,14 +174,22 @@ mod tests {
         let b = UdpSocket::bind("127.0.0.1:0").unwrap();
         p.add(a.as_fd(), Token::Kernel(3)).unwrap();
         p.add(b.as_fd(), Token::Backend(2, 41)).unwrap();
-        assert!(p.wait(Duration::ZERO).is_empty(), "nothing ready");
+        // Stands in for the AF_XDP socket: watched only while blocking.
+        let x = UdpSocket::bind("127.0.0.1:0").unwrap();
+        assert!(
+            p.wait(Duration::ZERO, x.as_fd()).is_empty(),
+            "nothing ready"
+        );
         let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
         tx.send_to(b"x", b.local_addr().unwrap()).unwrap();
-        assert_eq!(p.wait(Duration::from_secs(1)), [Token::Backend(2, 41)]);
+        assert_eq!(
+            p.wait(Duration::from_secs(1), x.as_fd()),
+            [Token::Backend(2, 41)]
+        );
         drop(b);
         tx.send_to(b"y", a.local_addr().unwrap()).unwrap();
         assert_eq!(
-            p.wait(Duration::from_secs(1)),
+            p.wait(Duration::from_secs(1), x.as_fd()),
             [Token::Kernel(3)],
             "a closed socket left the set"
         );
@@ -198,5 +202,37 @@ mod tests {
             assert_eq!(Token::decode(t.encode()), Some(t));
         }
         assert_eq!(Token::decode(0), None);
+    }
+
+    #[test]
+    fn the_xsk_is_watched_only_while_blocking() {
+        let mut p = Poller::new().unwrap();
+        let a = UdpSocket::bind("127.0.0.1:0").unwrap();
+        p.add(a.as_fd(), Token::Kernel(0)).unwrap();
+        let x = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        tx.send_to(b"x", x.local_addr().unwrap()).unwrap();
+        // Let the datagram arrive before looking.
+        std::thread::sleep(Duration::from_millis(20));
+        assert!(
+            p.wait(Duration::ZERO, x.as_fd()).is_empty(),
+            "not in the set: a look does not see it"
+        );
+        let t = std::time::Instant::now();
+        assert_eq!(p.wait(Duration::from_secs(5), x.as_fd()), [Token::Xsk]);
+        assert!(
+            t.elapsed() < Duration::from_secs(4),
+            "woken by it, not the timeout"
+        );
+        tx.send_to(b"y", a.local_addr().unwrap()).unwrap();
+        let mut got = p.wait(Duration::from_secs(5), x.as_fd()).to_vec();
+        got.sort_by_key(|t| t.encode());
+        assert_eq!(got, [Token::Xsk, Token::Kernel(0)], "both reported");
+        drop(a);
+        let t = std::time::Instant::now();
+        let mut buf = [0u8; 8];
+        x.recv(&mut buf).unwrap();
+        assert!(p.wait(Duration::from_millis(50), x.as_fd()).is_empty());
+        assert!(t.elapsed() >= Duration::from_millis(40), "the timeout held");
     }
 }

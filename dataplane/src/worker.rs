@@ -1,6 +1,7 @@
 //! The per-queue loop: completion → fill → RX → decide → TX, then whatever
 //! sockets epoll reports ready (kernel path, backends, control), then
-//! counters; sleeps in epoll_wait only when there is nothing to do.
+//! counters; sleeps (ppoll on the epoll set and the AF_XDP socket, see
+//! `poller`) only when there is nothing to do.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -299,7 +300,7 @@ impl Worker {
             ..
         } = self;
         let mut served = Served::default();
-        let ready = poller.wait(timeout, Some(std::os::fd::AsFd::as_fd(&*xsk)));
+        let ready = poller.wait(timeout, std::os::fd::AsFd::as_fd(&*xsk));
         // After a wait, the batch's clock is stale (a poll without one
         // stays in the loop iteration that already renewed it).
         if !timeout.is_zero()
