@@ -208,6 +208,10 @@ pub struct Lab {
     pub pin_root: PathBuf,
     pub runtime_dir: PathBuf,
     pub users: Users,
+    /// A bpffs of the lab's own, where the host has none mounted at
+    /// /sys/fs/bpf (the loaders run in private mount namespaces: one they
+    /// mounted themselves would be invisible to the test).
+    bpffs: Option<Bpffs>,
 }
 
 impl Lab {
@@ -221,7 +225,7 @@ impl Lab {
         let dir = std::env::temp_dir().join(&name);
         fs::create_dir_all(&dir)?;
         let users = Users::create(&dir)?;
-        let lab = Lab {
+        let mut lab = Lab {
             server_ns: format!("{name}-s"),
             client_ns: format!("{name}-c"),
             pin_root: PathBuf::from("/sys/fs/bpf").join(&name),
@@ -229,8 +233,21 @@ impl Lab {
             dir,
             name,
             users,
+            bpffs: None,
         };
         // From here on, Drop cleans up whatever was made.
+        let host_bpffs = nix::sys::statfs::statfs("/sys/fs/bpf")
+            .is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::BPF_FS_MAGIC);
+        if !host_bpffs {
+            let b = Bpffs(lab.dir.join("bpffs"));
+            fs::create_dir_all(&b.0)?;
+            lab.pin_root = b.0.join(&lab.name);
+            lab.bpffs = Some(b);
+            sh(Command::new("mount")
+                .args(["-t", "bpf", "bpf"])
+                .arg(lab.dir.join("bpffs")))
+            .context("mounting the lab's bpffs")?;
+        }
         lab.build().context("building the veth lab")?;
         Ok(lab)
     }
@@ -582,6 +599,8 @@ impl Drop for Lab {
             }
         }
         let _ = fs::remove_dir(&self.pin_root);
+        // Unmounted before the directory that holds it goes.
+        drop(self.bpffs.take());
         let _ = fs::remove_dir_all(&self.dir);
     }
 }
