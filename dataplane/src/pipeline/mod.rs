@@ -4,8 +4,9 @@
 //! forwarded to a chosen backend, or dropped with a counted reason; the
 //! answers of forwarded queries go into the cache through
 //! [`Pipeline::remember`] (or the forwarder). Transports only move bytes
-//! and carry the verdict out; when forwarding then fails (no slot, a timeout), [`Pipeline::fail`]
-//! answers with the same answer writer as every local answer.
+//! and carry the verdict out; when forwarding then fails (no slot, a
+//! timeout), [`Pipeline::fail`] answers with the same answer writer as
+//! every local answer.
 
 pub mod backends;
 mod names;
