@@ -15,6 +15,7 @@ pub mod frame;
 #[cfg(feature = "test-hooks")]
 pub mod hooks;
 pub mod kernel_path;
+pub mod mmsg;
 pub mod pipeline;
 pub mod poller;
 pub mod privileges;

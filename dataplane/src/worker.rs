@@ -109,8 +109,8 @@ impl Emit for Outbox<'_> {
             Some((start, BUILD_AT + payload.len() - start))
         })
     }
-    fn has_frame(&self) -> bool {
-        self.xsk.has_free_chunk()
+    fn frames_free(&self) -> usize {
+        self.xsk.free_chunks()
     }
 }
 

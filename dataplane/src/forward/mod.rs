@@ -23,7 +23,7 @@ pub mod trust;
 
 use std::io;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 
 use xdpdns_common::config::FailAction;
@@ -34,6 +34,7 @@ use xdpdns_common::stats::DataplaneCounters;
 
 use crate::dns::{self, Edns, HEADER_LEN, Query, TtlClamp};
 use crate::frame::{self, ETH_HLEN, Headers, IPV4_HLEN, IPV6_HLEN, Parsed, UDP_HLEN, VLAN_HLEN};
+use crate::mmsg::{Received, RecvBatch};
 use crate::pipeline::backends::Backends;
 use crate::poller::{Poller, Token};
 use crate::shm::ShmError;
@@ -51,11 +52,11 @@ pub trait Emit {
     /// Builds an AF_XDP frame with headers `h` around `payload`; false if
     /// it cannot (no free frame, or not possible right now).
     fn frame(&mut self, h: &Headers, payload: &[u8]) -> bool;
-    /// Whether [`Emit::frame`] has a free frame to build in now. Replies
-    /// waiting on a socket stay there while it has not: read, they would
+    /// How many frames [`Emit::frame`] has free to build in now. Replies
+    /// waiting on a socket stay there while it has none: read, they would
     /// take the slow kernel path (or be lost).
-    fn has_frame(&self) -> bool {
-        true
+    fn frames_free(&self) -> usize {
+        usize::MAX
     }
 }
 
@@ -140,8 +141,9 @@ struct Pool {
     ports: Vec<u16>,
 }
 
-/// Datagrams read from one backend socket per call, and the largest accepted.
-const RECV_PER_CALL: usize = 64;
+/// Datagrams read from one backend socket per call (one recvmmsg), and the
+/// largest accepted.
+const RECV_PER_CALL: usize = 32;
 const RECV_BUF: usize = 16 * 1024;
 
 pub struct Forwarder {
@@ -150,6 +152,10 @@ pub struct Forwarder {
     table: Table,
     alloc: Allocator,
     draws: Draws,
+    /// The key the next query over AF_XDP leaves with, drawn one query
+    /// ahead so that its index cell is already fetched when it is taken
+    /// (new with every build: a reconfiguration may change the ports).
+    ahead: Option<u32>,
     pools: Vec<Pool>,
     /// Backend addresses as frames carry them, for matching replies.
     backend_keys: Vec<(bool, [u8; 16], u16)>,
@@ -163,7 +169,8 @@ pub struct Forwarder {
     latency: Latency,
     /// Our listen addresses: what an entry must name to be answered.
     listeners: Listeners,
-    buf: Box<[u8]>,
+    /// Where replies from backend sockets are read.
+    batch: RecvBatch,
     /// The shared packet cache, where backends' answers go.
     cache: Option<Arc<Cache>>,
     /// CLOCK_MONOTONIC as read once per batch of the worker's loop (see
@@ -327,6 +334,7 @@ impl Forwarder {
             table,
             alloc,
             draws,
+            ahead: None,
             pools,
             spec,
             backend_keys,
@@ -334,7 +342,7 @@ impl Forwarder {
             latency,
             busy: true,
             listeners: Listeners::default(),
-            buf: vec![0u8; RECV_BUF].into_boxed_slice(),
+            batch: RecvBatch::new(RECV_PER_CALL, RECV_BUF),
             cache: None,
             clock: std::cell::Cell::new(None),
         })
@@ -429,11 +437,9 @@ impl Forwarder {
     }
 
     /// A key for AF_XDP: a port of the shared range and an ID, both random.
-    fn xsk_key(draws: &mut Draws, base: u16, ports: u32) -> impl FnMut() -> u32 + '_ {
-        move || {
-            let r = draws.draw();
-            inflight::key(base + below(r as u32, ports) as u16, (r >> 32) as u16)
-        }
+    fn xsk_key(draws: &mut Draws, base: u16, ports: u32) -> u32 {
+        let r = draws.draw();
+        inflight::key(base + below(r as u32, ports) as u16, (r >> 32) as u16)
     }
 
     /// A key for a socket of backend `b`: one of its sockets at random (its
@@ -499,12 +505,21 @@ impl Forwarder {
             let room = wire_room(&self.spec, v6);
             let ins = {
                 let evict = Self::evictable(&self.latency, self.spec.timeout_ms, entry.sent_ns);
-                let mut draw = Self::xsk_key(&mut self.draws, self.spec.port_base, self.spec.ports);
-                self.table.insert(&mut self.alloc, &entry, evict, &mut draw)
+                let (base, ports) = (self.spec.port_base, self.spec.ports);
+                let (draws, ahead) = (&mut self.draws, &mut self.ahead);
+                let draw = || {
+                    ahead
+                        .take()
+                        .unwrap_or_else(|| Self::xsk_key(draws, base, ports))
+                };
+                self.table.insert(&mut self.alloc, &entry, evict, draw)
             };
             let Some(key) = self.settle(ins, entry.backend, backends, c) else {
                 return Sent::Failed(FailAction::Drop);
             };
+            let next = Self::xsk_key(&mut self.draws, self.spec.port_base, self.spec.ports);
+            self.table.prefetch_key(next);
+            self.ahead = Some(next);
             let msg = &mut chunk[at..at + len];
             msg[0..2].copy_from_slice(&(key as u16).to_be_bytes());
             clamp_udp_size(msg, q, room);
@@ -776,32 +791,20 @@ impl Forwarder {
             return 0;
         };
         let port = pool.ports[s as usize];
-        let fd = sock.as_raw_fd();
-        let mut buf = std::mem::take(&mut self.buf);
-        let mut n = 0;
-        while n < RECV_PER_CALL && emit.has_frame() {
-            // SAFETY: recv writes at most `buf.len()` bytes into the live buffer.
-            let r = unsafe {
-                libc::recv(
-                    fd,
-                    buf.as_mut_ptr().cast(),
-                    buf.len(),
-                    libc::MSG_DONTWAIT | libc::MSG_TRUNC,
-                )
-            };
-            if r < 0 {
-                break;
-            }
-            n += 1;
-            let len = r as usize;
-            if len > buf.len() {
+        // One system call for what waits (a pool spreads replies over many
+        // sockets, so often one each), no more than there are frames for.
+        let mut batch = std::mem::take(&mut self.batch);
+        // An error is the socket's pending one (an ICMP error on a connected
+        // socket): reading clears it, and the replies wait for the next call.
+        let n = batch.receive(sock.as_fd(), emit.frames_free()).unwrap_or(0);
+        for i in 0..n {
+            match batch.datagram(i) {
+                Some(Received::Whole(msg)) => self.reply_datagram(b, port, msg, clamp, c, emit),
                 // Larger than we take: not a reply to a query we sent.
-                c.forward.bad_replies += 1;
-                continue;
+                _ => c.forward.bad_replies += 1,
             }
-            self.reply_datagram(b, port, &mut buf[..len], clamp, c, emit);
         }
-        self.buf = buf;
+        self.batch = batch;
         n
     }
 

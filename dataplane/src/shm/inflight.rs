@@ -266,6 +266,9 @@ impl Table {
         evictable: impl Fn(u16, u64) -> bool,
         mut draw: impl FnMut() -> u32,
     ) -> Result<Inserted, InsertError> {
+        // The first key's index cell is fetched while a slot is chosen.
+        let first = draw();
+        SharedRegion::prefetch(self.cell(first));
         let mut chosen = None;
         for _ in 0..PROBES.min(self.per_queue) {
             let index = alloc.next;
@@ -299,8 +302,8 @@ impl Table {
             self.clear_cell(words, gslot, state >> 32);
         }
         let generation = (freed >> 32).wrapping_add(1) & 0xffff_ffff;
-        let key = (0..KEY_DRAWS)
-            .map(|_| draw())
+        let key = std::iter::once(first)
+            .chain((1..KEY_DRAWS).map(|_| draw()))
             .find(|k| {
                 self.cell(*k)
                     .compare_exchange(
@@ -315,11 +318,35 @@ impl Table {
         write_entry(words, entry, key);
         // Publishes the entry: its words happen-before any claimer's read.
         words[0].store((generation << 32) | IN_USE, Ordering::Release);
+        self.prefetch_ahead(alloc);
         Ok(Inserted {
             key,
             index,
             evicted,
         })
+    }
+
+    /// Fetches the index cell of `key` ahead of an insert that will draw it.
+    pub fn prefetch_key(&self, key: u32) {
+        SharedRegion::prefetch(self.cell(key));
+    }
+
+    /// Brings in what the next inserts touch first, which the cursor makes
+    /// known now: the slot after next (its state, the key word and the
+    /// question's start), and the index cell of the previous query in the
+    /// next slot (whose key word the last insert brought in), which that
+    /// insert clears. Hints only: a key word another process scribbled on
+    /// picks another cell to fetch, nothing more.
+    fn prefetch_ahead(&self, alloc: &Allocator) {
+        let mask = self.per_queue - 1;
+        if let Some(w) = self.slot(alloc.queue, (alloc.next + 1) & mask) {
+            for at in [0, 8, SLOT_HEADER_WORDS] {
+                SharedRegion::prefetch(&w[at]);
+            }
+        }
+        if let Some(w) = self.slot(alloc.queue, alloc.next) {
+            SharedRegion::prefetch(self.cell(w[10].load(Ordering::Relaxed) as u32));
+        }
     }
 
     /// Claims the slot of the query sent with `key` to `backend`, freeing

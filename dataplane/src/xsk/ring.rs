@@ -256,6 +256,22 @@ impl<T: Copy> Reader<'_, T> {
         self.len == 0
     }
 
+    /// The entry `k` places after the next one, without taking it (`None`
+    /// past the end).
+    pub fn ahead(&self, k: u32) -> Option<T>
+    where
+        T: Copy,
+    {
+        let at = self.read.checked_add(k)?;
+        if at >= self.len {
+            return None;
+        }
+        let slot = self.ring.mem.slot(self.start.wrapping_add(at));
+        // SAFETY: as in `next`: the slot is in the ring, published by the
+        // kernel and not yet released by us; reading it takes nothing.
+        Some(unsafe { slot.read() })
+    }
+
     /// Returns the entries read so far to the kernel.
     pub fn release(self) {
         if self.read == 0 {

@@ -241,9 +241,9 @@ impl Xsk {
         self.frames.reserve = (self.frames.umem.frames() as usize / 8).max(8);
     }
 
-    /// Whether a chunk is free for [`Xsk::build`].
-    pub fn has_free_chunk(&self) -> bool {
-        self.frames.pool.free_count() > 0
+    /// How many chunks [`Xsk::build`] could take now.
+    pub fn free_chunks(&self) -> usize {
+        self.frames.pool.free_count()
     }
 
     /// Moves queued frames into the TX ring and wakes the kernel when
@@ -289,6 +289,10 @@ impl AsFd for Xsk {
 
 /// Transmissions are deferred while RX keeps delivering, up to this many.
 pub const KICK_BATCH: u32 = 32;
+
+/// Received frames whose first lines are fetched ahead, counting the one in
+/// hand (at least 2).
+const RX_PREFETCH: u32 = 4;
 
 /// What a receive callback decides about one frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -397,7 +401,17 @@ impl Frames {
         let mut rx = Rx::default();
         let mut descs = rings.rx.peek(max);
         rx.received = descs.len();
-        for desc in descs.by_ref() {
+        // Frames are fetched a few ahead of their turn: the first read of
+        // each is otherwise a cache miss (the kernel wrote it on another CPU).
+        for k in 0..RX_PREFETCH - 1 {
+            if let Some(d) = descs.ahead(k) {
+                umem.prefetch_frame(d.addr);
+            }
+        }
+        while let Some(desc) = descs.next() {
+            if let Some(d) = descs.ahead(RX_PREFETCH - 2) {
+                umem.prefetch_frame(d.addr);
+            }
             let base = umem.chunk_of(desc.addr);
             let head = (desc.addr - base) as usize;
             let Some(chunk) = umem.frame_mut(base) else {

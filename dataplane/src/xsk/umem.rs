@@ -56,6 +56,39 @@ impl Umem {
         (0..u64::from(self.frames)).map(move |i| i * size)
     }
 
+    /// Asks the CPU to bring in the first two cache lines of the frame at
+    /// UMEM offset `addr` (the headers and a query's start, about to be
+    /// read; the kernel wrote them on another CPU).
+    #[inline]
+    pub(super) fn prefetch_frame(&self, addr: u64) {
+        self.prefetch(addr);
+        self.prefetch(addr.saturating_add(64));
+    }
+
+    /// A hint to fetch the line at UMEM offset `addr`; offsets outside the
+    /// area are ignored.
+    #[inline]
+    fn prefetch(&self, addr: u64) {
+        if addr >= self.area.len() as u64 {
+            return;
+        }
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `addr` is inside the mapping (checked above), so the
+        // pointer stays in bounds; a prefetch reads nothing into the program
+        // and never faults.
+        unsafe {
+            use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+            _mm_prefetch::<_MM_HINT_T0>(
+                self.area
+                    .ptr()
+                    .as_ptr()
+                    .add(addr as usize)
+                    .cast_const()
+                    .cast(),
+            );
+        }
+    }
+
     /// The bytes from UMEM offset `addr` to the end of its chunk: a received
     /// frame and the room after it. `None` if `addr` is outside the UMEM.
     ///
