@@ -309,7 +309,7 @@ impl Forwarder {
             mine,
             mut latency,
         } = kept;
-        latency.track(spec.backends.iter().map(|b| b.tag));
+        latency.track(spec.backends.iter().map(|b| (b.tag, !b.xsk)));
         let want = spec.backend_sockets;
         if fds.backends.len() != spec.backends.len()
             || fds
