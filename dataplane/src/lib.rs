@@ -18,6 +18,7 @@ pub mod kernel_path;
 pub mod mmsg;
 pub mod pipeline;
 pub mod poller;
+pub mod prefetch;
 pub mod privileges;
 pub mod sandbox;
 pub mod shm;

@@ -153,18 +153,10 @@ impl SharedRegion {
 
     /// Asks the CPU to bring `word`'s cache line in ahead of its use (the
     /// index cells a key picks are random: a likely cache miss). Only a hint:
-    /// no value changes, nothing faults.
+    /// no value changes.
     #[inline]
     pub fn prefetch(word: &AtomicU64) {
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: the pointer comes from a live reference; a prefetch reads
-        // nothing into the program and never faults.
-        unsafe {
-            use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
-            _mm_prefetch::<_MM_HINT_T0>(word.as_ptr().cast_const().cast());
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        let _ = word;
+        crate::prefetch::line(word.as_ptr().cast_const().cast());
     }
 
     /// The region as atomic words.

@@ -258,10 +258,7 @@ impl<T: Copy> Reader<'_, T> {
 
     /// The entry `k` places after the next one, without taking it (`None`
     /// past the end).
-    pub fn ahead(&self, k: u32) -> Option<T>
-    where
-        T: Copy,
-    {
+    pub fn ahead(&self, k: u32) -> Option<T> {
         let at = self.read.checked_add(k)?;
         if at >= self.len {
             return None;

@@ -69,23 +69,8 @@ impl Umem {
     /// area are ignored.
     #[inline]
     fn prefetch(&self, addr: u64) {
-        if addr >= self.area.len() as u64 {
-            return;
-        }
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: `addr` is inside the mapping (checked above), so the
-        // pointer stays in bounds; a prefetch reads nothing into the program
-        // and never faults.
-        unsafe {
-            use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
-            _mm_prefetch::<_MM_HINT_T0>(
-                self.area
-                    .ptr()
-                    .as_ptr()
-                    .add(addr as usize)
-                    .cast_const()
-                    .cast(),
-            );
+        if addr < self.area.len() as u64 {
+            crate::prefetch::line(self.area.ptr().as_ptr().wrapping_add(addr as usize));
         }
     }
 
