@@ -143,8 +143,11 @@ fn tcp_gets_the_same_answers_as_udp_without_backends() -> anyhow::Result<()> {
             "{transport} {v}"
         );
     }
-    let s = server.wait_status("TCP answers counted", |s| {
+    // The TCP worker's counts and the dataplanes' (the UDP query) reach
+    // the loader on their own schedules: wait for both.
+    let s = server.wait_status("TCP answers and rule hits counted", |s| {
         s["tcp"]["answered"].as_u64().unwrap_or(0) >= 4
+            && s["rules"][0]["hits"].as_u64().unwrap_or(0) >= 3
     })?;
     assert_eq!(
         s["rules"][0]["hits"].as_u64(),
