@@ -61,14 +61,18 @@ fn forwards_over_af_xdp_from_both_families_to_a_real_server() -> anyhow::Result<
         out.contains("NXDOMAIN"),
         "the backend's exact answer:\n{out}"
     );
-    let s = server.wait_status("replies counted, nothing in flight", |s| {
-        s["backends"][0]["replies"].as_u64().unwrap_or(0) >= 21
-            && s["totals"]["forward"]["in_flight"] == 0
-    })?;
-    assert!(
-        total(&s, "xsk", "received") >= 42,
-        "queries and replies over AF_XDP: {s:#}"
-    );
+    // Each queue reports on its own clock, and a reply may land on a queue
+    // other than its query's: wait until every count is in, so that one
+    // queue's fresh report is not read beside another's stale one.
+    let s = server.wait_status(
+        "21 queries and 21 replies, all 42 over AF_XDP, nothing in flight",
+        |s| {
+            s["backends"][0]["queries"].as_u64().unwrap_or(0) >= 21
+                && s["backends"][0]["replies"].as_u64().unwrap_or(0) >= 21
+                && total(s, "xsk", "received") >= 42
+                && s["totals"]["forward"]["in_flight"] == 0
+        },
+    )?;
     assert_eq!(s["totals"]["forward"]["stray_replies"], 0, "{s:#}");
     // Per-backend metrics, with the latency histogram.
     let value_in = |text: &str, prefix: &str| -> u64 {
@@ -175,6 +179,7 @@ fn replies_landing_on_the_other_queue_are_answered() -> anyhow::Result<()> {
         s["backends"][0]["replies"].as_u64().unwrap_or(0) >= 10
             && received(s, 0) >= 10
             && received(s, 1) >= 10
+            && s["totals"]["forward"]["in_flight"] == 0
     })?;
     let q0 = &s["queues"][0]["counters"]["xsk"]["received"];
     let q1 = &s["queues"][1]["counters"]["xsk"]["received"];
