@@ -1,12 +1,19 @@
-//! Datagrams read from one socket with one `recvmmsg`: the buffers and the C
-//! headers pointing at them, allocated and wired once, behind a safe API.
+//! Datagrams read from one socket with one `recvmmsg`, and answers to them
+//! sent back in place with one `sendmmsg`: the buffers, source addresses and
+//! the C headers pointing at them, allocated and wired once, behind a safe
+//! API. The only module of the dataplane that builds `mmsghdr`s.
 //!
-//! Invariants the unsafe code relies on: every header's iovec points at its
-//! own buffer of `buf_len` bytes, all owned by the batch's boxes (their heap
-//! memory never moves, whatever happens to the batch itself), and nothing
-//! else writes the headers while the kernel fills them.
+//! Invariants the unsafe code relies on: every receive header's iovec points
+//! at its own buffer of `buf_len` bytes and, in a batch made
+//! [`with_sources`](RecvBatch::with_sources), its name at its own
+//! `sockaddr_storage`; every queued answer's header points into those same
+//! buffers and names, within the buffer's `buf_len` bytes. All of them are
+//! owned by the batch's boxes (their heap memory never moves, whatever
+//! happens to the batch itself), and nothing else writes the headers while
+//! the kernel reads or fills them.
 
 use std::io;
+use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, BorrowedFd};
 
 /// One received datagram, as [`RecvBatch::datagram`] gives it.
@@ -23,8 +30,65 @@ pub struct RecvBatch {
     buf_len: usize,
     iovs: Box<[libc::iovec]>,
     hdrs: Box<[libc::mmsghdr]>,
+    /// The senders' addresses: one per buffer, or none at all (a batch for
+    /// connected sockets, which neither needs nor answers them).
+    names: Box<[libc::sockaddr_storage]>,
+    /// Answers queued by [`answer`](RecvBatch::answer): headers pointing at
+    /// a received buffer and its sender (as many as `names`).
+    out_iovs: Box<[libc::iovec]>,
+    out_hdrs: Box<[libc::mmsghdr]>,
+    /// How many answers are queued.
+    answers: usize,
     /// How many datagrams the last receive filled in.
     filled: usize,
+}
+
+/// What [`RecvBatch::send_answers`] did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Sent {
+    /// Answers the kernel took.
+    pub sent: usize,
+    /// Answers lost to a send error (each tried once).
+    pub failed: usize,
+}
+
+/// `n` zeroed C structs.
+fn zeroed<T: Plain>(n: usize) -> Box<[T]> {
+    // SAFETY: `Plain` is implemented only for C structs (iovec, mmsghdr,
+    // sockaddr_storage) for which all-zero bytes are a valid, empty value
+    // (null pointers, zero lengths, family AF_UNSPEC).
+    (0..n).map(|_| unsafe { std::mem::zeroed() }).collect()
+}
+
+/// C structs that may be zero-initialised.
+trait Plain {}
+impl Plain for libc::iovec {}
+impl Plain for libc::mmsghdr {}
+impl Plain for libc::sockaddr_storage {}
+
+/// The address in a `sockaddr_storage` the kernel filled in, if it is one
+/// of the two families a UDP socket receives from.
+fn socket_addr(s: &libc::sockaddr_storage) -> Option<SocketAddr> {
+    match i32::from(s.ss_family) {
+        libc::AF_INET => {
+            // SAFETY: the family says it holds a sockaddr_in, which fits in a
+            // sockaddr_storage and needs no stricter alignment.
+            let a = unsafe { &*(s as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
+            Some(SocketAddr::from((
+                u32::from_be(a.sin_addr.s_addr).to_be_bytes(),
+                u16::from_be(a.sin_port),
+            )))
+        }
+        libc::AF_INET6 => {
+            // SAFETY: as above, for sockaddr_in6.
+            let a = unsafe { &*(s as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>() };
+            Some(SocketAddr::from((
+                a.sin6_addr.s6_addr,
+                u16::from_be(a.sin6_port),
+            )))
+        }
+        _ => None,
+    }
 }
 
 impl Default for RecvBatch {
@@ -43,7 +107,21 @@ impl RecvBatch {
     /// `capacity` buffers of `buf_len` bytes (none when either is zero: such
     /// a batch receives nothing and allocates nothing).
     pub fn new(capacity: usize, buf_len: usize) -> Self {
+        Self::build(capacity, buf_len, false)
+    }
+
+    /// As [`new`](RecvBatch::new), also keeping each datagram's source
+    /// address ([`source`](RecvBatch::source)) so that it can be answered
+    /// ([`answer`](RecvBatch::answer)).
+    pub fn with_sources(capacity: usize, buf_len: usize) -> Self {
+        Self::build(capacity, buf_len, true)
+    }
+
+    fn build(capacity: usize, buf_len: usize, sources: bool) -> Self {
         let capacity = if buf_len == 0 { 0 } else { capacity };
+        let named = if sources { capacity } else { 0 };
+        let mut names: Box<[libc::sockaddr_storage]> = zeroed(named);
+        let name_base = names.as_mut_ptr();
         let mut bufs = vec![0u8; capacity * buf_len].into_boxed_slice();
         let base = bufs.as_mut_ptr();
         let mut iovs: Box<[libc::iovec]> = (0..capacity)
@@ -54,21 +132,23 @@ impl RecvBatch {
             })
             .collect();
         let iov_base = iovs.as_mut_ptr();
-        let hdrs = (0..capacity)
-            .map(|i| {
-                // SAFETY: mmsghdr is a plain C struct; all-zero bytes are a
-                // valid, empty value (no name, no control data).
-                let mut h: libc::mmsghdr = unsafe { std::mem::zeroed() };
-                h.msg_hdr.msg_iov = iov_base.wrapping_add(i);
-                h.msg_hdr.msg_iovlen = 1;
-                h
-            })
-            .collect();
+        let mut hdrs: Box<[libc::mmsghdr]> = zeroed(capacity);
+        for (i, h) in hdrs.iter_mut().enumerate() {
+            h.msg_hdr.msg_iov = iov_base.wrapping_add(i);
+            h.msg_hdr.msg_iovlen = 1;
+            if sources {
+                h.msg_hdr.msg_name = name_base.wrapping_add(i).cast();
+            }
+        }
         RecvBatch {
             bufs,
             buf_len,
             iovs,
             hdrs,
+            names,
+            out_iovs: zeroed(named),
+            out_hdrs: zeroed(named),
+            answers: 0,
             filled: 0,
         }
     }
@@ -80,17 +160,27 @@ impl RecvBatch {
 
     /// Reads up to `max` (at most the capacity) datagrams waiting on `fd`
     /// without blocking: how many arrived (0 when none waits).
+    /// Answers queued for the previous receive and not sent are dropped.
     pub fn receive(&mut self, fd: BorrowedFd<'_>, max: usize) -> io::Result<usize> {
         self.filled = 0;
+        self.answers = 0;
         let max = max.min(self.capacity()).min(libc::c_uint::MAX as usize);
         if max == 0 {
             return Ok(0);
         }
         debug_assert_eq!(self.iovs.len(), self.hdrs.len());
+        if !self.names.is_empty() {
+            // The kernel writes back how much of each name it filled.
+            for h in &mut self.hdrs[..max] {
+                h.msg_hdr.msg_namelen =
+                    std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+            }
+        }
         // SAFETY: the first `max` headers each point at one iovec of this
-        // batch, which points at its own `buf_len`-byte buffer (module
+        // batch, which points at its own `buf_len`-byte buffer, and at their
+        // own `sockaddr_storage` with its true size or at no name (module
         // invariants); the kernel writes within those and the headers'
-        // `msg_len`/`msg_flags` only. `fd` is a live descriptor.
+        // `msg_len`/`msg_flags`/`msg_namelen` only. `fd` is a live descriptor.
         let n = unsafe {
             libc::recvmmsg(
                 fd.as_raw_fd(),
@@ -123,6 +213,96 @@ impl RecvBatch {
         let len = (h.msg_len as usize).min(self.buf_len);
         let start = i * self.buf_len;
         Some(Received::Whole(&mut self.bufs[start..start + len]))
+    }
+
+    /// Datagram `i`'s whole buffer (`buf_len` bytes, room to write an answer
+    /// longer than the datagram in place) and the datagram's length; `None`
+    /// past what the last receive filled or when the datagram was truncated.
+    pub fn room(&mut self, i: usize) -> Option<(&mut [u8], usize)> {
+        let len = match self.datagram(i)? {
+            Received::Whole(d) => d.len(),
+            Received::Truncated => return None,
+        };
+        let start = i * self.buf_len;
+        Some((&mut self.bufs[start..start + self.buf_len], len))
+    }
+
+    /// Where datagram `i` came from: `None` past what the last receive
+    /// filled, in a batch without sources, or for a family other than IPv4
+    /// and IPv6.
+    pub fn source(&self, i: usize) -> Option<SocketAddr> {
+        if i >= self.filled {
+            return None;
+        }
+        socket_addr(self.names.get(i)?)
+    }
+
+    /// Queues the first `len` bytes of datagram `i`'s buffer (written by the
+    /// caller through [`room`](RecvBatch::room)) as an answer to its source,
+    /// for [`send_answers`](RecvBatch::send_answers). False, and nothing
+    /// queued, when `i` has no source, `len` exceeds the buffer, or as many
+    /// answers as buffers are queued already.
+    pub fn answer(&mut self, i: usize, len: usize) -> bool {
+        if self.source(i).is_none() || len > self.buf_len || self.answers >= self.out_hdrs.len() {
+            return false;
+        }
+        let k = self.answers;
+        self.out_iovs[k] = libc::iovec {
+            // In bounds: i < filled <= capacity, so the buffer lies in `bufs`.
+            iov_base: self.bufs.as_mut_ptr().wrapping_add(i * self.buf_len).cast(),
+            iov_len: len,
+        };
+        let out_iov = self.out_iovs.as_mut_ptr().wrapping_add(k);
+        let name = self.names.as_mut_ptr().wrapping_add(i);
+        let h = &mut self.out_hdrs[k].msg_hdr;
+        h.msg_name = name.cast();
+        h.msg_namelen = self.hdrs[i].msg_hdr.msg_namelen;
+        h.msg_iov = out_iov;
+        h.msg_iovlen = 1;
+        h.msg_control = std::ptr::null_mut();
+        h.msg_controllen = 0;
+        h.msg_flags = 0;
+        self.answers += 1;
+        true
+    }
+
+    /// Sends every queued answer on `fd` without blocking, as few
+    /// `sendmmsg` calls as the kernel allows; an answer the kernel refuses is
+    /// counted failed and the rest are still tried. The queue is empty after.
+    pub fn send_answers(&mut self, fd: BorrowedFd<'_>) -> Sent {
+        let out = std::mem::take(&mut self.answers);
+        let mut done = Sent::default();
+        let mut at = 0;
+        while at < out {
+            let left = (out - at).min(libc::c_uint::MAX as usize);
+            // SAFETY: headers [at, out) were filled by `answer` since the last
+            // receive: each points at one out-iovec of this batch, over the
+            // start of a received buffer, and at that buffer's name with the
+            // length the kernel wrote (module invariants); the kernel only
+            // reads them and writes `msg_len`. `fd` is a live descriptor.
+            let r = unsafe {
+                libc::sendmmsg(
+                    fd.as_raw_fd(),
+                    self.out_hdrs.as_mut_ptr().wrapping_add(at),
+                    left as libc::c_uint,
+                    libc::MSG_DONTWAIT,
+                )
+            };
+            if r > 0 {
+                let r = (r as usize).min(left);
+                done.sent += r;
+                at += r;
+                continue;
+            }
+            if r < 0 && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            // sendmmsg reports an error only for the first message it could
+            // not send: that one is lost (counted), the rest are tried.
+            done.failed += 1;
+            at += 1;
+        }
+        done
     }
 }
 
@@ -181,6 +361,100 @@ mod tests {
         assert_eq!(batch.receive(a.as_fd(), 2).unwrap(), 2);
         assert!(matches!(batch.datagram(0), Some(Received::Truncated)));
         assert!(matches!(batch.datagram(1), Some(Received::Whole(d)) if d == [8u8; 16]));
+    }
+
+    #[test]
+    fn answers_go_back_to_each_source_in_one_call() {
+        let server = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let clients: Vec<UdpSocket> = (0..3)
+            .map(|_| UdpSocket::bind("127.0.0.1:0").unwrap())
+            .collect();
+        for (i, c) in clients.iter().enumerate() {
+            c.send_to(&[i as u8; 4], server.local_addr().unwrap())
+                .unwrap();
+        }
+        let mut batch = RecvBatch::with_sources(4, 64);
+        assert_eq!(batch.receive(server.as_fd(), 4).unwrap(), 3);
+        for (i, c) in clients.iter().enumerate() {
+            assert_eq!(batch.source(i), Some(c.local_addr().unwrap()));
+            let (buf, len) = batch.room(i).unwrap();
+            assert_eq!((buf.len(), len, buf[0]), (64, 4, i as u8));
+            // An answer longer than the question, written in place.
+            buf[..10].fill(0xa0 + i as u8);
+        }
+        assert!(batch.source(3).is_none() && batch.room(3).is_none());
+        // Only the first and the last are answered; refusals queue nothing.
+        assert!(batch.answer(0, 10));
+        assert!(!batch.answer(1, 65), "longer than the buffer");
+        assert!(!batch.answer(3, 1), "past what was received");
+        assert!(batch.answer(2, 10));
+        assert_eq!(
+            batch.send_answers(server.as_fd()),
+            Sent { sent: 2, failed: 0 }
+        );
+        let mut got = [0u8; 64];
+        for (i, c) in clients.iter().enumerate() {
+            c.set_nonblocking(true).unwrap();
+            match c.recv(&mut got) {
+                Ok(n) if i != 1 => assert_eq!(&got[..n], &[0xa0 + i as u8; 10]),
+                Err(e) if i == 1 => assert_eq!(e.kind(), io::ErrorKind::WouldBlock),
+                other => panic!("client {i}: {other:?}"),
+            }
+        }
+        // The queue is empty after sending, and a new receive drops what was
+        // queued and not sent.
+        assert_eq!(batch.send_answers(server.as_fd()), Sent::default());
+        clients[0]
+            .send_to(b"q", server.local_addr().unwrap())
+            .unwrap();
+        clients[1]
+            .send_to(b"q", server.local_addr().unwrap())
+            .unwrap();
+        assert_eq!(batch.receive(server.as_fd(), 1).unwrap(), 1);
+        assert!(batch.answer(0, 1));
+        assert_eq!(batch.receive(server.as_fd(), 4).unwrap(), 1);
+        assert_eq!(batch.send_answers(server.as_fd()), Sent::default());
+    }
+
+    #[test]
+    fn a_batch_without_sources_answers_nothing() {
+        let (a, b) = pair();
+        b.send(b"hello").unwrap();
+        let mut batch = RecvBatch::new(2, 16);
+        assert_eq!(batch.receive(a.as_fd(), 2).unwrap(), 1);
+        assert!(batch.source(0).is_none());
+        assert_eq!(
+            batch.room(0).map(|(buf, len)| (buf.len(), len)),
+            Some((16, 5))
+        );
+        assert!(!batch.answer(0, 5));
+        assert_eq!(batch.send_answers(a.as_fd()), Sent::default());
+    }
+
+    #[test]
+    fn a_truncated_datagram_has_no_room() {
+        let server = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let c = UdpSocket::bind("127.0.0.1:0").unwrap();
+        c.send_to(&[1u8; 40], server.local_addr().unwrap()).unwrap();
+        let mut batch = RecvBatch::with_sources(1, 16);
+        assert_eq!(batch.receive(server.as_fd(), 1).unwrap(), 1);
+        assert!(batch.room(0).is_none());
+        assert_eq!(batch.source(0), Some(c.local_addr().unwrap()));
+    }
+
+    #[test]
+    fn answers_over_ipv6_keep_the_address() {
+        let server = UdpSocket::bind("[::1]:0").unwrap();
+        let c = UdpSocket::bind("[::1]:0").unwrap();
+        c.send_to(b"six", server.local_addr().unwrap()).unwrap();
+        let mut batch = RecvBatch::with_sources(2, 16);
+        assert_eq!(batch.receive(server.as_fd(), 2).unwrap(), 1);
+        assert_eq!(batch.source(0), Some(c.local_addr().unwrap()));
+        assert!(batch.answer(0, 3));
+        assert_eq!(batch.send_answers(server.as_fd()).sent, 1);
+        let mut got = [0u8; 8];
+        assert_eq!(c.recv(&mut got).unwrap(), 3);
+        assert_eq!(&got[..3], b"six");
     }
 
     #[test]
