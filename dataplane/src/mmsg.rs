@@ -99,8 +99,9 @@ impl Default for RecvBatch {
     }
 }
 
-// SAFETY: the raw pointers in `iovs` and `hdrs` point only into this batch's
-// own boxes, which move with it; nothing is shared with another thread.
+// SAFETY: the raw pointers in `iovs`, `hdrs`, `out_iovs` and `out_hdrs` point
+// only into this batch's own boxes, which move with it; nothing is shared with
+// another thread.
 unsafe impl Send for RecvBatch {}
 
 impl RecvBatch {
@@ -238,12 +239,19 @@ impl RecvBatch {
     }
 
     /// Queues the first `len` bytes of datagram `i`'s buffer (written by the
-    /// caller through [`room`](RecvBatch::room)) as an answer to its source,
-    /// for [`send_answers`](RecvBatch::send_answers). False, and nothing
-    /// queued, when `i` has no source, `len` exceeds the buffer, or as many
-    /// answers as buffers are queued already.
+    /// caller through [`room`](RecvBatch::room)) as an answer to its source
+    /// (the name the kernel wrote, which the caller has read through
+    /// [`source`](RecvBatch::source)), for
+    /// [`send_answers`](RecvBatch::send_answers). False, and nothing queued,
+    /// when `i` is past what the last receive filled, the batch keeps no
+    /// sources, `len` exceeds the buffer, or as many answers as buffers are
+    /// queued already.
     pub fn answer(&mut self, i: usize, len: usize) -> bool {
-        if self.source(i).is_none() || len > self.buf_len || self.answers >= self.out_hdrs.len() {
+        if i >= self.filled
+            || i >= self.names.len()
+            || len > self.buf_len
+            || self.answers >= self.out_hdrs.len()
+        {
             return false;
         }
         let k = self.answers;
