@@ -837,6 +837,45 @@ static __always_inline int is_ipv6_ext(__u8 next)
 	return 0;
 }
 
+/* A UDP query to listen address `listen`, from `saddr4` (IPv4) or, when
+ * `saddr6` is set, from `*saddr6` (IPv6): the ACL, the policing, the size
+ * and checksum checks, then the queue's XSK. Inlined into each family's
+ * handler with the family constant, so each gets its own straight code. */
+static __always_inline int serve_query(struct xdp_md *ctx, __u32 listen, __u32 l3, __u32 saddr4,
+				       struct in6_addr *saddr6)
+{
+	__u32 set = current_settings();
+	int v6 = saddr6 != NULL;
+	void *data, *end;
+	int v;
+
+	if (!(v6 ? acl_allows_v6(set, saddr6) : acl_allows_v4(set, saddr4)))
+		return deny(ctx, set, listen, l3, v6);
+	count_listen(listen, XDPDNS_LISTEN_STAT_ALLOWED);
+	v = -1;
+	if (set & XDPDNS_SETTING_POLICE)
+		v = v6 ? police_v6(ctx, set, l3, saddr6) : police_v4(ctx, set, l3, saddr4);
+	if (v >= 0)
+		return v;
+	data = (void *)(long)ctx->data;
+	end = (void *)(long)ctx->data_end;
+	if (max_frame_len && (__u64)(end - data) > max_frame_len)
+		return count(XDPDNS_STAT_TOO_LARGE, XDP_PASS);
+	if (set & XDPDNS_SETTING_VERIFY_CSUM) {
+		int c = query_checksum(ctx, l3, v6);
+
+		if (c == 2)
+			return count(XDPDNS_STAT_UNVERIFIED, XDP_PASS);
+		if (c == 3)
+			count(XDPDNS_STAT_PARTIAL_CSUM, 0);
+		else if (c != 1)
+			return count(XDPDNS_STAT_BAD_CSUM, XDP_PASS);
+		data = (void *)(long)ctx->data;
+		end = (void *)(long)ctx->data_end;
+	}
+	return to_socket(ctx, data, end);
+}
+
 static __always_inline int handle_v4(struct xdp_md *ctx, void *data, void *end, __u32 l3)
 {
 	struct iphdr *ip = data + l3;
@@ -877,34 +916,8 @@ static __always_inline int handle_v4(struct xdp_md *ctx, void *data, void *end, 
 	}
 	key.port = udp->dest;
 	dest = bpf_map_lookup_elem(&XDPDNS_MAP_DEST_V4, &key);
-	if (dest && (*dest & 0xffff) == XDPDNS_DEST_LISTEN) {
-		__u32 listen = *dest >> 16;
-		__u32 set = current_settings();
-
-		int v;
-
-		if (!acl_allows_v4(set, ip->saddr))
-			return deny(ctx, set, listen, l3, 0);
-		count_listen(listen, XDPDNS_LISTEN_STAT_ALLOWED);
-		v = (set & XDPDNS_SETTING_POLICE) ? police_v4(ctx, set, l3, ip->saddr) : -1;
-		if (v >= 0)
-			return v;
-		if (max_frame_len && (__u64)(end - data) > max_frame_len)
-			return count(XDPDNS_STAT_TOO_LARGE, XDP_PASS);
-		if (set & XDPDNS_SETTING_VERIFY_CSUM) {
-			int c = query_checksum(ctx, l3, 0);
-
-			if (c == 2)
-				return count(XDPDNS_STAT_UNVERIFIED, XDP_PASS);
-			if (c == 3)
-				count(XDPDNS_STAT_PARTIAL_CSUM, 0);
-			else if (c != 1)
-				return count(XDPDNS_STAT_BAD_CSUM, XDP_PASS);
-			data = (void *)(long)ctx->data;
-			end = (void *)(long)ctx->data_end;
-		}
-		return to_socket(ctx, data, end);
-	}
+	if (dest && (*dest & 0xffff) == XDPDNS_DEST_LISTEN)
+		return serve_query(ctx, *dest >> 16, l3, ip->saddr, NULL);
 	return count(XDPDNS_STAT_OTHER_DEST, XDP_PASS);
 }
 
@@ -944,34 +957,8 @@ static __always_inline int handle_v6(struct xdp_md *ctx, void *data, void *end, 
 	}
 	key.port = udp->dest;
 	dest = bpf_map_lookup_elem(&XDPDNS_MAP_DEST_V6, &key);
-	if (dest && (*dest & 0xffff) == XDPDNS_DEST_LISTEN) {
-		__u32 listen = *dest >> 16;
-		__u32 set = current_settings();
-
-		int v;
-
-		if (!acl_allows_v6(set, &ip6->saddr))
-			return deny(ctx, set, listen, l3, 1);
-		count_listen(listen, XDPDNS_LISTEN_STAT_ALLOWED);
-		v = (set & XDPDNS_SETTING_POLICE) ? police_v6(ctx, set, l3, &ip6->saddr) : -1;
-		if (v >= 0)
-			return v;
-		if (max_frame_len && (__u64)(end - data) > max_frame_len)
-			return count(XDPDNS_STAT_TOO_LARGE, XDP_PASS);
-		if (set & XDPDNS_SETTING_VERIFY_CSUM) {
-			int c = query_checksum(ctx, l3, 1);
-
-			if (c == 2)
-				return count(XDPDNS_STAT_UNVERIFIED, XDP_PASS);
-			if (c == 3)
-				count(XDPDNS_STAT_PARTIAL_CSUM, 0);
-			else if (c != 1)
-				return count(XDPDNS_STAT_BAD_CSUM, XDP_PASS);
-			data = (void *)(long)ctx->data;
-			end = (void *)(long)ctx->data_end;
-		}
-		return to_socket(ctx, data, end);
-	}
+	if (dest && (*dest & 0xffff) == XDPDNS_DEST_LISTEN)
+		return serve_query(ctx, *dest >> 16, l3, 0, &ip6->saddr);
 	return count(XDPDNS_STAT_OTHER_DEST, XDP_PASS);
 }
 
