@@ -80,6 +80,8 @@ struct {
 	__type(value, __u32);
 } XDPDNS_MAP_DEST_V6 SEC(".maps");
 
+/* Backends: the value is our address their queries leave from (network
+ * order), so a reply to it is known ours with this one lookup. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, XDPDNS_MAX_BACKENDS);
@@ -87,11 +89,15 @@ struct {
 	__type(value, __u32);
 } XDPDNS_MAP_BACKENDS_V4 SEC(".maps");
 
+struct backend_v6_source {
+	__u32 w[4];
+};
+
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, XDPDNS_MAX_BACKENDS);
 	__type(key, struct dest_v6_key);
-	__type(value, __u32);
+	__type(value, struct backend_v6_source);
 } XDPDNS_MAP_BACKENDS_V6 SEC(".maps");
 
 #define ACL_TRIE(name, key_type)                                                                   \
@@ -102,6 +108,21 @@ struct {
 		__type(key, key_type);                                                             \
 		__type(value, __u32);                                                              \
 	} name SEC(".maps")
+
+/* Twin: common/src/maps.rs `AclFast`. Bit b of the 1,024 words: the /16
+ * whose first 16 bits are b. `all` set: allowed; else `some` set: the trie
+ * decides; neither: denied. */
+struct acl_fast {
+	__u64 all[XDPDNS_ACL_FAST_WORDS];
+	__u64 some[XDPDNS_ACL_FAST_WORDS];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 4);
+	__type(key, __u32);
+	__type(value, struct acl_fast);
+} XDPDNS_MAP_ACL_FAST SEC(".maps");
 
 ACL_TRIE(XDPDNS_MAP_ACL_V4_0, struct lpm_v4_key);
 ACL_TRIE(XDPDNS_MAP_ACL_V4_1, struct lpm_v4_key);
@@ -562,10 +583,32 @@ static __always_inline int deny(struct xdp_md *ctx, __u32 set, __u32 listen, __u
 	return count(XDPDNS_STAT_ACL_DROPPED, XDP_DROP);
 }
 
+/* The fast path's verdict on the /16 `top` of family `v6`: 1 allowed, 0
+ * denied, -1 the trie decides. An array lookup (inlined by the verifier),
+ * so a client the list covers or misses by whole /16s costs no trie walk. */
+static __always_inline int acl_fast_verdict(__u32 set, int v6, __u32 top)
+{
+	__u32 k = ((set & XDPDNS_SETTING_ACL_SLOT) ? 2 : 0) + (v6 ? 1 : 0);
+	struct acl_fast *f = bpf_map_lookup_elem(&XDPDNS_MAP_ACL_FAST, &k);
+	__u32 w = (top >> 6) & (XDPDNS_ACL_FAST_WORDS - 1);
+	__u64 bit = 1ULL << (top & 63);
+
+	if (!f)
+		return -1;
+	if (f->all[w] & bit)
+		return 1;
+	if (f->some[w] & bit)
+		return -1;
+	return 0;
+}
+
 static __always_inline int acl_allows_v4(__u32 set, __u32 saddr)
 {
 	struct lpm_v4_key k = { .prefixlen = 32 };
+	int fast = acl_fast_verdict(set, 0, bpf_ntohl(saddr) >> 16);
 
+	if (fast >= 0)
+		return fast;
 	__builtin_memcpy(k.addr, &saddr, 4);
 	if (set & XDPDNS_SETTING_ACL_SLOT)
 		return bpf_map_lookup_elem(&XDPDNS_MAP_ACL_V4_1, &k) != NULL;
@@ -575,7 +618,10 @@ static __always_inline int acl_allows_v4(__u32 set, __u32 saddr)
 static __always_inline int acl_allows_v6(__u32 set, struct in6_addr *saddr)
 {
 	struct lpm_v6_key k = { .prefixlen = 128 };
+	int fast = acl_fast_verdict(set, 1, ((__u32)saddr->s6_addr[0] << 8) | saddr->s6_addr[1]);
 
+	if (fast >= 0)
+		return fast;
 	__builtin_memcpy(k.addr, saddr, 16);
 	if (set & XDPDNS_SETTING_ACL_SLOT)
 		return bpf_map_lookup_elem(&XDPDNS_MAP_ACL_V6_1, &k) != NULL;
@@ -903,13 +949,20 @@ static __always_inline int handle_v4(struct xdp_md *ctx, void *data, void *end, 
 		return count(XDPDNS_STAT_TRUNCATED, XDP_PASS);
 	key.addr = ip->daddr;
 	/* A forwarding port is never a listen port (the loader refuses that):
-	 * replies are told apart first, with one lookup of (address, 0). */
+	 * replies are told apart first. A backend's reply to the address its
+	 * queries leave from takes one lookup; anything else to a forwarding
+	 * port is judged by whether its destination is one of our forwarding
+	 * sources (address, 0): then it is a backend's (redirected) or not
+	 * (dropped). */
 	if (in_forward_range(udp->dest)) {
+		struct dest_v4_key from = { .addr = ip->saddr, .port = udp->source };
+		__u32 *source = bpf_map_lookup_elem(&XDPDNS_MAP_BACKENDS_V4, &from);
+
+		if (source && *source == ip->daddr)
+			return to_socket(ctx, data, end);
 		dest = bpf_map_lookup_elem(&XDPDNS_MAP_DEST_V4, &key);
 		if (dest && (*dest & 0xffff) == XDPDNS_DEST_FORWARD) {
-			struct dest_v4_key from = { .addr = ip->saddr, .port = udp->source };
-
-			if (!bpf_map_lookup_elem(&XDPDNS_MAP_BACKENDS_V4, &from))
+			if (!source)
 				return count(XDPDNS_STAT_NOT_BACKEND, XDP_DROP);
 			return to_socket(ctx, data, end);
 		}
@@ -945,12 +998,18 @@ static __always_inline int handle_v6(struct xdp_md *ctx, void *data, void *end, 
 		return count(XDPDNS_STAT_TRUNCATED, XDP_PASS);
 	__builtin_memcpy(key.addr, &ip6->daddr, sizeof(key.addr));
 	if (in_forward_range(udp->dest)) {
+		struct dest_v6_key from = { .port = udp->source };
+		struct backend_v6_source *source;
+		__u32 *d = (__u32 *)&ip6->daddr;
+
+		__builtin_memcpy(from.addr, &ip6->saddr, sizeof(from.addr));
+		source = bpf_map_lookup_elem(&XDPDNS_MAP_BACKENDS_V6, &from);
+		if (source && source->w[0] == d[0] && source->w[1] == d[1] &&
+		    source->w[2] == d[2] && source->w[3] == d[3])
+			return to_socket(ctx, data, end);
 		dest = bpf_map_lookup_elem(&XDPDNS_MAP_DEST_V6, &key);
 		if (dest && (*dest & 0xffff) == XDPDNS_DEST_FORWARD) {
-			struct dest_v6_key from = { .port = udp->source };
-
-			__builtin_memcpy(from.addr, &ip6->saddr, sizeof(from.addr));
-			if (!bpf_map_lookup_elem(&XDPDNS_MAP_BACKENDS_V6, &from))
+			if (!source)
 				return count(XDPDNS_STAT_NOT_BACKEND, XDP_DROP);
 			return to_socket(ctx, data, end);
 		}

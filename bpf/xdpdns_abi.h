@@ -20,9 +20,15 @@
 #define XDPDNS_MAP_ACL_V4_1 acl_v4_1
 #define XDPDNS_MAP_ACL_V6_0 acl_v6_0
 #define XDPDNS_MAP_ACL_V6_1 acl_v6_1
+/* The ACL's fast path, one entry per slot and family (slot * 2 + v6):
+ * per /16 (an address's first 16 bits), whether the allow list covers all
+ * of it, some of it (the trie decides) or none (denied, no trie lookup). */
+#define XDPDNS_MAP_ACL_FAST acl_fast
+#define XDPDNS_ACL_FAST_WORDS 1024
 /* One u32 of settings the loader changes live (see XDPDNS_SETTING_*). */
 #define XDPDNS_MAP_SETTINGS settings
-/* Backends (address, port) whose replies the program redirects. */
+/* Backends (address, port) whose replies the program redirects; the value:
+ * our source address toward them (u32 or 16 bytes, network order). */
 #define XDPDNS_MAP_BACKENDS_V4 backends_v4
 #define XDPDNS_MAP_BACKENDS_V6 backends_v6
 /* Per-CPU counters per listen address (XDPDNS_LISTEN_STAT_*). */

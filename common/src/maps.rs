@@ -1,7 +1,9 @@
 //! Layouts of the BPF maps, shared with `bpf/xdpdns.bpf.c` through
 //! `bpf/xdpdns_abi.h`. A test below parses that header and checks every value.
 
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+use crate::net::Prefix;
 
 /// Name of the XSKMAP (queue id -> AF_XDP socket).
 pub const MAP_XSKS: &str = "xsks";
@@ -15,6 +17,8 @@ pub const MAP_STATS: &str = "stats";
 pub const MAP_META: &str = "meta";
 /// Names of the ACL tries: `[family][slot]`, v4 first.
 pub const MAP_ACL: [[&str; 2]; 2] = [["acl_v4_0", "acl_v4_1"], ["acl_v6_0", "acl_v6_1"]];
+/// Name of the ACL's fast path ([`AclFast`], entry [`AclFast::entry`]).
+pub const MAP_ACL_FAST: &str = "acl_fast";
 /// Name of the one-entry array of live settings ([`Settings`]).
 pub const MAP_SETTINGS: &str = "settings";
 /// Names of the backend maps (replies are redirected only from these).
@@ -114,6 +118,76 @@ impl Limits {
 // SAFETY: repr(C), integers only, no padding (size asserted), any bit pattern valid.
 unsafe impl aya::Pod for Limits {}
 const _: () = assert!(std::mem::size_of::<Limits>() == 40);
+/// Words of each [`AclFast`] bitmap: one bit per /16 of a family.
+pub const ACL_FAST_WORDS: usize = 1024;
+
+/// The ACL's fast path as the program reads it (`struct acl_fast`): for
+/// each /16 of one family (an address's first 16 bits), whether the allow
+/// list covers all of it (`all`), or some of it (`some`: the trie decides).
+/// Neither: denied without walking the trie. Filled with the trie of the
+/// same slot, before the slot is made active.
+#[repr(C)]
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct AclFast {
+    pub all: [u64; ACL_FAST_WORDS],
+    pub some: [u64; ACL_FAST_WORDS],
+}
+
+impl AclFast {
+    /// The map entry of a slot's family.
+    pub const fn entry(slot: usize, v6: bool) -> u32 {
+        (slot as u32) * 2 + v6 as u32
+    }
+
+    /// The fast path of the allow list `allow`'s prefixes of one family
+    /// (`v6`); the others are left out.
+    pub fn new(allow: &[Prefix], v6: bool) -> Box<AclFast> {
+        let mut f = Box::new(AclFast {
+            all: [0; ACL_FAST_WORDS],
+            some: [0; ACL_FAST_WORDS],
+        });
+        for p in allow {
+            let top = match p.addr() {
+                IpAddr::V4(a) if !v6 => u32::from(a) >> 16,
+                IpAddr::V6(a) if v6 => u32::from(a.segments()[0]),
+                _ => continue,
+            };
+            if p.bits() > 16 {
+                set(&mut f.some, top);
+                continue;
+            }
+            let span = 1u32 << (16 - p.bits());
+            let first = top & !(span - 1);
+            for b in first..first + span {
+                set(&mut f.all, b);
+            }
+        }
+        f
+    }
+
+    /// What the program decides for an address whose first 16 bits are
+    /// `top`: `Some(allowed)`, or `None` where the trie decides.
+    pub fn verdict(&self, top: u16) -> Option<bool> {
+        let (w, bit) = (usize::from(top >> 6), 1u64 << (top & 63));
+        if self.all[w] & bit != 0 {
+            Some(true)
+        } else if self.some[w] & bit != 0 {
+            None
+        } else {
+            Some(false)
+        }
+    }
+}
+
+fn set(words: &mut [u64; ACL_FAST_WORDS], block: u32) {
+    words[(block >> 6) as usize % ACL_FAST_WORDS] |= 1u64 << (block & 63);
+}
+
+#[cfg(feature = "aya")]
+// SAFETY: repr(C), integers only, no padding (size asserted), any bit pattern valid.
+unsafe impl aya::Pod for AclFast {}
+const _: () = assert!(std::mem::size_of::<AclFast>() == 16384);
+
 /// Name of the program in the object.
 pub const PROGRAM_NAME: &str = "xdpdns";
 /// Name of the read-only global holding the largest frame AF_XDP can take.
@@ -394,6 +468,8 @@ mod tests {
         assert_eq!(define("XDPDNS_MAX_ACL"), MAX_ACL.to_string());
         assert_eq!(define("XDPDNS_MAX_BACKENDS"), MAX_BACKENDS.to_string());
         assert_eq!(define("XDPDNS_MAP_SETTINGS"), MAP_SETTINGS);
+        assert_eq!(define("XDPDNS_MAP_ACL_FAST"), MAP_ACL_FAST);
+        assert_eq!(define("XDPDNS_ACL_FAST_WORDS"), ACL_FAST_WORDS.to_string());
         assert_eq!(define("XDPDNS_MAP_BACKENDS_V4"), MAP_BACKENDS_V4);
         assert_eq!(define("XDPDNS_MAP_BACKENDS_V6"), MAP_BACKENDS_V6);
         assert_eq!(define("XDPDNS_MAP_LISTEN_STATS"), MAP_LISTEN_STATS);
@@ -466,6 +542,68 @@ mod tests {
             let name = format!("XDPDNS_STAT_{}", outcome.name().to_ascii_uppercase());
             assert_eq!(define(&name), (outcome as u32).to_string(), "{name}");
         }
+    }
+
+    fn prefixes(list: &[&str]) -> Vec<Prefix> {
+        list.iter().map(|p| p.parse().unwrap()).collect()
+    }
+
+    /// The fast path agrees with the list itself wherever it decides, and
+    /// leaves to the trie exactly the /16s a longer prefix lies in.
+    #[test]
+    fn acl_fast_path_decides_whole_sixteens_only() {
+        let allow = prefixes(&[
+            "10.0.0.0/8",
+            "192.168.0.0/16",
+            "192.0.2.0/25",
+            "100.64.0.0/10",
+            "fc00::/7",
+            "2001:db8::2/128",
+        ]);
+        let v4 = AclFast::new(&allow, false);
+        let top4 = |a: &str| (u32::from(a.parse::<Ipv4Addr>().unwrap()) >> 16) as u16;
+        assert_eq!(v4.verdict(top4("10.0.0.0")), Some(true));
+        assert_eq!(v4.verdict(top4("10.255.255.255")), Some(true));
+        assert_eq!(v4.verdict(top4("11.0.0.0")), Some(false));
+        assert_eq!(v4.verdict(top4("9.255.0.0")), Some(false));
+        assert_eq!(v4.verdict(top4("192.168.1.1")), Some(true));
+        assert_eq!(v4.verdict(top4("192.169.0.0")), Some(false));
+        assert_eq!(
+            v4.verdict(top4("192.0.2.200")),
+            None,
+            "the /25's /16: the trie"
+        );
+        assert_eq!(v4.verdict(top4("100.127.255.255")), Some(true));
+        assert_eq!(v4.verdict(top4("100.128.0.0")), Some(false));
+        let count = |w: &[u64]| w.iter().map(|w| w.count_ones()).sum::<u32>();
+        assert_eq!(count(&v4.all), 256 + 1 + 64);
+        assert_eq!(count(&v4.some), 1);
+        // The v6 prefixes are not in the v4 map, and the reverse.
+        let v6 = AclFast::new(&allow, true);
+        assert_eq!(count(&v6.all), 512);
+        assert_eq!(v6.verdict(0xfc00), Some(true));
+        assert_eq!(v6.verdict(0xfdff), Some(true));
+        assert_eq!(v6.verdict(0xfe00), Some(false));
+        assert_eq!(v6.verdict(0x2001), None);
+        assert_eq!(v6.verdict(0x0a00), Some(false));
+    }
+
+    #[test]
+    fn acl_fast_path_of_everything_and_of_nothing() {
+        let open = prefixes(&["0.0.0.0/0", "::/0"]);
+        for v6 in [false, true] {
+            let f = AclFast::new(&open, v6);
+            assert!(f.all.iter().all(|w| *w == u64::MAX));
+            assert!((0..=u16::MAX).all(|t| f.verdict(t) == Some(true)));
+            let none = AclFast::new(&[], v6);
+            assert!((0..=u16::MAX).all(|t| none.verdict(t) == Some(false)));
+        }
+        // Host prefixes: the trie decides their /16 and nothing else.
+        let hosts = AclFast::new(&prefixes(&["127.0.0.1/32", "::1/128"]), false);
+        assert_eq!(hosts.verdict(0x7f00), None);
+        assert_eq!(hosts.verdict(0x0000), Some(false));
+        assert_eq!(AclFast::entry(0, false), 0);
+        assert_eq!(AclFast::entry(1, true), 3);
     }
 
     #[test]

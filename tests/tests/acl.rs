@@ -177,6 +177,61 @@ fn action_refused_answers_outsiders_without_costing_a_frame() -> anyhow::Result<
     Ok(())
 }
 
+/// The program decides a client the list covers or misses by whole /16s
+/// from its fast path, and asks the trie only in a /16 a longer prefix lies
+/// in: each case, both families, against what the list says.
+#[test]
+#[ignore = "needs root: run by make test"]
+fn the_fast_path_and_the_trie_decide_alike() -> anyhow::Result<()> {
+    let lab = lab_with_outsider("aclfast")?;
+    let rule = "[[rule]]\nqname_suffix = \"test.\"\naction = \"nxdomain\"\n";
+    let acl = |allow: &str| format!("[acl]\nallow = [{allow}]\n{rule}");
+    let v6 = SERVER_V6.to_string();
+    let ask = |source: &str| {
+        let server = if source.contains(':') { &v6 } else { SERVER_V4 };
+        let out = from(&lab, source, server, &["+timeout=1", "a.test"]);
+        match out.as_str() {
+            "NXDOMAIN" => true,
+            o if o.starts_with("no answer") => false,
+            o => panic!("{source}: {o}"),
+        }
+    };
+    // (allow list, lab client served, outsider served), per family: no
+    // prefix in their /16s; a prefix covering their /16s; a longer prefix
+    // in them (the lab client inside it, the outsider not).
+    let cases = [
+        ("\"10.0.0.0/8\", \"fd00::/8\"", false, false),
+        ("\"192.0.0.0/16\", \"2001::/16\"", true, true),
+        ("\"192.0.2.0/25\", \"2001:db8::2/128\"", true, false),
+        ("\"192.0.2.128/25\", \"2001:db8::99/128\"", false, true),
+    ];
+    let server = lab.start("f", &lab.config("f", &acl(cases[0].0)))?;
+    let mut denied = 0;
+    for (i, (allow, inside, outside)) in cases.iter().enumerate() {
+        if i > 0 {
+            std::fs::write(&server.config, lab.config("f", &acl(allow)))?;
+            let out = server.cli(&["reload"]);
+            assert!(out.status.success(), "reload {allow}: {out:?}");
+        }
+        for (client, outsider) in [(CLIENT_V4, OUTSIDE_V4), (CLIENT_V6, OUTSIDE_V6)] {
+            let s = || server.status().unwrap_or_default();
+            assert_eq!(ask(client), *inside, "{client} with {allow}: {:#}", s());
+            assert_eq!(
+                ask(outsider),
+                *outside,
+                "{outsider} with {allow}: {:#}",
+                s()
+            );
+            denied += usize::from(!inside) + usize::from(!outside);
+        }
+    }
+    let s = server.wait_status("every denial counted", |s| {
+        xdp(s, "acl_dropped") == denied as u64
+    })?;
+    assert_eq!(total(&s, "kernel", "received"), 0, "{s:#}");
+    Ok(())
+}
+
 #[test]
 #[ignore = "needs root: run by make test"]
 fn the_kernel_path_applies_the_same_acl() -> anyhow::Result<()> {

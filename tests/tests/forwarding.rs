@@ -103,6 +103,35 @@ fn forwards_over_af_xdp_from_both_families_to_a_real_server() -> anyhow::Result<
     Ok(())
 }
 
+/// An IPv6 backend over AF_XDP: its replies, to the IPv6 source our queries
+/// leave from (the value of its entry in the program's backend map), are
+/// redirected to the dataplanes.
+#[test]
+#[ignore = "needs root: run by make test"]
+fn forwards_over_af_xdp_to_an_ipv6_backend() -> anyhow::Result<()> {
+    let (lab, _knot) = backend_lab("fwdxsk6")?;
+    let cfg = lab.config("f", &backend(&format!("[{BACKEND_V6}]:53"), ""));
+    let server = lab.start("f", &cfg)?;
+    server.wait_status("backend up with a MAC", |s| {
+        s["backends"][0]["up"] == true && s["backends"][0]["mac"].is_string()
+    })?;
+    let health = server.status()?["backends"][0]["replies"]
+        .as_u64()
+        .unwrap_or(0);
+    for i in 0..5 {
+        let out = lab.kdig_output(&[&format!("@{SERVER_V4}"), "www.example.test", "A"]);
+        assert!(answer_has(&out, ZONE_A), "query {i}:\n{out}");
+    }
+    let s = server.wait_status("5 replies over AF_XDP", |s| {
+        s["backends"][0]["replies"].as_u64().unwrap_or(0) >= health + 5
+            && total(s, "xsk", "received") >= 10
+    })?;
+    assert_eq!(s["backends"][0]["xsk"], true, "{s:#}");
+    assert_eq!(xdp(&s, "not_backend"), 0, "{s:#}");
+    assert_eq!(s["totals"]["forward"]["stray_replies"], 0, "{s:#}");
+    Ok(())
+}
+
 #[test]
 #[ignore = "needs root: run by make test"]
 fn forwards_over_sockets_and_answers_the_client_over_af_xdp() -> anyhow::Result<()> {

@@ -13,7 +13,7 @@ use aya::{Ebpf, EbpfError, EbpfLoader};
 use tracing::{info, warn};
 use xdpdns_common::config::XdpMode as ConfigMode;
 use xdpdns_common::maps::{
-    GLOBAL_FWD_PORT_LO, GLOBAL_FWD_PORTS, GLOBAL_MAX_FRAME_LEN, ListenStat, MAP_ACL,
+    GLOBAL_FWD_PORT_LO, GLOBAL_FWD_PORTS, GLOBAL_MAX_FRAME_LEN, ListenStat, MAP_ACL, MAP_ACL_FAST,
     MAP_BACKENDS_V4, MAP_BACKENDS_V6, MAP_BLOCK_HITS, MAP_DEST_V4, MAP_DEST_V6, MAP_LIMITS,
     MAP_LISTEN_STATS, MAP_META, MAP_POLICY, MAP_RATE_V4, MAP_RATE_V6, MAP_SETTINGS, MAP_STATS,
     MAP_XSKS, PROGRAM_NAME,
@@ -26,7 +26,7 @@ use super::tables::{Steering, Tables, map_err};
 use crate::plan::Plan;
 use crate::system::netlink::{self, XdpAttachMode};
 
-const MAP_NAMES: [&str; 21] = [
+const MAP_NAMES: [&str; 22] = [
     MAP_XSKS,
     MAP_DEST_V4,
     MAP_DEST_V6,
@@ -36,6 +36,7 @@ const MAP_NAMES: [&str; 21] = [
     MAP_ACL[0][1],
     MAP_ACL[1][0],
     MAP_ACL[1][1],
+    MAP_ACL_FAST,
     MAP_SETTINGS,
     MAP_BACKENDS_V4,
     MAP_BACKENDS_V6,

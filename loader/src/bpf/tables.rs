@@ -2,8 +2,9 @@
 //! destinations are ours ([`Steering`]: listen addresses, forwarding
 //! sources, backends, the ACL and the live settings word) and the counters.
 //! Every change keeps the program's view consistent at every moment: new
-//! entries go in before stale ones go out, and the ACL is filled into the
-//! inactive pair of tries and then switched to with one word.
+//! entries go in before stale ones go out, and the ACL (its tries and their
+//! fast path, per /16) is filled into the inactive slot and then switched to
+//! with one word.
 
 use std::borrow::BorrowMut;
 use std::net::{IpAddr, SocketAddr};
@@ -13,10 +14,11 @@ use aya::maps::lpm_trie::{Key as LpmKey, LpmTrie};
 use aya::maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray};
 use xdpdns_common::config::{Abuse, Acl, AclAction, BlockAction, LimitAction};
 use xdpdns_common::maps::{
-    DEST_FORWARD, DestKey, DestV4Key, DestV6Key, Limits, ListenStat, MAP_ACL, MAP_BACKENDS_V4,
-    MAP_BACKENDS_V6, MAP_BLOCK_HITS, MAP_DEST_V4, MAP_DEST_V6, MAP_LIMITS, MAP_LISTEN_STATS,
-    MAP_POLICY, MAP_SETTINGS, MAP_STATS, MAX_BLOCK_HITS, MAX_LISTEN, POLICY_ANSWER_REFUSED,
-    POLICY_ANSWER_TC, POLICY_BLOCK, POLICY_BLOCK_TCP, POLICY_EXEMPT, Settings, dest_listen,
+    AclFast, DEST_FORWARD, DestKey, DestV4Key, DestV6Key, Limits, ListenStat, MAP_ACL,
+    MAP_ACL_FAST, MAP_BACKENDS_V4, MAP_BACKENDS_V6, MAP_BLOCK_HITS, MAP_DEST_V4, MAP_DEST_V6,
+    MAP_LIMITS, MAP_LISTEN_STATS, MAP_POLICY, MAP_SETTINGS, MAP_STATS, MAX_BLOCK_HITS, MAX_LISTEN,
+    POLICY_ANSWER_REFUSED, POLICY_ANSWER_TC, POLICY_BLOCK, POLICY_BLOCK_TCP, POLICY_EXEMPT,
+    Settings, dest_listen,
 };
 use xdpdns_common::net::Prefix;
 
@@ -39,8 +41,9 @@ pub struct Steering {
     /// Our source addresses toward AF_XDP backends: replies to them on a
     /// forwarding port are redirected.
     pub forward_sources: Vec<IpAddr>,
-    /// The backends (address, port) replies are accepted from.
-    pub backends: Vec<SocketAddr>,
+    /// The backends (address, port) replies are accepted from, each with
+    /// the source its queries leave from (the program's one-lookup check).
+    pub backends: Vec<(SocketAddr, IpAddr)>,
     pub acl: Acl,
     /// Rate limits, exempt and blocked prefixes: swapped with the ACL.
     pub abuse: Abuse,
@@ -53,10 +56,12 @@ pub struct Steering {
 pub struct Tables {
     dest_v4: HashMap<MapData, DestV4Key, u32>,
     dest_v6: HashMap<MapData, DestV6Key, u32>,
-    backends_v4: HashMap<MapData, DestV4Key, u32>,
-    backends_v6: HashMap<MapData, DestV6Key, u32>,
+    /// Values: the source address, in network order.
+    backends_v4: HashMap<MapData, DestV4Key, [u8; 4]>,
+    backends_v6: HashMap<MapData, DestV6Key, [u8; 16]>,
     acl_v4: [LpmTrie<MapData, [u8; 4], u32>; 2],
     acl_v6: [LpmTrie<MapData, [u8; 16], u32>; 2],
+    acl_fast: Array<MapData, AclFast>,
     policy_v4: [LpmTrie<MapData, [u8; 4], u32>; 2],
     policy_v6: [LpmTrie<MapData, [u8; 16], u32>; 2],
     limits: Array<MapData, Limits>,
@@ -86,6 +91,7 @@ impl Tables {
             backends_v6: typed!(MAP_BACKENDS_V6),
             acl_v4: [typed!(MAP_ACL[0][0]), typed!(MAP_ACL[0][1])],
             acl_v6: [typed!(MAP_ACL[1][0]), typed!(MAP_ACL[1][1])],
+            acl_fast: typed!(MAP_ACL_FAST),
             policy_v4: [typed!(MAP_POLICY[0][0]), typed!(MAP_POLICY[0][1])],
             policy_v6: [typed!(MAP_POLICY[1][0]), typed!(MAP_POLICY[1][1])],
             limits: typed!(MAP_LIMITS),
@@ -119,10 +125,14 @@ impl Tables {
         sync(&mut self.dest_v6, MAP_DEST_V6, &dest6)?;
         let mut back4 = Vec::new();
         let mut back6 = Vec::new();
-        for b in &s.backends {
-            match DestKey::new(*b) {
-                DestKey::V4(k) => back4.push((k, 1)),
-                DestKey::V6(k) => back6.push((k, 1)),
+        for (b, source) in &s.backends {
+            match (DestKey::new(*b), source) {
+                (DestKey::V4(k), IpAddr::V4(s)) => back4.push((k, s.octets())),
+                (DestKey::V6(k), IpAddr::V6(s)) => back6.push((k, s.octets())),
+                // A source of the other family (not made by the resolver):
+                // no fast path, the program checks the destination map.
+                (DestKey::V4(k), IpAddr::V6(_)) => back4.push((k, [0; 4])),
+                (DestKey::V6(k), IpAddr::V4(_)) => back6.push((k, [0; 16])),
             }
         }
         sync(&mut self.backends_v4, MAP_BACKENDS_V4, &back4)?;
@@ -140,6 +150,12 @@ impl Tables {
         }
         fill(&mut self.acl_v4[next], MAP_ACL[0][next], &v4, |_| 1)?;
         fill(&mut self.acl_v6[next], MAP_ACL[1][next], &v6, |_| 1)?;
+        for v6 in [false, true] {
+            let fast = AclFast::new(&s.acl.allow, v6);
+            self.acl_fast
+                .set(AclFast::entry(next, v6), *fast, 0)
+                .map_err(map_err(MAP_ACL_FAST))?;
+        }
         // Limits, exempt and blocked prefixes: into the same inactive slot.
         let (mut p4, mut p6) = (Vec::new(), Vec::new());
         let policy = |list: &[Prefix], value: u32, p4: &mut Vec<_>, p6: &mut Vec<_>| {
@@ -299,10 +315,10 @@ impl Tables {
 
 /// Makes a hash map hold exactly `wanted` (values included): new and
 /// changed entries first, then the stale ones go.
-fn sync<T: BorrowMut<MapData>, K: Pod + PartialEq>(
-    map: &mut HashMap<T, K, u32>,
+fn sync<T: BorrowMut<MapData>, K: Pod + PartialEq, V: Pod>(
+    map: &mut HashMap<T, K, V>,
     name: &'static str,
-    wanted: &[(K, u32)],
+    wanted: &[(K, V)],
 ) -> Result<(), BpfError> {
     for (k, v) in wanted {
         map.insert(k, *v, 0).map_err(map_err(name))?;

@@ -352,14 +352,15 @@ impl Forwarding {
         sources
     }
 
-    /// The AF_XDP backends: the only sources a redirected reply may have.
-    pub fn xsk_backends(&self) -> Vec<SocketAddr> {
-        let mut out: Vec<SocketAddr> = self
+    /// The AF_XDP backends, the only sources a redirected reply may have,
+    /// each with our address its queries leave from.
+    pub fn xsk_backends(&self) -> Vec<(SocketAddr, IpAddr)> {
+        let mut out: Vec<(SocketAddr, IpAddr)> = self
             .spec
             .backends
             .iter()
             .filter(|b| b.xsk)
-            .map(|b| b.address)
+            .map(|b| (b.address, b.source))
             .collect();
         out.sort();
         out.dedup();
