@@ -26,6 +26,7 @@ fn sigterm_detaches_unpins_and_leaves_no_process() -> anyhow::Result<()> {
     assert_eq!(
         pins(&pin_dir),
         [
+            "acl_fast",
             "acl_v4_0",
             "acl_v4_1",
             "acl_v6_0",
