@@ -258,7 +258,16 @@ fn a_sibling_writing_garbage_into_shared_entries_gets_nothing_emitted() -> anyho
             server,
         )?;
     }
-    std::thread::sleep(Duration::from_millis(100));
+    // The sibling plants forged entries in free slots of queue 0 when it
+    // rewrites, the very slots queue 0 draws next: the queries below are
+    // sent once it has (queue 0's sweep has freed its first plants, due at
+    // once, as bad) and a while after, when every marked entry is rewritten
+    // and it plants no more. Sent earlier, a plant can land in a slot
+    // queue 0 had drawn for one of them (on a loaded machine, CI saw it).
+    loader.wait_status("the sibling's first plants swept", |s| {
+        s["totals"]["forward"]["bad_entries"].as_u64().unwrap_or(0) >= 1
+    })?;
+    std::thread::sleep(Duration::from_millis(300));
     // Queries the sibling leaves alone are answered all along.
     for i in 0..5u16 {
         sock.send_to(&query(0x3000 + i, &format!("fine{i}.example")), server)?;
