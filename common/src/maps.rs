@@ -118,6 +118,7 @@ impl Limits {
 // SAFETY: repr(C), integers only, no padding (size asserted), any bit pattern valid.
 unsafe impl aya::Pod for Limits {}
 const _: () = assert!(std::mem::size_of::<Limits>() == 40);
+
 /// Words of each [`AclFast`] bitmap: one bit per /16 of a family.
 pub const ACL_FAST_WORDS: usize = 1024;
 

@@ -153,7 +153,7 @@ impl Tables {
         for v6 in [false, true] {
             let fast = AclFast::new(&s.acl.allow, v6);
             self.acl_fast
-                .set(AclFast::entry(next, v6), *fast, 0)
+                .set(AclFast::entry(next, v6), fast, 0)
                 .map_err(map_err(MAP_ACL_FAST))?;
         }
         // Limits, exempt and blocked prefixes: into the same inactive slot.
