@@ -10,6 +10,10 @@
 //! names), BENCH_DNSPERF_SECS (10), BENCH_FRAMES (2048), BENCH_BATCH (64),
 //! BENCH_SERVER_CPU (0), BENCH_GEN_CPU (1), BENCH_FWD_RATES (100000,300000:
 //! the forwarding cases, whose knotd backend shares the generator's CPU),
+//! BENCH_BACKEND_NICE (-10: that backend's niceness, so that the generator,
+//! which wants more of the shared CPU the more it is asked to send, does not
+//! starve it: the forwarding cases past saturation measure the forwarder, not
+//! how the scheduler splits CPU 1; 0 to share it evenly),
 //! BENCH_FORWARDING (lines for the forwarding cases' `[forwarding]`, e.g.
 //! `ports = 1`), BENCH_XSK_EXTRA and BENCH_EXTRA (lines for `[xsk]` and the
 //! end of the REFUSED cases' configuration): levers compared in one run.
@@ -133,12 +137,17 @@ fn main() -> anyhow::Result<()> {
             xdpdns_netns_tests::CLIENT_IF,
         )?;
         let ns = lab.client_ns.clone();
-        Some(lab.knot_pinned(
+        let knot = lab.knot_pinned(
             &ns,
             "backend",
             &[&format!("{}@53", servers::BACKEND)],
             gen_.cpu,
-        )?)
+        )?;
+        let nice: i32 = env("BENCH_BACKEND_NICE", -10);
+        if nice != 0 {
+            knot.renice(nice)?;
+        }
+        Some(knot)
     } else {
         None
     };

@@ -932,6 +932,18 @@ impl Knot {
         Ok(())
     }
 
+    /// Gives every thread of knotd the scheduling niceness `nice`.
+    pub fn renice(&self, nice: i32) -> anyhow::Result<()> {
+        let tasks = std::fs::read_dir(format!("/proc/{}/task", self.child.id()))?;
+        let mut cmd = Command::new("renice");
+        cmd.args(["-n", &nice.to_string(), "-p"]);
+        for t in tasks {
+            cmd.arg(t?.file_name());
+        }
+        sh(&mut cmd)?;
+        Ok(())
+    }
+
     /// Stops knotd now.
     pub fn stop(&mut self) {
         let _ = self.child.kill();
