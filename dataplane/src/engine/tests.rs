@@ -708,3 +708,55 @@ fn truncated_and_negative_answers_without_soa_are_not_cached() {
     assert_eq!((c.cache.inserts, c.cache.uncacheable), (0, 3), "{c:?}");
     assert_eq!(c.cache.misses, 3);
 }
+
+#[test]
+fn sweeps_settle_each_answered_query_once_whether_they_read_its_slot_or_not() {
+    use crate::testing::{backend_reply, forwarding_engine};
+    let mut e = forwarding_engine(0);
+    let mut c = DataplaneCounters::new();
+    let mut forwarded = Vec::new();
+    for id in 0..3u16 {
+        let q = query(id, "www.example.com.", 1, None);
+        let client = build(&FrameSpec::v4(), &q);
+        let mut buf = client.clone();
+        buf.resize(2048 - 256, 0);
+        let Fate::Transmit { head, len } = e.frame(&mut buf, 0, client.len(), &mut c, &mut NoEmit)
+        else {
+            panic!("not forwarded: {c:?}")
+        };
+        forwarded.push(buf[head..head + len].to_vec());
+    }
+    let sweep = |e: &mut Engine, c: &mut DataplaneCounters| {
+        let Engine {
+            pipeline,
+            forwarder,
+            ..
+        } = e;
+        let f = forwarder.as_mut().unwrap();
+        f.sweep(pipeline.backends().unwrap(), c, 1232, &mut NoEmit);
+        pipeline.backends().unwrap().outstanding(0)
+    };
+    let relay = |e: &mut Engine, c: &mut DataplaneCounters, fwd: &[u8]| {
+        let reply = backend_reply(fwd);
+        let mut buf = reply.clone();
+        buf.resize(2048 - 256, 0);
+        assert!(matches!(
+            e.frame(&mut buf, 0, reply.len(), c, &mut NoEmit),
+            Fate::Transmit { .. }
+        ));
+    };
+    assert_eq!(e.pipeline.backends().unwrap().outstanding(0), 3);
+    relay(&mut e, &mut c, &forwarded[0]);
+    relay(&mut e, &mut c, &forwarded[1]);
+    // The first sweep walks the whole region, the next ones only the slots
+    // of queries in flight, and every 16th the whole region again: none
+    // settles a query twice, or misses one.
+    assert_eq!(sweep(&mut e, &mut c), 1, "two answered");
+    relay(&mut e, &mut c, &forwarded[2]);
+    assert_eq!(sweep(&mut e, &mut c), 0, "the third, by a partial sweep");
+    for _ in 0..20 {
+        assert_eq!(sweep(&mut e, &mut c), 0);
+    }
+    assert_eq!(c.backends[0].replies, 3);
+    assert_eq!(c.backends[0].timeouts, 0);
+}

@@ -108,6 +108,14 @@ impl Backends {
         }
     }
 
+    /// Queries to `backend` not yet seen answered, timed out or given up.
+    pub fn outstanding(&self, backend: u16) -> u32 {
+        self.outstanding
+            .get(usize::from(backend))
+            .copied()
+            .unwrap_or(0)
+    }
+
     /// A query to `backend` was answered, timed out or was given up.
     pub fn done(&mut self, backend: u16) {
         if let Some(o) = self.outstanding.get_mut(usize::from(backend)) {

@@ -148,6 +148,8 @@ pub struct Claimed {
     pub entry: Entry,
     /// The queue whose region the slot is in.
     pub owner: u32,
+    /// The slot's index in that region.
+    pub index: u32,
 }
 
 /// What a sweep of the owner's region finds in a slot.
@@ -391,7 +393,11 @@ impl Table {
             .compare_exchange(state, freed, Ordering::AcqRel, Ordering::Acquire)
             .map_err(|_| ClaimError::Taken)?;
         let _ = cell.compare_exchange(v, v | CELL_CLAIMED, Ordering::AcqRel, Ordering::Relaxed);
-        Ok(Claimed { entry, owner })
+        Ok(Claimed {
+            entry,
+            owner,
+            index,
+        })
     }
 
     /// Claims the slot of `key` (tests).
@@ -404,30 +410,59 @@ impl Table {
     /// of its queries were answered on other queues).
     pub fn sweep(&self, queue: u32, now_ms: u64, mut f: impl FnMut(u32, Swept<'_>)) {
         for index in 0..self.per_queue {
-            let Some(words) = self.slot(queue, index) else {
+            if !self.sweep_slot(queue, index, now_ms, &mut f) {
                 break;
-            };
-            let state = words[0].load(Ordering::Acquire);
-            if state & 0xff != IN_USE {
-                f(index, Swept::Free);
-                continue;
-            }
-            if words[1].load(Ordering::Relaxed) > now_ms {
-                continue;
-            }
-            let entry = read_entry(words);
-            let freed = (state & !0xff) | FREE;
-            if words[0]
-                .compare_exchange(state, freed, Ordering::AcqRel, Ordering::Acquire)
-                .is_ok()
-            {
-                let gslot = u64::from(queue) * u64::from(self.per_queue) + u64::from(index);
-                self.clear_cell(words, gslot, state >> 32);
-                f(index, Swept::Expired(&entry));
-            } else {
-                f(index, Swept::Free);
             }
         }
+    }
+
+    /// As [`Table::sweep`], over the slots `indices` of the region only
+    /// (those the owner has queries in: a slot touches a cache line, and a
+    /// region is hundreds of KiB). Indices past the region are skipped.
+    pub fn sweep_slots(
+        &self,
+        queue: u32,
+        now_ms: u64,
+        indices: &[u32],
+        mut f: impl FnMut(u32, Swept<'_>),
+    ) {
+        for &index in indices {
+            self.sweep_slot(queue, index, now_ms, &mut f);
+        }
+    }
+
+    /// One slot of a sweep; false if there is no such slot.
+    fn sweep_slot(
+        &self,
+        queue: u32,
+        index: u32,
+        now_ms: u64,
+        f: &mut impl FnMut(u32, Swept<'_>),
+    ) -> bool {
+        let Some(words) = self.slot(queue, index) else {
+            return false;
+        };
+        let state = words[0].load(Ordering::Acquire);
+        if state & 0xff != IN_USE {
+            f(index, Swept::Free);
+            return true;
+        }
+        if words[1].load(Ordering::Relaxed) > now_ms {
+            return true;
+        }
+        let entry = read_entry(words);
+        let freed = (state & !0xff) | FREE;
+        if words[0]
+            .compare_exchange(state, freed, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+        {
+            let gslot = u64::from(queue) * u64::from(self.per_queue) + u64::from(index);
+            self.clear_cell(words, gslot, state >> 32);
+            f(index, Swept::Expired(&entry));
+        } else {
+            f(index, Swept::Free);
+        }
+        true
     }
 
     /// Test builds: what a hostile sibling can do. Rewrites, in place, each

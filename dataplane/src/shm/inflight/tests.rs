@@ -443,3 +443,41 @@ fn garbage_in_the_index_or_slots_never_panics_or_claims_wrongly() {
     t.sweep(0, u64::MAX, |_, _| {});
     t.sweep(1, u64::MAX, |_, _| {});
 }
+
+#[test]
+fn a_sweep_of_some_slots_visits_those_only() {
+    let t = Table::anonymous(1, 64).unwrap();
+    let mut a = t.allocator(0);
+    let mut draw = keys(11);
+    let placed: Vec<(u32, u32)> = (0..8u64)
+        .map(|i| {
+            let ins = t
+                .insert(&mut a, &entry(1, 100 + i, 1), any, &mut draw)
+                .unwrap();
+            (ins.index, ins.key)
+        })
+        .collect();
+    // Past every deadline; slots 0 and 1 of the list, an index past the
+    // region, and a free slot.
+    let free = (0..64u32)
+        .find(|i| placed.iter().all(|(p, _)| p != i))
+        .unwrap();
+    let list = [placed[0].0, placed[1].0, 64, u32::MAX, free];
+    let mut seen = Vec::new();
+    t.sweep_slots(0, 1_000, &list, |i, s| {
+        seen.push((i, matches!(s, Swept::Expired(_))))
+    });
+    assert_eq!(
+        seen,
+        [(placed[0].0, true), (placed[1].0, true), (free, false)],
+        "the listed slots, in order; none past the region"
+    );
+    assert_eq!(t.in_flight(0), 6, "the others stay in flight");
+    assert_eq!(t.claim(placed[0].1, 1), Err(ClaimError::Unknown));
+    assert!(t.claim(placed[2].1, 1).is_ok(), "unlisted: still claimable");
+    let mut expired = 0;
+    t.sweep(0, 1_000, |_, s| {
+        expired += usize::from(matches!(s, Swept::Expired(_)))
+    });
+    assert_eq!(expired, 5, "a full sweep finds the rest");
+}
