@@ -60,6 +60,17 @@ fn run(frame: &[u8], room: usize) -> Result<Vec<u8>, DropReason> {
     run_with(&mut engine(), frame, room)
 }
 
+/// Runs a frame through `e` as AF_XDP hands it over (the rest of a chunk
+/// after it), counting into `c`: the frame sent on, or `None`.
+fn pass(e: &mut Engine, c: &mut DataplaneCounters, frame: &[u8]) -> Option<Vec<u8>> {
+    let mut buf = frame.to_vec();
+    buf.resize(2048 - 256, 0);
+    match e.frame(&mut buf, 0, frame.len(), c, &mut NoEmit) {
+        Fate::Transmit { head, len } => Some(buf[head..head + len].to_vec()),
+        Fate::Recycle => None,
+    }
+}
+
 fn rcode(msg: &[u8]) -> u8 {
     msg[3] & 0x0f
 }
@@ -629,20 +640,12 @@ fn an_answer_relayed_once_is_served_from_the_cache_by_another_queue() {
     let mut c = DataplaneCounters::new();
     let q = resolver_query(0x1111, "www.example.com.", Some(false), |_| false);
     let first = build(&FrameSpec::v4(), &q);
-    let mut buf = first.clone();
-    buf.resize(2048 - 256, 0);
-    let Fate::Transmit { head, len } = e.frame(&mut buf, 0, first.len(), &mut c, &mut NoEmit)
-    else {
+    let Some(forwarded) = pass(&mut e, &mut c, &first) else {
         panic!("not forwarded: {c:?}")
     };
     assert_eq!((c.cache.misses, c.backends[0].queries), (1, 1));
-    let reply = backend_reply_with(&buf[head..head + len], |p| add_a_record(p, 300));
-    let mut buf = reply.clone();
-    buf.resize(2048 - 256, 0);
-    assert!(matches!(
-        e.frame(&mut buf, 0, reply.len(), &mut c, &mut NoEmit),
-        Fate::Transmit { .. }
-    ));
+    let reply = backend_reply_with(&forwarded, |p| add_a_record(p, 300));
+    assert!(pass(&mut e, &mut c, &reply).is_some());
     assert_eq!(c.cache.inserts, 1, "{c:?}");
 
     // Another engine (another queue's dataplane) over the same cache: the
@@ -716,15 +719,11 @@ fn sweeps_settle_each_answered_query_once_whether_they_read_its_slot_or_not() {
     let mut c = DataplaneCounters::new();
     let mut forwarded = Vec::new();
     for id in 0..3u16 {
-        let q = query(id, "www.example.com.", 1, None);
-        let client = build(&FrameSpec::v4(), &q);
-        let mut buf = client.clone();
-        buf.resize(2048 - 256, 0);
-        let Fate::Transmit { head, len } = e.frame(&mut buf, 0, client.len(), &mut c, &mut NoEmit)
-        else {
+        let client = build(&FrameSpec::v4(), &query(id, "www.example.com.", 1, None));
+        let Some(out) = pass(&mut e, &mut c, &client) else {
             panic!("not forwarded: {c:?}")
         };
-        forwarded.push(buf[head..head + len].to_vec());
+        forwarded.push(out);
     }
     let sweep = |e: &mut Engine, c: &mut DataplaneCounters| {
         let Engine {
@@ -737,13 +736,7 @@ fn sweeps_settle_each_answered_query_once_whether_they_read_its_slot_or_not() {
         pipeline.backends().unwrap().outstanding(0)
     };
     let relay = |e: &mut Engine, c: &mut DataplaneCounters, fwd: &[u8]| {
-        let reply = backend_reply(fwd);
-        let mut buf = reply.clone();
-        buf.resize(2048 - 256, 0);
-        assert!(matches!(
-            e.frame(&mut buf, 0, reply.len(), c, &mut NoEmit),
-            Fate::Transmit { .. }
-        ));
+        assert!(pass(e, c, &backend_reply(fwd)).is_some(), "relayed");
     };
     assert_eq!(e.pipeline.backends().unwrap().outstanding(0), 3);
     relay(&mut e, &mut c, &forwarded[0]);
