@@ -361,6 +361,23 @@ mod tests {
     }
 
     #[test]
+    fn a_pending_socket_error_is_returned_and_cleared() {
+        // A port nobody listens on: the kernel answers port unreachable,
+        // which a connected socket keeps as its pending error.
+        let gone = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let dead = gone.local_addr().unwrap();
+        drop(gone);
+        let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+        s.connect(dead).unwrap();
+        s.send(b"x").unwrap();
+        let mut batch = RecvBatch::new(2, 16);
+        let e = batch.receive(s.as_fd(), 2).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::ConnectionRefused);
+        assert_eq!(batch.receive(s.as_fd(), 2).unwrap(), 0, "cleared");
+        assert!(batch.datagram(0).is_none());
+    }
+
+    #[test]
     fn a_datagram_longer_than_a_buffer_is_reported_truncated() {
         let (a, b) = pair();
         b.send(&[7u8; 100]).unwrap();

@@ -250,6 +250,19 @@ pub fn production_cached_engine() -> Engine {
     forwarding_engine_with(production_rules(Action::Forward), spec, Some(cache))
 }
 
+/// An engine of queue 0 forwarding to one socket backend at `backend`
+/// (loopback) over `sockets` sockets connected to it, over an anonymous
+/// in-flight table: the socket path, without a loader.
+pub fn socket_forwarding_engine(backend: SocketAddr, sockets: u32) -> Engine {
+    let mut spec = forward_spec(1);
+    spec.backends[0].address = backend;
+    spec.backends[0].source = backend.ip();
+    spec.backends[0].xsk = false;
+    spec.live[0].mac = None;
+    spec.backend_sockets = sockets;
+    forwarding_engine_with(answer_spec(0, Action::Forward), spec, None)
+}
+
 fn forwarding_engine_with(
     answer: AnswerSpec,
     spec: ForwardSpec,
@@ -257,12 +270,19 @@ fn forwarding_engine_with(
 ) -> Engine {
     let table = Table::anonymous(spec.regions, spec.max_in_flight).expect("anonymous table");
     let alloc = table.allocator(0);
-    // Socket backends' sockets; AF_XDP backends with a MAC never use them.
+    // The first backend's sockets: connected to it if it is a socket
+    // backend; an AF_XDP backend with a MAC never uses them.
+    let first = &spec.backends[0];
     let socks = (0..spec.backend_sockets)
         .map(|_| {
-            UdpSocket::bind("127.0.0.1:0")
-                .expect("loopback socket")
-                .into()
+            if first.xsk {
+                UdpSocket::bind("127.0.0.1:0").expect("loopback socket")
+            } else {
+                let s = UdpSocket::bind((first.address.ip(), 0)).expect("loopback socket");
+                s.connect(first.address).expect("connect");
+                s
+            }
+            .into()
         })
         .collect();
     let fds = ForwardFds {

@@ -753,3 +753,107 @@ fn sweeps_settle_each_answered_query_once_whether_they_read_its_slot_or_not() {
     assert_eq!(c.backends[0].replies, 3);
     assert_eq!(c.backends[0].timeouts, 0);
 }
+
+/// Records the client IDs of the replies it is given frames for, with room
+/// for `free` of them.
+struct Frames {
+    ids: Vec<u16>,
+    free: usize,
+}
+
+impl Emit for Frames {
+    fn kernel(&mut self, _: SocketAddr, _: SocketAddr, _: &[u8]) -> bool {
+        false
+    }
+    fn frame(&mut self, _: &Headers, payload: &[u8]) -> bool {
+        if self.free == 0 {
+            return false;
+        }
+        self.free -= 1;
+        self.ids.push(u16::from_be_bytes([payload[0], payload[1]]));
+        true
+    }
+    fn frames_free(&self) -> usize {
+        self.free
+    }
+}
+
+/// One read of the backend's only socket: how many replies it relayed.
+fn serve_once(e: &mut Engine, c: &mut DataplaneCounters, out: &mut Frames) -> usize {
+    let clamp = e.pipeline.ttl_clamp();
+    let f = e.forwarder.as_mut().expect("a forwarder");
+    f.serve_socket(0, 0, clamp, c, out)
+}
+
+/// Forwards queries with IDs `ids` to the socket backend and has it answer
+/// each (QR set, nothing else changed): the last reply and where it went.
+fn answered_over_socket(
+    e: &mut Engine,
+    c: &mut DataplaneCounters,
+    backend: &std::net::UdpSocket,
+    ids: std::ops::Range<u16>,
+) -> (Vec<u8>, SocketAddr) {
+    let n = ids.len();
+    for id in ids {
+        let q = query(id, "www.example.com.", 1, None);
+        let frame = build(&FrameSpec::v4(), &q);
+        let mut buf = frame.clone();
+        buf.resize(2048 - 256, 0);
+        assert_eq!(
+            e.frame(&mut buf, 0, frame.len(), c, &mut NoEmit),
+            Fate::Recycle,
+            "sent on the socket: {c:?}"
+        );
+    }
+    let mut got = [0u8; 512];
+    let mut last = (Vec::new(), backend.local_addr().expect("address"));
+    for _ in 0..n {
+        let (len, from) = backend.recv_from(&mut got).expect("a forwarded query");
+        got[2] |= 0x80;
+        // Loopback delivers within the call: the reply waits on the socket.
+        backend.send_to(&got[..len], from).expect("reply");
+        last = (got[..len].to_vec(), from);
+    }
+    last
+}
+
+#[test]
+fn replies_on_a_backend_socket_are_read_in_one_call_as_far_as_there_are_frames() {
+    let backend = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    backend
+        .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    let mut e = crate::testing::socket_forwarding_engine(backend.local_addr().unwrap(), 1);
+    let mut c = DataplaneCounters::new();
+    let mut out = Frames {
+        ids: Vec::new(),
+        free: usize::MAX,
+    };
+    answered_over_socket(&mut e, &mut c, &backend, 0x100..0x105);
+    assert_eq!(c.backends[0].queries, 5);
+    assert_eq!(serve_once(&mut e, &mut c, &mut out), 5, "all that wait");
+    assert_eq!(serve_once(&mut e, &mut c, &mut out), 0);
+    assert_eq!(out.ids, (0x100..0x105).collect::<Vec<u16>>(), "client IDs");
+    assert_eq!(c.backends[0].replies, 5);
+
+    // No more than there are frames for: the rest waits on the socket.
+    let (reply, pool_socket) = answered_over_socket(&mut e, &mut c, &backend, 0x200..0x206);
+    out.free = 2;
+    assert_eq!(serve_once(&mut e, &mut c, &mut out), 2);
+    assert_eq!(serve_once(&mut e, &mut c, &mut out), 0, "none free");
+    out.free = 10;
+    assert_eq!(serve_once(&mut e, &mut c, &mut out), 4);
+    assert_eq!(out.ids[5..], (0x200..0x206).collect::<Vec<u16>>()[..]);
+    assert_eq!(c.backends[0].replies, 11);
+
+    // The same reply again, and a query from the backend: read, counted,
+    // not relayed.
+    backend.send_to(&reply, pool_socket).unwrap();
+    let mut not_a_reply = reply.clone();
+    not_a_reply[2] &= !0x80;
+    backend.send_to(&not_a_reply, pool_socket).unwrap();
+    assert_eq!(serve_once(&mut e, &mut c, &mut out), 2, "read");
+    assert_eq!(out.ids.len(), 11, "not relayed");
+    assert_eq!((c.forward.duplicate_replies, c.forward.bad_replies), (1, 1));
+    assert_eq!(c.backends[0].replies, 11);
+}
