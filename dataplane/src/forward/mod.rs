@@ -917,7 +917,7 @@ impl Forwarder {
     }
 
     /// Walks this queue's region (while busy, mostly just the slots of our
-    /// own queries: see [`FULL_SWEEP_EVERY`]): learns which queries were
+    /// own queries: see `FULL_SWEEP_EVERY`): learns which queries were
     /// answered (wherever), frees the expired ones and, per
     /// `timeout_action`, answers their clients with the answer writer every
     /// local answer uses.
@@ -1035,14 +1035,14 @@ impl Forwarder {
     }
 }
 
-/// Asks the backend for no larger a UDP reply than `room` (if the query
-/// asked for more): the OPT record's payload size, rewritten in place.
 /// Gives a sweep's closure the signature `Table::sweep` takes (for any
 /// lifetime of the entry it is shown).
 fn visitor<F: FnMut(u32, Swept<'_>)>(f: F) -> F {
     f
 }
 
+/// Asks the backend for no larger a UDP reply than `room` (if the query
+/// asked for more): the OPT record's payload size, rewritten in place.
 fn clamp_udp_size(msg: &mut [u8], q: &Query, room: usize) {
     let (Some(at), Some(e)) = (q.opt_size_at, q.edns) else {
         return;
