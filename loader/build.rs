@@ -1,22 +1,31 @@
-//! Compiles the XDP program (bpf/xdpdns.bpf.c) with clang into OUT_DIR; the
-//! loader embeds the object, so `cargo build` needs no separate step.
+//! Compiles the XDP program (bpf/xdpdns.bpf.c) and the socket-reply
+//! steering program (bpf/steer.bpf.c) with clang into OUT_DIR; the loader
+//! embeds the objects, so `cargo build` needs no separate step.
 
 use std::env;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 fn main() {
     let manifest =
         PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
     let bpf_dir = manifest.join("../bpf");
-    let src = bpf_dir.join("xdpdns.bpf.c");
-    let out = PathBuf::from(env::var("OUT_DIR").expect("cargo sets OUT_DIR")).join("xdpdns.bpf.o");
-    for f in ["xdpdns.bpf.c", "xdpdns_abi.h"] {
+    let out_dir = PathBuf::from(env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
+    for f in ["xdpdns.bpf.c", "xdpdns_abi.h", "steer.bpf.c"] {
         println!("cargo:rerun-if-changed={}", bpf_dir.join(f).display());
     }
     println!("cargo:rerun-if-env-changed=CLANG");
     println!("cargo:rerun-if-env-changed=XDPDNS_BPF_CFLAGS");
+    for name in ["xdpdns", "steer"] {
+        compile(
+            &bpf_dir,
+            &bpf_dir.join(format!("{name}.bpf.c")),
+            &out_dir.join(format!("{name}.bpf.o")),
+        );
+    }
+}
 
+fn compile(bpf_dir: &Path, src: &Path, out: &Path) {
     let clang = env::var("CLANG").unwrap_or_else(|_| "clang".into());
     // linux/bpf.h includes asm/types.h, which Debian keeps under the multiarch directory.
     let arch = env::var("CARGO_CFG_TARGET_ARCH").unwrap_or_else(|_| "x86_64".into());
@@ -31,7 +40,7 @@ fn main() {
     if let Ok(extra) = env::var("XDPDNS_BPF_CFLAGS") {
         cmd.args(extra.split_whitespace());
     }
-    cmd.arg("-c").arg(&src).arg("-o").arg(&out);
+    cmd.arg("-c").arg(src).arg("-o").arg(out);
     let status = match cmd.status() {
         Ok(s) => s,
         Err(e) => panic!(

@@ -316,12 +316,17 @@ pub struct ForwardCounters {
     pub large_replies: u64,
     /// Sends to a backend that failed.
     pub send_errors: u64,
+    /// Replies from socket backends read on the dataplane's receiving
+    /// socket, where the loader's sk_lookup program steers what arrives on
+    /// its pool sockets (the rest were read on the pool socket itself).
+    #[serde(default)]
+    pub steered_replies: u64,
 }
 
 impl ForwardCounters {
     /// Every event counter (the in-flight gauge left out): what must never
     /// go backwards within a dataplane's life.
-    pub fn events(&self) -> [u64; 10] {
+    pub fn events(&self) -> [u64; 11] {
         [
             self.evicted,
             self.no_slot,
@@ -333,6 +338,7 @@ impl ForwardCounters {
             self.bad_replies,
             self.large_replies,
             self.send_errors,
+            self.steered_replies,
         ]
     }
 
@@ -348,6 +354,7 @@ impl ForwardCounters {
         self.bad_replies = self.bad_replies.saturating_add(o.bad_replies);
         self.large_replies = self.large_replies.saturating_add(o.large_replies);
         self.send_errors = self.send_errors.saturating_add(o.send_errors);
+        self.steered_replies = self.steered_replies.saturating_add(o.steered_replies);
     }
 }
 

@@ -6,7 +6,9 @@
 //! Invariants the unsafe code relies on: every receive header's iovec points
 //! at its own buffer of `buf_len` bytes and, in a batch made
 //! [`with_sources`](RecvBatch::with_sources), its name at its own
-//! `sockaddr_storage`; every queued answer's header points into those same
+//! `sockaddr_storage` (and, made
+//! [`with_destinations`](RecvBatch::with_destinations), its control buffer at
+//! its own [`Control`]); every queued answer's header points into those same
 //! buffers and names, within the buffer's `buf_len` bytes. All of them are
 //! owned by the batch's boxes (their heap memory never moves, whatever
 //! happens to the batch itself), and nothing else writes the headers while
@@ -33,6 +35,9 @@ pub struct RecvBatch {
     /// The senders' addresses: one per buffer, or none at all (a batch for
     /// connected sockets, which neither needs nor answers them).
     names: Box<[libc::sockaddr_storage]>,
+    /// Control messages (the original destination): one per buffer, or
+    /// none at all.
+    controls: Box<[Control]>,
     /// Answers queued by [`answer`](RecvBatch::answer): headers pointing at
     /// a received buffer and its sender (as many as `names`).
     out_iovs: Box<[libc::iovec]>,
@@ -65,6 +70,46 @@ trait Plain {}
 impl Plain for libc::iovec {}
 impl Plain for libc::mmsghdr {}
 impl Plain for libc::sockaddr_storage {}
+impl Plain for Control {}
+
+/// Room for the control messages of one datagram: IP_ORIGDSTADDR or
+/// IPV6_ORIGDSTADDR (a header and a sockaddr_in6: 44 bytes), aligned as a
+/// `cmsghdr`.
+#[repr(C, align(8))]
+struct Control([u8; CONTROL_LEN]);
+
+const CONTROL_LEN: usize = 64;
+
+/// The original destination in the control messages `buf` (the bytes the
+/// kernel wrote), parsed without trusting a length beyond `buf`.
+fn original_destination(buf: &[u8]) -> Option<SocketAddr> {
+    const HDR: usize = std::mem::size_of::<libc::cmsghdr>();
+    const ALIGN: usize = std::mem::size_of::<usize>();
+    let mut at = 0;
+    while at + HDR <= buf.len() {
+        let len = usize::from_ne_bytes(buf[at..at + ALIGN].try_into().ok()?);
+        let level = i32::from_ne_bytes(buf[at + ALIGN..at + ALIGN + 4].try_into().ok()?);
+        let ty = i32::from_ne_bytes(buf[at + ALIGN + 4..at + ALIGN + 8].try_into().ok()?);
+        if len < HDR || len > buf.len() - at {
+            return None;
+        }
+        let data = &buf[at + HDR..at + len];
+        let port = |d: &[u8]| u16::from_be_bytes([d[2], d[3]]);
+        match (level, ty) {
+            (libc::SOL_IP, libc::IP_ORIGDSTADDR) if data.len() >= 8 => {
+                let ip: [u8; 4] = data[4..8].try_into().ok()?;
+                return Some(SocketAddr::from((ip, port(data))));
+            }
+            (libc::SOL_IPV6, libc::IPV6_ORIGDSTADDR) if data.len() >= 24 => {
+                let ip: [u8; 16] = data[8..24].try_into().ok()?;
+                return Some(SocketAddr::from((ip, port(data))));
+            }
+            _ => {}
+        }
+        at += len.div_ceil(ALIGN) * ALIGN;
+    }
+    None
+}
 
 /// The address in a `sockaddr_storage` the kernel filled in, if it is one
 /// of the two families a UDP socket receives from.
@@ -108,21 +153,31 @@ impl RecvBatch {
     /// `capacity` buffers of `buf_len` bytes (none when either is zero: such
     /// a batch receives nothing and allocates nothing).
     pub fn new(capacity: usize, buf_len: usize) -> Self {
-        Self::build(capacity, buf_len, false)
+        Self::build(capacity, buf_len, false, false)
     }
 
     /// As [`new`](RecvBatch::new), also keeping each datagram's source
     /// address ([`source`](RecvBatch::source)) so that it can be answered
     /// ([`answer`](RecvBatch::answer)).
     pub fn with_sources(capacity: usize, buf_len: usize) -> Self {
-        Self::build(capacity, buf_len, true)
+        Self::build(capacity, buf_len, true, false)
     }
 
-    fn build(capacity: usize, buf_len: usize, sources: bool) -> Self {
+    /// As [`with_sources`](RecvBatch::with_sources), also keeping each
+    /// datagram's original destination
+    /// ([`destination`](RecvBatch::destination)), which a socket with
+    /// IP(V6)_RECVORIGDSTADDR reports.
+    pub fn with_destinations(capacity: usize, buf_len: usize) -> Self {
+        Self::build(capacity, buf_len, true, true)
+    }
+
+    fn build(capacity: usize, buf_len: usize, sources: bool, destinations: bool) -> Self {
         let capacity = if buf_len == 0 { 0 } else { capacity };
         let named = if sources { capacity } else { 0 };
         let mut names: Box<[libc::sockaddr_storage]> = zeroed(named);
         let name_base = names.as_mut_ptr();
+        let mut controls: Box<[Control]> = zeroed(if destinations { capacity } else { 0 });
+        let control_base = controls.as_mut_ptr();
         let mut bufs = vec![0u8; capacity * buf_len].into_boxed_slice();
         let base = bufs.as_mut_ptr();
         let mut iovs: Box<[libc::iovec]> = (0..capacity)
@@ -140,6 +195,9 @@ impl RecvBatch {
             if sources {
                 h.msg_hdr.msg_name = name_base.wrapping_add(i).cast();
             }
+            if destinations {
+                h.msg_hdr.msg_control = control_base.wrapping_add(i).cast();
+            }
         }
         RecvBatch {
             bufs,
@@ -147,6 +205,7 @@ impl RecvBatch {
             iovs,
             hdrs,
             names,
+            controls,
             out_iovs: zeroed(named),
             out_hdrs: zeroed(named),
             answers: 0,
@@ -177,11 +236,18 @@ impl RecvBatch {
                     std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
             }
         }
+        if !self.controls.is_empty() {
+            // And how much of each control buffer.
+            for h in &mut self.hdrs[..max] {
+                h.msg_hdr.msg_controllen = CONTROL_LEN as _;
+            }
+        }
         // SAFETY: the first `max` headers each point at one iovec of this
         // batch, which points at its own `buf_len`-byte buffer, and at their
         // own `sockaddr_storage` with its true size or at no name (module
-        // invariants); the kernel writes within those and the headers'
-        // `msg_len`/`msg_flags`/`msg_namelen` only. `fd` is a live descriptor.
+        // invariants), and at their own `Control` of CONTROL_LEN bytes or at
+        // none; the kernel writes within those and the headers'
+        // `msg_len`/`msg_flags`/`msg_namelen`/`msg_controllen` only. `fd` is a live descriptor.
         let n = unsafe {
             libc::recvmmsg(
                 fd.as_raw_fd(),
@@ -236,6 +302,22 @@ impl RecvBatch {
             return None;
         }
         socket_addr(self.names.get(i)?)
+    }
+
+    /// Where datagram `i` was sent (its original destination address and
+    /// port): `None` past what the last receive filled, in a batch without
+    /// destinations, or when the socket reported none.
+    pub fn destination(&self, i: usize) -> Option<SocketAddr> {
+        if i >= self.filled {
+            return None;
+        }
+        let c = self.controls.get(i)?;
+        let h = &self.hdrs[i].msg_hdr;
+        if h.msg_flags & libc::MSG_CTRUNC != 0 {
+            return None;
+        }
+        let len = h.msg_controllen.min(CONTROL_LEN);
+        original_destination(&c.0[..len])
     }
 
     /// Queues the first `len` bytes of datagram `i`'s buffer (written by the
@@ -487,5 +569,83 @@ mod tests {
         let f = std::fs::File::open("/dev/null").unwrap();
         let mut batch = RecvBatch::new(2, 16);
         assert!(batch.receive(f.as_fd(), 2).is_err());
+    }
+
+    fn orig_dst(s: &UdpSocket) {
+        use nix::sys::socket::{setsockopt, sockopt};
+        if s.local_addr().unwrap().is_ipv6() {
+            setsockopt(s, sockopt::Ipv6OrigDstAddr, &true).unwrap();
+        } else {
+            setsockopt(s, sockopt::Ipv4OrigDstAddr, &true).unwrap();
+        }
+    }
+
+    #[test]
+    fn each_datagram_reports_where_it_was_sent() {
+        for at in ["127.0.0.1:0", "[::1]:0"] {
+            let rx = UdpSocket::bind(at).unwrap();
+            orig_dst(&rx);
+            let tx = UdpSocket::bind(at).unwrap();
+            let to = rx.local_addr().unwrap();
+            tx.send_to(b"one", to).unwrap();
+            tx.send_to(b"two", to).unwrap();
+            let mut batch = RecvBatch::with_destinations(4, 64);
+            assert_eq!(batch.receive(rx.as_fd(), 4).unwrap(), 2);
+            for i in 0..2 {
+                assert_eq!(batch.destination(i), Some(to), "{at}");
+                assert_eq!(batch.source(i), Some(tx.local_addr().unwrap()));
+            }
+            assert_eq!(batch.destination(2), None);
+        }
+    }
+
+    #[test]
+    fn a_batch_without_destinations_or_a_socket_without_the_option_reports_none() {
+        let (a, b) = pair();
+        b.send(b"x").unwrap();
+        let mut batch = RecvBatch::with_sources(2, 64);
+        assert_eq!(batch.receive(a.as_fd(), 2).unwrap(), 1);
+        assert_eq!(batch.destination(0), None);
+        b.send(b"x").unwrap();
+        let mut batch = RecvBatch::with_destinations(2, 64);
+        assert_eq!(batch.receive(a.as_fd(), 2).unwrap(), 1);
+        assert_eq!(batch.source(0), Some(b.local_addr().unwrap()));
+        assert_eq!(batch.destination(0), None);
+    }
+
+    /// A control message as the kernel lays it out on 64-bit Linux.
+    fn cmsg(level: i32, ty: i32, data: &[u8], len: Option<usize>) -> Vec<u8> {
+        let mut v = Vec::new();
+        v.extend_from_slice(&len.unwrap_or(16 + data.len()).to_ne_bytes());
+        v.extend_from_slice(&level.to_ne_bytes());
+        v.extend_from_slice(&ty.to_ne_bytes());
+        v.extend_from_slice(data);
+        while v.len() % 8 != 0 {
+            v.push(0);
+        }
+        v
+    }
+
+    #[test]
+    fn control_messages_are_parsed_within_their_bytes() {
+        let sin = [2, 0, 0x12, 0x34, 192, 0, 2, 7, 0, 0, 0, 0, 0, 0, 0, 0];
+        let good = cmsg(libc::SOL_IP, libc::IP_ORIGDSTADDR, &sin, None);
+        assert_eq!(
+            original_destination(&good),
+            Some("192.0.2.7:4660".parse().unwrap())
+        );
+        // Another message first is skipped.
+        let mut two = cmsg(libc::SOL_SOCKET, libc::SO_TIMESTAMP, &[0; 16], None);
+        two.extend_from_slice(&good);
+        assert_eq!(original_destination(&two), original_destination(&good));
+        // A length past the buffer, under the header, or a short address.
+        let long = cmsg(libc::SOL_IP, libc::IP_ORIGDSTADDR, &sin, Some(200));
+        assert_eq!(original_destination(&long), None);
+        let zero = cmsg(libc::SOL_IP, libc::IP_ORIGDSTADDR, &sin, Some(0));
+        assert_eq!(original_destination(&zero), None);
+        let short = cmsg(libc::SOL_IP, libc::IP_ORIGDSTADDR, &sin[..6], None);
+        assert_eq!(original_destination(&short), None);
+        assert_eq!(original_destination(&good[..20]), None);
+        assert_eq!(original_destination(&[]), None);
     }
 }

@@ -29,6 +29,8 @@ pub enum Token {
     Kernel(u32),
     /// Socket `s` of backend `b`.
     Backend(u16, u32),
+    /// Receiving socket `i` of steered replies.
+    Steered(u32),
 }
 
 impl Token {
@@ -38,6 +40,7 @@ impl Token {
             Token::Control => 2 << 56,
             Token::Kernel(i) => (3 << 56) | u64::from(i),
             Token::Backend(b, s) => (4 << 56) | (u64::from(b) << 32) | u64::from(s),
+            Token::Steered(i) => (5 << 56) | u64::from(i),
         }
     }
 
@@ -47,6 +50,7 @@ impl Token {
             2 => Some(Token::Control),
             3 => Some(Token::Kernel(v as u32)),
             4 => Some(Token::Backend((v >> 32) as u16, v as u32)),
+            5 => Some(Token::Steered(v as u32)),
             _ => None,
         }
     }

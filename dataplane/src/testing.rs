@@ -175,6 +175,7 @@ pub fn forward_spec(backends: usize) -> ForwardSpec {
         port_base: 30000,
         ports: 1024,
         backend_sockets: 2,
+        steered: Vec::new(),
         frame_size: 2048,
         mtu: 1500,
         max_in_flight: 4096,
@@ -263,13 +264,42 @@ pub fn socket_forwarding_engine(backend: SocketAddr, sockets: u32) -> Engine {
     forwarding_engine_with(answer_spec(0, Action::Forward), spec, None)
 }
 
+/// An engine of queue 0 forwarding to one socket backend at `backend`
+/// (on 127.0.0.1) over one unconnected pool socket on 127.0.0.1, its
+/// replies steered to a receiving socket — without the loader's sk_lookup
+/// program: the receiver sits on 127.0.0.2 at the pool socket's port, where
+/// the backend is to send its replies (the returned address), so that
+/// IP_ORIGDSTADDR reports the pool port as it does for a steered reply.
+pub fn steered_forwarding_engine(backend: SocketAddr) -> (Engine, SocketAddr) {
+    let mut spec = forward_spec(1);
+    spec.backends[0].address = backend;
+    spec.backends[0].source = backend.ip();
+    spec.backends[0].xsk = false;
+    spec.live[0].mac = None;
+    spec.backend_sockets = 1;
+    spec.steered = vec![false];
+    let pool = UdpSocket::bind("127.0.0.1:0").expect("loopback socket");
+    let at = SocketAddr::from(([127, 0, 0, 2], pool.local_addr().expect("address").port()));
+    let rx = UdpSocket::bind(at).expect("a receiver on 127.0.0.2");
+    nix::sys::socket::setsockopt(&rx, nix::sys::socket::sockopt::Ipv4OrigDstAddr, &true)
+        .expect("IP_RECVORIGDSTADDR");
+    let fds = ForwardFds {
+        table: None,
+        cache: None,
+        backends: vec![vec![pool.into()]],
+        steered: vec![rx.into()],
+    };
+    (
+        forwarder_engine(answer_spec(0, Action::Forward), spec, fds, None),
+        at,
+    )
+}
+
 fn forwarding_engine_with(
     answer: AnswerSpec,
     spec: ForwardSpec,
     cache: Option<std::sync::Arc<crate::shm::cache::Cache>>,
 ) -> Engine {
-    let table = Table::anonymous(spec.regions, spec.max_in_flight).expect("anonymous table");
-    let alloc = table.allocator(0);
     // The first backend's sockets: connected to it if it is a socket
     // backend; an AF_XDP backend with a MAC never uses them.
     let first = &spec.backends[0];
@@ -289,7 +319,19 @@ fn forwarding_engine_with(
         table: None,
         cache: None,
         backends: vec![socks],
+        steered: Vec::new(),
     };
+    forwarder_engine(answer, spec, fds, cache)
+}
+
+fn forwarder_engine(
+    answer: AnswerSpec,
+    spec: ForwardSpec,
+    fds: ForwardFds,
+    cache: Option<std::sync::Arc<crate::shm::cache::Cache>>,
+) -> Engine {
+    let table = Table::anonymous(spec.regions, spec.max_in_flight).expect("anonymous table");
+    let alloc = table.allocator(0);
     let mut f = Forwarder::with_table(0, spec.clone(), fds, table, alloc).expect("forwarder");
     f.set_cache(cache);
     f.set_listen(&[

@@ -325,6 +325,16 @@ impl Worker {
                         served.datagrams += f.serve_socket(b, s, clamp, counters, &mut out) as u32;
                     }
                 }
+                Token::Steered(i) => {
+                    let clamp = engine.pipeline.ttl_clamp();
+                    if let Some(f) = engine.forwarder.as_mut() {
+                        let mut out = Outbox {
+                            xsk: &mut *xsk,
+                            kernel: &*kernel,
+                        };
+                        served.datagrams += f.serve_steered(i, clamp, counters, &mut out) as u32;
+                    }
+                }
             }
         }
         served

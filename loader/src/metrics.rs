@@ -153,6 +153,21 @@ pub fn render(s: &Status) -> String {
             .map_or("pass", |o| o.verdict());
         xdp.set(labels(&[("outcome", outcome), ("verdict", verdict)]), *n);
     }
+    if let Some(t) = &s.steering {
+        let steer = CounterFamily::new(
+            &mut reg,
+            "reply_steering",
+            "Socket backends' replies by what the sk_lookup program did: steered to the dataplane's receiving socket, or left to the kernel (not_peer, no_receiver, refused)",
+        );
+        for (outcome, n) in [
+            ("steered", t.steered),
+            ("not_peer", t.not_peer),
+            ("no_receiver", t.no_receiver),
+            ("refused", t.refused),
+        ] {
+            steer.set(labels(&[("outcome", outcome)]), n);
+        }
+    }
     let listen = CounterFamily::new(
         &mut reg,
         "listen_queries",
@@ -250,6 +265,7 @@ pub fn render(s: &Status) -> String {
             ("large_reply", f.large_replies),
             ("send_error", f.send_errors),
             ("no_slot", f.no_slot),
+            ("steered_reply", f.steered_replies),
         ] {
             fwd.set(labels(&[("event", event)]), n);
         }

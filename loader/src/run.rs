@@ -741,6 +741,10 @@ impl Running {
             tcp_pipeline: Some(&tcp.pipeline),
             exporter: self.services.exporter(),
             listen_counters: self.program.listen_counters(self.live.redirected().len()),
+            steering: self
+                .forwarding
+                .as_ref()
+                .and_then(|f| f.resources().steer_counters()),
         })
     }
 

@@ -48,6 +48,9 @@ pub struct Udp {
     /// Only holds the port: a filter drops everything that arrives and the
     /// receive buffer is the smallest the kernel allows.
     pub deaf: bool,
+    /// IP(V6)_RECVORIGDSTADDR: each datagram comes with the address and
+    /// port it was sent to (a receiver of steered replies).
+    pub orig_dst: bool,
 }
 
 /// A classic BPF program of one instruction, `ret #0`: accept no bytes of
@@ -97,6 +100,14 @@ pub fn udp(addr: SocketAddr, opts: Udp) -> Result<OwnedFd, SocketError> {
         drop_everything(&s).map_err(err("configure"))?;
     }
     let fd = OwnedFd::from(s);
+    if opts.orig_dst {
+        if addr.is_ipv6() {
+            nix_socket::setsockopt(&fd, sockopt::Ipv6OrigDstAddr, &true)
+        } else {
+            nix_socket::setsockopt(&fd, sockopt::Ipv4OrigDstAddr, &true)
+        }
+        .map_err(|e| err("configure")(e.into()))?;
+    }
     if opts.big_rcvbuf {
         // Best effort: without CAP_NET_ADMIN the default buffer stays.
         let _ = nix_socket::setsockopt(&fd, sockopt::RcvBufForce, &RCVBUF);

@@ -15,7 +15,7 @@ use xdpdns_common::stats::{
     DataplaneCounters, DropReason, PathCounters, RingLevels, TcpCounters, XskKernelStats,
 };
 
-use crate::bpf::XdpCounters;
+use crate::bpf::{SteerCounters, XdpCounters};
 use crate::workers::queues::QueueState;
 use crate::workers::supervisor::Phase;
 
@@ -40,6 +40,8 @@ pub struct Sources<'a> {
     pub exporter: Option<MetricsCounters>,
     /// The XDP program's counters per listen address, by [`ListenStat`].
     pub listen_counters: Vec<[u64; ListenStat::COUNT as usize]>,
+    /// What the socket-reply steering program did, if it runs.
+    pub steering: Option<SteerCounters>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -69,6 +71,10 @@ pub struct Status {
     pub exporter: Option<MetricsCounters>,
     /// The XDP program's frames per outcome.
     pub xdp: BTreeMap<String, u64>,
+    /// Socket backends' replies the sk_lookup program handed to a
+    /// dataplane's receiving socket, and those it left alone (when it runs).
+    #[serde(default)]
+    pub steering: Option<SteerCounters>,
     pub totals: Counters,
 }
 
@@ -414,6 +420,7 @@ impl Status {
                 .iter()
                 .map(|(o, n)| (o.name().to_string(), *n))
                 .collect(),
+            steering: src.steering,
             totals: (&totals).into(),
         }
     }
@@ -541,6 +548,13 @@ impl Status {
                 .collect::<Vec<_>>()
                 .join(" ")
         );
+        if let Some(t) = &self.steering {
+            let _ = writeln!(
+                s,
+                "steering steered={} not_peer={} no_receiver={} refused={}",
+                t.steered, t.not_peer, t.no_receiver, t.refused
+            );
+        }
         let _ = writeln!(
             s,
             "rules    {}",
@@ -569,7 +583,7 @@ impl Status {
             let f = &self.totals.forward;
             let _ = writeln!(
                 s,
-                "forward  in_flight={} evicted={} pool_down={} stray={} duplicate={} bad={} large={} send_errors={}",
+                "forward  in_flight={} evicted={} pool_down={} stray={} duplicate={} bad={} large={} send_errors={} steered={}",
                 f.in_flight,
                 f.evicted,
                 f.pool_down,
@@ -577,7 +591,8 @@ impl Status {
                 f.duplicate_replies,
                 f.bad_replies,
                 f.large_replies,
-                f.send_errors
+                f.send_errors,
+                f.steered_replies
             );
             let _ = writeln!(s, "cache    {}", cache_line(&self.totals.cache));
         }
@@ -689,6 +704,7 @@ pub(crate) mod tests {
             port_base: 30000,
             ports: 1024,
             backend_sockets: 4,
+            steered: Vec::new(),
             frame_size: 2048,
             mtu: 1500,
             max_in_flight: 64,
@@ -721,6 +737,7 @@ pub(crate) mod tests {
             ifindex: 7,
             program: (42, Some("native"), "/sys/fs/bpf/x/t".into()),
             xdp: XdpCounters::default(),
+            steering: None,
             uptime: Duration::from_secs(9),
             config_path: std::path::Path::new("/etc/xdpdns/t.toml"),
             live: &live,

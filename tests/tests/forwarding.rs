@@ -161,6 +161,77 @@ fn forwards_over_sockets_and_answers_the_client_over_af_xdp() -> anyhow::Result<
 
 #[test]
 #[ignore = "needs root: run by make test"]
+fn socket_backend_replies_are_steered_to_one_receiving_socket_also_after_restarts_and_a_reload()
+-> anyhow::Result<()> {
+    let (lab, _knot) = backend_lab("steer")?;
+    let cfg = lab.config("t", &backend(&format!("{BACKEND_V4}:53"), "xsk = false"));
+    let server = lab.start("t", &cfg)?;
+    server.wait_status("backend up", |s| s["backends"][0]["up"] == true)?;
+    let ask = |n: u64| {
+        for _ in 0..n {
+            let out = lab.kdig_output(&[&format!("@{SERVER_V4}"), "www.example.test", "A"]);
+            assert!(answer_has(&out, ZONE_A), "{out}");
+        }
+    };
+    ask(5);
+    let s = server.wait_status("replies counted", |s| {
+        s["backends"][0]["replies"].as_u64().unwrap_or(0) >= 5
+    })?;
+    assert!(
+        s["steering"]["steered"].as_u64().unwrap_or(0) >= 5,
+        "{s:#}\n{}",
+        server.log_text()
+    );
+    assert_eq!(s["steering"]["refused"], 0, "{s:#}");
+    assert_eq!(s["totals"]["forward"]["stray_replies"], 0, "{s:#}");
+    // Every reply came through the receiving socket (health checks use
+    // their own sockets, which are not steered).
+    assert_eq!(
+        s["totals"]["forward"]["steered_replies"], s["backends"][0]["replies"],
+        "{s:#}"
+    );
+
+    // New dataplanes get new pool and receiving sockets: still steered.
+    for q in ["0", "1"] {
+        assert!(server.cli(&["restart-queue", q]).status.success());
+    }
+    server.wait_status("both queues back", |s| {
+        s["queues"].as_array().is_some_and(|qs| {
+            qs.iter()
+                .all(|q| q["restarts"] == 1 && q["registered"] == true)
+        })
+    })?;
+    let before = s["steering"]["steered"].as_u64().unwrap_or(0);
+    ask(5);
+    let s = server.wait_status("steered after the restarts", |s| {
+        s["steering"]["steered"].as_u64().unwrap_or(0) >= before + 5
+    })?;
+    assert_eq!(s["steering"]["refused"], 0, "{s:#}");
+
+    // A reload hands the dataplanes new sockets: steered to the new
+    // receivers.
+    let before = s["steering"]["steered"].as_u64().unwrap_or(0);
+    reload(
+        &server,
+        &lab.config(
+            "t",
+            &format!(
+                "{}[forwarding]\ntimeout_ms = 1500\n",
+                backend(&format!("{BACKEND_V4}:53"), "xsk = false")
+            ),
+        ),
+    )?;
+    ask(5);
+    let s = server.wait_status("steered after the reload", |s| {
+        s["steering"]["steered"].as_u64().unwrap_or(0) >= before + 5
+    })?;
+    assert_eq!(s["steering"]["refused"], 0, "{s:#}");
+    assert_eq!(s["totals"]["forward"]["stray_replies"], 0, "{s:#}");
+    Ok(())
+}
+
+#[test]
+#[ignore = "needs root: run by make test"]
 fn replies_landing_on_the_other_queue_are_answered() -> anyhow::Result<()> {
     let (lab, knot) = backend_lab("otherq")?;
     drop(knot);

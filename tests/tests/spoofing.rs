@@ -121,6 +121,10 @@ fn socket_backends_draw_a_socket_and_an_id_per_query() -> anyhow::Result<()> {
     Ok(())
 }
 
+fn f_u64(s: &serde_json::Value, counter: &str) -> u64 {
+    s["totals"]["forward"][counter].as_u64().unwrap_or(0)
+}
+
 /// Sends one query for `qname` from the client and returns every datagram
 /// that comes back within a second of the first (or of sending).
 fn ask_raw(lab: &Lab, qname: &str) -> anyhow::Result<Vec<Vec<u8>>> {
@@ -246,12 +250,20 @@ fn forged_replies_to_a_socket_backend_query_are_not_answered_either() -> anyhow:
     only_the_genuine_answer(&got);
     let s = server.wait_status("forgeries counted", |s| {
         let f = &s["totals"]["forward"];
-        // Wrong port: the kernel drops it (no socket there, or a
-        // connected socket of another pool member that matches no entry).
+        // Wrong port: the kernel drops it (no socket there), or it is
+        // another pool socket's and matches no entry. From another address
+        // to the right port: the steering program drops it, as a connected
+        // socket would.
         f["stray_replies"].as_u64().unwrap_or(0) >= 1
             && f["bad_replies"].as_u64().unwrap_or(0) >= 2
             && f["duplicate_replies"].as_u64().unwrap_or(0) >= 1
+            && s["steering"]["not_peer"].as_u64().unwrap_or(0) >= 1
     })?;
     assert_eq!(s["backends"][0]["replies"], 1, "{s:#}");
+    // All that got to the dataplane came through its receiving socket.
+    assert!(
+        f_u64(&s, "steered_replies") >= 5,
+        "the genuine reply, its copy and three forgeries from the backend to its port: {s:#}"
+    );
     Ok(())
 }

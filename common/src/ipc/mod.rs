@@ -90,7 +90,8 @@ pub struct CachePurge {
 /// Where unanswered queries go. Comes with Init or Reconfigure; its
 /// descriptors follow the kernel-path sockets: the in-flight table (memfd,
 /// with Init only), then `backend_sockets` connected UDP sockets per
-/// backend, in backend order.
+/// backend, in backend order, then one receiving socket per family of
+/// `steered`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ForwardSpec {
     pub backends: Vec<BackendSpec>,
@@ -106,6 +107,12 @@ pub struct ForwardSpec {
     pub ports: u32,
     /// Connected sockets per backend (one drawn per query).
     pub backend_sockets: u32,
+    /// The families (false = IPv4) whose socket backends' replies the
+    /// loader steers (sk_lookup) from the pool sockets to one receiving
+    /// socket per family, which reports each reply's destination port;
+    /// empty when steering is off (replies arrive on the pool sockets).
+    #[serde(default)]
+    pub steered: Vec<bool>,
     /// UMEM frame size and the interface MTU: what a reply arriving over
     /// AF_XDP can be at most (forwarded queries ask for no more).
     pub frame_size: u32,
@@ -166,6 +173,7 @@ impl ForwardSpec {
         usize::from(with_table)
             + usize::from(with_table && self.cache.is_some())
             + self.backends.len() * self.backend_sockets as usize
+            + self.steered.len()
     }
 }
 

@@ -850,3 +850,72 @@ fn replies_on_a_backend_socket_are_read_in_one_call_as_far_as_there_are_frames()
     assert_eq!((c.forward.duplicate_replies, c.forward.bad_replies), (1, 1));
     assert_eq!(c.backends[0].replies, 11);
 }
+
+#[test]
+fn steered_replies_are_matched_by_source_and_the_pool_port_they_were_sent_to() {
+    let backend = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    backend
+        .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    let (mut e, receiver) =
+        crate::testing::steered_forwarding_engine(backend.local_addr().unwrap());
+    let mut c = DataplaneCounters::new();
+    let mut out = Frames {
+        ids: Vec::new(),
+        free: usize::MAX,
+    };
+    let serve = |e: &mut Engine, c: &mut DataplaneCounters, out: &mut Frames| {
+        let clamp = e.pipeline.ttl_clamp();
+        e.forwarder
+            .as_mut()
+            .expect("a forwarder")
+            .serve_steered(0, clamp, c, out)
+    };
+    // Sent with sendto from the unconnected pool socket; the replies go to
+    // the receiver (as the steering program would send them there).
+    let mut replies = Vec::new();
+    for id in 0x300..0x303u16 {
+        let frame = build(&FrameSpec::v4(), &query(id, "www.example.com.", 1, None));
+        assert_eq!(
+            pass(&mut e, &mut c, &frame),
+            None,
+            "sent on the socket: {c:?}"
+        );
+        let mut got = [0u8; 512];
+        let (len, from) = backend.recv_from(&mut got).expect("a forwarded query");
+        assert_eq!(from.port(), receiver.port(), "from the pool socket's port");
+        got[2] |= 0x80;
+        replies.push(got[..len].to_vec());
+    }
+    for r in &replies {
+        backend.send_to(r, receiver).unwrap();
+    }
+    assert_eq!(serve(&mut e, &mut c, &mut out), 3);
+    assert_eq!(out.ids, vec![0x300, 0x301, 0x302], "client IDs");
+    assert_eq!((c.backends[0].replies, c.forward.steered_replies), (3, 3));
+
+    // From anyone but the backend: stray, however right the rest is.
+    let frame = build(&FrameSpec::v4(), &query(0x304, "www.example.com.", 1, None));
+    assert_eq!(pass(&mut e, &mut c, &frame), None);
+    let mut got = [0u8; 512];
+    let (len, _) = backend.recv_from(&mut got).unwrap();
+    got[2] |= 0x80;
+    let other = std::net::UdpSocket::bind("127.0.0.3:0").unwrap();
+    other.send_to(&got[..len], receiver).unwrap();
+    // From the backend with another ID: matches no query.
+    let mut wrong_id = got[..len].to_vec();
+    wrong_id[0] ^= 0x5a;
+    backend.send_to(&wrong_id, receiver).unwrap();
+    assert_eq!(serve(&mut e, &mut c, &mut out), 2, "read");
+    assert_eq!(out.ids.len(), 3, "neither relayed");
+    assert!(
+        c.forward.stray_replies + c.forward.bad_replies >= 2,
+        "{c:?}"
+    );
+    // The genuine reply still is.
+    backend.send_to(&got[..len], receiver).unwrap();
+    assert_eq!(serve(&mut e, &mut c, &mut out), 1);
+    assert_eq!(out.ids[3], 0x304);
+    assert_eq!(c.backends[0].replies, 4);
+    assert_eq!(serve(&mut e, &mut c, &mut out), 0, "nothing left");
+}

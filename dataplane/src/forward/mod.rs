@@ -68,6 +68,8 @@ pub struct ForwardFds {
     pub cache: Option<OwnedFd>,
     /// Per backend, its connected sockets.
     pub backends: Vec<Vec<OwnedFd>>,
+    /// A receiving socket per family of the spec's `steered`.
+    pub steered: Vec<OwnedFd>,
 }
 
 impl ForwardFds {
@@ -99,12 +101,14 @@ impl ForwardFds {
         let backends = (0..s.backends.len())
             .map(|_| it.by_ref().take(per).collect())
             .collect();
+        let steered = it.collect();
         Some((
             fds,
             Some(ForwardFds {
                 table,
                 cache,
                 backends,
+                steered,
             }),
         ))
     }
@@ -120,6 +124,8 @@ pub enum ForwardError {
     Cache(ShmError),
     #[error("{want} sockets per backend expected")]
     Sockets { want: u32 },
+    #[error("{want} receiving sockets expected")]
+    Receivers { want: usize },
     #[error("forwarding socket: {0}")]
     Socket(#[from] io::Error),
 }
@@ -139,12 +145,18 @@ pub enum Sent {
 struct Pool {
     socks: Vec<UdpSocket>,
     ports: Vec<u16>,
+    /// Where to send: the sockets of a steered family are not connected
+    /// (see `ForwardSpec::steered`); `None` when they are.
+    peer: Option<SocketAddr>,
 }
 
 /// Datagrams read from one backend socket per call (one recvmmsg), and the
 /// largest accepted.
 const RECV_PER_CALL: usize = 32;
 const RECV_BUF: usize = 16 * 1024;
+/// Datagrams read from a receiving socket per call: it takes every socket
+/// backend's replies of this dataplane.
+const STEERED_PER_CALL: usize = 64;
 
 pub struct Forwarder {
     queue: u32,
@@ -177,6 +189,12 @@ pub struct Forwarder {
     listeners: Listeners,
     /// Where replies from backend sockets are read.
     batch: RecvBatch,
+    /// The receiving sockets (one per family of `spec.steered`), where the
+    /// loader steers the replies arriving on our pool sockets.
+    receivers: Vec<UdpSocket>,
+    /// Where replies from the receiving sockets are read: with each one's
+    /// source and the destination (pool port) it was sent to.
+    steered_batch: RecvBatch,
     /// The shared packet cache, where backends' answers go.
     cache: Option<Arc<Cache>>,
     /// CLOCK_MONOTONIC as read once per batch of the worker's loop (see
@@ -267,6 +285,7 @@ fn pool(fds: Vec<OwnedFd>) -> io::Result<Pool> {
     let mut p = Pool {
         socks: Vec::with_capacity(fds.len()),
         ports: Vec::with_capacity(fds.len()),
+        peer: None,
     };
     for fd in fds {
         let s = UdpSocket::from(fd);
@@ -365,11 +384,29 @@ impl Forwarder {
             .iter()
             .map(|b| (b.address.is_ipv6(), ip16(b.address.ip()), b.address.port()))
             .collect();
+        if fds.steered.len() != spec.steered.len() {
+            return Err(ForwardError::Receivers {
+                want: spec.steered.len(),
+            });
+        }
         let pools = fds
             .backends
             .into_iter()
-            .map(pool)
+            .zip(&spec.backends)
+            .map(|(fds, b)| {
+                let mut p = pool(fds)?;
+                if !b.xsk && spec.steered.contains(&b.address.is_ipv6()) {
+                    p.peer = Some(b.address);
+                }
+                Ok(p)
+            })
             .collect::<io::Result<_>>()?;
+        let receivers = pool(fds.steered)?.socks;
+        let steered_batch = if receivers.is_empty() {
+            RecvBatch::default()
+        } else {
+            RecvBatch::with_destinations(STEERED_PER_CALL, RECV_BUF)
+        };
         Ok(Forwarder {
             queue,
             table,
@@ -386,6 +423,8 @@ impl Forwarder {
             sweep_list: Vec::with_capacity(per_queue),
             listeners: Listeners::default(),
             batch: RecvBatch::new(RECV_PER_CALL, RECV_BUF),
+            receivers,
+            steered_batch,
             cache: None,
             clock: std::cell::Cell::new(None),
         })
@@ -425,6 +464,9 @@ impl Forwarder {
             for (s, sock) in p.socks.iter().enumerate() {
                 poller.add(sock.as_fd(), Token::Backend(b as u16, s as u32))?;
             }
+        }
+        for (i, sock) in self.receivers.iter().enumerate() {
+            poller.add(sock.as_fd(), Token::Steered(i as u32))?;
         }
         Ok(())
     }
@@ -652,7 +694,12 @@ impl Forwarder {
         msg[0..2].copy_from_slice(&(key as u16).to_be_bytes());
         c.backend(bi).queries += 1;
         backends.sent(backend);
-        if self.pools[bi].socks[chosen].send(msg).is_err() {
+        let pool = &self.pools[bi];
+        let sent = match pool.peer {
+            Some(to) => pool.socks[chosen].send_to(msg, to),
+            None => pool.socks[chosen].send(msg),
+        };
+        if sent.is_err() {
             c.forward.send_errors += 1;
         }
         Ok(())
@@ -855,6 +902,44 @@ impl Forwarder {
             }
         }
         self.batch = batch;
+        n
+    }
+
+    /// Reads the replies waiting on receiving socket `i` (steered there
+    /// from our pool sockets) and delivers them: each is matched to its
+    /// backend by source address and port and to its query by the pool
+    /// port it was sent to and its ID, as on the pool socket itself.
+    /// Returns how many were read.
+    pub fn serve_steered(
+        &mut self,
+        i: u32,
+        clamp: TtlClamp,
+        c: &mut DataplaneCounters,
+        emit: &mut dyn Emit,
+    ) -> usize {
+        let Some(sock) = self.receivers.get(i as usize) else {
+            return 0;
+        };
+        let mut batch = std::mem::take(&mut self.steered_batch);
+        let n = batch.receive(sock.as_fd(), emit.frames_free()).unwrap_or(0);
+        for k in 0..n {
+            let (Some(from), Some(to)) = (batch.source(k), batch.destination(k)) else {
+                c.forward.stray_replies += 1;
+                continue;
+            };
+            let Some(b) = self.backend_at(from.is_ipv6(), &ip16(from.ip()), from.port()) else {
+                c.forward.stray_replies += 1;
+                continue;
+            };
+            match batch.datagram(k) {
+                Some(Received::Whole(msg)) => {
+                    c.forward.steered_replies += 1;
+                    self.reply_datagram(b, to.port(), msg, clamp, c, emit)
+                }
+                _ => c.forward.bad_replies += 1,
+            }
+        }
+        self.steered_batch = batch;
         n
     }
 

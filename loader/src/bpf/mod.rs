@@ -4,10 +4,12 @@
 mod attach;
 mod maps;
 mod pins;
+mod steer;
 mod tables;
 
 pub use attach::{Attached, XskSlot, attach};
 pub use maps::XdpCounters;
+pub use steer::{ReplySteer, SteerCounters};
 pub use tables::Steering;
 
 /// The compiled program, embedded at build time (see build.rs).

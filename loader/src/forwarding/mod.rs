@@ -7,6 +7,7 @@
 
 pub mod health;
 
+use std::cell::RefCell;
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsFd, OwnedFd};
 use std::rc::Rc;
@@ -15,11 +16,12 @@ use nix::fcntl::{FcntlArg, SealFlag, fcntl};
 use nix::sys::memfd::{MFdFlags, memfd_create};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 use xdpdns_common::config::{DEFAULT_POOL, Live};
 use xdpdns_common::inflight;
 use xdpdns_common::ipc::{BackendLive, BackendSpec, CacheSpec, ForwardSpec, PoolSpec};
 
+use crate::bpf::{ReplySteer, SteerCounters};
 use crate::plan::Plan;
 use crate::sockets;
 use crate::system::netlink;
@@ -72,16 +74,23 @@ pub struct ForwardResources {
     cache: Option<OwnedFd>,
     /// Held, never read.
     _reserved: Vec<OwnedFd>,
+    /// Steers socket backends' replies to each dataplane's receiving
+    /// sockets; `None` if the kernel refused the program (replies then stay
+    /// on the pool sockets, connected).
+    steer: Option<RefCell<ReplySteer>>,
 }
 
 impl ForwardResources {
-    /// Forwarding's descriptors for one dataplane, in the order the
+    /// Forwarding's descriptors for dataplane `queue`, in the order the
     /// dataplane splits them: the table (with Init only), then
-    /// `backend_sockets` connected sockets per backend of `spec`.
+    /// `backend_sockets` connected sockets per backend of `spec`, then a
+    /// receiving socket per family of `spec.steered`, where the pool
+    /// sockets' replies are steered from now on.
     pub fn fds_for(
         &self,
         spec: &ForwardSpec,
         with_table: bool,
+        queue: u32,
     ) -> Result<Vec<OwnedFd>, ForwardError> {
         let mut out = Vec::with_capacity(spec.descriptors(with_table));
         if with_table {
@@ -95,13 +104,103 @@ impl ForwardResources {
                 out.push(fd.as_fd().try_clone_to_owned().map_err(ForwardError::Dup)?);
             }
         }
+        let pool_start = out.len();
         for b in &spec.backends {
+            // A steered pool socket is not connected: the kernel looks up
+            // connected sockets before it runs the steering program. The
+            // program then plays the connection's part (only the peer's
+            // datagrams, to its port) and the dataplane sends with sendto.
+            let connect = b.xsk || !spec.steered.contains(&b.address.is_ipv6());
             for _ in 0..spec.backend_sockets {
-                out.push(backend_socket(b)?);
+                out.push(backend_socket(b, connect)?);
             }
+        }
+        let per = spec.backend_sockets as usize;
+        for &v6 in &spec.steered {
+            let rx = receiver(v6)?;
+            // Socket backends of this family: their pool sockets.
+            let pool: Vec<(&OwnedFd, SocketAddr)> = spec
+                .backends
+                .iter()
+                .enumerate()
+                .filter(|(_, b)| !b.xsk && b.address.is_ipv6() == v6)
+                .flat_map(|(i, b)| {
+                    out[pool_start + i * per..pool_start + (i + 1) * per]
+                        .iter()
+                        .map(|fd| (fd, b.address))
+                })
+                .collect();
+            let registered = match &self.steer {
+                Some(steer) => steer.borrow_mut().register(queue, v6, &rx, &pool),
+                None => Ok(()),
+            };
+            if let Err(e) = registered {
+                // The replies stay on the pool sockets, which the dataplane
+                // reads as well: connected, so that the kernel takes only
+                // the backend's (the dataplane's sendto still works).
+                warn!(queue, error = %e, "socket backends' replies not steered");
+                for (fd, peer) in &pool {
+                    socket2::SockRef::from(*fd)
+                        .connect(&(*peer).into())
+                        .map_err(|source| {
+                            ForwardError::Socket(sockets::SocketError {
+                                what: "connect",
+                                addr: *peer,
+                                source,
+                            })
+                        })?;
+                }
+            }
+            out.push(rx);
         }
         Ok(out)
     }
+
+    /// The families whose socket backends' replies are steered.
+    fn steered(&self, backends: &[BackendSpec]) -> Vec<bool> {
+        if self.steer.is_none() {
+            return Vec::new();
+        }
+        let mut v: Vec<bool> = backends
+            .iter()
+            .filter(|b| !b.xsk)
+            .map(|b| b.address.is_ipv6())
+            .collect();
+        v.sort();
+        v.dedup();
+        v
+    }
+
+    /// What the steering program did so far (`None` without it).
+    pub fn steer_counters(&self) -> Option<SteerCounters> {
+        let s = self.steer.as_ref()?;
+        match s.borrow().counters() {
+            Ok(c) => Some(c),
+            Err(e) => {
+                warn!(error = %e, "cannot read the steering counters");
+                None
+            }
+        }
+    }
+}
+
+/// Where the steering program sends a dataplane's socket replies: an
+/// unconnected UDP socket on the loopback address (free-bind: lo may be down
+/// in a fresh namespace; a steered reply keeps its own addresses), reporting
+/// each datagram's original destination.
+fn receiver(v6: bool) -> Result<OwnedFd, ForwardError> {
+    let at: SocketAddr = if v6 {
+        (std::net::Ipv6Addr::LOCALHOST, 0).into()
+    } else {
+        (std::net::Ipv4Addr::LOCALHOST, 0).into()
+    };
+    let opts = sockets::Udp {
+        freebind: true,
+        big_rcvbuf: true,
+        orig_dst: true,
+        ..sockets::Udp::default()
+    };
+    sockets::udp(at, opts).map_err(ForwardError::Socket)
 }
 
 /// Backends and their state, owned by the run loop.
@@ -170,8 +269,24 @@ pub fn prepare(plan: &Plan, live: &Live) -> Result<Option<Forwarding>, ForwardEr
         }
     }
     let live_state = initial_live(live);
+    // Whatever the backends are now: a reload may add socket backends.
+    let steer = match ReplySteer::attach(regions) {
+        Ok(s) => Some(RefCell::new(s)),
+        Err(e) => {
+            warn!(error = %e, "socket backends' replies are read from every pool socket (no steering)");
+            None
+        }
+    };
+    let resources = ForwardResources {
+        families,
+        table,
+        cache: cache_fd,
+        _reserved: reserved,
+        steer,
+    };
     Ok(Some(Forwarding {
         spec: ForwardSpec {
+            steered: resources.steered(&backends),
             backends,
             pools,
             default_pool: 0,
@@ -189,12 +304,7 @@ pub fn prepare(plan: &Plan, live: &Live) -> Result<Option<Forwarding>, ForwardEr
             live: live_state.clone(),
             cache: cache_spec,
         },
-        resources: Rc::new(ForwardResources {
-            families,
-            table,
-            cache: cache_fd,
-            _reserved: reserved,
-        }),
+        resources: Rc::new(resources),
         live: live_state,
         health: Vec::new(),
         generation: 0,
@@ -424,6 +534,7 @@ impl Forwarding {
             .collect();
         let f = &c.forwarding;
         let spec = ForwardSpec {
+            steered: self.resources.steered(&backends),
             backends,
             pools,
             timeout_ms: f.timeout_ms,
@@ -534,13 +645,15 @@ impl Drop for Forwarding {
     }
 }
 
-/// A UDP socket from `source` connected to the backend: replies come back
-/// on it through the kernel stack (its ephemeral port is not redirected),
-/// and the kernel accepts them from the backend's address and port only.
-fn backend_socket(b: &BackendSpec) -> Result<OwnedFd, ForwardError> {
+/// A UDP socket from `source` to the backend, on an ephemeral port:
+/// replies come back on it through the kernel stack (the port is not
+/// redirected). Connected (`connect`), the kernel accepts them from the
+/// backend's address and port only; not connected, the steering program
+/// does (see [`ReplySteer`]).
+fn backend_socket(b: &BackendSpec, connect: bool) -> Result<OwnedFd, ForwardError> {
     let opts = sockets::Udp {
         freebind: true,
-        connect: Some(b.address),
+        connect: connect.then_some(b.address),
         ..sockets::Udp::default()
     };
     sockets::udp(SocketAddr::new(b.source, 0), opts).map_err(ForwardError::Socket)

@@ -318,7 +318,10 @@ impl Supervisor {
     fn sockets(&self, spec: &DataplaneSpec, with_table: bool) -> Result<Vec<OwnedFd>, String> {
         let mut fds = sockets::kernel_path(&spec.listen).map_err(|e| e.to_string())?;
         if let (Some(res), Some(f)) = (&self.ctx.forward, &spec.forward) {
-            fds.extend(res.fds_for(f, with_table).map_err(|e| e.to_string())?);
+            fds.extend(
+                res.fds_for(f, with_table, self.queue)
+                    .map_err(|e| e.to_string())?,
+            );
         }
         Ok(fds)
     }
