@@ -3,7 +3,7 @@
  * xdpdns socket-reply steering (BPF_PROG_TYPE_SK_LOOKUP, attached by the
  * loader to its network namespace).
  *
- * Forwarding over sockets sends every query from one of many connected
+ * Forwarding over sockets sends every query from one of many
  * sockets (`[forwarding] backend_sockets` per backend, one drawn per query,
  * so that an off-path attacker must guess the port as well as the ID). Left
  * to the kernel, the replies land on all of those sockets, and the dataplane

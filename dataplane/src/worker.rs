@@ -315,24 +315,19 @@ impl Worker {
                 Token::Kernel(i) => {
                     served.datagrams += kernel.serve_one(i, engine, counters, 4) as u32;
                 }
-                Token::Backend(b, s) => {
+                Token::Backend(..) | Token::Steered(_) => {
                     let clamp = engine.pipeline.ttl_clamp();
                     if let Some(f) = engine.forwarder.as_mut() {
                         let mut out = Outbox {
                             xsk: &mut *xsk,
                             kernel: &*kernel,
                         };
-                        served.datagrams += f.serve_socket(b, s, clamp, counters, &mut out) as u32;
-                    }
-                }
-                Token::Steered(i) => {
-                    let clamp = engine.pipeline.ttl_clamp();
-                    if let Some(f) = engine.forwarder.as_mut() {
-                        let mut out = Outbox {
-                            xsk: &mut *xsk,
-                            kernel: &*kernel,
+                        let n = match *token {
+                            Token::Backend(b, s) => f.serve_socket(b, s, clamp, counters, &mut out),
+                            Token::Steered(i) => f.serve_steered(i, clamp, counters, &mut out),
+                            _ => 0,
                         };
-                        served.datagrams += f.serve_steered(i, clamp, counters, &mut out) as u32;
+                        served.datagrams += n as u32;
                     }
                 }
             }

@@ -157,7 +157,7 @@ pub fn render(s: &Status) -> String {
         let steer = CounterFamily::new(
             &mut reg,
             "reply_steering",
-            "Socket backends' replies by what the sk_lookup program did: steered to the dataplane's receiving socket, or left to the kernel (not_peer, no_receiver, refused)",
+            "Socket backends' replies by what the sk_lookup program did: steered to the dataplane's receiving socket, dropped as not from the pool socket's backend (not_peer), or left on the pool socket (no_receiver, refused)",
         );
         for (outcome, n) in [
             ("steered", t.steered),

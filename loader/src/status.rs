@@ -72,7 +72,8 @@ pub struct Status {
     /// The XDP program's frames per outcome.
     pub xdp: BTreeMap<String, u64>,
     /// Socket backends' replies the sk_lookup program handed to a
-    /// dataplane's receiving socket, and those it left alone (when it runs).
+    /// dataplane's receiving socket, dropped or left on the pool socket
+    /// (when it runs).
     #[serde(default)]
     pub steering: Option<SteerCounters>,
     pub totals: Counters,

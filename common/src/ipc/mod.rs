@@ -89,7 +89,7 @@ pub struct CachePurge {
 
 /// Where unanswered queries go. Comes with Init or Reconfigure; its
 /// descriptors follow the kernel-path sockets: the in-flight table (memfd,
-/// with Init only), then `backend_sockets` connected UDP sockets per
+/// with Init only), then `backend_sockets` UDP sockets per
 /// backend, in backend order, then one receiving socket per family of
 /// `steered`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -105,7 +105,7 @@ pub struct ForwardSpec {
     /// `port_base .. port_base + ports` (shared by all queues).
     pub port_base: u16,
     pub ports: u32,
-    /// Connected sockets per backend (one drawn per query).
+    /// Sockets per backend (one drawn per query).
     pub backend_sockets: u32,
     /// The families (false = IPv4) whose socket backends' replies the
     /// loader steers (sk_lookup) from the pool sockets to one receiving

@@ -66,7 +66,7 @@ pub struct ForwardFds {
     pub table: Option<OwnedFd>,
     /// The packet cache, if the spec has one: with Init only, as the table.
     pub cache: Option<OwnedFd>,
-    /// Per backend, its connected sockets.
+    /// Per backend, its sockets (connected unless their family is steered).
     pub backends: Vec<Vec<OwnedFd>>,
     /// A receiving socket per family of the spec's `steered`.
     pub steered: Vec<OwnedFd>,

@@ -1,17 +1,19 @@
 //! Socket-reply steering (bpf/steer.bpf.c): an sk_lookup program attached to
 //! the loader's network namespace hands the replies that arrive on a
-//! dataplane's pool sockets (`[forwarding] backend_sockets` connected
-//! sockets per backend) to that dataplane's one receiving socket per family.
+//! dataplane's pool sockets (`[forwarding] backend_sockets` sockets per
+//! backend) to that dataplane's one receiving socket per family.
 //! A dataplane then reads all its socket backends' replies in a few
 //! `recvmmsg` calls on one socket instead of one call per pool socket; the
 //! destination port each reply came to arrives with it (IP_ORIGDSTADDR), so
 //! the port check of RFC 5452 stands.
 //!
 //! Best effort by design: without it (a kernel that refuses the program, a
-//! full map) replies land on the pool sockets, which the dataplanes watch
-//! as well. The program steers only what the kernel would have delivered to
-//! a live pool socket from its connected peer (see the C file), so nothing
-//! else in the namespace is affected. It lives as long as the loader: not
+//! full map) replies land on the pool sockets, connected, which the
+//! dataplanes watch as well. Steered pool sockets are not connected (the
+//! kernel finds a connected socket before it runs sk_lookup programs), so
+//! the program plays the connection's part: it steers what comes to a live
+//! pool socket from its backend and drops what comes from anyone else (see
+//! the C file); nothing else in the namespace is affected. It lives as long as the loader: not
 //! pinned, detached when the loader exits.
 
 use std::collections::{HashMap as StdHashMap, HashSet};
@@ -66,7 +68,7 @@ fn map_err(name: &'static str) -> impl FnOnce(MapError) -> SteerError {
 /// steer_key` of bpf/steer.bpf.c.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct SteerKey {
+struct SteerKey {
     family: u32,
     /// Network order; IPv4 in `ip[0]`, the rest zero.
     ip: [u32; 4],
@@ -82,7 +84,7 @@ unsafe impl aya::Pod for SteerKey {}
 /// steer_owner` of bpf/steer.bpf.c.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SteerOwner {
+struct SteerOwner {
     /// Index of the receiving socket (see [`rx_index`]).
     rx: u32,
     /// The backend: network order, IPv4 in `peer_ip[0]`.
@@ -106,7 +108,7 @@ impl SteerOwner {
 }
 
 impl SteerKey {
-    pub fn of(local: SocketAddr) -> SteerKey {
+    fn of(local: SocketAddr) -> SteerKey {
         let mut ip = [0u32; 4];
         let family = match local.ip() {
             IpAddr::V4(v) => {
@@ -133,8 +135,8 @@ impl SteerKey {
 pub struct SteerCounters {
     /// Handed to the dataplane's receiving socket.
     pub steered: u64,
-    /// To a pool socket, from another address than its peer: left to the
-    /// kernel, which drops them (a connected socket takes only its peer's).
+    /// To a pool socket from anyone but its backend: dropped, as a
+    /// connected socket would.
     pub not_peer: u64,
     /// To a pool socket of a dataplane without a receiving socket (it is
     /// restarting): left on the pool socket.
@@ -199,9 +201,9 @@ impl ReplySteer {
     /// Steers replies arriving on `pool` (UDP sockets of family `v6`, each
     /// with the backend it sends to) to `receiver`, dataplane `queue`'s
     /// receiving socket of that family, which replaces the one registered
-    /// before. The keys of the
-    /// registration before the previous one are dropped (their sockets are
-    /// closed by now; if not, their replies simply stay on them).
+    /// before. The keys of the registration before the previous one are
+    /// dropped (their sockets are closed by now; if not, their replies
+    /// simply stay on them).
     pub fn register(
         &mut self,
         queue: u32,
